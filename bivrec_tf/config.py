@@ -1,0 +1,284 @@
+"""Every knob of BivRec-TF in one frozen dataclass tree.
+
+`Config` is saved as JSON into each run directory and each export, and every leaf field is a flag of
+`python -m bivrec_tf.train` (`--num-interests 8`, `--patch-sizes 1,2,4`, `--no-gaussian-prior`).
+Field names follow the paper's terms (DESIGN.md section 3). Invalid values raise `ValueError`
+naming the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import typing
+from typing import Any, Optional, Tuple
+
+VIEWS = ("id", "mm")
+
+
+def _fail(field: str, value: Any, why: str) -> None:
+  raise ValueError(f"config field `{field}` = {value!r}: {why}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where the data comes from and how histories are cut."""
+
+  data: str = "synthetic"           # "synthetic" (embedded default) or a prepared dataset directory
+  data_cache: str = "data_cache"    # where the embedded default dataset is generated and cached
+  max_len: Optional[int] = None     # history length L; None = dataset's recommended_max_len, else 50
+  modalities: Optional[Tuple[str, ...]] = None  # MM-view modalities; None = all in the dataset
+  data_seed: int = 0                # seed of the embedded default dataset
+
+  def validate(self) -> None:
+    if self.max_len is not None and self.max_len < 1:
+      _fail("max_len", self.max_len, "must be a positive integer")
+    if self.modalities is not None and not self.modalities:
+      _fail("modalities", self.modalities, "must name at least one modality (or be unset)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The two views and the three BivRec modules."""
+
+  views: Tuple[str, ...] = VIEWS    # ablations: ("id",) = id-only, ("mm",) = mm-only
+  dim: int = 64                     # d
+  # Module 1: Multi-scale Interest Embedding.
+  patch_sizes: Tuple[int, ...] = (1, 2, 4)  # P; (1,) = single-scale ablation
+  encoder_layers: int = 1
+  num_heads: int = 2
+  dropout: float = 0.1
+  # Module 2: Intra-View Interest Decomposition.
+  num_interests: int = 4            # K
+  gaussian_prior: bool = True       # False = "no Gaussian prior" ablation
+  sigma_init: float = 0.25          # initial Gaussian width sigma_k
+  cluster_rounds: int = 2           # R; 0 = "no cluster rounds" ablation
+  # Recommendation similarity.
+  similarity: str = "cosine"        # "cosine" or "dot"
+  tau_rec: float = 0.07
+
+  def validate(self) -> None:
+    if not self.views or any(v not in VIEWS for v in self.views) or len(set(self.views)) != len(
+        self.views):
+      _fail("views", self.views, f"must be a non-empty subset of {VIEWS}")
+    if self.dim < 1:
+      _fail("dim", self.dim, "must be a positive integer")
+    if not self.patch_sizes or any(p < 1 for p in self.patch_sizes):
+      _fail("patch_sizes", self.patch_sizes, "must be positive integers")
+    if len(set(self.patch_sizes)) != len(self.patch_sizes):
+      _fail("patch_sizes", self.patch_sizes, "must not repeat a size")
+    if self.encoder_layers < 0:
+      _fail("encoder_layers", self.encoder_layers, "must be >= 0")
+    if self.num_heads < 1 or self.dim % self.num_heads:
+      _fail("num_heads", self.num_heads, f"must be >= 1 and divide dim={self.dim}")
+    if not 0.0 <= self.dropout < 1.0:
+      _fail("dropout", self.dropout, "must be in [0, 1)")
+    if self.num_interests < 1:
+      _fail("num_interests", self.num_interests, "K must be >= 1")
+    if self.sigma_init <= 0.05:
+      _fail("sigma_init", self.sigma_init, "must be > 0.05 (the width floor)")
+    if self.cluster_rounds < 0:
+      _fail("cluster_rounds", self.cluster_rounds, "R must be >= 0")
+    if self.similarity not in ("cosine", "dot"):
+      _fail("similarity", self.similarity, "must be 'cosine' or 'dot'")
+    if not self.tau_rec > 0:
+      _fail("tau_rec", self.tau_rec, "temperature must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Retrieval and cross-view losses."""
+
+  num_negatives: int = 256          # items sampled per batch from the catalogue
+  lambda_sem: float = 0.1           # coarse semantic-similarity loss weight; 0 = ablation
+  lambda_alloc: float = 1.0         # fine allocation-similarity loss weight; 0 = ablation
+  lambda_balance: float = 0.0       # interest-balance term (use if interests collapse)
+  tau_c: float = 0.1                # semantic contrastive temperature
+
+  def validate(self) -> None:
+    if self.num_negatives < 0:
+      _fail("num_negatives", self.num_negatives, "must be >= 0")
+    for name in ("lambda_sem", "lambda_alloc", "lambda_balance"):
+      value = getattr(self, name)
+      if not (value >= 0 and math.isfinite(value)):
+        _fail(name, value, "must be a finite number >= 0")
+    if not self.tau_c > 0:
+      _fail("tau_c", self.tau_c, "temperature must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Optimisation, early stopping, distribution and run outputs."""
+
+  epochs: int = 20
+  batch_size: int = 256             # global batch size (all replicas together)
+  learning_rate: float = 2e-3
+  patience: int = 3                 # early stopping on validation NDCG@20
+  jit_compile: bool = True
+  strategy: str = "auto"            # auto|default|mirrored|multi_worker|parameter_server
+  logical_cpus: int = 0             # >1: split the CPU into logical devices (try `mirrored`)
+  seed: int = 42
+  run_dir: Optional[str] = None     # default runs/<timestamp>
+  steps_per_execution: int = 1
+
+  def validate(self) -> None:
+    if self.epochs < 1:
+      _fail("epochs", self.epochs, "must be >= 1")
+    if self.batch_size < 2:
+      _fail("batch_size", self.batch_size, "must be >= 2 (in-batch negatives)")
+    if not self.learning_rate > 0:
+      _fail("learning_rate", self.learning_rate, "must be > 0")
+    if self.patience < 0:
+      _fail("patience", self.patience, "must be >= 0")
+    if self.strategy not in ("auto", "default", "mirrored", "multi_worker", "parameter_server"):
+      _fail("strategy", self.strategy, "unknown strategy")
+    if self.logical_cpus < 0:
+      _fail("logical_cpus", self.logical_cpus, "must be >= 0")
+    if self.steps_per_execution < 1:
+      _fail("steps_per_execution", self.steps_per_execution, "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """Full-ranking evaluation (DESIGN.md section 5)."""
+
+  ks: Tuple[int, ...] = (10, 20, 50)
+  monitor_k: int = 20               # early stopping / fusion tuning on NDCG@monitor_k
+  fusion_grid: int = 11             # w in linspace(0, 1, fusion_grid)
+  exclude_history: bool = False
+  eval_batch_size: int = 512        # users per evaluation batch
+  item_chunk: int = 20_000          # items scored at once (full ranking in chunks)
+
+  def validate(self) -> None:
+    if not self.ks or any(k < 1 for k in self.ks):
+      _fail("ks", self.ks, "must be positive integers")
+    if self.monitor_k not in self.ks:
+      _fail("monitor_k", self.monitor_k, f"must be one of ks={self.ks}")
+    if self.fusion_grid < 2:
+      _fail("fusion_grid", self.fusion_grid, "must be >= 2")
+    if self.eval_batch_size < 1:
+      _fail("eval_batch_size", self.eval_batch_size, "must be >= 1")
+    if self.item_chunk < 1:
+      _fail("item_chunk", self.item_chunk, "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+  """SavedModel export (DESIGN.md section 6)."""
+
+  export: bool = True
+  export_base: str = "saved_models"
+  model_name: str = "bivrec"
+  top_k: int = 10
+
+  def validate(self) -> None:
+    if self.top_k < 1:
+      _fail("top_k", self.top_k, "must be >= 1")
+    if not self.model_name or "/" in self.model_name:
+      _fail("model_name", self.model_name, "must be a non-empty name without '/'")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  data: DataConfig = DataConfig()
+  model: ModelConfig = ModelConfig()
+  loss: LossConfig = LossConfig()
+  train: TrainConfig = TrainConfig()
+  eval: EvalConfig = EvalConfig()
+  export: ExportConfig = ExportConfig()
+
+  def __post_init__(self):
+    for section in dataclasses.fields(self):
+      getattr(self, section.name).validate()
+
+  def replace(self, **sections_fields: Any) -> "Config":
+    """`cfg.replace(model={"num_interests": 8})` -> a new validated Config."""
+    updated = {}
+    for name, fields in sections_fields.items():
+      updated[name] = dataclasses.replace(getattr(self, name), **fields)
+    return dataclasses.replace(self, **updated)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, raw: dict) -> "Config":
+    sections = {}
+    for section in dataclasses.fields(cls):
+      section_cls = section.default.__class__
+      values = dict(raw.get(section.name, {}))
+      known = {f.name: f for f in dataclasses.fields(section_cls)}
+      for key in values:
+        if key not in known:
+          raise ValueError(f"config field `{section.name}.{key}` is unknown")
+      for key, value in list(values.items()):
+        if isinstance(value, list):
+          values[key] = tuple(value)
+      sections[section.name] = section_cls(**values)
+    return cls(**sections)
+
+  @classmethod
+  def from_json(cls, text: str) -> "Config":
+    return cls.from_dict(json.loads(text))
+
+
+# --- command-line flags -----------------------------------------------------------------------
+
+def _flag(name: str) -> str:
+  return "--" + name.replace("_", "-")
+
+
+def _leaf_type(annotation: Any):
+  """(parser, is_bool, is_tuple) for a field annotation such as Optional[Tuple[int, ...]]."""
+  text = str(annotation)
+  base = text.replace("typing.", "").replace("Optional[", "").rstrip("]")
+  is_tuple = "Tuple" in text
+  if "bool" in base:
+    return None, True, False
+  if "int" in base:
+    elem = int
+  elif "float" in base:
+    elem = float
+  else:
+    elem = str
+  if is_tuple:
+    return (lambda s: tuple(elem(x) for x in s.split(",") if x.strip())), False, True
+  if "Optional" in text:
+    return (lambda s: None if s.lower() in ("none", "") else elem(s)), False, False
+  return elem, False, False
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+  """Adds one flag per leaf field of Config; defaults shown by --help."""
+  for section in dataclasses.fields(Config):
+    group = parser.add_argument_group(section.name)
+    section_cls = section.default.__class__
+    hints = typing.get_type_hints(section_cls)
+    for field in dataclasses.fields(section_cls):
+      parse, is_bool, is_tuple = _leaf_type(hints[field.name])
+      default = field.default
+      shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+      dest = f"{section.name}__{field.name}"
+      if is_bool:
+        group.add_argument(_flag(field.name), dest=dest, action=argparse.BooleanOptionalAction,
+                           default=None, help=f"(default: {shown})")
+      else:
+        group.add_argument(_flag(field.name), dest=dest, type=parse, default=None,
+                           metavar=field.name.upper(), help=f"(default: {shown})")
+
+
+def from_flags(args: argparse.Namespace, base: Optional[Config] = None) -> Config:
+  """Config from parsed flags: unset flags keep `base`'s (default) values."""
+  base = base or Config()
+  updates: dict = {}
+  for key, value in vars(args).items():
+    if "__" not in key or value is None:
+      continue
+    section, field = key.split("__", 1)
+    updates.setdefault(section, {})[field] = value
+  return base.replace(**updates)

@@ -1,0 +1,194 @@
+"""Full-ranking evaluation over the whole catalogue and fusion-weight tuning (DESIGN.md section 5).
+
+For every user the model scores all items (padding and out-of-vocabulary rows excluded; history
+items only with `exclude_history`), keeps the top max(ks), and
+
+    Recall@K  = |hits in top K| / |targets|
+    NDCG@K    = DCG@K / IDCG@K, IDCG over min(|targets|, K) ideal hits
+    HitRate@K = 1[hits > 0]
+    MRR@K     = 1 / rank of the first hit (0 if none in the top K)
+
+averaged over users. Items are scored in chunks, so very large catalogues fit in memory.
+"""
+
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from bivrec_tf.model import FIRST_ITEM, view_scores
+
+METRICS = ("recall", "ndcg", "hitrate", "mrr")
+
+
+def rank_metrics(topk: np.ndarray, targets: np.ndarray, ks: Sequence[int]) -> Dict[str, float]:
+  """Mean metrics of ranked lists.
+
+  Args:
+    topk: int `[N, >= max(ks)]` item indices, best first.
+    targets: int `[N, T]` target item indices, padded with values < FIRST_ITEM (ignored).
+    ks: cut-offs.
+  Returns: {"recall@10": ..., "ndcg@10": ..., "hitrate@10": ..., "mrr@10": ..., ...}.
+  """
+  return {k: float(v.mean()) if len(v) else 0.0 for k, v in per_user_metrics(
+      topk, targets, ks).items()}
+
+
+def per_user_metrics(topk, targets, ks) -> Dict[str, np.ndarray]:
+  """As `rank_metrics`, without the mean: {name: `[N]`} (users without targets are dropped)."""
+  topk = np.asarray(topk)
+  targets = np.asarray(targets)
+  if targets.ndim == 1:
+    targets = targets[:, None]
+  valid_t = targets >= FIRST_ITEM
+  has = valid_t.any(axis=1)
+  topk, targets, valid_t = topk[has], targets[has], valid_t[has]
+  # De-duplicate targets within a row so |targets| counts distinct items.
+  sorted_t = np.sort(np.where(valid_t, targets, -1), axis=1)
+  dup = np.zeros_like(valid_t)
+  dup[:, 1:] = sorted_t[:, 1:] == sorted_t[:, :-1]
+  sorted_valid = (sorted_t >= FIRST_ITEM) & ~dup
+  num_targets = sorted_valid.sum(axis=1)
+  hits = ((topk[:, :, None] == sorted_t[:, None, :]) & sorted_valid[:, None, :]).any(axis=2)
+  discounts = 1.0 / np.log2(np.arange(2, topk.shape[1] + 2))
+  out = {}
+  for k in ks:
+    h = hits[:, :k]
+    n_hits = h.sum(axis=1)
+    dcg = (h * discounts[:k]).sum(axis=1)
+    ideal = np.cumsum(discounts[:k])[np.minimum(num_targets, k) - 1]
+    first = np.where(h.any(axis=1), h.argmax(axis=1) + 1, np.inf)
+    out[f"recall@{k}"] = n_hits / num_targets
+    out[f"ndcg@{k}"] = dcg / ideal
+    out[f"hitrate@{k}"] = (n_hits > 0).astype(np.float64)
+    out[f"mrr@{k}"] = 1.0 / first
+  return out
+
+
+class Ranker:
+  """Top-k over the full catalogue for several scoring rules at once.
+
+  Rules are (name, w, cold_rule): score = w s_id + (1 - w) s_mm, with cold items scored s_mm when
+  cold_rule; a single-view model has just its own view. Item tables are computed once per call
+  to `refresh()` (after training changes the weights).
+  """
+
+  def __init__(self, model, kmax: int, item_chunk: int = 20_000, exclude_history: bool = False):
+    self.model = model
+    self.kmax = kmax
+    self.item_chunk = item_chunk
+    self.exclude_history = exclude_history
+    self.tables = None
+
+  def refresh(self):
+    self.tables = {v: self.model.item_table(v) for v in self.model.view_names}
+
+  def rules(self, fusion_weights: Iterable[float]):
+    names = self.model.view_names
+    if len(names) == 1:
+      return [(names[0], 1.0 if names[0] == "id" else 0.0, False)]
+    return [("id", 1.0, False), ("mm", 0.0, False)] + [
+        (f"fused@{w:.2f}", float(w), True) for w in fusion_weights]
+
+  @tf.function(reduce_retracing=True)
+  def _topk_chunk(self, queries, tables, history, ids, weights, cold_rule):
+    """Top-k of the items `ids` `[n]` (tables `{view: [n, d]}`) for every rule:
+    (`[G, B, k]` scores, `[G, B, k]` ids)."""
+    tau = self.model.config.model.tau_rec
+    scores = {v: view_scores(queries[v], tables[v], tau) for v in queries}
+    s_id = scores.get("id", scores.get("mm"))
+    s_mm = scores.get("mm", s_id)
+    cold = tf.gather(self.model.cold, ids)
+    w = weights[:, None, None]
+    plain = w * s_id[None] + (1.0 - w) * s_mm[None]                       # [G, B, n]
+    use_mm = cold_rule[:, None, None] & cold[None, None, :]
+    s = tf.where(use_mm, s_mm[None], plain)
+    banned = ids < FIRST_ITEM
+    s = tf.where(banned[None, None, :], -np.inf, s)
+    if self.exclude_history:
+      in_hist = tf.reduce_any(history[:, :, None] == ids[None, None, :], axis=1)  # [B, n]
+      s = tf.where(in_hist[None], -np.inf, s)
+    top_s, top_i = tf.math.top_k(s, k=tf.minimum(self.kmax, tf.shape(ids)[0]))
+    return top_s, tf.gather(ids, top_i)
+
+  def topk(self, history, fusion_weights: Sequence[float]):
+    """history `[B, L]` -> {rule name: item ids `[B, kmax]`}."""
+    if self.tables is None:
+      self.refresh()
+    rules = self.rules(fusion_weights)
+    weights = tf.constant([w for _, w, _ in rules], tf.float32)
+    cold_rule = tf.constant([c for _, _, c in rules], tf.bool)
+    history = tf.convert_to_tensor(history, tf.int64)
+    queries = self.model.queries(history)
+    best_s, best_i = None, None
+    vocab = self.model.vocab_size
+    for start in range(0, vocab, self.item_chunk):
+      end = min(start + self.item_chunk, vocab)
+      tables = {v: t[start:end] for v, t in self.tables.items()}
+      ids = tf.range(start, end, dtype=tf.int64)
+      s, i = self._topk_chunk(queries, tables, history, ids, weights, cold_rule)
+      if best_s is None:
+        best_s, best_i = s, i
+      else:
+        s, i = tf.concat([best_s, s], -1), tf.concat([best_i, i], -1)
+        best_s, pos = tf.math.top_k(s, k=min(self.kmax, s.shape[-1]))
+        best_i = tf.gather(i, pos, batch_dims=2)
+    best_i = best_i.numpy()
+    return {name: best_i[g] for g, (name, _, _) in enumerate(rules)}
+
+
+def evaluate(ranker: Ranker, dataset: tf.data.Dataset, ks: Sequence[int],
+             fusion_weights: Sequence[float] = (0.5,),
+             progress: Optional[str] = None) -> Dict[str, Dict[str, float]]:
+  """Mean metrics per scoring rule over an eval dataset of {"history", "targets"} batches."""
+  ranker.refresh()
+  collected: Dict[str, List[np.ndarray]] = {}
+  targets: List[np.ndarray] = []
+  batches = dataset
+  if progress:
+    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+    batches = tqdm(dataset, desc=progress, unit="batch", leave=False)
+  for batch in batches:
+    for name, top in ranker.topk(batch["history"], fusion_weights).items():
+      collected.setdefault(name, []).append(top)
+    targets.append(batch["targets"].numpy())
+  if not targets:
+    raise ValueError("evaluation dataset is empty")
+  width = max(t.shape[1] for t in targets)
+  all_targets = np.concatenate(
+      [np.pad(t, [(0, 0), (0, width - t.shape[1])]) for t in targets])
+  return {name: rank_metrics(np.concatenate(tops), all_targets, ks)
+          for name, tops in collected.items()}
+
+
+def popularity_metrics(item_counts: np.ndarray, dataset: tf.data.Dataset, ks: Sequence[int],
+                       exclude_history: bool = False) -> Dict[str, float]:
+  """The Popularity baseline: every user gets the most frequent train targets."""
+  scores = np.asarray(item_counts, np.float64).copy()
+  scores[:FIRST_ITEM] = -np.inf
+  kmax = max(ks)
+  tops, targets = [], []
+  order = np.argsort(-scores, kind="stable")
+  for batch in dataset:
+    hist = batch["history"].numpy()
+    if exclude_history:
+      rows = []
+      for h in hist:
+        seen = set(h[h >= FIRST_ITEM].tolist())
+        rows.append([i for i in order[:kmax + len(seen)] if i not in seen][:kmax])
+      tops.append(np.asarray(rows))
+    else:
+      tops.append(np.tile(order[:kmax], (len(hist), 1)))
+    targets.append(batch["targets"].numpy())
+  width = max(t.shape[1] for t in targets)
+  all_targets = np.concatenate([np.pad(t, [(0, 0), (0, width - t.shape[1])]) for t in targets])
+  return rank_metrics(np.concatenate(tops), all_targets, ks)
+
+
+def best_fusion(results: Dict[str, Dict[str, float]], metric: str) -> float:
+  """The fusion weight w of the best `fused@w` rule on `metric` (ties -> the first, smallest w)."""
+  fused = [(name, m[metric]) for name, m in results.items() if name.startswith("fused@")]
+  if not fused:
+    raise ValueError("no fused rules in the results (single-view model?)")
+  best_name = max(fused, key=lambda x: x[1])[0]
+  return float(best_name.split("@")[1])

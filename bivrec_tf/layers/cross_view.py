@@ -1,0 +1,83 @@
+"""Module 3 — Cross-View Interest Learning: the two alignment losses between the ID and MM views.
+
+Neither loss stops gradients, so each view teaches the other ("bidirectional").
+
+Coarse, overall semantic similarity:
+    g_v = normalize(MLP_v(mean_k U_v[k])),  S = g_id g_mm^T / tau_c,
+    L_sem = (CE(S, I) + CE(S^T, I)) / 2 over the batch.
+Fine, interest allocation similarity (interest indices are not aligned across views, so compare the
+permutation-invariant co-allocation C_v = A_v A_v^T `[B, T, T]`, the probability that two tokens
+share an interest):
+    L_alloc = sum M (C_id - C_mm)^2 / sum M,   M = pairs of valid tokens.
+
+Both losses are returned per example (`[B]`) so the caller can average over the global batch.
+"""
+
+import math
+
+import tensorflow as tf
+
+EPS = 1e-9
+
+
+class SemanticHead(tf.keras.layers.Layer):
+  """`g_v = normalize(MLP_v(mean_k U_v[k]))`. Call: U `[B, K, d]` -> g `[B, d]`."""
+
+  def __init__(self, dim: int, **kwargs):
+    super().__init__(**kwargs)
+    self.dim = dim
+    self.hidden = tf.keras.layers.Dense(dim, activation="gelu", name="hidden")
+    self.out = tf.keras.layers.Dense(dim, name="out")
+
+  def call(self, interests):
+    return tf.math.l2_normalize(self.out(self.hidden(tf.reduce_mean(interests, axis=1))), axis=-1)
+
+  def get_config(self):
+    return {**super().get_config(), "dim": self.dim}
+
+
+def semantic_loss(g_id, g_mm, tau_c: float):
+  """Symmetric InfoNCE between the views. g_id, g_mm `[B, d]` (unit) -> per-example loss `[B]`."""
+  logits = tf.matmul(g_id, g_mm, transpose_b=True) / tau_c             # S `[B, B]`
+  labels = tf.range(tf.shape(logits)[0])
+  id_to_mm = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+  mm_to_id = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.transpose(logits))
+  return 0.5 * (id_to_mm + mm_to_id)
+
+
+def co_allocation(allocation):
+  """C = A A^T: A `[B, T, K]` -> `[B, T, T]`."""
+  return tf.matmul(allocation, allocation, transpose_b=True)
+
+
+def allocation_loss(alloc_id, alloc_mm, valid):
+  """Masked squared distance of co-allocations.
+
+  Args: alloc_id, alloc_mm `[B, T, K_id]`, `[B, T, K_mm]`; valid bool `[B, T]`.
+  Returns: per-example `sum_{t,t'} M (C_id - C_mm)^2 / sum M`, `[B]`.
+  """
+  m = tf.cast(valid, alloc_id.dtype)
+  pairs = m[:, :, None] * m[:, None, :]
+  diff = tf.square(co_allocation(alloc_id) - co_allocation(alloc_mm)) * pairs
+  return tf.reduce_sum(diff, axis=[1, 2]) / tf.maximum(tf.reduce_sum(pairs, axis=[1, 2]), 1.0)
+
+
+class AllocationStats:
+  """Collapse diagnostics of one view's allocation A `[B, T, K]` with valid `[B, T]`.
+
+  - `token_entropy` `[B]`: mean over valid tokens of -sum_k A log A (0 = hard assignment,
+    log K = uniform allocation).
+  - `effective_interests` `[B]`: exp(entropy of the user's mean allocation over tokens), in [1, K];
+    1 means every token went to one interest.
+  - `balance_loss` `[B]`: log K - entropy of the mean allocation (>= 0; the optional balance term).
+  """
+
+  def __init__(self, allocation, valid):
+    m = tf.cast(valid, allocation.dtype)
+    count = tf.maximum(tf.reduce_sum(m, axis=1), 1.0)                     # [B]
+    ent = -tf.reduce_sum(allocation * tf.math.log(allocation + EPS), axis=-1)  # [B, T]
+    self.token_entropy = tf.reduce_sum(ent * m, axis=1) / count
+    usage = tf.reduce_sum(allocation, axis=1) / count[:, None]            # [B, K]
+    usage_entropy = -tf.reduce_sum(usage * tf.math.log(usage + EPS), axis=-1)
+    self.effective_interests = tf.exp(usage_entropy)
+    self.balance_loss = math.log(allocation.shape[-1]) - usage_entropy   # K is static

@@ -1,0 +1,144 @@
+"""Module 2 — Intra-View Interest Decomposition: Gaussian attention seeds, Cluster attention refines.
+
+Gaussian attention (K interests, temporal prior):
+    mu_k = sigmoid(a_k),  sigma_k = softplus(b_k) + 0.05   (centres start spread evenly over [0, 1])
+    logit[k, t] = (q_k W_Q)·(h_t W_K) / sqrt(d) - (tau_t - mu_k)^2 / (2 sigma_k^2)
+    alpha = masked softmax over valid tokens t;   c_k = sum_t alpha[k, t] h_t W_V
+
+Cluster attention (R rounds, shared weights; interests compete for each token):
+    A[t, k] = softmax_k((h_t W_K')·(c_k W_Q') / sqrt(d)),  A[t, :] = 0 on padded tokens
+    c_k <- LN(c_k + W_O · sum_t A[t, k] h_t W_V' / (sum_t A[t, k] + eps))
+    c_k <- LN(c_k + FFN(c_k))
+Outputs interests U = c `[B, K, d]` and the allocation A `[B, T, K]` of the last round (with R = 0,
+the allocation of the seeds).
+"""
+
+import math
+
+import tensorflow as tf
+
+from bivrec_tf.layers.patching import NEG_INF
+
+EPS = 1e-6
+
+
+class GaussianAttention(tf.keras.layers.Layer):
+  """Seeds K interests from tokens with a learned temporal (recency) prior per interest.
+
+  Args:
+    dim: d.  num_interests: K.  gaussian_prior: False drops the prior term (ablation).
+    sigma_init: initial width of every Gaussian.
+  Call: `h` `[B, T, d]`, `tau` `[T]`, `valid` bool `[B, T]` -> seeds `[B, K, d]`.
+  """
+
+  def __init__(self, dim: int, num_interests: int, gaussian_prior: bool = True,
+               sigma_init: float = 0.25, **kwargs):
+    super().__init__(**kwargs)
+    self.dim, self.num_interests = dim, num_interests
+    self.gaussian_prior, self.sigma_init = gaussian_prior, sigma_init
+    self.w_q = tf.keras.layers.Dense(dim, use_bias=False, name="w_q")
+    self.w_k = tf.keras.layers.Dense(dim, use_bias=False, name="w_k")
+    self.w_v = tf.keras.layers.Dense(dim, use_bias=False, name="w_v")
+
+  def build(self, input_shape):
+    k = self.num_interests
+    centres = [(i + 0.5) / k for i in range(k)]
+    self.queries = self.add_weight(
+        name="queries", shape=(k, self.dim),
+        initializer=tf.keras.initializers.TruncatedNormal(stddev=0.05))
+    self.centre_logits = self.add_weight(
+        name="centre_logits", shape=(k,),
+        initializer=tf.constant_initializer([math.log(c / (1.0 - c)) for c in centres]))
+    width = self.sigma_init - 0.05
+    self.width_logits = self.add_weight(
+        name="width_logits", shape=(k,),
+        initializer=tf.constant_initializer(math.log(math.expm1(width))))
+    super().build(input_shape)
+
+  @property
+  def centres(self):
+    """mu `[K]` in (0, 1)."""
+    return tf.sigmoid(self.centre_logits)
+
+  @property
+  def widths(self):
+    """sigma `[K]` >= 0.05."""
+    return tf.nn.softplus(self.width_logits) + 0.05
+
+  def call(self, h, tau, valid):
+    keys = self.w_k(h)                                                   # [B, T, d]
+    logits = tf.einsum("kd,btd->bkt", self.w_q(self.queries), keys) / math.sqrt(self.dim)
+    if self.gaussian_prior:
+      mu, sigma = self.centres, self.widths
+      logits -= tf.square(tau[None, :] - mu[:, None]) / (2.0 * tf.square(sigma))[:, None]
+    logits += (1.0 - tf.cast(valid, h.dtype))[:, None, :] * NEG_INF
+    alpha = tf.nn.softmax(logits, axis=-1)                               # [B, K, T]
+    return tf.einsum("bkt,btd->bkd", alpha, self.w_v(h))
+
+  def get_config(self):
+    return {**super().get_config(), "dim": self.dim, "num_interests": self.num_interests,
+            "gaussian_prior": self.gaussian_prior, "sigma_init": self.sigma_init}
+
+
+class ClusterAttention(tf.keras.layers.Layer):
+  """Refines interest seeds into a soft clustering of the tokens, `rounds` rounds, shared weights.
+
+  Call: `h` `[B, T, d]`, `seeds` `[B, K, d]`, `valid` bool `[B, T]`
+    -> (interests `[B, K, d]`, allocation `[B, T, K]`).
+  """
+
+  def __init__(self, dim: int, rounds: int = 2, **kwargs):
+    super().__init__(**kwargs)
+    self.dim, self.rounds = dim, rounds
+    self.w_k = tf.keras.layers.Dense(dim, use_bias=False, name="w_k")
+    self.w_q = tf.keras.layers.Dense(dim, use_bias=False, name="w_q")
+    self.w_v = tf.keras.layers.Dense(dim, use_bias=False, name="w_v")
+    self.w_o = tf.keras.layers.Dense(dim, name="w_o")
+    self.norm1 = tf.keras.layers.LayerNormalization(name="norm1")
+    self.ffn_in = tf.keras.layers.Dense(2 * dim, activation="gelu", name="ffn_in")
+    self.ffn_out = tf.keras.layers.Dense(dim, name="ffn_out")
+    self.norm2 = tf.keras.layers.LayerNormalization(name="norm2")
+
+  def allocate(self, keys, interests, valid):
+    """A `[B, T, K]`: softmax over interests per token, zero rows on padded tokens."""
+    logits = tf.einsum("btd,bkd->btk", keys, self.w_q(interests)) / math.sqrt(self.dim)
+    return tf.nn.softmax(logits, axis=-1) * tf.cast(valid, keys.dtype)[..., None]
+
+  def call(self, h, seeds, valid):
+    keys = self.w_k(h)
+    if self.rounds == 0:
+      return seeds, self.allocate(keys, seeds, valid)
+    values = self.w_v(h)
+    c = seeds
+    for _ in range(self.rounds):
+      a = self.allocate(keys, c, valid)                                  # [B, T, K]
+      pooled = tf.einsum("btk,btd->bkd", a, values)
+      pooled /= (tf.reduce_sum(a, axis=1) + EPS)[..., None]
+      c = self.norm1(c + self.w_o(pooled))
+      c = self.norm2(c + self.ffn_out(self.ffn_in(c)))
+    return c, a
+
+  def get_config(self):
+    return {**super().get_config(), "dim": self.dim, "rounds": self.rounds}
+
+
+class InterestDecomposition(tf.keras.layers.Layer):
+  """Gaussian attention seeds followed by cluster-attention rounds.
+
+  Call: `h` `[B, T, d]`, `tau` `[T]`, `valid` bool `[B, T]` -> (U `[B, K, d]`, A `[B, T, K]`).
+  """
+
+  def __init__(self, dim: int, num_interests: int, gaussian_prior: bool = True,
+               sigma_init: float = 0.25, cluster_rounds: int = 2, **kwargs):
+    super().__init__(**kwargs)
+    self.gaussian = GaussianAttention(dim, num_interests, gaussian_prior, sigma_init,
+                                      name="gaussian")
+    self.cluster = ClusterAttention(dim, cluster_rounds, name="cluster")
+    self._config = {"dim": dim, "num_interests": num_interests, "gaussian_prior": gaussian_prior,
+                    "sigma_init": sigma_init, "cluster_rounds": cluster_rounds}
+
+  def call(self, h, tau, valid):
+    return self.cluster(h, self.gaussian(h, tau, valid), valid)
+
+  def get_config(self):
+    return {**super().get_config(), **self._config}

@@ -1,0 +1,132 @@
+"""Module 1 — Multi-scale Interest Embedding.
+
+For each patch size p in P the right-aligned history (most recent item last) is cut into L/p
+non-overlapping windows aligned to the most recent end. Window j (counted from the end, j = 0 is the
+most recent) becomes one token
+
+    x_{p,j} = LayerNorm(W_p · masked_mean(e_i, i in window) + s_p + r_{p,j})
+
+with a learned scale embedding `s_p` and recency embedding `r_{p,j}`. A token is valid if any item in
+its window is, and carries its recency position `tau = (j p + (p - 1) / 2) / max_len` (distance of
+the window centre from the end, over the model's history length). The tokens of all scales are
+concatenated (T = sum_p L/p) and passed through `encoder_layers` pre-LN Transformer blocks that
+attend only to valid tokens.
+
+Because padding is masked everywhere and positions are counted from the most recent end, extra left
+padding changes no output.
+"""
+
+from typing import Sequence
+
+import tensorflow as tf
+
+NEG_INF = -1e9
+
+
+def padded_length(length: int, patch_sizes: Sequence[int]) -> int:
+  """Smallest multiple of max(patch_sizes) >= length."""
+  step = max(patch_sizes)
+  return -(-length // step) * step
+
+
+class TransformerBlock(tf.keras.layers.Layer):
+  """Pre-LN self-attention block with a key padding mask.
+
+  Call: `h` float `[B, T, d]`, `valid` bool `[B, T]` -> float `[B, T, d]`.
+  """
+
+  def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, ffn_mult: int = 2, **kwargs):
+    super().__init__(**kwargs)
+    self.dim, self.num_heads, self.dropout, self.ffn_mult = dim, num_heads, dropout, ffn_mult
+    self.norm1 = tf.keras.layers.LayerNormalization(name="norm1")
+    self.qkv = tf.keras.layers.Dense(3 * dim, name="qkv")
+    self.out = tf.keras.layers.Dense(dim, name="out")
+    self.norm2 = tf.keras.layers.LayerNormalization(name="norm2")
+    self.ffn_in = tf.keras.layers.Dense(ffn_mult * dim, activation="gelu", name="ffn_in")
+    self.ffn_out = tf.keras.layers.Dense(dim, name="ffn_out")
+    self.drop = tf.keras.layers.Dropout(dropout)
+
+  def call(self, h, valid, training=False):
+    b, t = tf.shape(h)[0], tf.shape(h)[1]
+    head_dim = self.dim // self.num_heads
+    qkv = tf.reshape(self.qkv(self.norm1(h)), [b, t, 3, self.num_heads, head_dim])
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]                 # [B, T, H, dh]
+    logits = tf.einsum("bqhc,bkhc->bhqk", q, k) / (head_dim ** 0.5)
+    logits += (1.0 - tf.cast(valid, h.dtype))[:, None, None, :] * NEG_INF
+    attn = tf.nn.softmax(logits, axis=-1)
+    mixed = tf.reshape(tf.einsum("bhqk,bkhc->bqhc", attn, v), [b, t, self.dim])
+    h = h + self.drop(self.out(mixed), training=training)
+    return h + self.drop(self.ffn_out(self.ffn_in(self.norm2(h))), training=training)
+
+  def get_config(self):
+    return {**super().get_config(), "dim": self.dim, "num_heads": self.num_heads,
+            "dropout": self.dropout, "ffn_mult": self.ffn_mult}
+
+
+class MultiScaleInterestEmbedding(tf.keras.layers.Layer):
+  """Patch tokens at several scales, then a small Transformer encoder.
+
+  Args:
+    dim: d.
+    patch_sizes: P, e.g. (1, 2, 4).
+    max_len: the model's history length L (sets the recency tables and the tau scale).
+    encoder_layers, num_heads, dropout: the Transformer encoder.
+  Call: `item_emb` float `[B, L', d]`, `mask` bool `[B, L']` with L' <= padded max_len and L' a
+    multiple of max(P) -> (`h` float `[B, T, d]`, `tau` float `[T]`, `valid` bool `[B, T]`).
+  """
+
+  def __init__(self, dim: int, patch_sizes: Sequence[int], max_len: int, encoder_layers: int = 1,
+               num_heads: int = 2, dropout: float = 0.0, **kwargs):
+    super().__init__(**kwargs)
+    self.dim = dim
+    self.patch_sizes = tuple(sorted(patch_sizes))
+    self.max_len = max_len
+    self.encoder_layers, self.num_heads, self.dropout = encoder_layers, num_heads, dropout
+    self.padded_max_len = padded_length(max_len, self.patch_sizes)
+    # Per-scale weights are lists aligned with self.patch_sizes (checkpoints need string keys).
+    self.patch_proj = [tf.keras.layers.Dense(dim, name=f"patch_proj_{p}") for p in self.patch_sizes]
+    self.patch_norm = [tf.keras.layers.LayerNormalization(name=f"patch_norm_{p}")
+                       for p in self.patch_sizes]
+    self.blocks = [TransformerBlock(dim, num_heads, dropout, name=f"block_{i}")
+                   for i in range(encoder_layers)]
+    self.final_norm = tf.keras.layers.LayerNormalization(name="final_norm")
+
+  def build(self, input_shape):
+    def init():  # a fresh initializer per weight (a shared one repeats the same values)
+      return tf.keras.initializers.TruncatedNormal(stddev=0.02)
+
+    self.scale_emb = [self.add_weight(name=f"scale_{p}", shape=(self.dim,), initializer=init())
+                      for p in self.patch_sizes]
+    self.recency_emb = [
+        self.add_weight(name=f"recency_{p}", shape=(self.padded_max_len // p, self.dim),
+                        initializer=init()) for p in self.patch_sizes]
+    super().build(input_shape)
+
+  def _scale_tokens(self, item_emb, mask, s):
+    """Tokens of scale number s (patch size p): ([B, L'/p, d], [L'/p], [B, L'/p])."""
+    p = self.patch_sizes[s]
+    b, length = tf.shape(item_emb)[0], tf.shape(item_emb)[1]
+    n = length // p
+    m = tf.cast(mask, item_emb.dtype)
+    windows = tf.reshape(item_emb * m[..., None], [b, n, p, self.dim])
+    counts = tf.reduce_sum(tf.reshape(m, [b, n, p]), axis=2)               # [B, n]
+    mean = tf.reduce_sum(windows, axis=2) / tf.maximum(counts, 1.0)[..., None]
+    j = tf.range(n - 1, -1, -1)                                          # recency index
+    recency = tf.gather(self.recency_emb[s], j)                            # [n, d]
+    x = self.patch_norm[s](self.patch_proj[s](mean) + self.scale_emb[s] + recency)
+    tau = (tf.cast(j * p, item_emb.dtype) + (p - 1) / 2.0) / float(self.max_len)
+    return x, tau, counts > 0
+
+  def call(self, item_emb, mask, training=False):
+    parts = [self._scale_tokens(item_emb, mask, s) for s in range(len(self.patch_sizes))]
+    h = tf.concat([x for x, _, _ in parts], axis=1)
+    tau = tf.concat([t for _, t, _ in parts], axis=0)
+    valid = tf.concat([v for _, _, v in parts], axis=1)
+    for block in self.blocks:
+      h = block(h, valid, training=training)
+    return self.final_norm(h), tau, valid
+
+  def get_config(self):
+    return {**super().get_config(), "dim": self.dim, "patch_sizes": self.patch_sizes,
+            "max_len": self.max_len, "encoder_layers": self.encoder_layers,
+            "num_heads": self.num_heads, "dropout": self.dropout}

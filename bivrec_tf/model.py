@@ -1,0 +1,219 @@
+"""BivRecModel: two views (ID, multimodal), each turning a history into K interests, trained jointly.
+
+Per view v: item tower -> Multi-scale Interest Embedding (module 1) -> Intra-View Interest
+Decomposition (module 2) -> interests U_v `[B, K, d]`, scored against candidates by one
+`tfrs.tasks.Retrieval` with multi-interest ("maxsim") queries. Cross-View Interest Learning
+(module 3) couples the views:
+
+    L = L_rec_id + L_rec_mm + lambda_sem L_sem + lambda_alloc L_alloc (+ lambda_balance L_balance)
+
+Every term is averaged per example over the *global* batch, so the loss does not depend on the
+number of replicas. Inference: s_v(i) = max_k sim(U_v[k], e_v(i)) / tau_rec and
+s(i) = w s_id(i) + (1 - w) s_mm(i), except items never seen in training (cold), scored s_mm(i).
+"""
+
+from typing import Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from bivrec_tf.config import Config
+from bivrec_tf.layers import (AllocationStats, IdTower, InterestDecomposition,
+                              MultiScaleInterestEmbedding, MultimodalTower, SemanticHead,
+                              allocation_loss, semantic_loss)
+from bivrec_tf.layers.patching import padded_length
+
+FIRST_ITEM = 2  # 0 = padding, 1 = out-of-vocabulary
+
+
+class ViewEncoder(tf.keras.layers.Layer):
+  """One view: item tower, module 1, module 2.
+
+  Call: `history` int `[B, L']` (right-aligned, 0 = padding; ids < 2 are ignored)
+    -> (U `[B, K, d]` (unit-norm for cosine similarity), A `[B, T, K]`, valid bool `[B, T]`).
+  Histories longer than `max_len` keep their most recent `max_len` items.
+  """
+
+  def __init__(self, tower: tf.keras.layers.Layer, config: Config, max_len: int, **kwargs):
+    super().__init__(**kwargs)
+    m = config.model
+    self.tower = tower
+    self.max_len = max_len
+    self.patch_sizes = m.patch_sizes
+    self.normalize = m.similarity == "cosine"
+    self.embedding = MultiScaleInterestEmbedding(
+        m.dim, m.patch_sizes, max_len, m.encoder_layers, m.num_heads, m.dropout, name="module1")
+    self.interests = InterestDecomposition(
+        m.dim, m.num_interests, m.gaussian_prior, m.sigma_init, m.cluster_rounds, name="module2")
+
+  def _align(self, history):
+    """Keeps the last max_len items; left-pads to a multiple of max(patch_sizes)."""
+    history = history[:, -self.max_len:]
+    length = history.shape[1]
+    if length is not None:
+      target = padded_length(length, self.patch_sizes)
+      return tf.pad(history, [[0, 0], [target - length, 0]])
+    step = max(self.patch_sizes)
+    pad = (-tf.shape(history)[1]) % step
+    return tf.pad(history, [[0, 0], [pad, 0]])
+
+  def item_vectors(self, item_ids):
+    """Candidate-side embeddings `[..., d]`, unit-norm for cosine similarity."""
+    e = self.tower(item_ids)
+    return tf.math.l2_normalize(e, axis=-1) if self.normalize else e
+
+  def call(self, history, training=False):
+    history = self._align(tf.cast(history, tf.int64))
+    mask = history >= FIRST_ITEM
+    h, tau, valid = self.embedding(self.tower(history), mask, training=training)
+    u, a = self.interests(h, tau, valid)
+    if self.normalize:
+      u = tf.math.l2_normalize(u, axis=-1)
+    return u, a, valid
+
+
+class BivRecModel(tfrs.Model):
+  """The full model. Training batches: {"history" `[B, L]`, "target" `[B]`, "negatives" `[S]`}.
+
+  Args:
+    config: the run's Config (model + loss sections are read).
+    vocab_size: V (items + 2).
+    features / present: modality -> `[V, D_m]` float / `[V]` bool (needed if the MM view is on).
+    item_counts: `[V]` train-target counts, for logQ correction of the sampled candidates.
+    seen_in_train: `[V]` bool; unseen (cold) items are scored by the MM view alone when fused.
+    max_len: history length L.
+  """
+
+  def __init__(self, config: Config, vocab_size: int, max_len: int,
+               features: Optional[Dict[str, np.ndarray]] = None,
+               present: Optional[Dict[str, np.ndarray]] = None,
+               item_counts: Optional[np.ndarray] = None,
+               seen_in_train: Optional[np.ndarray] = None, **kwargs):
+    super().__init__(**kwargs)
+    self.config = config
+    self.vocab_size = vocab_size
+    self.max_len = max_len
+    self.view_names = tuple(v for v in ("id", "mm") if v in config.model.views)
+    m = config.model
+    self.views = {}
+    for v in self.view_names:
+      tower = (IdTower(vocab_size, m.dim, name="id_tower") if v == "id" else
+               MultimodalTower(features, present, m.dim, name="mm_tower"))
+      self.views[v] = ViewEncoder(tower, config, max_len, name=f"{v}_view")
+    self.tasks = {
+        v: tfrs.tasks.Retrieval(
+            loss=tf.keras.losses.CategoricalCrossentropy(
+                from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
+            temperature=m.tau_rec, remove_accidental_hits=True, name=f"retrieval_{v}")
+        for v in self.view_names}
+    self.cross_view = len(self.view_names) == 2
+    if self.cross_view:
+      self.semantic_heads = {v: SemanticHead(m.dim, name=f"semantic_{v}") for v in self.view_names}
+    counts = np.zeros(vocab_size, np.float64) if item_counts is None else np.asarray(
+        item_counts, np.float64)
+    popularity = counts / max(counts.sum(), 1.0)
+    self.popularity = tf.constant(popularity, tf.float32)
+    seen = np.ones(vocab_size, bool) if seen_in_train is None else np.asarray(seen_in_train, bool)
+    self.cold = tf.constant(~seen, tf.bool)
+    self.trackers = {name: tf.keras.metrics.Mean(name=name) for name in self._metric_names()}
+
+  def _metric_names(self):
+    names = ["loss"] + [f"rec_{v}" for v in self.view_names]
+    if self.cross_view:
+      names += ["sem", "alloc"]
+    names += [f"{stat}_{v}" for v in self.view_names for stat in ("entropy", "interests")]
+    return names
+
+  @property
+  def metrics(self):
+    return list(self.trackers.values())
+
+  def call(self, history, training=False):
+    """history `[B, L]` -> {view: (U `[B, K, d]`, A `[B, T, K]`, valid `[B, T]`)}."""
+    return {v: enc(history, training=training) for v, enc in self.views.items()}
+
+  def _sampling_probability(self, candidate_ids, batch_size, num_sampled):
+    """Expected share of candidate slots taken by each item: in-batch positives follow the
+    train-target distribution, sampled negatives are uniform over the catalogue."""
+    b = tf.cast(batch_size, tf.float32)
+    s = float(num_sampled)
+    uniform = 1.0 / float(self.vocab_size - FIRST_ITEM)
+    pop = tf.gather(self.popularity, candidate_ids)
+    return tf.maximum((b * pop + s * uniform) / (b + s), 1e-12)
+
+  def compute_losses(self, batch, training=False):
+    """Per-example loss terms `[B]` and diagnostics. Returns (total `[B]`, {name: `[B]`})."""
+    history, target = batch["history"], tf.cast(batch["target"], tf.int64)
+    negatives = tf.cast(batch.get("negatives", tf.zeros([0], tf.int64)), tf.int64)
+    candidates = tf.concat([target, negatives], axis=0)                 # [B + S]
+    probs = self._sampling_probability(candidates, tf.shape(target)[0], negatives.shape[0] or 0)
+    outputs = self(history, training=training)
+    lc = self.config.loss
+    terms, total = {}, 0.0
+    stats = {}
+    for v, (u, a, valid) in outputs.items():
+      rec = self.tasks[v](u, self.views[v].item_vectors(candidates),
+                          candidate_sampling_probability=probs, candidate_ids=candidates,
+                          compute_metrics=False, compute_batch_metrics=False)
+      terms[f"rec_{v}"] = rec
+      total += rec
+      stats[v] = AllocationStats(a, valid)
+      terms[f"entropy_{v}"] = stats[v].token_entropy
+      terms[f"interests_{v}"] = stats[v].effective_interests
+      if lc.lambda_balance > 0:
+        total += lc.lambda_balance * stats[v].balance_loss
+    if self.cross_view:
+      (u_id, a_id, valid), (u_mm, a_mm, _) = outputs["id"], outputs["mm"]
+      terms["sem"] = semantic_loss(self.semantic_heads["id"](u_id),
+                                   self.semantic_heads["mm"](u_mm), lc.tau_c)
+      terms["alloc"] = allocation_loss(a_id, a_mm, valid)
+      total += lc.lambda_sem * terms["sem"] + lc.lambda_alloc * terms["alloc"]
+    return total, terms
+
+  def compute_loss(self, inputs, training=False):
+    total, _ = self.compute_losses(inputs, training=training)
+    return tf.nn.compute_average_loss(total)
+
+  def _step(self, batch, training):
+    total, terms = self.compute_losses(batch, training=training)
+    loss = tf.nn.compute_average_loss(total)  # sum / global batch size
+    self.trackers["loss"].update_state(total)
+    for name, value in terms.items():
+      self.trackers[name].update_state(value)
+    return loss
+
+  def train_step(self, batch):
+    with tf.GradientTape() as tape:
+      loss = self._step(batch, training=True)
+    grads = tape.gradient(loss, self.trainable_variables)
+    self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+    return {name: t.result() for name, t in self.trackers.items()}
+
+  def test_step(self, batch):
+    self._step(batch, training=False)
+    return {name: t.result() for name, t in self.trackers.items()}
+
+  # --- inference -----------------------------------------------------------------------------
+
+  def queries(self, history):
+    """{view: U `[B, K, d]`} for ranking (inference mode)."""
+    return {v: enc(history, training=False)[0] for v, enc in self.views.items()}
+
+  def item_table(self, view: str, chunk: int = 200_000) -> tf.Tensor:
+    """All items' candidate vectors for one view, `[V, d]` (computed in chunks)."""
+    encoder = self.views[view]
+    parts = [encoder.item_vectors(tf.range(start, min(start + chunk, self.vocab_size),
+                                           dtype=tf.int64))
+             for start in range(0, self.vocab_size, chunk)]
+    return tf.concat(parts, axis=0)
+
+
+def view_scores(queries, table, tau_rec: float):
+  """s_v = max_k <U[k], e(i)> / tau_rec. queries `[B, K, d]`, table `[N, d]` -> `[B, N]`."""
+  return tf.reduce_max(tf.einsum("bkd,nd->bkn", queries, table), axis=1) / tau_rec
+
+
+def fuse_scores(s_id, s_mm, w, cold):
+  """s = w s_id + (1 - w) s_mm; cold items (`cold` bool `[N]`) get s_mm alone. -> `[B, N]`."""
+  return tf.where(cold[None, :], s_mm, w * s_id + (1.0 - w) * s_mm)

@@ -1,0 +1,208 @@
+"""`python -m bivrec_tf.train`: data -> strategy -> fit -> evaluate -> export.
+
+With no arguments it trains on the embedded default dataset (generated once and cached), stops
+early on validation NDCG@20, restores the best weights, tunes the fusion weight on validation,
+prints the test table (Popularity, ID view, MM view, BivRec) and exports a SavedModel to
+`saved_models/bivrec/<next version>/`. Every Config field is a flag; `--help` lists them.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import bivrec_tf  # noqa: F401  (Keras-2 guard before TensorFlow)
+import numpy as np
+import tensorflow as tf
+
+from bivrec_tf import config as config_lib
+from bivrec_tf.distribute import is_chief, make_strategy
+from bivrec_tf.evaluate import Ranker, best_fusion, evaluate, popularity_metrics
+from bivrec_tf.export import export_model
+from bivrec_tf.model import BivRecModel
+from input_pipelines.dataset import PreparedDataset, eval_dataset, train_dataset
+from input_pipelines.synthetic import ensure_synthetic
+
+DEFAULT_MAX_LEN = 50
+
+
+class ValidationCallback(tf.keras.callbacks.Callback):
+  """Full-ranking validation at each epoch end; adds `val_ndcg<K>` (best fused rule),
+  `val_ndcg<K>_id`, `val_ndcg<K>_mm` and `val_fusion_w` to the logs for the callbacks after it."""
+
+  def __init__(self, ranker: Ranker, data: tf.data.Dataset, ks: Sequence[int], monitor_k: int,
+               fusion_weights: Sequence[float]):
+    super().__init__()
+    self.ranker, self.data, self.ks = ranker, data, ks
+    self.monitor_k, self.fusion_weights = monitor_k, fusion_weights
+    self.history = []
+
+  def on_epoch_end(self, epoch, logs=None):
+    logs = logs if logs is not None else {}
+    results = evaluate(self.ranker, self.data, self.ks, self.fusion_weights)
+    key = f"ndcg@{self.monitor_k}"
+    for rule in ("id", "mm"):
+      if rule in results:
+        logs[f"val_ndcg{self.monitor_k}_{rule}"] = results[rule][key]
+    fused = {n: r for n, r in results.items() if n.startswith("fused@")}
+    if fused:
+      w = best_fusion(results, key)
+      logs["val_fusion_w"] = w
+      logs[f"val_ndcg{self.monitor_k}"] = fused[f"fused@{w:.2f}"][key]
+    else:
+      logs[f"val_ndcg{self.monitor_k}"] = next(iter(results.values()))[key]
+    self.history.append({k: float(v) for k, v in logs.items()})
+    print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k.startswith("val_")))
+
+
+def select_modalities(cfg: config_lib.Config, ds: PreparedDataset):
+  available = sorted(ds.features)
+  wanted = list(cfg.data.modalities or available)
+  unknown = [m for m in wanted if m not in available]
+  if unknown:
+    raise ValueError(f"config field `modalities` = {tuple(wanted)!r}: unknown modality "
+                     f"{unknown[0]!r}; the dataset at {ds.path} has {available}")
+  if "mm" in cfg.model.views and not wanted:
+    raise ValueError(f"the MM view needs item features, but {ds.path} has no modality")
+  return ({m: ds.features[m] for m in wanted}, {m: ds.present[m] for m in wanted})
+
+
+def load_data(cfg: config_lib.Config) -> PreparedDataset:
+  if cfg.data.data == "synthetic":
+    path = ensure_synthetic(root=cfg.data.data_cache, seed=cfg.data.data_seed)
+  else:
+    path = cfg.data.data
+  return PreparedDataset.load(path)
+
+
+def build_model(cfg: config_lib.Config, ds: PreparedDataset, max_len: int) -> BivRecModel:
+  features, present = select_modalities(cfg, ds) if "mm" in cfg.model.views else ({}, {})
+  model = BivRecModel(cfg, ds.vocab_size, max_len, features, present,
+                      item_counts=ds.item_counts, seen_in_train=ds.seen_in_train)
+  model.compile(optimizer=tf.keras.optimizers.Adam(cfg.train.learning_rate),
+                jit_compile=cfg.train.jit_compile,
+                steps_per_execution=cfg.train.steps_per_execution)
+  return model
+
+
+def format_table(rows: Dict[str, Dict[str, float]], ks: Sequence[int]) -> str:
+  """Markdown table: one row per model, Recall/NDCG/HitRate at each K."""
+  cols = [f"{m}@{k}" for m in ("recall", "ndcg", "hitrate") for k in ks]
+  head = "| model | " + " | ".join(c.replace("recall", "Recall").replace("ndcg", "NDCG")
+                                   .replace("hitrate", "HitRate") for c in cols) + " |"
+  lines = [head, "|---" * (len(cols) + 1) + "|"]
+  for name, metrics in rows.items():
+    lines.append(f"| {name} | " + " | ".join(f"{metrics[c]:.4f}" for c in cols) + " |")
+  return "\n".join(lines)
+
+
+def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
+  """The whole job. Returns a summary dict (also written to <run_dir>/metrics.json)."""
+  start = time.time()
+  strategy = make_strategy(cfg.train.strategy, cfg.train.logical_cpus)
+  chief = is_chief(strategy)
+  tf.keras.utils.set_random_seed(cfg.train.seed)
+  ds = load_data(cfg)
+  max_len = cfg.data.max_len or int(ds.meta.get("recommended_max_len", DEFAULT_MAX_LEN))
+  run_dir = Path(cfg.train.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+  if not chief:
+    run_dir = Path(tempfile.mkdtemp(prefix="bivrec-worker-"))
+  run_dir.mkdir(parents=True, exist_ok=True)
+  (run_dir / "config.json").write_text(cfg.to_json())
+
+  with strategy.scope():
+    model = build_model(cfg, ds, max_len)
+  ev = cfg.eval
+  grid = [float(w) for w in np.linspace(0.0, 1.0, ev.fusion_grid)]
+  ranker = Ranker(model, max(ev.ks), ev.item_chunk, ev.exclude_history)
+  valid = eval_dataset(ds, "valid", max_len, ev.eval_batch_size)
+  test = eval_dataset(ds, "test", max_len, ev.eval_batch_size)
+  train = train_dataset(ds, max_len, cfg.train.batch_size, cfg.loss.num_negatives,
+                        seed=cfg.train.seed, repeat=True)
+  steps_per_epoch = ds.num_examples("train") // cfg.train.batch_size
+  monitor = f"val_ndcg{ev.monitor_k}"
+  best_path = run_dir / "checkpoints" / "best"
+  validation = ValidationCallback(ranker, valid, ev.ks, ev.monitor_k, grid)
+  callbacks = [
+      validation,
+      tf.keras.callbacks.ModelCheckpoint(str(best_path), monitor=monitor, mode="max",
+                                         save_best_only=True, save_weights_only=True),
+      tf.keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=cfg.train.patience),
+      tf.keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
+  ]
+  fit_start = time.time()
+  model.fit(train, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+            verbose=verbose)
+  fit_seconds = time.time() - fit_start
+  model.load_weights(str(best_path)).expect_partial()
+  best_epoch = int(np.argmax([h[monitor] for h in validation.history])) + 1
+
+  valid_results = evaluate(ranker, valid, ev.ks, grid)
+  key = f"ndcg@{ev.monitor_k}"
+  fused = len(model.view_names) == 2
+  w = best_fusion(valid_results, key) if fused else (1.0 if model.view_names == ("id",) else 0.0)
+  test_results = evaluate(ranker, test, ev.ks, [w])
+  rows = {"Popularity": popularity_metrics(ds.item_counts, test, ev.ks, ev.exclude_history)}
+  names = {"id": "ID view", "mm": "MM view"}
+  for rule, metrics in test_results.items():
+    rows[names.get(rule, f"BivRec (w={w:.2f})")] = metrics
+  table = format_table(rows, ev.ks)
+
+  summary = {
+      "data": str(ds.path), "max_len": max_len, "fusion_weight": w, "best_epoch": best_epoch,
+      "epochs_run": len(validation.history), "fit_seconds": fit_seconds,
+      "valid": valid_results, "test": rows, "exclude_history": ev.exclude_history,
+      "epoch_logs": validation.history, "run_dir": str(run_dir),
+  }
+  export_path = None
+  if chief and cfg.export.export:
+    export_path = export_model(
+        model, ds.vocab, w, cfg.export.export_base, cfg.export.model_name, cfg.export.top_k,
+        metadata={"config": cfg.to_dict(), "test_metrics": rows, "valid_metrics": valid_results,
+                  "dataset": ds.meta})
+    summary["export_path"] = str(export_path)
+  summary["wall_seconds"] = time.time() - start
+  if chief:
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+  if verbose:
+    hist = "history items excluded" if ev.exclude_history else "history items not excluded"
+    print(f"\nTest, full ranking over {ds.vocab_size - 2} items ({hist}); "
+          f"fusion weight w={w:.2f} tuned on validation; best epoch {best_epoch}.\n")
+    print(table)
+    print(f"\nrun directory: {run_dir}")
+    if export_path:
+      print(f"exported SavedModel: {export_path}")
+    print(f"wall time: {summary['wall_seconds']:.1f} s")
+  return summary
+
+
+def parse_config(argv: Optional[Sequence[str]] = None) -> config_lib.Config:
+  parser = argparse.ArgumentParser(
+      prog="python -m bivrec_tf.train", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", metavar="JSON", help="start from this config file; flags override")
+  config_lib.add_flags(parser)
+  args = parser.parse_args(argv)
+  try:
+    base = config_lib.Config.from_json(Path(args.config).read_text()) if args.config else None
+    return config_lib.from_flags(args, base)
+  except (ValueError, OSError) as err:
+    parser.error(str(err))
+  raise AssertionError("unreachable")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  cfg = parse_config(argv)
+  try:
+    run(cfg)
+  except (ValueError, FileNotFoundError, FileExistsError) as err:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

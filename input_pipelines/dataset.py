@@ -1,0 +1,246 @@
+"""Reading a prepared dataset directory and turning its splits into tf.data pipelines.
+
+Histories are **right-aligned**: the last position holds the most recent item, padding (0) is on
+the left, and histories longer than `max_len` keep their last `max_len` items (DESIGN.md
+section 3). All parsing is vectorized over batches: records are batched first, then parsed with
+`tf.io.parse_example`; no Python code runs per example.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import dataclasses
+import json
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+
+from input_pipelines import NUM_RESERVED, SCHEMA_VERSION
+
+_PARSE_SPEC = {
+    "history": tf.io.VarLenFeature(tf.int64),
+    "target": tf.io.VarLenFeature(tf.int64),
+}
+
+
+@dataclasses.dataclass
+class PreparedDataset:
+    """A loaded prepared dataset directory (see `input_pipelines.prepared`).
+
+    Attributes:
+      path: the directory.
+      meta: the parsed dataset.json.
+      vocab: str [V]; row = item index (0 "[PAD]", 1 "[OOV]").
+      vocab_size: V = num_items + 2.
+      features: modality -> float32 [V, D] (standardized; rows 0, 1 and absent items zero).
+      present: modality -> bool [V].
+      item_counts: int64 [V]; how often each item is a target in the train split.
+      seen_in_train: bool [V]; item occurs anywhere (history or target) in the train split.
+    """
+
+    path: pathlib.Path
+    meta: dict
+    vocab: np.ndarray
+    vocab_size: int
+    features: dict
+    present: dict
+    item_counts: np.ndarray
+    seen_in_train: np.ndarray
+
+    @classmethod
+    def load(cls, path) -> "PreparedDataset":
+        path = pathlib.Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"prepared dataset directory not found: {path}")
+        meta_file = path / "dataset.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"missing dataset.json in prepared dataset directory: {meta_file}")
+        with open(meta_file, encoding="utf-8") as f:
+            meta = json.load(f)
+        version = meta.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"{meta_file}: field 'schema_version' is {version!r}, "
+                             f"expected {SCHEMA_VERSION}")
+        for field in ("vocab_size", "num_items", "splits", "modalities"):
+            if field not in meta:
+                raise ValueError(f"{meta_file}: missing field '{field}'")
+        vocab_size = int(meta["vocab_size"])
+        if vocab_size != int(meta["num_items"]) + NUM_RESERVED:
+            raise ValueError(f"{meta_file}: field 'vocab_size' ({vocab_size}) != "
+                             f"num_items + {NUM_RESERVED}")
+
+        vocab_file = path / meta.get("vocab_file", "item_vocab.txt")
+        if not vocab_file.is_file():
+            raise FileNotFoundError(f"missing item vocabulary file: {vocab_file}")
+        with open(vocab_file, encoding="utf-8") as f:
+            vocab = np.array(f.read().splitlines(), dtype=str)
+        if vocab.shape[0] != vocab_size:
+            raise ValueError(f"{vocab_file}: has {vocab.shape[0]} rows, expected vocab_size "
+                             f"{vocab_size}")
+
+        features, present = {}, {}
+        for name, info in meta["modalities"].items():
+            for key in ("file", "present_file"):
+                if key not in info:
+                    raise ValueError(f"{meta_file}: modality '{name}' lacks field '{key}'")
+            table = _load_npy(path / info["file"], f"modality '{name}'")
+            mask = _load_npy(path / info["present_file"], f"modality '{name}' present mask")
+            if table.ndim != 2 or table.shape[0] != vocab_size:
+                raise ValueError(f"{path / info['file']}: feature rows {table.shape} != vocab_size "
+                                 f"{vocab_size}")
+            if "dim" in info and table.shape[1] != int(info["dim"]):
+                raise ValueError(f"{path / info['file']}: feature dim {table.shape[1]} != field "
+                                 f"'dim' {info['dim']} in dataset.json")
+            if mask.shape != (vocab_size,):
+                raise ValueError(f"{path / info['present_file']}: shape {mask.shape} != "
+                                 f"({vocab_size},)")
+            features[name] = table.astype(np.float32, copy=False)
+            present[name] = mask.astype(bool, copy=False)
+
+        ds = cls(path=path, meta=meta, vocab=vocab, vocab_size=vocab_size, features=features,
+                 present=present, item_counts=np.zeros(vocab_size, np.int64),
+                 seen_in_train=np.zeros(vocab_size, bool))
+        for split in meta["splits"]:
+            if not ds.split_path(split).is_file():
+                raise FileNotFoundError(f"missing split file for '{split}': {ds.split_path(split)}")
+        if "train" in meta["splits"]:
+            ds.item_counts, ds.seen_in_train = _train_counts(ds.split_path("train"), vocab_size)
+        return ds
+
+    @property
+    def num_items(self) -> int:
+        return self.vocab_size - NUM_RESERVED
+
+    @property
+    def splits(self) -> list:
+        return list(self.meta["splits"])
+
+    def num_examples(self, split: str) -> int:
+        return int(self._split_info(split)["num_examples"])
+
+    def split_path(self, split: str) -> pathlib.Path:
+        return self.path / self._split_info(split)["file"]
+
+    def _split_info(self, split: str) -> dict:
+        try:
+            return self.meta["splits"][split]
+        except KeyError:
+            raise KeyError(f"unknown split '{split}' in {self.path / 'dataset.json'}; available: "
+                           f"{sorted(self.meta['splits'])}") from None
+
+
+def _load_npy(file: pathlib.Path, what: str) -> np.ndarray:
+    if not file.is_file():
+        raise FileNotFoundError(f"missing feature file for {what}: {file}")
+    return np.load(file, allow_pickle=False)
+
+
+def _train_counts(file: pathlib.Path, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Target counts and occurrence mask over the train split, read in large parsed batches."""
+    counts = np.zeros(vocab_size, np.int64)
+    seen = np.zeros(vocab_size, bool)
+    def values(serialized):
+        parsed = tf.io.parse_example(serialized, _PARSE_SPEC)
+        return parsed["history"].values, parsed["target"].values
+
+    records = tf.data.TFRecordDataset(str(file)).batch(8192).map(values)
+    for history, targets in records.as_numpy_iterator():
+        counts += np.bincount(targets, minlength=vocab_size)[:vocab_size]
+        seen[targets] = True
+        seen[history] = True
+    seen[:NUM_RESERVED] = False
+    return counts, seen
+
+
+def align_right(ragged: tf.RaggedTensor, max_len: int) -> tf.Tensor:
+    """Last `max_len` items of each row, right-aligned, left-padded with 0: int64 [B, max_len]."""
+    lengths = tf.minimum(ragged.row_lengths(), max_len)
+    starts = ragged.row_starts() + ragged.row_lengths() - lengths  # first kept item per row
+    offset = max_len - lengths  # number of padding slots per row
+    pos = tf.range(max_len, dtype=tf.int64)[tf.newaxis, :] - offset[:, tf.newaxis]
+    valid = pos >= 0
+    index = starts[:, tf.newaxis] + tf.maximum(pos, 0)
+    values = tf.concat([ragged.values, tf.zeros([1], ragged.values.dtype)], 0)  # safe when empty
+    out = tf.gather(values, tf.where(valid, index, tf.zeros_like(index)))
+    return tf.where(valid, out, tf.zeros_like(out))
+
+
+def _parse(serialized: tf.Tensor):
+    parsed = tf.io.parse_example(serialized, _PARSE_SPEC)
+    history = tf.RaggedTensor.from_sparse(parsed["history"])
+    targets = tf.RaggedTensor.from_sparse(parsed["target"])
+    return history, targets
+
+
+def train_dataset(ds: PreparedDataset, max_len: int, batch_size: int, num_negatives: int,
+                  seed: int, shuffle: bool = True, repeat: bool = False) -> tf.data.Dataset:
+    """Training batches from the train split.
+
+    Yields dicts:
+      history: int64 [B, max_len], right-aligned, left-padded with 0.
+      target: int64 [B], the first target of each example.
+      negatives: int64 [num_negatives], uniform over real items [2, V), one draw per batch
+        (stateless, derived from `seed`; different for every batch and every epoch).
+    Batches have a static size (`drop_remainder=True`).
+    """
+    if max_len < 1 or batch_size < 1 or num_negatives < 0:
+        raise ValueError("max_len and batch_size must be >= 1 and num_negatives >= 0")
+    n = ds.num_examples("train")
+    if n < batch_size:
+        raise ValueError(f"train split has {n} examples, fewer than batch_size {batch_size} "
+                         "(batches drop the remainder)")
+    vocab_size = ds.vocab_size
+    records = tf.data.TFRecordDataset(str(ds.split_path("train"))).cache()
+    if shuffle:
+        records = records.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        records = records.repeat()
+    batches = records.batch(batch_size, drop_remainder=True)
+    # One random int64 per batch; re-randomized on every pass over the dataset.
+    noise = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+    def to_features(serialized, key):
+        history, targets = _parse(serialized)
+        negatives = tf.random.stateless_uniform(
+            [num_negatives], seed=tf.stack([tf.constant(seed, tf.int64), key]),
+            minval=NUM_RESERVED, maxval=vocab_size, dtype=tf.int64)
+        history = tf.ensure_shape(align_right(history, max_len), [batch_size, max_len])
+        target = tf.ensure_shape(tf.gather(targets.values, targets.row_starts()), [batch_size])
+        return {"history": history, "target": target, "negatives": negatives}
+
+    return (tf.data.Dataset.zip((batches, noise))
+            .map(to_features, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def eval_dataset(ds: PreparedDataset, split: str, max_len: int, batch_size: int,
+                 max_targets: int | None = None) -> tf.data.Dataset:
+    """Evaluation batches of a split, in file order (deterministic), last batch kept.
+
+    Yields dicts:
+      history: int64 [B, max_len], same alignment as `train_dataset`.
+      targets: int64 [B, T], padded with 0 on the right. T = `max_targets` when given (longer
+        target lists are truncated to their first `max_targets`), else the batch's longest list.
+    """
+    if max_len < 1 or batch_size < 1:
+        raise ValueError("max_len and batch_size must be >= 1")
+    if max_targets is not None and max_targets < 1:
+        raise ValueError("max_targets must be >= 1")
+
+    def to_features(serialized):
+        history, targets = _parse(serialized)
+        if max_targets is not None:
+            targets = targets[:, :max_targets]
+            padded = targets.to_tensor(0, shape=[None, max_targets])
+        else:
+            padded = targets.to_tensor(0)
+        return {"history": align_right(history, max_len), "targets": padded}
+
+    return (tf.data.TFRecordDataset(str(ds.split_path(split)))
+            .batch(batch_size)
+            .map(to_features, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))

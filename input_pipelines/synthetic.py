@@ -1,0 +1,327 @@
+"""The embedded default dataset (`--data synthetic`, DESIGN.md section 4).
+
+A pure-numpy generator with planted structure in which each BivRec view has something only it
+can learn:
+
+- Items belong to latent topics and are ordered inside each topic. The modalities "text" and
+  "image" are smooth random-feature maps of (topic, in-topic position) plus noise, each noisy in a
+  different way: text sees the topic sharply but the position blurred, image sees the position
+  sharply but the topic blurred, so the two are complementary. A share of items lack the image.
+- Users mix 2-3 topics with recency: they mostly stay in the current topic and step forward
+  along its order, sometimes switch to another of their topics (resuming where they left it).
+  With probability `partner_prob` the next item is instead the previous item's fixed random
+  "partner", a per-item mapping no feature reveals (only item IDs can learn it).
+- Popularity has a long tail (Zipf topic weights; `start_beta` > 1 also biases where users enter a
+  topic towards its front) and a
+  share of "cold" items never occurs in train but does occur as valid/test targets: only the MM
+  view can reach those.
+
+Protocol `loo`: for a user sequence s_0..s_{n-1}, train examples are (s_0..s_{j-1}) -> s_j for
+1 <= j <= n-3, valid is (s_0..s_{n-3}) -> s_{n-2}, test is (s_0..s_{n-2}) -> s_{n-1}.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import hashlib
+import json
+import pathlib
+import time
+
+import numpy as np
+
+from input_pipelines import NUM_RESERVED
+from input_pipelines.prepared import write_prepared
+
+GENERATOR_VERSION = 1
+
+DEFAULT_PARAMS = dict(
+    num_items=3000,
+    num_users=1500,
+    num_topics=30,
+    text_dim=48,
+    image_dim=32,
+    min_len=8,
+    max_len=40,
+    mean_len=18,
+    topics_per_user=(2, 3),
+    switch_prob=0.15,
+    partner_prob=0.2,
+    max_step=10,
+    cold_share=0.08,
+    image_missing_share=0.05,
+    topic_zipf=0.7,
+    start_beta=1.0,
+    text_pos_noise=0.06,
+    image_topic_noise=0.6,
+    feature_noise=0.15,
+    recommended_max_len=20,
+)
+
+
+def _params(params: dict) -> dict:
+    unknown = set(params) - set(DEFAULT_PARAMS)
+    if unknown:
+        raise TypeError(f"unknown synthetic generator parameters: {sorted(unknown)}")
+    p = {**DEFAULT_PARAMS, **params}
+    p["topics_per_user"] = tuple(int(x) for x in p["topics_per_user"])
+    if p["num_items"] < 2 * p["num_topics"]:
+        raise ValueError("num_items must be at least 2 * num_topics")
+    if not 1 <= p["topics_per_user"][0] <= p["topics_per_user"][1] <= p["num_topics"]:
+        raise ValueError("topics_per_user must be (lo, hi) with 1 <= lo <= hi <= num_topics")
+    if p["min_len"] < 4 or p["max_len"] < p["min_len"]:
+        raise ValueError("need 4 <= min_len <= max_len (loo needs >= 2 train items)")
+    return p
+
+
+def _smooth_map(rng: np.random.Generator, z: np.ndarray, dim: int, scale: float) -> np.ndarray:
+    """Random-Fourier features of z: a smooth random function R^k -> R^dim."""
+    w = rng.normal(0.0, 1.0 / scale, size=(z.shape[1], dim))
+    b = rng.uniform(0.0, 2 * np.pi, size=dim)
+    return np.sqrt(2.0 / dim) * np.cos(z @ w + b)
+
+
+def _catalogue(rng: np.random.Generator, p: dict):
+    """Topics, in-topic positions, features, partners and cold items."""
+    n, k = p["num_items"], p["num_topics"]
+    # Topic sizes: random but every topic has at least 2 items.
+    sizes = 2 + rng.multinomial(n - 2 * k, rng.dirichlet(np.full(k, 4.0)))
+    topic = np.repeat(np.arange(k), sizes)
+    rank = np.concatenate([np.arange(s) for s in sizes])
+    pos = (rank + 0.5) / sizes[topic]  # in-topic position in (0, 1)
+    # Shuffle item ids so the index says nothing about topic or order.
+    perm = rng.permutation(n)
+    topic, rank, pos = topic[perm], rank[perm], pos[perm]
+    members = [np.flatnonzero(topic == t)[np.argsort(rank[topic == t])] for t in range(k)]
+
+    # Latent smooth embedding of (topic, position): topic vector + position curve.
+    topic_vec = rng.normal(size=(k, 8))
+    freqs = np.arange(1, 5)
+    phase = rng.uniform(0, 2 * np.pi, size=(k, len(freqs)))
+
+    def pos_curve(x):
+        ang = np.pi * x[:, None] * freqs[None, :] + phase[topic]
+        return np.concatenate([np.sin(ang), np.cos(ang)], axis=1)
+
+    # text: sharp topic, blurred position; image: blurred topic, sharp position.
+    z_text = np.concatenate([
+        1.5 * topic_vec[topic],
+        pos_curve(np.clip(pos + rng.normal(0, p["text_pos_noise"], n), 0, 1)),
+    ], axis=1)
+    z_image = np.concatenate([
+        1.5 * (topic_vec[topic] + rng.normal(0, p["image_topic_noise"], (n, 8))),
+        2.0 * pos_curve(pos),
+    ], axis=1)
+    text = _smooth_map(rng, z_text, p["text_dim"], scale=2.0)
+    image = _smooth_map(rng, z_image, p["image_dim"], scale=2.0)
+    text += rng.normal(0, p["feature_noise"] * text.std(), text.shape)
+    image += rng.normal(0, p["feature_noise"] * image.std(), image.shape)
+    image_present = rng.random(n) >= p["image_missing_share"]
+
+    # Cold items: never in train; not at the very front of a topic (where users start).
+    eligible = np.flatnonzero(rank >= 2)
+    cold = np.zeros(n, bool)
+    cold[rng.choice(eligible, size=min(len(eligible), int(round(p["cold_share"] * n))),
+                    replace=False)] = True
+    # Partners: a random warm item, never the item itself.
+    warm = np.flatnonzero(~cold)
+    partner = warm[rng.integers(0, len(warm), n)]
+    clash = partner == np.arange(n)
+    while clash.any():
+        partner[clash] = warm[rng.integers(0, len(warm), clash.sum())]
+        clash = partner == np.arange(n)
+    return dict(topic=topic, rank=rank, members=members, text=text.astype(np.float32),
+                image=image.astype(np.float32), image_present=image_present, cold=cold,
+                partner=partner)
+
+
+def _sequences(rng: np.random.Generator, p: dict, cat: dict) -> list:
+    """User sequences of 0-based item numbers (cold items only in the last two positions)."""
+    k = p["num_topics"]
+    members, cold, partner = cat["members"], cat["cold"], cat["partner"]
+    topic_w = 1.0 / np.arange(1, k + 1) ** p["topic_zipf"]
+    topic_w = rng.permutation(topic_w / topic_w.sum())
+    lo, hi = p["topics_per_user"]
+    extra = max(p["mean_len"] - p["min_len"], 1)
+    seqs = []
+    for _ in range(p["num_users"]):
+        n_len = int(min(p["max_len"], p["min_len"] + rng.geometric(1.0 / (extra + 1)) - 1))
+        topics = rng.choice(k, size=rng.integers(lo, hi + 1), replace=False, p=topic_w)
+        # Where the user currently is in each of their topics (start biased to the front).
+        cursor = {int(t): int(rng.beta(1.0, p["start_beta"]) * len(members[t])) for t in topics}
+        cur = int(topics[0])
+        seq = []
+        for j in range(n_len):
+            allow_cold = j >= n_len - 2
+            if seq and rng.random() < p["partner_prob"]:
+                seq.append(int(partner[seq[-1]]))  # walk state is unchanged by a partner jump
+                continue
+            if seq and len(topics) > 1 and rng.random() < p["switch_prob"]:
+                cur = int(rng.choice([t for t in topics if t != cur]))
+            m = members[cur]
+            c = cursor[cur] + (int(rng.integers(1, p["max_step"] + 1)) if seq else 0)
+            while True:
+                if c >= len(m):  # topic exhausted: restart near the front
+                    c = int(rng.beta(1.0, p["start_beta"]) * len(m))
+                if allow_cold or not cold[m[c]]:
+                    break
+                c += 1
+            cursor[cur] = c
+            seq.append(int(m[c]))
+        seqs.append(seq)
+    return seqs
+
+
+def generate(out_dir, seed: int = 0, overwrite: bool = False, **params) -> pathlib.Path:
+    """Generates the synthetic dataset into `out_dir` (atomically) and returns its path."""
+    p = _params(params)
+    rng = np.random.default_rng(seed)
+    cat = _catalogue(rng, p)
+    seqs = _sequences(rng, p, cat)
+    n = p["num_items"]
+    item_ids = [f"item_{i:05d}" for i in range(n)]
+    idx = [np.asarray(s, np.int64) + NUM_RESERVED for s in seqs]
+
+    def train():
+        for s in idx:
+            for j in range(1, len(s) - 2):
+                yield s[:j].tolist(), [int(s[j])]
+
+    splits = {
+        "train": train(),
+        "valid": [(s[:-2].tolist(), [int(s[-2])]) for s in idx],
+        "test": [(s[:-1].tolist(), [int(s[-1])]) for s in idx],
+    }
+    meta = {
+        "source": "synthetic",
+        "protocol": "loo",
+        "recommended_max_len": p["recommended_max_len"],
+        "generator": {"name": "input_pipelines.synthetic", "version": GENERATOR_VERSION,
+                      "seed": seed, "params": {**p, "topics_per_user": list(p["topics_per_user"])}},
+        "statistics": {"num_users": len(seqs), "num_interactions": int(sum(map(len, seqs))),
+                       "num_cold_items": int(cat["cold"].sum())},
+    }
+    features = {
+        "text": (cat["text"], np.ones(n, bool)),
+        "image": (cat["image"], cat["image_present"]),
+    }
+    return write_prepared(out_dir, item_ids, features, splits, meta, overwrite=overwrite)
+
+
+def cache_key(seed: int = 0, **params) -> str:
+    """Short hash of generator version + seed + effective params (the cache directory suffix)."""
+    p = _params(params)
+    blob = json.dumps({"v": GENERATOR_VERSION, "seed": seed,
+                       "params": {**p, "topics_per_user": list(p["topics_per_user"])}},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def ensure_synthetic(root="data_cache", seed: int = 0, **params) -> pathlib.Path:
+    """Returns the cached synthetic dataset dir under `root`, generating it if needed."""
+    out = pathlib.Path(root) / f"synthetic-s{seed}-{cache_key(seed, **params)}"
+    if (out / "dataset.json").is_file():
+        return out
+    try:
+        return generate(out, seed=seed, overwrite=out.exists(), **params)
+    except FileExistsError:  # a concurrent process finished first
+        if (out / "dataset.json").is_file():
+            return out
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# Cheap baselines showing the planted structure.
+
+
+def _read_split(path: pathlib.Path, split: str):
+    """(histories, first targets) of a split, via the TFRecord files."""
+    import tensorflow as tf  # imported lazily: generation itself is pure numpy
+
+    spec = {"history": tf.io.VarLenFeature(tf.int64), "target": tf.io.VarLenFeature(tf.int64)}
+    hist, tgt = [], []
+    for batch in tf.data.TFRecordDataset(str(path / f"{split}.tfrecord")).batch(8192).map(
+            lambda s: tf.io.parse_example(s, spec)):
+        h = tf.RaggedTensor.from_sparse(batch["history"]).to_list()
+        t = tf.RaggedTensor.from_sparse(batch["target"]).to_list()
+        hist += h
+        tgt += [x[0] for x in t]
+    return hist, np.asarray(tgt, np.int64)
+
+
+def structure_report(path, k: int = 20) -> dict:
+    """Recall@k of three cheap numpy baselines on valid and test (one target per user).
+
+    - popularity: most frequent train targets;
+    - transitions (ID-only): first-order item->item counts from the train split, popularity fill;
+    - feature_knn (MM-only): nearest neighbours of the last history item in standardized,
+      concatenated feature space (cosine), excluding the item itself.
+    Also: share of targets cold (never seen in train), each baseline's recall on cold targets, and
+    the share of targets found by only one of the two single-view baselines (complementarity).
+    """
+    from input_pipelines.dataset import PreparedDataset
+
+    ds = PreparedDataset.load(path)
+    v = ds.vocab_size
+    train_h, train_t = _read_split(ds.path, "train")
+    pop = ds.item_counts.astype(np.float64).copy()
+    pop[:NUM_RESERVED] = -1
+    top_pop = np.argsort(-pop, kind="stable")[:k]
+
+    last = np.array([h[-1] for h in train_h], np.int64)
+    trans = {}
+    pairs = last * v + train_t
+    uniq, cnt = np.unique(pairs, return_counts=True)
+    for key, c in zip(uniq, cnt):
+        trans.setdefault(int(key // v), []).append((int(c), int(key % v)))
+
+    feats = []
+    for name in sorted(ds.features):
+        f = ds.features[name] / np.sqrt(ds.features[name].shape[1])
+        feats.append(np.where(ds.present[name][:, None], f, 0.0))
+    f = np.concatenate(feats, axis=1)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-9)
+
+    report = {"k": k, "num_items": ds.num_items}
+    for split in ("valid", "test"):
+        hist, tgt = _read_split(ds.path, split)
+        last_items = np.array([h[-1] for h in hist], np.int64)
+        cold = ~ds.seen_in_train[tgt]
+        hit_pop = np.isin(tgt, top_pop)
+        hit_tr = np.zeros(len(tgt), bool)
+        for i, (a, t) in enumerate(zip(last_items, tgt)):
+            cands = [b for _, b in sorted(trans.get(int(a), []), key=lambda x: (-x[0], x[1]))][:k]
+            if len(cands) < k:
+                cands += [b for b in top_pop if b not in cands][:k - len(cands)]
+            hit_tr[i] = t in cands
+        sims = f[last_items] @ f.T
+        sims[:, :NUM_RESERVED] = -np.inf
+        sims[np.arange(len(tgt)), last_items] = -np.inf
+        top_knn = np.argpartition(-sims, k, axis=1)[:, :k]
+        hit_knn = (top_knn == tgt[:, None]).any(axis=1)
+        report[split] = {
+            "popularity_recall": float(hit_pop.mean()),
+            "transitions_recall": float(hit_tr.mean()),
+            "feature_knn_recall": float(hit_knn.mean()),
+            "share_targets_cold": float(cold.mean()),
+            # Complementarity: targets only one of the two single-view baselines finds.
+            "share_hit_by_transitions_only": float((hit_tr & ~hit_knn).mean()),
+            "share_hit_by_feature_knn_only": float((hit_knn & ~hit_tr).mean()),
+            "cold_recall": {"popularity": float(hit_pop[cold].mean()) if cold.any() else 0.0,
+                            "transitions": float(hit_tr[cold].mean()) if cold.any() else 0.0,
+                            "feature_knn": float(hit_knn[cold].mean()) if cold.any() else 0.0},
+        }
+    return report
+
+
+if __name__ == "__main__":  # python -m input_pipelines.synthetic [root]
+    import sys
+
+    t0 = time.time()
+    out = ensure_synthetic(sys.argv[1] if len(sys.argv) > 1 else "data_cache")
+    print(f"dataset: {out} ({time.time() - t0:.1f}s)")
+    print(json.dumps(json.load(open(out / "dataset.json"))["statistics"], indent=2))
+    print(json.dumps(structure_report(out), indent=2))

@@ -1,0 +1,45 @@
+"""Config: one frozen tree, JSON round trip, CLI flags, field-naming validation errors."""
+
+import argparse
+
+import pytest
+
+from bivrec_tf import config as config_lib
+from bivrec_tf.config import Config
+
+
+def test_json_round_trip_preserves_every_field():
+  cfg = Config().replace(model={"patch_sizes": (1, 3), "num_interests": 6},
+                         data={"modalities": ("text",)})
+  assert Config.from_json(cfg.to_json()) == cfg
+
+
+@pytest.mark.parametrize("section,field,value", [
+    ("model", "num_interests", 0), ("model", "tau_rec", 0.0), ("loss", "tau_c", -1.0),
+    ("model", "patch_sizes", (1, 0)), ("model", "views", ("id", "text")),
+    ("train", "batch_size", 1), ("eval", "monitor_k", 7),
+])
+def test_invalid_values_are_rejected_naming_the_field(section, field, value):
+  with pytest.raises(ValueError, match=f"`{field}`"):
+    Config().replace(**{section: {field: value}})
+
+
+def test_every_field_is_a_flag_and_flags_override_defaults():
+  parser = argparse.ArgumentParser()
+  config_lib.add_flags(parser)
+  args = parser.parse_args(["--num-interests", "8", "--patch-sizes", "1,2", "--no-gaussian-prior",
+                            "--views", "id", "--max-len", "30", "--epochs", "3"])
+  cfg = config_lib.from_flags(args)
+  assert cfg.model.num_interests == 8 and cfg.model.patch_sizes == (1, 2)
+  assert cfg.model.gaussian_prior is False and cfg.model.views == ("id",)
+  assert cfg.data.max_len == 30 and cfg.train.epochs == 3
+  assert cfg.loss.lambda_sem == Config().loss.lambda_sem  # untouched
+  helptext = parser.format_help()
+  for section in ("data", "model", "loss", "train", "eval", "export"):
+    for field in getattr(Config(), section).__dataclass_fields__:
+      assert "--" + field.replace("_", "-") in helptext
+
+
+def test_config_is_frozen():
+  with pytest.raises(Exception):
+    Config().model.dim = 3  # type: ignore[misc]

@@ -1,0 +1,105 @@
+"""End to end on a small generated dataset: training learns, the export serves the same top-k.
+
+One training run (module fixture) feeds every test here; they are marked `slow`.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bivrec_tf import train
+from bivrec_tf.config import Config
+from bivrec_tf.evaluate import Ranker
+from bivrec_tf.model import FIRST_ITEM
+from input_pipelines.dataset import PreparedDataset
+from input_pipelines.synthetic import generate
+
+pytestmark = pytest.mark.slow
+
+SMALL = dict(num_items=600, num_users=700, num_topics=12)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  root = tmp_path_factory.mktemp("e2e")
+  data = generate(root / "data", seed=3, **SMALL)
+  cfg = Config().replace(
+      data={"data": str(data)},
+      train={"epochs": 6, "batch_size": 128, "patience": 6, "run_dir": str(root / "run"),
+             "seed": 7},
+      model={"dim": 32},
+      loss={"num_negatives": 64},
+      export={"export_base": str(root / "saved_models"), "top_k": 10})
+  summary = train.run(cfg, verbose=0)
+  return cfg, summary, root
+
+
+def test_fused_bivrec_recall_is_at_least_twice_popularity(trained):
+  _, summary, _ = trained
+  rows = summary["test"]
+  fused = next(v for k, v in rows.items() if k.startswith("BivRec"))
+  pop = rows["Popularity"]
+  assert fused["recall@20"] >= 2.0 * pop["recall@20"], (fused, pop)
+
+
+def test_training_loss_decreases(trained):
+  _, summary, _ = trained
+  losses = [e["loss"] for e in summary["epoch_logs"]]
+  assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_run_directory_has_config_metrics_checkpoint_and_tensorboard(trained):
+  cfg, summary, root = trained
+  run = root / "run"
+  assert Config.from_json((run / "config.json").read_text()) == cfg
+  metrics = json.loads((run / "metrics.json").read_text())
+  assert set(metrics["test"]) >= {"Popularity", "ID view", "MM view"}
+  assert list((run / "checkpoints").glob("best*"))
+  assert list((run / "tensorboard").rglob("events.out.tfevents*"))
+
+
+def _in_process_topk(cfg, summary, histories_str, k):
+  """Top-k from the in-process model for string histories (unknown ids and "" dropped)."""
+  ds = PreparedDataset.load(cfg.data.data)
+  model = train.build_model(cfg, ds, summary["max_len"])
+  model.load_weights(f"{summary['run_dir']}/checkpoints/best").expect_partial()
+  index = {item: i for i, item in enumerate(ds.vocab)}
+  rows = []
+  for h in histories_str:
+    ids = [index[x] for x in h if x in index and index[x] >= FIRST_ITEM]
+    rows.append([0] * (summary["max_len"] - len(ids)) + ids[-summary["max_len"]:])
+  ranker = Ranker(model, k, exclude_history=True)
+  w = summary["fusion_weight"]
+  tops = ranker.topk(np.array(rows, np.int64), [w])
+  return np.asarray(ds.vocab)[tops[f"fused@{w:.2f}"]]
+
+
+def test_export_serves_the_in_process_top_k_on_raw_string_ids(trained):
+  cfg, summary, _ = trained
+  vocab = PreparedDataset.load(cfg.data.data).vocab
+  histories = [
+      [vocab[5], vocab[9], "", vocab[40]],
+      ["", "", "never-seen-item", vocab[100]],
+      [vocab[200], vocab[201], vocab[202], vocab[203]],
+  ]
+  loaded = tf.saved_model.load(summary["export_path"])
+  out = loaded.signatures["serving_default"](history=tf.constant(histories))
+  served = out["item_ids"].numpy().astype(str)
+  assert served.shape == (3, 10)
+  expected = _in_process_topk(cfg, summary, histories, 10)
+  np.testing.assert_array_equal(served, expected)
+  for row, h in zip(served, histories):
+    assert not set(row) & set(h)  # history items are never recommended
+  scores = out["scores"].numpy()
+  assert np.all(np.diff(scores, axis=1) <= 1e-6)
+
+
+def test_export_has_a_version_directory_and_metadata(trained):
+  _, summary, root = trained
+  versions = [p.name for p in (root / "saved_models" / "bivrec").iterdir()]
+  assert versions == ["1"]
+  meta = json.loads((root / "saved_models/bivrec/1/assets.extra/bivrec_metadata.json").read_text())
+  assert meta["fusion_weight"] == summary["fusion_weight"]
+  assert meta["top_k"] == 10

@@ -1,0 +1,153 @@
+"""Properties of the three BivRec modules and the item towers (DESIGN.md section 3)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bivrec_tf.config import Config
+from bivrec_tf.layers import (ClusterAttention, GaussianAttention, IdTower, InterestDecomposition,
+                              MultiScaleInterestEmbedding, MultimodalTower)
+from bivrec_tf.model import BivRecModel
+
+B, D, K, V = 3, 16, 4, 40
+
+
+def _model(views=("id", "mm"), **model_fields):
+  cfg = Config().replace(model={"dim": D, "num_interests": K, "views": views, "dropout": 0.0,
+                                **model_fields})
+  rng = np.random.default_rng(0)
+  feats = {"text": rng.normal(size=(V, 6)).astype(np.float32),
+           "image": rng.normal(size=(V, 5)).astype(np.float32)}
+  present = {"text": np.ones(V, bool), "image": rng.random(V) > 0.2}
+  return BivRecModel(cfg, V, max_len=12, features=feats, present=present,
+                     item_counts=np.arange(V), seen_in_train=np.ones(V, bool))
+
+
+def _histories():
+  h = np.zeros((B, 12), np.int64)
+  h[0, -5:] = [3, 7, 9, 2, 30]
+  h[1, -12:] = np.arange(10, 22)
+  h[2, -1:] = [5]
+  return h
+
+
+def test_view_outputs_have_documented_shapes():
+  model = _model()
+  out = model(_histories())
+  tokens = 12 + 6 + 3  # sum_p L/p for P = (1, 2, 4)
+  for v in ("id", "mm"):
+    u, a, valid = out[v]
+    assert u.shape == (B, K, D)
+    assert a.shape == (B, tokens, K)
+    assert valid.shape == (B, tokens)
+
+
+def test_left_padding_does_not_change_any_output():
+  model = _model()
+  h = _histories()
+  short = h[:, -8:]  # rows 0 and 2 fit in 8 positions: same histories, 4 fewer padding slots
+  out_full, out_short = model(h), model(short)
+  for v in ("id", "mm"):
+    u_full, a_full, valid_full = (x.numpy() for x in out_full[v])
+    u_short, a_short, valid_short = (x.numpy() for x in out_short[v])
+    for row in (0, 2):
+      np.testing.assert_allclose(u_full[row], u_short[row], atol=1e-5)
+      # Valid tokens of the short input are the most recent tokens of each scale.
+      assert valid_full[row].sum() == valid_short[row].sum()
+      np.testing.assert_allclose(np.sort(a_full[row][valid_full[row]].ravel()),
+                                 np.sort(a_short[row][valid_short[row]].ravel()), atol=1e-5)
+
+
+def test_padding_item_embedding_does_not_leak_into_interests():
+  model = _model(views=("id",))
+  h = _histories()
+  before = model(h)["id"][0].numpy()
+  table = model.views["id"].tower.embeddings
+  table.assign(tf.tensor_scatter_nd_update(table, [[0]], [tf.fill([D], 100.0)]))
+  np.testing.assert_allclose(model(h)["id"][0].numpy(), before, atol=1e-5)
+
+
+def test_gaussian_centres_start_spread_over_unit_interval():
+  layer = GaussianAttention(D, 5)
+  layer(tf.zeros([1, 4, D]), tf.zeros([4]), tf.ones([1, 4], tf.bool))
+  centres = layer.centres.numpy()
+  np.testing.assert_allclose(centres, [0.1, 0.3, 0.5, 0.7, 0.9], atol=1e-5)
+  assert np.all(layer.widths.numpy() >= 0.05)
+
+
+def test_gaussian_prior_pulls_interests_towards_their_time_window():
+  layer = GaussianAttention(D, 2, sigma_init=0.06)
+  h = tf.constant(np.eye(4, D, dtype=np.float32)[None] * 3.0)
+  tau = tf.constant([0.25, 0.75, 0.0, 1.0])
+  seeds = layer(h, tau, tf.ones([1, 4], tf.bool)).numpy()[0]
+  values = layer.w_v(h).numpy()[0]
+  # Interest 0 (centre 0.25) is dominated by token 0, interest 1 (centre 0.75) by token 1.
+  np.testing.assert_allclose(seeds[0], values[0], atol=1e-2)
+  np.testing.assert_allclose(seeds[1], values[1], atol=1e-2)
+
+
+def test_allocation_rows_sum_to_one_on_valid_tokens_and_zero_on_padding():
+  for rounds in (0, 2):
+    model = _model(cluster_rounds=rounds)
+    for v, (_, a, valid) in model(_histories()).items():
+      sums = a.numpy().sum(axis=-1)
+      np.testing.assert_allclose(sums[valid.numpy()], 1.0, atol=1e-5)
+      np.testing.assert_allclose(sums[~valid.numpy()], 0.0, atol=1e-7)
+
+
+def test_token_is_valid_iff_any_item_in_its_window_is():
+  layer = MultiScaleInterestEmbedding(D, (1, 2, 4), max_len=8)
+  mask = tf.constant([[False, False, False, True, True, False, True, True]])
+  _, tau, valid = layer(tf.ones([1, 8, D]), mask)
+  # p=1: per item; p=2: windows (0,1)(2,3)(4,5)(6,7); p=4: (0..3)(4..7)
+  expected = [0, 0, 0, 1, 1, 0, 1, 1] + [0, 1, 1, 1] + [1, 1]
+  assert valid.numpy()[0].tolist() == [bool(x) for x in expected]
+  # Most recent window has the smallest tau; tau in [0, 1).
+  assert tau.numpy()[7] == 0.0 and tau.numpy()[0] == pytest.approx(7 / 8)
+  assert np.all((tau.numpy() >= 0) & (tau.numpy() < 1))
+
+
+def test_cluster_attention_with_zero_rounds_returns_the_seeds():
+  layer = ClusterAttention(D, rounds=0)
+  seeds = tf.random.normal([2, K, D])
+  u, a = layer(tf.random.normal([2, 5, D]), seeds, tf.ones([2, 5], tf.bool))
+  np.testing.assert_allclose(u.numpy(), seeds.numpy())
+  assert a.shape == (2, 5, K)
+
+
+def test_no_gaussian_prior_switch_removes_the_temporal_term():
+  h = tf.random.normal([2, 6, D], seed=1)
+  valid = tf.ones([2, 6], tf.bool)
+  with_prior = InterestDecomposition(D, K, gaussian_prior=True, sigma_init=0.1)
+  without = InterestDecomposition(D, K, gaussian_prior=False, sigma_init=0.1)
+  tau_a, tau_b = tf.linspace(0.0, 1.0, 6), tf.linspace(1.0, 0.0, 6)
+  with_prior(h, tau_a, valid)
+  without(h, tau_a, valid)
+  # Without the prior, tau is ignored; with it, tau changes the seeds.
+  assert np.allclose(without.gaussian(h, tau_a, valid), without.gaussian(h, tau_b, valid))
+  assert not np.allclose(with_prior.gaussian(h, tau_a, valid), with_prior.gaussian(h, tau_b, valid))
+
+
+def test_mm_tower_output_does_not_depend_on_item_ids():
+  feats = np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32)
+  feats[5] = feats[3]  # two different ids with the same features
+  present = np.ones(6, bool)
+  tower = MultimodalTower({"text": feats}, {"text": present}, D)
+  out = tower(tf.constant([3, 5])).numpy()
+  np.testing.assert_allclose(out[0], out[1], atol=1e-6)
+  # ...while the ID tower tells them apart.
+  id_tower = IdTower(6, D)
+  ids = id_tower(tf.constant([3, 5])).numpy()
+  assert not np.allclose(ids[0], ids[1])
+
+
+def test_mm_tower_uses_learned_missing_vector_for_absent_modality():
+  feats = np.random.default_rng(2).normal(size=(5, 4)).astype(np.float32)
+  present = np.array([False, False, True, False, True])
+  tower = MultimodalTower({"image": feats}, {"image": present}, D)
+  tower(tf.constant([2]))
+  tower.missing["image"].assign(tf.fill([D], 7.0))
+  # Items lacking the modality (1 and 3, different feature rows) share the missing vector's output.
+  out = tower(tf.constant([1, 3, 4])).numpy()
+  np.testing.assert_allclose(out[0], out[1], atol=1e-6)
+  assert not np.allclose(out[0], out[2])
