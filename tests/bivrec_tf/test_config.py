@@ -43,3 +43,26 @@ def test_every_field_is_a_flag_and_flags_override_defaults():
 def test_config_is_frozen():
   with pytest.raises(Exception):
     Config().model.dim = 3  # type: ignore[misc]
+
+
+def test_unknown_modality_is_rejected_naming_the_field(tmp_path):
+  from types import SimpleNamespace
+
+  from bivrec_tf.train import select_modalities
+  ds = SimpleNamespace(features={"text": None}, present={"text": None}, path=tmp_path)
+  cfg = Config().replace(data={"modalities": ("audio",)})
+  with pytest.raises(ValueError, match="`modalities`.*'audio'"):
+    select_modalities(cfg, ds)
+
+
+def test_importing_after_keras3_tensorflow_is_a_clear_error():
+  import subprocess
+  import sys
+  code = ("import os; os.environ.pop('TF_USE_LEGACY_KERAS', None)\n"
+          "import tensorflow as tf; tf.keras.layers\n"
+          "import bivrec_tf\n")
+  env = {k: v for k, v in __import__("os").environ.items() if k != "TF_USE_LEGACY_KERAS"}
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                        check=False)
+  assert proc.returncode != 0
+  assert "needs Keras 2" in proc.stderr

@@ -1,0 +1,1 @@
+"""Speed and quality benchmarks: each prints a table and writes JSON (results in docs/)."""
