@@ -1,27 +1,39 @@
 """SavedModel export for TensorFlow Serving (DESIGN.md section 6).
 
 `saved_models/<model_name>/<version>/` with integer versions, written to a temporary sibling
-directory and renamed, so TF Serving never sees a half-written version. Signatures
-(`tensorflow/serving/predict`):
+directory (a name TF Serving ignores) and renamed, so a server polling the directory never sees a
+half-written version. Signatures (`tensorflow/serving/predict`):
 
   serving_default   history string [B, None] (most recent last, "" = padding)
                     -> item_ids string [B, k], scores float [B, k]   (history items excluded)
   user_interests    history -> id_interests, mm_interests float [B, K, d]
   item_embeddings   item_ids string [B] -> id_embedding, mm_embedding float [B, d]
-  predict_examples  examples: serialized tf.Example string [B] (feature `history`) -> as default
+                    (unknown ids -> zero vectors)
+  predict_examples  examples: serialized tf.Example string [B] (bytes feature `history`)
+                    -> as serving_default
 
-Unknown ids are ignored (dropped, the remaining items stay right-aligned); a history with no known
-item gets the most popular items. Item tables are precomputed at export time, so serving scores
-one matrix product per view. `assets.extra/` carries `bivrec_metadata.json` and
-`tf_serving_warmup_requests`.
+Unknown ids are ignored (dropped; the remaining items stay right-aligned) and a history is cut to
+its last `max_len` known items, so the model part of the graph always sees `[B, max_len]`. A
+history with no known item gets the most popular items. A single-view model answers zeros for the
+other view's outputs.
+
+Serving cost: the item tables (unit-norm for cosine similarity, padding/OOV rows dropped) are
+precomputed at export time; a request scores them in chunks of `item_chunk` items (bounded
+`[B, K, chunk]` intermediate), keeps the top `k + max_len` per chunk and removes history items
+from those candidates only (a history holds at most `max_len` items, so k others always remain).
+
+`python -m bivrec_tf.export --run RUN_DIR` re-exports a training run's best checkpoint.
+`assets.extra/` carries `bivrec_metadata.json` and `tf_serving_warmup_requests`.
 """
 
+import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -31,67 +43,119 @@ from bivrec_tf.model import FIRST_ITEM, BivRecModel, fuse_scores, view_scores
 SIGNATURES = ("serving_default", "user_interests", "item_embeddings", "predict_examples")
 METADATA_FILE = "bivrec_metadata.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
+TMP_PREFIX = ".tmp-"  # TF Serving only loads all-digit directory names
+DEFAULT_ITEM_CHUNK = 65_536
 
 
 class ServingModule(tf.Module):
   """String ids in, recommendations out; everything a served version needs.
 
   Args:
-    model: a trained BivRecModel.
+    model: a BivRecModel (trained, or freshly built for tests/benchmarks).
     vocab: str `[V]` raw item ids by index (rows 0 and 1 = padding / out-of-vocabulary).
-    fusion_weight: w of the fused score.
-    top_k: number of recommendations per request row.
+    fusion_weight: w of the fused score `w s_id + (1 - w) s_mm` (cold items: `s_mm`).
+    top_k: number of recommendations per request row (fixed at export time).
+    item_chunk: items scored at once per request (bounds the `[B, K, chunk]` intermediate).
+    jit_compile: XLA-compile the numeric core (interests + scoring). TF Serving then needs
+      `--xla_cpu_compilation_enabled=true` (experimental there), so it is off by default.
   """
 
-  def __init__(self, model: BivRecModel, vocab: np.ndarray, fusion_weight: float, top_k: int):
+  def __init__(self, model: BivRecModel, vocab: np.ndarray, fusion_weight: float, top_k: int,
+               item_chunk: int = DEFAULT_ITEM_CHUNK, jit_compile: bool = False):
     super().__init__(name="bivrec_serving")
-    self.model = model
     vocab = np.asarray(vocab).astype(str)
-    self.top_k = int(min(top_k, len(vocab) - FIRST_ITEM))
+    if len(vocab) != model.vocab_size:
+      raise ValueError(f"vocab has {len(vocab)} rows but the model has vocab_size "
+                       f"{model.vocab_size}")
+    num_items = len(vocab) - FIRST_ITEM
+    if num_items < 1:
+      raise ValueError("cannot export a model without items")
+    # Track only what serving reads: the two view encoders (not the optimizer, the retrieval
+    # tasks or the semantic heads of the training model).
+    self.encoders = [model.views[v] for v in model.view_names]
+    self._queries_fn = model.queries  # a bound method: not tracked (variables tracked above)
+    self.view_names = tuple(model.view_names)
+    self.max_len = int(model.max_len)
+    self.top_k = int(min(top_k, num_items))
+    self.item_chunk = int(max(1, item_chunk))
     self.tau_rec = float(model.config.model.tau_rec)
+    self.num_items = num_items
     self.id_lookup = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(
             tf.constant(vocab[FIRST_ITEM:]),
             tf.range(FIRST_ITEM, len(vocab), dtype=tf.int64)),
         default_value=1)
     self.vocab = tf.Variable(vocab, trainable=False, name="vocab")
-    self.tables = {v: tf.Variable(model.item_table(v), trainable=False, name=f"{v}_items")
-                   for v in model.view_names}
+    # Candidate tables over real items only (row r = item index r + FIRST_ITEM).
+    self.tables = {v: tf.Variable(model.item_table(v)[FIRST_ITEM:], trainable=False,
+                                  name=f"{v}_items") for v in self.view_names}
     self.fusion_weight = tf.Variable(float(fusion_weight), trainable=False, name="fusion_weight")
-    self.cold = tf.Variable(model.cold, trainable=False, name="cold_items")
-    popularity = model.popularity.numpy().copy()
-    popularity[:FIRST_ITEM] = -1.0
-    self.popularity = tf.Variable(popularity, trainable=False, name="popularity")
+    self.cold = tf.Variable(np.asarray(model.cold)[FIRST_ITEM:], trainable=False,
+                            name="cold_items")
+    popularity = np.asarray(model.popularity, np.float32)[FIRST_ITEM:]
+    order = np.argsort(-popularity, kind="stable")[:self.top_k]
+    self.popular_ids = tf.Variable(order.astype(np.int64) + FIRST_ITEM, trainable=False,
+                                   name="popular_ids")
+    self.popular_scores = tf.Variable(popularity[order], trainable=False, name="popular_scores")
+    self._core = tf.function(self._scores_and_interests, jit_compile=jit_compile,
+                             autograph=False)
+
+  # --- graph pieces ----------------------------------------------------------------------------
 
   def _indices(self, history):
-    """string `[B, L]` -> int64 `[B, L]`: known items right-aligned, unknown/"" dropped (0)."""
+    """string `[B, L]` -> int64 `[B, max_len]`: the last max_len known items, right-aligned,
+    unknown ids and "" dropped, 0 = padding."""
     ids = self.id_lookup.lookup(history)
     known = ids >= FIRST_ITEM
     pos = tf.range(1, tf.shape(ids)[1] + 1, dtype=tf.int64)[None, :]
     order = tf.argsort(tf.where(known, pos, 0), axis=1, stable=True)
     ids = tf.gather(ids, order, batch_dims=1)
-    return tf.where(tf.gather(known, order, batch_dims=1), ids, tf.zeros_like(ids))
+    ids = tf.where(tf.gather(known, order, batch_dims=1), ids, tf.zeros_like(ids))
+    ids = ids[:, -self.max_len:]
+    ids = tf.pad(ids, [[0, 0], [self.max_len - tf.shape(ids)[1], 0]])
+    return tf.ensure_shape(ids, [None, self.max_len])
+
+  def _queries(self, ids):
+    return self._queries_fn(ids)
+
+  def _scores_and_interests(self, ids):
+    """ids `[B, max_len]` -> (top scores `[B, k]`, top item indices `[B, k]`, queries)."""
+    queries = self._queries(ids)
+    k = self.top_k
+    want = min(k + self.max_len, self.num_items)
+    best_s, best_i = None, None
+    for start in range(0, self.num_items, self.item_chunk):
+      end = min(start + self.item_chunk, self.num_items)
+      scores = {v: view_scores(q, self.tables[v][start:end], self.tau_rec)
+                for v, q in queries.items()}
+      if len(scores) == 2:
+        s = fuse_scores(scores["id"], scores["mm"], self.fusion_weight, self.cold[start:end])
+      else:
+        s = next(iter(scores.values()))
+      top_s, top_i = tf.math.top_k(s, k=min(want, end - start))
+      top_i = tf.cast(top_i, tf.int64) + (start + FIRST_ITEM)
+      if best_s is None:
+        best_s, best_i = top_s, top_i
+      else:
+        cat_s, cat_i = tf.concat([best_s, top_s], 1), tf.concat([best_i, top_i], 1)
+        best_s, pos = tf.math.top_k(cat_s, k=want)
+        best_i = tf.gather(cat_i, pos, batch_dims=1)
+    # The user's own history is never recommended: at most max_len of the candidates are in it.
+    in_history = tf.reduce_any(best_i[:, :, None] == ids[:, None, :], axis=2)
+    best_s = tf.where(in_history, tf.constant(-np.inf, best_s.dtype), best_s)
+    best_s, pos = tf.math.top_k(best_s, k=k)
+    best_i = tf.gather(best_i, pos, batch_dims=1)
+    return best_s, best_i, queries
 
   def _recommend(self, history):
     ids = self._indices(history)
-    queries = self.model.queries(ids)
-    scores = {v: view_scores(q, self.tables[v], self.tau_rec) for v, q in queries.items()}
-    if len(scores) == 2:
-      s = fuse_scores(scores["id"], scores["mm"], self.fusion_weight, self.cold)
-    else:
-      s = next(iter(scores.values()))
-    empty = tf.reduce_all(ids < FIRST_ITEM, axis=1)
-    s = tf.where(empty[:, None], self.popularity[None, :], s)
-    # Padding / OOV columns and the user's own history are never recommended.
-    banned = tf.concat([tf.ones([FIRST_ITEM], tf.bool),
-                        tf.zeros([tf.shape(s)[1] - FIRST_ITEM], tf.bool)], 0)
-    s = tf.where(banned[None, :], -np.inf, s)
-    rows = tf.broadcast_to(tf.range(tf.shape(ids)[0], dtype=tf.int64)[:, None], tf.shape(ids))
-    s = tf.tensor_scatter_nd_update(
-        s, tf.reshape(tf.stack([rows, ids], -1), [-1, 2]),
-        tf.fill([tf.size(ids)], tf.constant(-np.inf, s.dtype)))
-    top_s, top_i = tf.math.top_k(s, k=self.top_k)
+    top_s, top_i, _ = self._core(ids)
+    empty = tf.reduce_all(ids < FIRST_ITEM, axis=1, keepdims=True)
+    top_i = tf.where(empty, self.popular_ids[None, :], top_i)
+    top_s = tf.where(empty, self.popular_scores[None, :], top_s)
     return {"item_ids": tf.gather(self.vocab, top_i), "scores": top_s}
+
+  # --- signatures ------------------------------------------------------------------------------
 
   @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
   def serving_default(self, history):
@@ -99,17 +163,20 @@ class ServingModule(tf.Module):
 
   @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
   def user_interests(self, history):
-    queries = self.model.queries(self._indices(history))
+    queries = self._queries(self._indices(history))
     zeros = tf.zeros_like(next(iter(queries.values())))
     return {"id_interests": queries.get("id", zeros), "mm_interests": queries.get("mm", zeros)}
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_ids")])
   def item_embeddings(self, item_ids):
-    idx = self.id_lookup.lookup(item_ids)
-    out = {f"{v}_embedding": tf.gather(t, idx) for v, t in self.tables.items()}
+    idx = self.id_lookup.lookup(item_ids) - FIRST_ITEM
+    known = idx >= 0
+    out = {}
+    for v, t in self.tables.items():
+      vec = tf.gather(t, tf.maximum(idx, 0))
+      out[v] = tf.where(known[:, None], vec, tf.zeros_like(vec))
     zeros = tf.zeros_like(next(iter(out.values())))
-    return {"id_embedding": out.get("id_embedding", zeros),
-            "mm_embedding": out.get("mm_embedding", zeros)}
+    return {"id_embedding": out.get("id", zeros), "mm_embedding": out.get("mm", zeros)}
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
   def predict_examples(self, examples):
@@ -120,47 +187,78 @@ class ServingModule(tf.Module):
     return {name: getattr(self, name) for name in SIGNATURES}
 
 
+# --- writing versions -----------------------------------------------------------------------------
+
 def next_version(model_dir: Path) -> int:
   """1 + the largest integer version directory under model_dir (1 if none)."""
-  versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+  versions = [int(p.name) for p in Path(model_dir).glob("*") if p.is_dir() and p.name.isdigit()]
   return max(versions, default=0) + 1
 
 
-def _write_warmup(path: Path, model_name: str, histories) -> None:
-  """TF Serving warmup: PredictionLog records replaying `serving_default` requests."""
+def warmup_requests(model_name: str, vocab: np.ndarray):
+  """PredictionLog records replaying one request per signature (TF Serving warmup)."""
   from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2  # pylint: disable=import-outside-toplevel
 
+  known = [str(v) for v in np.asarray(vocab)[FIRST_ITEM:FIRST_ITEM + 3]]
+  known += [""] * (3 - len(known))
+  history = tf.make_tensor_proto([known, [known[0], "", "unknown-item"]], dtype=tf.string)
+  example = tf.train.Example(features=tf.train.Features(feature={
+      "history": tf.train.Feature(bytes_list=tf.train.BytesList(
+          value=[k.encode() for k in known]))}))
+  inputs = {
+      "serving_default": {"history": history},
+      "user_interests": {"history": history},
+      "item_embeddings": {"item_ids": tf.make_tensor_proto(known + ["unknown-item"],
+                                                           dtype=tf.string)},
+      "predict_examples": {"examples": tf.make_tensor_proto([example.SerializeToString()],
+                                                            dtype=tf.string)},
+  }
+  logs = []
+  for signature, tensors in inputs.items():
+    request = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+    for name, proto in tensors.items():
+      request.inputs[name].CopyFrom(proto)
+    logs.append(prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request)))
+  return logs
+
+
+def _write_warmup(path: Path, model_name: str, vocab: np.ndarray) -> None:
   with tf.io.TFRecordWriter(str(path)) as writer:
-    for history in histories:
-      request = predict_pb2.PredictRequest(
-          model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default"))
-      request.inputs["history"].CopyFrom(tf.make_tensor_proto([history], dtype=tf.string))
-      log = prediction_log_pb2.PredictionLog(
-          predict_log=prediction_log_pb2.PredictLog(request=request))
+    for log in warmup_requests(model_name, vocab):
       writer.write(log.SerializeToString())
 
 
 def export_model(model: BivRecModel, vocab: np.ndarray, fusion_weight: float, base_dir: str,
                  model_name: str = "bivrec", top_k: int = 10, metadata: Optional[dict] = None,
-                 version: Optional[int] = None) -> Path:
-  """Writes a new integer version atomically and returns its path."""
+                 version: Optional[int] = None, item_chunk: int = DEFAULT_ITEM_CHUNK,
+                 jit_compile: bool = False) -> Path:
+  """Writes a new integer version atomically and returns its path.
+
+  The SavedModel, warmup records and metadata are written to `<model>/.tmp-<version>-<pid>` and
+  renamed to `<model>/<version>` last; on any error the temporary directory is removed, so no
+  version directory (complete or not) is left behind.
+  """
   model_dir = Path(base_dir) / model_name
   model_dir.mkdir(parents=True, exist_ok=True)
   version = version or next_version(model_dir)
   final = model_dir / str(version)
   if final.exists():
     raise FileExistsError(f"export version already exists: {final}")
-  tmp = model_dir / f".tmp-{version}-{os.getpid()}"
+  tmp = model_dir / f"{TMP_PREFIX}{version}-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
   try:
-    module = ServingModule(model, vocab, fusion_weight, top_k)
+    module = ServingModule(model, vocab, fusion_weight, top_k, item_chunk, jit_compile)
     tf.saved_model.save(module, str(tmp), signatures=module.signatures())
     extra = tmp / "assets.extra"
-    extra.mkdir()
-    known = [str(v) for v in np.asarray(vocab)[FIRST_ITEM:FIRST_ITEM + 3]]
-    _write_warmup(extra / WARMUP_FILE, model_name, [known, known[:1] + ["", "unknown-item"]])
+    extra.mkdir(exist_ok=True)
+    _write_warmup(extra / WARMUP_FILE, model_name, vocab)
     meta = {"model_name": model_name, "version": version, "fusion_weight": float(fusion_weight),
             "top_k": module.top_k, "views": list(model.view_names), "max_len": model.max_len,
-            "vocab_size": model.vocab_size, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "vocab_size": model.vocab_size, "num_items": module.num_items,
+            "item_chunk": module.item_chunk, "jit_compile": bool(jit_compile),
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "signatures": list(SIGNATURES), **(metadata or {})}
     (extra / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     os.rename(tmp, final)
@@ -168,3 +266,69 @@ def export_model(model: BivRecModel, vocab: np.ndarray, fusion_weight: float, ba
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return final
+
+
+# --- re-export from a run directory ----------------------------------------------------------------
+
+def export_run(run_dir: str, export_base: Optional[str] = None, model_name: Optional[str] = None,
+               top_k: Optional[int] = None, version: Optional[int] = None,
+               jit_compile: bool = False) -> Path:
+  """Rebuilds a training run's model, loads `checkpoints/best` and exports it.
+
+  The run directory holds `config.json`, `metrics.json` (fusion weight, data path, max_len) and
+  `checkpoints/best*`, as written by `python -m bivrec_tf.train`.
+  """
+  from bivrec_tf import config as config_lib  # pylint: disable=import-outside-toplevel
+  from bivrec_tf.train import build_model  # pylint: disable=import-outside-toplevel
+  from input_pipelines.dataset import PreparedDataset  # pylint: disable=import-outside-toplevel
+
+  run = Path(run_dir)
+  for name in ("config.json", "metrics.json"):
+    if not (run / name).is_file():
+      raise FileNotFoundError(f"{run / name} not found: is {run} a training run directory?")
+  best = run / "checkpoints" / "best"
+  if not list(best.parent.glob("best*")):
+    raise FileNotFoundError(f"no checkpoint {best}* in {run}")
+  cfg = config_lib.Config.from_json((run / "config.json").read_text())
+  metrics = json.loads((run / "metrics.json").read_text())
+  ds = PreparedDataset.load(metrics["data"])
+  max_len = int(metrics["max_len"])
+  model = build_model(cfg, ds, max_len)
+  model.queries(tf.zeros([1, max_len], tf.int64))  # create the variables before restoring
+  model.load_weights(str(best)).expect_partial()
+  meta = {"config": cfg.to_dict(), "test_metrics": metrics.get("test"),
+          "valid_metrics": metrics.get("valid"), "dataset": ds.meta, "run_dir": str(run)}
+  return export_model(model, ds.vocab, float(metrics["fusion_weight"]),
+                      export_base or cfg.export.export_base, model_name or cfg.export.model_name,
+                      top_k or cfg.export.top_k, metadata=meta, version=version,
+                      jit_compile=jit_compile)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m bivrec_tf.export",
+      description="Re-export a training run's best checkpoint as a new SavedModel version.")
+  parser.add_argument("--run", required=True, metavar="RUN_DIR",
+                      help="training run directory (config.json, metrics.json, checkpoints/best)")
+  parser.add_argument("--export-base", help="default: the run's export_base (saved_models)")
+  parser.add_argument("--model-name", help="default: the run's model_name (bivrec)")
+  parser.add_argument("--top-k", type=int, help="recommendations per row (default: the run's)")
+  parser.add_argument("--version", type=int, help="default: next integer version")
+  parser.add_argument("--jit-compile", action="store_true",
+                      help="XLA-compile the numeric core (TF Serving then needs "
+                           "--xla_cpu_compilation_enabled=true)")
+  args = parser.parse_args(argv)
+  if args.top_k is not None and args.top_k < 1:
+    parser.error("--top-k must be >= 1")
+  try:
+    path = export_run(args.run, args.export_base, args.model_name, args.top_k, args.version,
+                      args.jit_compile)
+  except (ValueError, FileNotFoundError, FileExistsError) as err:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+  print(f"exported SavedModel: {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
