@@ -263,6 +263,64 @@ def write_prepared(out_dir, item_ids: Sequence[str],
     return out_dir
 
 
+def add_modality(prepared_dir, name: str, values: np.ndarray, present: np.ndarray,
+                 info: Mapping | None = None, overwrite: bool = False) -> dict:
+    """Adds (or with `overwrite` replaces) one modality of an existing prepared directory.
+
+    Args:
+      prepared_dir: a directory written by `write_prepared`.
+      name: modality name (`features/<name>.npy`).
+      values: float [N, D] aligned to the vocabulary rows 2..N+1 (rows of absent items ignored).
+      present: bool [N].
+      info: extra fields for the modality's entry in dataset.json (encoder, source, ...).
+
+    The two arrays are written to temporary files and renamed into place, then dataset.json is
+    replaced (also by rename): readers see either the old or the new modality list, and the
+    arrays are validated and standardized before anything is written.
+
+    Returns:
+      The modality's entry in dataset.json.
+    """
+    prepared_dir = pathlib.Path(prepared_dir)
+    meta_file = prepared_dir / DATASET_JSON
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"not a prepared dataset directory (no {DATASET_JSON}): "
+                                f"{prepared_dir}")
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    if not name or "/" in name or name.endswith("_present"):
+        raise ValueError(f"invalid modality name {name!r}")
+    if name in meta.get("modalities", {}) and not overwrite:
+        raise FileExistsError(f"{meta_file}: modality '{name}' already exists (pass --overwrite "
+                              "to replace it)")
+    num_items = int(meta["num_items"])
+    present = np.asarray(present, dtype=bool)
+    table = _standardize(name, values, present, num_items)
+    present_v = np.zeros(num_items + NUM_RESERVED, dtype=bool)
+    present_v[NUM_RESERVED:] = present
+    (prepared_dir / FEATURES_DIR).mkdir(exist_ok=True)
+    entry = {**dict(info or {}), "dim": int(table.shape[1]), "file": f"{FEATURES_DIR}/{name}.npy",
+             "present_file": f"{FEATURES_DIR}/{name}_present.npy",
+             "num_present": int(present.sum())}
+    for rel, array in ((entry["file"], table), (entry["present_file"], present_v)):
+        _atomic_write(prepared_dir / rel, lambda f, a=array: np.save(f, a), binary=True)
+    meta.setdefault("modalities", {})[name] = entry
+    _atomic_write(meta_file, lambda f: f.write(json.dumps(meta, indent=2, sort_keys=True,
+                                                          default=_json_default) + "\n"))
+    return entry
+
+
+def _atomic_write(path: pathlib.Path, write, binary: bool = False) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def _json_default(x):
     if isinstance(x, np.generic):
         return x.item()
