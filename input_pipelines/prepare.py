@@ -36,6 +36,10 @@ from typing import Sequence
 
 import numpy as np
 
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
 from input_pipelines import NUM_RESERVED
 from input_pipelines import features as feats
 from input_pipelines import protocols, readers, text_encoders
@@ -241,11 +245,8 @@ def _from_unisrec(args):
 def encode_text_modality(text: feats.ItemText, encoder: str, dim: int, seed: int,
                          batch_size: int, progress: bool):
     """(FeatureSource over the items with non-empty text, encoder description)."""
-    keep = np.array([bool(t.strip()) for t in text.texts])
-    if not keep.any():
-        raise DataError(text.file, "every item text is empty")
-    encode, info = text_encoders.get(encoder, dim=dim, seed=seed, batch_size=batch_size)
-    emb = encode([t for t, k in zip(text.texts, keep) if k], progress)
+    from input_pipelines.encode_text import encode
+    emb, keep, info = encode(text, encoder, dim, seed, batch_size, progress)
     info = {**info, "dim": int(emb.shape[1]), "text_file": str(text.file),
             "items_with_text": int(keep.sum()), "items_without_text": int((~keep).sum())}
     return feats.text_to_source("text", text, emb, keep), info
@@ -295,13 +296,14 @@ def run(args) -> pathlib.Path:
                  "format": args.format, "max_history": args.max_history, "seed": args.seed,
                  "modality_sources": modality_info,
                  "prepare_args": {k: v for k, v in vars(args).items() if k != "func"}})
+    import tensorflow  # noqa: F401  (import before the progress bars start)
     written = {name: _progress(args, gen(), totals.get(name), f"writing {name}")
                for name, gen in splits.items()}
     from input_pipelines.prepared import write_prepared  # imports TensorFlow lazily
     path = write_prepared(out, item_ids, features, written, meta, overwrite=args.overwrite)
     _log(args, f"wrote {path} in {time.time() - start:.1f}s")
     stats = json.loads((path / "dataset.json").read_text())["statistics"]
-    if not args.quiet:
+    if True:  # the one-line summary is printed even with --quiet
         ex = stats["num_examples"]
         print(f"{path}: {stats['num_users']:,} users, {len(item_ids):,} items, "
               f"{stats.get('num_interactions') or 0:,} interactions; examples "
@@ -376,4 +378,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is only used for writing
     sys.exit(run_cli(main))
