@@ -115,7 +115,7 @@ class TrainConfig:
   epochs: int = 20
   batch_size: int = 256             # global batch size (all replicas together)
   learning_rate: float = 2e-3
-  patience: int = 3                 # early stopping on validation NDCG@20
+  patience: int = 3                 # epochs without val NDCG@20 gain before stopping; 0 = never
   jit_compile: bool = True
   strategy: str = "auto"            # auto|default|mirrored|multi_worker|parameter_server
   logical_cpus: int = 0             # >1: split the CPU into logical devices (try `mirrored`)

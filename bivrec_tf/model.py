@@ -137,17 +137,29 @@ class BivRecModel(tfrs.Model):
     """Expected share of candidate slots taken by each item: in-batch positives follow the
     train-target distribution, sampled negatives are uniform over the catalogue."""
     b = tf.cast(batch_size, tf.float32)
-    s = float(num_sampled)
+    s = tf.cast(num_sampled, tf.float32)
     uniform = 1.0 / float(self.vocab_size - FIRST_ITEM)
     pop = tf.gather(self.popularity, candidate_ids)
     return tf.maximum((b * pop + s * uniform) / (b + s), 1e-12)
+
+  @staticmethod
+  def global_candidates(target, negatives):
+    """Candidate ids `[B_global + S]`: every replica's positives, this replica's first (so query i
+    matches candidate i), then the batch's sampled negatives (split across replicas by tf.data
+    and gathered back here). On one device: `concat(target, negatives)`. Returns (ids, B_global).
+    Only ids cross replicas; each replica embeds the candidates itself, so the summed gradients
+    equal the single-device gradients of the same global batch."""
+    positives = gather_replicas(target)
+    return tf.concat([positives, gather_replicas(negatives, local_first=False)], axis=0), (
+        tf.shape(positives)[0])
 
   def compute_losses(self, batch, training=False):
     """Per-example loss terms `[B]` and diagnostics. Returns (total `[B]`, {name: `[B]`})."""
     history, target = batch["history"], tf.cast(batch["target"], tf.int64)
     negatives = tf.cast(batch.get("negatives", tf.zeros([0], tf.int64)), tf.int64)
-    candidates = tf.concat([target, negatives], axis=0)                 # [B + S]
-    probs = self._sampling_probability(candidates, tf.shape(target)[0], negatives.shape[0] or 0)
+    candidates, num_positives = self.global_candidates(target, negatives)
+    probs = self._sampling_probability(candidates, num_positives,
+                                       tf.shape(candidates)[0] - num_positives)
     outputs = self(history, training=training)
     lc = self.config.loss
     terms, total = {}, 0.0
@@ -165,8 +177,10 @@ class BivRecModel(tfrs.Model):
         total += lc.lambda_balance * stats[v].balance_loss
     if self.cross_view:
       (u_id, a_id, valid), (u_mm, a_mm, _) = outputs["id"], outputs["mm"]
-      terms["sem"] = semantic_loss(self.semantic_heads["id"](u_id),
-                                   self.semantic_heads["mm"](u_mm), lc.tau_c)
+      g_id, g_mm = self.semantic_heads["id"](u_id), self.semantic_heads["mm"](u_mm)
+      # Contrast against the whole global batch (all_gather passes gradients back).
+      terms["sem"] = semantic_loss(g_id, g_mm, lc.tau_c, gather_replicas(g_id),
+                                   gather_replicas(g_mm))
       terms["alloc"] = allocation_loss(a_id, a_mm, valid)
       total += lc.lambda_sem * terms["sem"] + lc.lambda_alloc * terms["alloc"]
     return total, terms
@@ -207,6 +221,22 @@ class BivRecModel(tfrs.Model):
                                            dtype=tf.int64))
              for start in range(0, self.vocab_size, chunk)]
     return tf.concat(parts, axis=0)
+
+
+def gather_replicas(x, local_first: bool = True):
+  """Concatenates `x` `[b, ...]` over all replicas -> `[b * R, ...]`, identity on one device.
+
+  With `local_first` the result is rotated so this replica's rows come first (row i is still
+  local example i). Differentiable: gradients flow back to the replica that owns each row.
+  """
+  ctx = tf.distribute.get_replica_context()
+  if ctx is None or ctx.num_replicas_in_sync == 1:
+    return x
+  gathered = ctx.all_gather(x, axis=0)
+  if not local_first:
+    return gathered
+  shift = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * tf.shape(x)[0]
+  return tf.roll(gathered, -shift, axis=0)
 
 
 def view_scores(queries, table, tau_rec: float):

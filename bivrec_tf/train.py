@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from bivrec_tf import config as config_lib
 from bivrec_tf.distribute import is_chief, make_strategy
+from bivrec_tf.callbacks import ValidationCallback
 from bivrec_tf.evaluate import Ranker, best_fusion, evaluate, popularity_metrics
 from bivrec_tf.export import export_model
 from bivrec_tf.model import BivRecModel
@@ -27,35 +28,6 @@ from input_pipelines.dataset import PreparedDataset, eval_dataset, train_dataset
 from input_pipelines.synthetic import ensure_synthetic
 
 DEFAULT_MAX_LEN = 50
-
-
-class ValidationCallback(tf.keras.callbacks.Callback):
-  """Full-ranking validation at each epoch end; adds `val_ndcg<K>` (best fused rule),
-  `val_ndcg<K>_id`, `val_ndcg<K>_mm` and `val_fusion_w` to the logs for the callbacks after it."""
-
-  def __init__(self, ranker: Ranker, data: tf.data.Dataset, ks: Sequence[int], monitor_k: int,
-               fusion_weights: Sequence[float]):
-    super().__init__()
-    self.ranker, self.data, self.ks = ranker, data, ks
-    self.monitor_k, self.fusion_weights = monitor_k, fusion_weights
-    self.history = []
-
-  def on_epoch_end(self, epoch, logs=None):
-    logs = logs if logs is not None else {}
-    results = evaluate(self.ranker, self.data, self.ks, self.fusion_weights)
-    key = f"ndcg@{self.monitor_k}"
-    for rule in ("id", "mm"):
-      if rule in results:
-        logs[f"val_ndcg{self.monitor_k}_{rule}"] = results[rule][key]
-    fused = {n: r for n, r in results.items() if n.startswith("fused@")}
-    if fused:
-      w = best_fusion(results, key)
-      logs["val_fusion_w"] = w
-      logs[f"val_ndcg{self.monitor_k}"] = fused[f"fused@{w:.2f}"][key]
-    else:
-      logs[f"val_ndcg{self.monitor_k}"] = next(iter(results.values()))[key]
-    self.history.append({k: float(v) for k, v in logs.items()})
-    print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k.startswith("val_")))
 
 
 def select_modalities(cfg: config_lib.Config, ds: PreparedDataset):
@@ -71,19 +43,33 @@ def select_modalities(cfg: config_lib.Config, ds: PreparedDataset):
 
 
 def load_data(cfg: config_lib.Config) -> PreparedDataset:
+  """`synthetic`, `tfds:<name>` (converted once into data_cache/) or a prepared directory."""
   if cfg.data.data == "synthetic":
     path = ensure_synthetic(root=cfg.data.data_cache, seed=cfg.data.data_seed)
+  elif cfg.data.data.startswith("tfds:"):
+    from input_pipelines.tfds_movielens import prepare_tfds
+    path = prepare_tfds(cfg.data.data[len("tfds:"):], root=cfg.data.data_cache)
   else:
     path = cfg.data.data
   return PreparedDataset.load(path)
 
 
-def build_model(cfg: config_lib.Config, ds: PreparedDataset, max_len: int) -> BivRecModel:
+def use_xla(cfg: config_lib.Config, strategy: Optional[tf.distribute.Strategy] = None) -> bool:
+  """XLA unless replicas share one CPU: XLA cannot run a step whose variables live on several
+  logical CPU devices (https://www.tensorflow.org/xla/known_issues)."""
+  strategy = strategy or tf.distribute.get_strategy()
+  split_cpu = strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU")
+  return cfg.train.jit_compile and not split_cpu
+
+
+def build_model(cfg: config_lib.Config, ds: PreparedDataset, max_len: int,
+                strategy: Optional[tf.distribute.Strategy] = None) -> BivRecModel:
+  """The compiled model (call inside `strategy.scope()`)."""
   features, present = select_modalities(cfg, ds) if "mm" in cfg.model.views else ({}, {})
   model = BivRecModel(cfg, ds.vocab_size, max_len, features, present,
                       item_counts=ds.item_counts, seen_in_train=ds.seen_in_train)
   model.compile(optimizer=tf.keras.optimizers.Adam(cfg.train.learning_rate),
-                jit_compile=cfg.train.jit_compile,
+                jit_compile=use_xla(cfg, strategy),
                 steps_per_execution=cfg.train.steps_per_execution)
   return model
 
@@ -114,7 +100,7 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
   (run_dir / "config.json").write_text(cfg.to_json())
 
   with strategy.scope():
-    model = build_model(cfg, ds, max_len)
+    model = build_model(cfg, ds, max_len, strategy)
   ev = cfg.eval
   grid = [float(w) for w in np.linspace(0.0, 1.0, ev.fusion_grid)]
   ranker = Ranker(model, max(ev.ks), ev.item_chunk, ev.exclude_history)
@@ -122,23 +108,25 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
   test = eval_dataset(ds, "test", max_len, ev.eval_batch_size)
   train = train_dataset(ds, max_len, cfg.train.batch_size, cfg.loss.num_negatives,
                         seed=cfg.train.seed, repeat=True)
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+  train = train.with_options(options)
   steps_per_epoch = ds.num_examples("train") // cfg.train.batch_size
-  monitor = f"val_ndcg{ev.monitor_k}"
   best_path = run_dir / "checkpoints" / "best"
-  validation = ValidationCallback(ranker, valid, ev.ks, ev.monitor_k, grid)
+  validation = ValidationCallback(ranker, valid, ev.ks, ev.monitor_k, grid, best_path,
+                                  cfg.train.patience, run_dir / "epoch_logs.json", verbose)
   callbacks = [
-      validation,
-      tf.keras.callbacks.ModelCheckpoint(str(best_path), monitor=monitor, mode="max",
-                                         save_best_only=True, save_weights_only=True),
-      tf.keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=cfg.train.patience),
+      validation,  # first: the callbacks after it see the val_* logs
       tf.keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
+      # Preemption: a killed run restarted with the same --run-dir resumes after its last epoch.
+      tf.keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
   ]
   fit_start = time.time()
   model.fit(train, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
             verbose=verbose)
   fit_seconds = time.time() - fit_start
   model.load_weights(str(best_path)).expect_partial()
-  best_epoch = int(np.argmax([h[monitor] for h in validation.history])) + 1
+  best_epoch = validation.best_epoch
 
   valid_results = evaluate(ranker, valid, ev.ks, grid)
   key = f"ndcg@{ev.monitor_k}"

@@ -36,12 +36,23 @@ class SemanticHead(tf.keras.layers.Layer):
     return {**super().get_config(), "dim": self.dim}
 
 
-def semantic_loss(g_id, g_mm, tau_c: float):
-  """Symmetric InfoNCE between the views. g_id, g_mm `[B, d]` (unit) -> per-example loss `[B]`."""
-  logits = tf.matmul(g_id, g_mm, transpose_b=True) / tau_c             # S `[B, B]`
-  labels = tf.range(tf.shape(logits)[0])
-  id_to_mm = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-  mm_to_id = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.transpose(logits))
+def semantic_loss(g_id, g_mm, tau_c: float, all_id=None, all_mm=None):
+  """Symmetric InfoNCE between the views: rows i of CE(S, I) and CE(S^T, I).
+
+  Args:
+    g_id, g_mm: `[b, d]` unit vectors of this device's examples.
+    tau_c: temperature.
+    all_id, all_mm: `[B, d]` the whole batch's vectors with this device's b rows first (under
+      data parallelism); default: the local ones.
+  Returns: per-example loss `[b]`.
+  """
+  all_id = g_id if all_id is None else all_id
+  all_mm = g_mm if all_mm is None else all_mm
+  labels = tf.range(tf.shape(g_id)[0])
+  id_to_mm = tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels, tf.matmul(g_id, all_mm, transpose_b=True) / tau_c)        # rows of S
+  mm_to_id = tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels, tf.matmul(g_mm, all_id, transpose_b=True) / tau_c)        # rows of S^T
   return 0.5 * (id_to_mm + mm_to_id)
 
 

@@ -1,0 +1,75 @@
+"""Per-epoch full-ranking validation, best-weights checkpoint and early stopping in one callback.
+
+Keeping the three together makes them survive preemption: the per-epoch history is persisted in
+the run directory, so a run resumed by `BackupAndRestore` continues with the same best score,
+best checkpoint and patience counter instead of starting them afresh.
+"""
+
+import json
+import os
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import tensorflow as tf
+
+from bivrec_tf.evaluate import Ranker, best_fusion, evaluate
+
+
+class ValidationCallback(tf.keras.callbacks.Callback):
+  """After each epoch: rank the catalogue for every validation user and log
+
+  `val_ndcg<K>` (the best fused rule, or the single view), `val_ndcg<K>_id`, `val_ndcg<K>_mm`
+  and `val_fusion_w`; save the weights to `best_path` when `val_ndcg<K>` improves; stop when it
+  has not improved for `patience` epochs (0: never stop early). `history_path` (JSON list of epoch logs) is rewritten
+  atomically after every epoch and read back when the run resumes.
+  """
+
+  def __init__(self, ranker: Ranker, data: tf.data.Dataset, ks: Sequence[int], monitor_k: int,
+               fusion_weights: Sequence[float], best_path: Optional[Path] = None,
+               patience: int = 3, history_path: Optional[Path] = None, verbose: int = 1):
+    super().__init__()
+    self.ranker, self.data, self.ks = ranker, data, ks
+    self.monitor_k, self.fusion_weights = monitor_k, fusion_weights
+    self.monitor = f"val_ndcg{monitor_k}"
+    self.best_path, self.patience, self.history_path = best_path, patience, history_path
+    self.verbose = verbose
+    self.history: List[dict] = []
+    if history_path is not None and Path(history_path).exists():
+      self.history = json.loads(Path(history_path).read_text())
+
+  @property
+  def best_epoch(self) -> int:
+    """1-based epoch with the best monitored score (0 before the first epoch)."""
+    scores = [h[self.monitor] for h in self.history]
+    return scores.index(max(scores)) + 1 if scores else 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    # A resumed run restarts at `epoch`: forget epochs whose backup never completed.
+    del self.history[epoch:]
+
+  def on_epoch_end(self, epoch, logs=None):
+    logs = logs if logs is not None else {}
+    results = evaluate(self.ranker, self.data, self.ks, self.fusion_weights)
+    key = f"ndcg@{self.monitor_k}"
+    for rule in ("id", "mm"):
+      if rule in results:
+        logs[f"{self.monitor}_{rule}"] = results[rule][key]
+    if any(n.startswith("fused@") for n in results):
+      w = best_fusion(results, key)
+      logs["val_fusion_w"] = w
+      logs[self.monitor] = results[f"fused@{w:.2f}"][key]
+    else:
+      logs[self.monitor] = next(iter(results.values()))[key]
+    improved = not self.history or logs[self.monitor] > max(h[self.monitor] for h in self.history)
+    self.history.append({k: float(v) for k, v in logs.items()})
+    if improved and self.best_path is not None:
+      self.model.save_weights(str(self.best_path))
+    if self.history_path is not None:
+      tmp = Path(f"{self.history_path}.tmp")
+      tmp.write_text(json.dumps(self.history, indent=1))
+      os.replace(tmp, self.history_path)
+    if self.verbose:
+      print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k.startswith("val_")) +
+            (" (best)" if improved else ""))
+    if self.patience and len(self.history) - self.best_epoch >= self.patience:
+      self.model.stop_training = True
