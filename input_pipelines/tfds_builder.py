@@ -59,6 +59,14 @@ class BivrecSequences(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Examples of a prepared dataset directory (schema_version 1)."}
 
+    # TFDS 4.9.10 resolves `code_path` through the `importlib_resources` backport, which it does
+    # not declare as a dependency; the file path is all it needs.
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):
+        from etils import epath
+        return epath.Path(__file__)
+
     def __init__(self, *, prepared_dir=None, config=None, **kwargs):
         if prepared_dir is not None:
             if config is not None:
@@ -104,13 +112,14 @@ class BivrecSequences(tfds.core.GeneratorBasedBuilder):
                 for split, info in meta["splits"].items()}
 
     def _generate_examples(self, file, split, vocab):
-        records = tf.data.TFRecordDataset(str(file)).batch(4096).map(
-            lambda s: tf.io.parse_example(s, _PARSE_SPEC))
+        def parse(serialized):
+            p = tf.io.parse_example(serialized, _PARSE_SPEC)
+            return (tf.RaggedTensor.from_sparse(p["history"]),
+                    tf.RaggedTensor.from_sparse(p["target"]))
+
         i = 0
-        for batch in records.as_numpy_iterator():
-            hist = tf.RaggedTensor.from_sparse(batch["history"]).to_list()
-            tgt = tf.RaggedTensor.from_sparse(batch["target"]).to_list()
-            for h, t in zip(hist, tgt):
+        for hist, tgt in tf.data.TFRecordDataset(str(file)).batch(4096).map(parse):
+            for h, t in zip(hist.to_list(), tgt.to_list()):
                 yield f"{split}-{i:09d}", {"history": np.asarray(h, np.int64),
                                            "target": np.asarray(t, np.int64),
                                            "history_ids": [str(x) for x in vocab[h]],
