@@ -1,0 +1,275 @@
+"""The SavedModel export (DESIGN.md section 6): signatures, semantics, warmup, atomic versions.
+
+Built on a tiny randomly initialized model (tests/serving/models.py): exporting does not need a
+trained model, and every property checked here holds for any weights.
+"""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bivrec_tf import export as export_lib
+from bivrec_tf.model import FIRST_ITEM
+from tests.serving import models as tiny
+
+W = 0.6
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  base = tmp_path_factory.mktemp("export")
+  model = tiny.tiny_model(seed=0)
+  path = export_lib.export_model(model, tiny.vocab(), W, str(base), "bivrec", tiny.TOP_K,
+                                 metadata={"note": "test"})
+  return model, path, tf.saved_model.load(str(path))
+
+
+def _reference_top_k(model, history, k):
+  """Brute force over the whole catalogue in numpy: fused score, history and padding excluded."""
+  index = {item: i for i, item in enumerate(tiny.vocab())}
+  ids = [index[x] for x in history if x in index and index[x] >= FIRST_ITEM][-tiny.MAX_LEN:]
+  row = np.array([[0] * (tiny.MAX_LEN - len(ids)) + ids], np.int64)
+  queries = {v: q.numpy()[0] for v, q in model.queries(row).items()}
+  tau = model.config.model.tau_rec
+  s = {v: (queries[v] @ model.item_table(v).numpy().T).max(axis=0) / tau for v in queries}
+  cold = np.asarray(model.cold)
+  fused = np.where(cold, s["mm"], W * s["id"] + (1 - W) * s["mm"])
+  fused[:FIRST_ITEM] = -np.inf
+  fused[ids] = -np.inf
+  order = np.argsort(-fused, kind="stable")[:k]
+  return tiny.vocab()[order], fused[order]
+
+
+def _serve(loaded, histories, signature="serving_default"):
+  out = loaded.signatures[signature](history=tf.constant(histories))
+  return {k: v.numpy() for k, v in out.items()}
+
+
+def test_served_top_k_equals_brute_force_full_ranking(exported):
+  model, _, loaded = exported
+  histories = [["item-3", "item-9", "item-12", "item-30"],
+               ["item-1", "item-1", "item-2", "item-7"],
+               ["item-39", "", "", ""]]
+  out = _serve(loaded, histories)
+  assert out["item_ids"].shape == (3, tiny.TOP_K) and out["scores"].shape == (3, tiny.TOP_K)
+  for row, history in enumerate(histories):
+    ids, scores = _reference_top_k(model, history, tiny.TOP_K)
+    np.testing.assert_array_equal(out["item_ids"][row].astype(str), ids)
+    np.testing.assert_allclose(out["scores"][row], scores, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_scoring_matches_single_chunk(exported, tmp_path):
+  model, _, loaded = exported
+  chunked = tf.saved_model.load(str(export_lib.export_model(
+      model, tiny.vocab(), W, str(tmp_path), "chunked", tiny.TOP_K, item_chunk=7)))
+  histories = [["item-3", "item-9"], ["item-20", "item-21"], ["", "nope"]]
+  a, b = _serve(loaded, histories), _serve(chunked, histories)
+  np.testing.assert_array_equal(a["item_ids"], b["item_ids"])
+  np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-6)
+
+
+def test_unknown_ids_and_padding_are_ignored(exported):
+  _, _, loaded = exported
+  clean = _serve(loaded, [["item-3", "item-9", "item-12"]])
+  noisy = _serve(loaded, [["", "never-seen", "item-3", "", "item-9", "[OOV]", "item-12", "x"]])
+  np.testing.assert_array_equal(clean["item_ids"], noisy["item_ids"])
+  np.testing.assert_allclose(clean["scores"], noisy["scores"], rtol=1e-6)
+
+
+def test_history_items_are_never_recommended(exported):
+  _, _, loaded = exported
+  histories = [[f"item-{i}" for i in range(j, j + 8)] for j in range(0, 32, 4)]
+  out = _serve(loaded, histories)
+  for row, history in zip(out["item_ids"].astype(str), histories):
+    assert not set(row) & set(history)
+    assert not set(row) & {"[PAD]", "[OOV]", ""}
+
+
+def test_history_longer_than_max_len_keeps_the_most_recent_items(exported):
+  _, _, loaded = exported
+  recent = [f"item-{i}" for i in range(10, 10 + tiny.MAX_LEN)]
+  long = _serve(loaded, [["item-30", "item-31", "item-32"] + recent])
+  short = _serve(loaded, [recent])
+  np.testing.assert_allclose(long["scores"], short["scores"], rtol=1e-6)
+
+
+def test_history_without_known_items_gets_the_most_popular(exported):
+  _, _, loaded = exported
+  out = _serve(loaded, [["nope", ""], ["", ""]])
+  expected = [f"item-{i}" for i in range(tiny.TOP_K)]  # counts decrease with the index
+  for row in out["item_ids"].astype(str):
+    assert list(row) == expected
+  empty = loaded.signatures["serving_default"](history=tf.zeros([2, 0], tf.string))
+  assert list(empty["item_ids"].numpy()[0].astype(str)) == expected
+
+
+def test_predict_examples_answers_as_serving_default(exported):
+  _, _, loaded = exported
+  histories = [["item-3", "item-9"], ["item-5"], []]
+  examples = [tf.train.Example(features=tf.train.Features(feature={
+      "history": tf.train.Feature(bytes_list=tf.train.BytesList(
+          value=[x.encode() for x in h]))})).SerializeToString() for h in histories]
+  by_example = loaded.signatures["predict_examples"](examples=tf.constant(examples))
+  dense = _serve(loaded, [["", "item-3", "item-9"], ["", "", "item-5"], ["", "", ""]])
+  np.testing.assert_array_equal(by_example["item_ids"].numpy(), dense["item_ids"])
+
+
+def test_user_interests_and_item_embeddings_have_documented_shapes(exported):
+  model, _, loaded = exported
+  out = _serve(loaded, [["item-1", "item-2"], ["item-3", ""]], "user_interests")
+  for key in ("id_interests", "mm_interests"):
+    assert out[key].shape == (2, tiny.NUM_INTERESTS, tiny.DIM)
+  emb = loaded.signatures["item_embeddings"](item_ids=tf.constant(["item-4", "unknown"]))
+  for key, view in (("id_embedding", "id"), ("mm_embedding", "mm")):
+    value = emb[key].numpy()
+    assert value.shape == (2, tiny.DIM)
+    np.testing.assert_allclose(value[0], model.item_table(view).numpy()[FIRST_ITEM + 4],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(value[1], 0.0)  # unknown id -> zero vector
+
+
+def test_saved_model_cli_show_lists_every_signature_with_names_dtypes_shapes(exported):
+  _, path, _ = exported
+  text = subprocess.run(["saved_model_cli", "show", "--dir", str(path), "--all"],
+                        capture_output=True, text=True, check=True, timeout=120).stdout
+  blocks = {}
+  for chunk in text.split("signature_def['")[1:]:
+    blocks[chunk.split("']", 1)[0]] = chunk
+  assert set(export_lib.SIGNATURES) <= set(blocks)
+  k, kk, d = tiny.TOP_K, tiny.NUM_INTERESTS, tiny.DIM
+  expected = {
+      "serving_default": [("history", "DT_STRING", "(-1, -1)"), ("item_ids", "DT_STRING",
+                          f"(-1, {k})"), ("scores", "DT_FLOAT", f"(-1, {k})")],
+      "predict_examples": [("examples", "DT_STRING", "(-1)"), ("item_ids", "DT_STRING",
+                           f"(-1, {k})"), ("scores", "DT_FLOAT", f"(-1, {k})")],
+      "user_interests": [("history", "DT_STRING", "(-1, -1)"),
+                         ("id_interests", "DT_FLOAT", f"(-1, {kk}, {d})"),
+                         ("mm_interests", "DT_FLOAT", f"(-1, {kk}, {d})")],
+      "item_embeddings": [("item_ids", "DT_STRING", "(-1)"),
+                          ("id_embedding", "DT_FLOAT", f"(-1, {d})"),
+                          ("mm_embedding", "DT_FLOAT", f"(-1, {d})")],
+  }
+  for sig, tensors in expected.items():
+    block = blocks[sig]
+    assert "Method name is: tensorflow/serving/predict" in block
+    for name, dtype, shape in tensors:
+      entry = block.split(f"['{name}'] tensor_info:", 1)[1]
+      assert f"dtype: {dtype}" in entry.split("name:", 1)[0], (sig, name)
+      assert f"shape: {shape}" in entry.split("name:", 1)[0], (sig, name)
+
+
+def test_saved_model_cli_run_serving_default(exported):
+  _, path, _ = exported
+  proc = subprocess.run(
+      ["saved_model_cli", "run", "--dir", str(path), "--tag_set", "serve", "--signature_def",
+       "serving_default", "--input_exprs", "history=[['item-3', 'nope', 'item-9']]"],
+      capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "Result for output key item_ids" in proc.stdout
+  assert "Result for output key scores" in proc.stdout
+  assert "item-" in proc.stdout
+
+
+def test_warmup_file_parses_as_prediction_logs_and_replays_through_the_model(exported):
+  from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=import-outside-toplevel
+
+  _, path, loaded = exported
+  records = list(tf.data.TFRecordDataset(str(path / "assets.extra" / export_lib.WARMUP_FILE)))
+  assert 1 <= len(records) <= 1000  # TF Serving replays at most 1000
+  seen = set()
+  for record in records:
+    entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+    assert entry.WhichOneof("log_type") == "predict_log"
+    request = entry.predict_log.request
+    assert request.model_spec.name == "bivrec"
+    signature = request.model_spec.signature_name
+    seen.add(signature)
+    inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+    outputs = loaded.signatures[signature](**inputs)
+    assert all(v.shape[0] == next(iter(inputs.values())).shape[0] for v in outputs.values())
+  assert seen == set(export_lib.SIGNATURES)
+
+
+def test_metadata_and_versions(exported, tmp_path):
+  model, path, _ = exported
+  meta = json.loads((path / "assets.extra" / export_lib.METADATA_FILE).read_text())
+  assert meta["fusion_weight"] == W and meta["top_k"] == tiny.TOP_K
+  assert meta["max_len"] == tiny.MAX_LEN and meta["note"] == "test"
+  assert meta["signatures"] == list(export_lib.SIGNATURES)
+  assert path.name == "1"
+  for name in ("1", "2", "10", ".tmp-11-123", "notes"):
+    (tmp_path / "m" / name).mkdir(parents=True)
+  assert export_lib.next_version(tmp_path / "m") == 11  # integers only, not lexicographic
+  with pytest.raises(FileExistsError):
+    export_lib.export_model(model, tiny.vocab(), W, str(tmp_path), "m", 3, version=2)
+
+
+def test_export_does_not_carry_the_optimizer(exported):
+  _, path, _ = exported
+  names = [name for name, _ in tf.train.list_variables(str(path / "variables" / "variables"))]
+  assert not [n for n in names if "optimizer" in n.lower()]
+
+
+@pytest.mark.parametrize("where", ["saved_model.save", "_write_warmup", "os.rename"])
+def test_interrupted_export_leaves_no_version_directory(exported, tmp_path, monkeypatch, where):
+  model, _, _ = exported
+
+  def partial_save(obj, export_dir, **kwargs):  # a fast stand-in that leaves a partial SavedModel
+    os.makedirs(os.path.join(export_dir, "variables"))
+    with open(os.path.join(export_dir, "saved_model.pb"), "wb") as f:
+      f.write(b"partial")
+    if where == "saved_model.save":
+      raise KeyboardInterrupt("interrupted while writing the SavedModel")
+
+  def boom(*args, **kwargs):
+    raise KeyboardInterrupt("interrupted mid-export")
+
+  monkeypatch.setattr(tf.saved_model, "save", partial_save)
+  if where == "_write_warmup":
+    monkeypatch.setattr(export_lib, "_write_warmup", boom)
+  elif where == "os.rename":
+    monkeypatch.setattr(export_lib.os, "rename", boom)
+  with pytest.raises(KeyboardInterrupt):
+    export_lib.export_model(model, tiny.vocab(), W, str(tmp_path), "m", 3)
+  assert os.listdir(tmp_path / "m") == []
+
+
+def test_reexport_from_a_run_directory(tmp_path):
+  from bivrec_tf import train  # pylint: disable=import-outside-toplevel
+  from bivrec_tf.config import Config  # pylint: disable=import-outside-toplevel
+  from input_pipelines.dataset import PreparedDataset  # pylint: disable=import-outside-toplevel
+  from input_pipelines.synthetic import generate  # pylint: disable=import-outside-toplevel
+
+  data = generate(tmp_path / "data", seed=1, num_items=30, num_users=40, num_topics=3)
+  cfg = Config().replace(data={"data": str(data)}, model=dict(tiny.MODEL_FIELDS),
+                         export={"export_base": str(tmp_path / "exports"), "top_k": 4})
+  ds = PreparedDataset.load(data)
+  model = train.build_model(cfg, ds, 6)
+  model.queries(tf.zeros([1, 6], tf.int64))
+  run = tmp_path / "run"
+  model.save_weights(str(run / "checkpoints" / "best"))
+  (run / "config.json").write_text(cfg.to_json())
+  (run / "metrics.json").write_text(json.dumps(
+      {"data": str(data), "max_len": 6, "fusion_weight": 0.3, "test": {}, "valid": {}}))
+
+  assert export_lib.main(["--run", str(run), "--top-k", "3"]) == 0
+  exported = tmp_path / "exports" / "bivrec" / "1"
+  meta = json.loads((exported / "assets.extra" / export_lib.METADATA_FILE).read_text())
+  assert meta["fusion_weight"] == 0.3 and meta["top_k"] == 3 and meta["run_dir"] == str(run)
+  # The checkpoint was restored (a fresh build_model has other random weights).
+  ids = tf.constant([str(x) for x in ds.vocab[FIRST_ITEM:FIRST_ITEM + 5]])
+  emb = tf.saved_model.load(str(exported)).signatures["item_embeddings"](item_ids=ids)
+  for key, view in (("id_embedding", "id"), ("mm_embedding", "mm")):
+    np.testing.assert_allclose(emb[key].numpy(),
+                               model.item_table(view).numpy()[FIRST_ITEM:FIRST_ITEM + 5],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_reexport_cli_reports_a_missing_run_directory(tmp_path, capsys):
+  assert export_lib.main(["--run", str(tmp_path / "missing")]) == 2
+  assert "config.json" in capsys.readouterr().err
+
