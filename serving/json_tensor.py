@@ -445,6 +445,10 @@ def _values_json(arr: np.ndarray, as_bytes: bool) -> str:
   return nest(list(arr.shape), 0)
 
 
+def _row(arr: np.ndarray, i: int) -> np.ndarray:
+  return np.asarray(arr[i], dtype=arr.dtype)
+
+
 def _is_bytes_name(name: str, arr: np.ndarray) -> bool:
   return arr.dtype.kind in "OSU" and name.endswith("_bytes")
 
@@ -476,10 +480,11 @@ def response_json(outputs: Mapping[str, np.ndarray], fmt: str) -> str:
   rows = []
   for i in range(batch):
     if len(names) == 1:
-      rows.append(_values_json(outputs[names[0]][i], _is_bytes_name(names[0], outputs[names[0]])))
+      arr = outputs[names[0]]
+      rows.append(_values_json(_row(arr, i), _is_bytes_name(names[0], arr)))
     else:
       rows.append("{\n            " + ",\n            ".join(
-          f"{json.dumps(n)}: {_values_json(outputs[n][i], _is_bytes_name(n, outputs[n]))}"
+          f"{json.dumps(n)}: {_values_json(_row(outputs[n], i), _is_bytes_name(n, outputs[n]))}"
           for n in names) + "\n        }")
   return '{\n    "predictions": [\n        ' + ",\n        ".join(rows) + "\n    ]\n}"
 
