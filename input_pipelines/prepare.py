@@ -65,11 +65,16 @@ def _log(args, msg: str) -> None:
 
 
 def _progress(args, iterable, total=None, desc=None):
+    """`iterable` with a progress bar that appears when iteration starts (not at creation)."""
     if args.quiet:
         return iterable
-    from tqdm.auto import tqdm
-    return tqdm(iterable, total=total or None, desc=desc, unit="ex", leave=False,
-                file=sys.stderr, mininterval=0.5)
+
+    def gen():
+        from tqdm.auto import tqdm
+        with tqdm(iterable, total=total or None, desc=desc, unit="ex", leave=False,
+                  file=sys.stderr, mininterval=0.5) as bar:
+            yield from bar
+    return gen()
 
 
 def _columns(args) -> readers.Columns:

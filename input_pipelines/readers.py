@@ -111,6 +111,7 @@ def iter_rows(path, sep: str | None = None, names: Sequence[str] | None = None,
                 yield line
         finally:
             if bar is not None:
+                bar.update(pending)
                 bar.close()
             f.close()
 
