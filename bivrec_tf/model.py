@@ -129,6 +129,13 @@ class BivRecModel(tfrs.Model):
   def metrics(self):
     return list(self.trackers.values())
 
+  def build_all(self):
+    """Creates every variable now (with a dummy batch), e.g. inside `strategy.scope()`: variables
+    must not first appear inside a distributed step, and BackupAndRestore needs a built model."""
+    history = tf.zeros([2, self.max_len], tf.int64)
+    ids = tf.constant([FIRST_ITEM, FIRST_ITEM], tf.int64)
+    self.compute_losses({"history": history, "target": ids, "negatives": ids})
+
   def call(self, history, training=False):
     """history `[B, L]` -> {view: (U `[B, K, d]`, A `[B, T, K]`, valid `[B, T]`)}."""
     return {v: enc(history, training=training) for v, enc in self.views.items()}
@@ -232,11 +239,15 @@ def gather_replicas(x, local_first: bool = True):
   ctx = tf.distribute.get_replica_context()
   if ctx is None or ctx.num_replicas_in_sync == 1:
     return x
-  gathered = ctx.all_gather(x, axis=0)
+  # all_gather as a padded all_reduce: ReplicaContext.all_gather fails under
+  # MultiWorkerMirroredStrategy in TF 2.21 ("destinations can not be empty"); the all_reduce of
+  # SUM is differentiable everywhere. Every replica has the same b (drop_remainder batches).
+  r, n, b = ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync, tf.shape(x)[0]
+  pad = [[r * b, (n - 1 - r) * b]] + [[0, 0]] * (len(x.shape) - 1)
+  gathered = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.pad(x, pad))
   if not local_first:
     return gathered
-  shift = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * tf.shape(x)[0]
-  return tf.roll(gathered, -shift, axis=0)
+  return tf.roll(gathered, -r * b, axis=0)
 
 
 def view_scores(queries, table, tau_rec: float):

@@ -68,6 +68,7 @@ def build_model(cfg: config_lib.Config, ds: PreparedDataset, max_len: int,
   features, present = select_modalities(cfg, ds) if "mm" in cfg.model.views else ({}, {})
   model = BivRecModel(cfg, ds.vocab_size, max_len, features, present,
                       item_counts=ds.item_counts, seen_in_train=ds.seen_in_train)
+  model.build_all()
   model.compile(optimizer=tf.keras.optimizers.Adam(cfg.train.learning_rate),
                 jit_compile=use_xla(cfg, strategy),
                 steps_per_execution=cfg.train.steps_per_execution)
