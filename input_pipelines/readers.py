@@ -157,8 +157,9 @@ def column_index(path, header: Sequence[str], name: str, role: str) -> int:
     for i, h in enumerate(header):
         if h == name or strip_type(h) == name:
             return i
+    hint = " (or --time-column none: the file order is the time order)" if role == "time" else ""
     raise DataError(path, f"missing {role} column (the file has columns: {', '.join(header)}); "
-                    f"choose another with --{role}-column", field=name)
+                    f"choose another with --{role}-column{hint}", field=name)
 
 
 def parse_time(path, value: str, line: int, field: str, time_format: str | None) -> float:
