@@ -56,8 +56,9 @@ class ServingModule(tf.Module):
     fusion_weight: w of the fused score `w s_id + (1 - w) s_mm` (cold items: `s_mm`).
     top_k: number of recommendations per request row (fixed at export time).
     item_chunk: items scored at once per request (bounds the `[B, K, chunk]` intermediate).
-    jit_compile: XLA-compile the numeric core (interests + scoring). TF Serving then needs
-      `--xla_cpu_compilation_enabled=true` (experimental there), so it is off by default.
+    jit_compile: XLA-compile the interest extractor (the model part of every signature). TF
+      Serving then needs `--xla_cpu_compilation_enabled=true` (experimental there), so it is
+      off by default.
   """
 
   def __init__(self, model: BivRecModel, vocab: np.ndarray, fusion_weight: float, top_k: int,
@@ -97,8 +98,10 @@ class ServingModule(tf.Module):
     self.popular_ids = tf.Variable(order.astype(np.int64) + FIRST_ITEM, trainable=False,
                                    name="popular_ids")
     self.popular_scores = tf.Variable(popularity[order], trainable=False, name="popular_scores")
-    self._core = tf.function(self._scores_and_interests, jit_compile=jit_compile,
-                             autograph=False)
+    # XLA pays off for the many small ops of the interest extractor; scoring and top-k stay
+    # plain TensorFlow ops (XLA's CPU top-k sorts the whole row).
+    self._jit_queries = (tf.function(self._queries_fn, jit_compile=True, autograph=False)
+                         if jit_compile else None)
 
   # --- graph pieces ----------------------------------------------------------------------------
 
@@ -116,7 +119,7 @@ class ServingModule(tf.Module):
     return tf.ensure_shape(ids, [None, self.max_len])
 
   def _queries(self, ids):
-    return self._queries_fn(ids)
+    return (self._jit_queries or self._queries_fn)(ids)
 
   def _scores_and_interests(self, ids):
     """ids `[B, max_len]` -> (top scores `[B, k]`, top item indices `[B, k]`, queries)."""
@@ -149,7 +152,7 @@ class ServingModule(tf.Module):
 
   def _recommend(self, history):
     ids = self._indices(history)
-    top_s, top_i, _ = self._core(ids)
+    top_s, top_i, _ = self._scores_and_interests(ids)
     empty = tf.reduce_all(ids < FIRST_ITEM, axis=1, keepdims=True)
     top_i = tf.where(empty, self.popular_ids[None, :], top_i)
     top_s = tf.where(empty, self.popular_scores[None, :], top_s)
@@ -315,7 +318,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--top-k", type=int, help="recommendations per row (default: the run's)")
   parser.add_argument("--version", type=int, help="default: next integer version")
   parser.add_argument("--jit-compile", action="store_true",
-                      help="XLA-compile the numeric core (TF Serving then needs "
+                      help="XLA-compile the interest extractor (TF Serving then needs "
                            "--xla_cpu_compilation_enabled=true)")
   args = parser.parse_args(argv)
   if args.top_k is not None and args.top_k < 1:

@@ -72,6 +72,16 @@ def test_chunked_scoring_matches_single_chunk(exported, tmp_path):
   np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-6)
 
 
+def test_xla_export_answers_as_the_plain_export(exported, tmp_path):
+  model, _, loaded = exported
+  jit = tf.saved_model.load(str(export_lib.export_model(
+      model, tiny.vocab(), W, str(tmp_path), "jit", tiny.TOP_K, jit_compile=True)))
+  histories = [["", "item-3", "item-9"], ["item-20", "item-21", "item-33"]]
+  a, b = _serve(loaded, histories), _serve(jit, histories)
+  np.testing.assert_array_equal(a["item_ids"], b["item_ids"])
+  np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-4, atol=1e-4)
+
+
 def test_unknown_ids_and_padding_are_ignored(exported):
   _, _, loaded = exported
   clean = _serve(loaded, [["item-3", "item-9", "item-12"]])
