@@ -119,6 +119,7 @@ class TrainConfig:
   jit_compile: bool = True
   strategy: str = "auto"            # auto|default|mirrored|multi_worker|parameter_server
   logical_cpus: int = 0             # >1: split the CPU into logical devices (try `mirrored`)
+  local_cluster: str = ""           # "WORKERS,PS": in-process cluster (try `parameter_server`)
   seed: int = 42
   run_dir: Optional[str] = None     # default runs/<timestamp>
   steps_per_execution: int = 1
@@ -136,6 +137,10 @@ class TrainConfig:
       _fail("strategy", self.strategy, "unknown strategy")
     if self.logical_cpus < 0:
       _fail("logical_cpus", self.logical_cpus, "must be >= 0")
+    if self.local_cluster:
+      parts = self.local_cluster.split(",")
+      if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        _fail("local_cluster", self.local_cluster, "must be 'WORKERS,PS' with both >= 1")
     if self.steps_per_execution < 1:
       _fail("steps_per_execution", self.steps_per_execution, "must be >= 1")
 

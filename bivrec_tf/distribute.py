@@ -7,6 +7,7 @@ is the user-facing number; the model averages per-example losses over it.
 
 import json
 import os
+import socket
 
 import tensorflow as tf
 
@@ -28,7 +29,51 @@ def _num_workers() -> int:
   return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
-def make_strategy(name: str = "auto", logical_cpus: int = 0) -> tf.distribute.Strategy:
+def free_ports(n: int):
+  """n currently unused loopback TCP ports."""
+  socks = [socket.socket() for _ in range(n)]
+  for sock in socks:
+    sock.bind(("127.0.0.1", 0))
+  ports = [sock.getsockname()[1] for sock in socks]
+  for sock in socks:
+    sock.close()
+  return ports
+
+
+def local_cluster(num_workers: int, num_ps: int):
+  """Starts `num_workers` worker and `num_ps` parameter-server tasks in this process (for trying
+  ParameterServerStrategy on one machine) and returns their cluster resolver."""
+  free = free_ports(num_workers + num_ps)
+  ports = {"worker": free[:num_workers], "ps": free[num_workers:]}
+  spec = tf.train.ClusterSpec({job: [f"localhost:{p}" for p in ps] for job, ps in ports.items()})
+  config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=num_workers + 1)
+  for job, job_ports in ports.items():
+    for index in range(len(job_ports)):
+      tf.distribute.Server(spec, job_name=job, task_index=index, protocol="grpc",
+                           config=config if job == "worker" else None, start=True)
+  return tf.distribute.cluster_resolver.SimpleClusterResolver(spec, rpc_layer="grpc")
+
+
+def parameter_server_strategy(cluster: str = "") -> tf.distribute.Strategy:
+  """ParameterServerStrategy from TF_CONFIG, or from `cluster` = "WORKERS,PS" started in-process.
+  Large variables (the ID embedding table) are sharded over the parameter servers."""
+  if cluster:
+    workers, ps = (int(x) for x in cluster.split(","))
+    resolver = local_cluster(workers, ps)
+  else:
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+  num_ps = len(resolver.cluster_spec().as_dict().get("ps", []))
+  if num_ps < 1:
+    raise ValueError("--strategy parameter_server needs `ps` tasks in TF_CONFIG "
+                     "(or --local-cluster WORKERS,PS)")
+  partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
+      min_shard_bytes=256 << 10, max_shards=num_ps)
+  return tf.distribute.experimental.ParameterServerStrategy(
+      resolver, variable_partitioner=partitioner)
+
+
+def make_strategy(name: str = "auto", logical_cpus: int = 0,
+                  cluster: str = "") -> tf.distribute.Strategy:
   """The tf.distribute strategy for `--strategy name`."""
   split_cpu(logical_cpus)
   if name == "auto":
@@ -47,14 +92,14 @@ def make_strategy(name: str = "auto", logical_cpus: int = 0) -> tf.distribute.St
   if name == "multi_worker":
     return tf.distribute.MultiWorkerMirroredStrategy()
   if name == "parameter_server":
-    raise NotImplementedError(
-        "--strategy parameter_server is not implemented yet; use default, mirrored or "
-        "multi_worker")
+    return parameter_server_strategy(cluster)
   raise ValueError(f"unknown strategy {name!r}")
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
   """True on the process that writes checkpoints, logs and exports."""
+  if isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy):
+    return True  # this process is the coordinator; workers run only the steps it dispatches
   resolver = getattr(strategy, "cluster_resolver", None)
   if resolver is None or not resolver.task_type:
     return True

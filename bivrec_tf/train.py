@@ -55,11 +55,13 @@ def load_data(cfg: config_lib.Config) -> PreparedDataset:
 
 
 def use_xla(cfg: config_lib.Config, strategy: Optional[tf.distribute.Strategy] = None) -> bool:
-  """XLA unless replicas share one CPU: XLA cannot run a step whose variables live on several
-  logical CPU devices (https://www.tensorflow.org/xla/known_issues)."""
+  """XLA unless the step's variables live on another device than its computation (replicas on
+  one split CPU, parameter servers): XLA cannot compile that
+  (https://www.tensorflow.org/xla/known_issues#tfvariable_on_a_different_device)."""
   strategy = strategy or tf.distribute.get_strategy()
   split_cpu = strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU")
-  return cfg.train.jit_compile and not split_cpu
+  ps = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
+  return cfg.train.jit_compile and not (split_cpu or ps)
 
 
 def build_model(cfg: config_lib.Config, ds: PreparedDataset, max_len: int,
@@ -89,7 +91,7 @@ def format_table(rows: Dict[str, Dict[str, float]], ks: Sequence[int]) -> str:
 def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
   """The whole job. Returns a summary dict (also written to <run_dir>/metrics.json)."""
   start = time.time()
-  strategy = make_strategy(cfg.train.strategy, cfg.train.logical_cpus)
+  strategy = make_strategy(cfg.train.strategy, cfg.train.logical_cpus, cfg.train.local_cluster)
   chief = is_chief(strategy)
   tf.keras.utils.set_random_seed(cfg.train.seed)
   ds = load_data(cfg)
@@ -123,8 +125,9 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
       tf.keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
   ]
   fit_start = time.time()
+  ps = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
   model.fit(train, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-            verbose=verbose)
+            verbose=(2 if verbose else 0) if ps else verbose)  # PS: one line per epoch
   fit_seconds = time.time() - fit_start
   model.load_weights(str(best_path)).expect_partial()
   best_epoch = validation.best_epoch
@@ -145,7 +148,11 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
       "epochs_run": len(validation.history), "fit_seconds": fit_seconds,
       "valid": valid_results, "test": rows, "exclude_history": ev.exclude_history,
       "epoch_logs": validation.history, "run_dir": str(run_dir),
+      "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
   }
+  if "id" in model.views:  # > 1 when a parameter-server partitioner sharded the table
+    table = model.views["id"].tower.embeddings
+    summary["id_embedding_shards"] = len(getattr(table, "variables", [table]))
   export_path = None
   if chief and cfg.export.export:
     export_path = export_model(

@@ -30,7 +30,8 @@ class IdTower(tf.keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, item_ids):
-    return tf.gather(self.embeddings, item_ids)
+    # embedding_lookup also reads a ShardedVariable (ParameterServerStrategy partitioner).
+    return tf.nn.embedding_lookup(self.embeddings, item_ids)
 
   def get_config(self):
     return {**super().get_config(), "vocab_size": self.vocab_size, "dim": self.dim}
@@ -88,9 +89,9 @@ class MultimodalTower(tf.keras.layers.Layer):
     item_ids = tf.reshape(item_ids, [-1])  # rank-1 inside, so the layers see one input rank
     zs = []
     for m in self.modalities:
-      f = tf.gather(self.tables[m], item_ids)                     # [..., D_m]
+      f = tf.nn.embedding_lookup(self.tables[m], item_ids)        # [..., D_m]
       z = self.norms[m](self.projections[m](f))                   # [..., d]
-      has = tf.gather(self.present_masks[m], item_ids)[..., None]  # [..., 1]
+      has = tf.nn.embedding_lookup(self.present_masks[m], item_ids)[..., None]  # [..., 1]
       zs.append(has * z + (1.0 - has) * self.missing[m])
     fused = self.fuse_out(self.fuse_hidden(tf.concat(zs, axis=-1)))
     out = fused + tf.add_n(zs) / float(len(zs))                          # [n, d]

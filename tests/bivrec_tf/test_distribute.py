@@ -114,3 +114,13 @@ def test_killed_run_resumes_from_its_last_completed_epoch(data, tmp_path):
   # Same data, seed and number of epochs: final validation quality agrees within noise.
   assert after[-1]["val_ndcg20"] == pytest.approx(clean[-1]["val_ndcg20"], abs=0.03)
   assert np.isfinite(after[-1]["loss"])
+
+
+def test_parameter_server_strategy_shards_the_id_table_and_trains(data, tmp_path):
+  run_dir = tmp_path / "ps"
+  _run(_train_cmd(data, run_dir, "--strategy", "parameter_server", "--local-cluster", "2,2"))
+  metrics = json.loads((run_dir / "metrics.json").read_text())
+  assert metrics["strategy"].startswith("ParameterServerStrategy")
+  assert metrics["id_embedding_shards"] == 2
+  assert np.isfinite(metrics["epoch_logs"][0]["loss"])
+  assert metrics["test"]["MM view"]["recall@50"] > metrics["test"]["Popularity"]["recall@50"]
