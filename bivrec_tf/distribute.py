@@ -67,7 +67,7 @@ def parameter_server_strategy(cluster: str = "") -> tf.distribute.Strategy:
     raise ValueError("--strategy parameter_server needs `ps` tasks in TF_CONFIG "
                      "(or --local-cluster WORKERS,PS)")
   partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
-      min_shard_bytes=256 << 10, max_shards=num_ps)
+      min_shard_bytes=64 << 10, max_shards=num_ps)
   return tf.distribute.experimental.ParameterServerStrategy(
       resolver, variable_partitioner=partitioner)
 

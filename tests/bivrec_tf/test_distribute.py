@@ -118,7 +118,8 @@ def test_killed_run_resumes_from_its_last_completed_epoch(data, tmp_path):
 
 def test_parameter_server_strategy_shards_the_id_table_and_trains(data, tmp_path):
   run_dir = tmp_path / "ps"
-  _run(_train_cmd(data, run_dir, "--strategy", "parameter_server", "--local-cluster", "2,2"))
+  _run(_train_cmd(data, run_dir, "--strategy", "parameter_server", "--local-cluster", "2,2",
+                  "--dim", "64"))  # a 102 KB table: above the 64 KiB minimum shard size
   metrics = json.loads((run_dir / "metrics.json").read_text())
   assert metrics["strategy"].startswith("ParameterServerStrategy")
   assert metrics["id_embedding_shards"] == 2
