@@ -55,6 +55,8 @@ class ModelConfig:
   gaussian_prior: bool = True       # False = "no Gaussian prior" ablation
   sigma_init: float = 0.25          # initial Gaussian width sigma_k
   cluster_rounds: int = 2           # R; 0 = "no cluster rounds" ablation
+  readout: str = "interests"        # "interests" (module 2) or "last": the most recent item's
+                                    # encoder output as the single interest (SASRec-style)
   # Recommendation similarity.
   similarity: str = "cosine"        # "cosine" or "dot"
   tau_rec: float = 0.07
@@ -81,6 +83,10 @@ class ModelConfig:
       _fail("sigma_init", self.sigma_init, "must be > 0.05 (the width floor)")
     if self.cluster_rounds < 0:
       _fail("cluster_rounds", self.cluster_rounds, "R must be >= 0")
+    if self.readout not in ("interests", "last"):
+      _fail("readout", self.readout, "must be 'interests' or 'last'")
+    if self.readout == "last" and (self.num_interests != 1 or 1 not in self.patch_sizes):
+      _fail("readout", self.readout, "'last' needs num_interests=1 and patch size 1 in P")
     if self.similarity not in ("cosine", "dot"):
       _fail("similarity", self.similarity, "must be 'cosine' or 'dot'")
     if not self.tau_rec > 0:

@@ -42,6 +42,7 @@ class ViewEncoder(tf.keras.layers.Layer):
     self.max_len = max_len
     self.patch_sizes = m.patch_sizes
     self.normalize = m.similarity == "cosine"
+    self.readout = m.readout
     self.embedding = MultiScaleInterestEmbedding(
         m.dim, m.patch_sizes, max_len, m.encoder_layers, m.num_heads, m.dropout, name="module1")
     self.interests = InterestDecomposition(
@@ -67,7 +68,13 @@ class ViewEncoder(tf.keras.layers.Layer):
     history = self._align(tf.cast(history, tf.int64))
     mask = history >= FIRST_ITEM
     h, tau, valid = self.embedding(self.tower(history), mask, training=training)
-    u, a = self.interests(h, tau, valid)
+    if self.readout == "last":
+      # Tokens of patch size 1 come first (sizes sorted), one per position: the most recent item
+      # is token L'-1. A single interest owns every valid token.
+      u = h[:, tf.shape(history)[1] - 1][:, None]
+      a = tf.cast(valid, h.dtype)[..., None]
+    else:
+      u, a = self.interests(h, tau, valid)
     if self.normalize:
       u = tf.math.l2_normalize(u, axis=-1)
     return u, a, valid

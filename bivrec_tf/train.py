@@ -24,6 +24,7 @@ from bivrec_tf.callbacks import ValidationCallback
 from bivrec_tf.evaluate import Ranker, best_fusion, evaluate, popularity_metrics
 from bivrec_tf.export import export_model
 from bivrec_tf.model import BivRecModel
+from bivrec_tf.presets import PRESETS, apply_preset
 from input_pipelines.dataset import PreparedDataset, eval_dataset, train_dataset
 from input_pipelines.synthetic import ensure_synthetic
 
@@ -180,10 +181,15 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> config_lib.Config:
       prog="python -m bivrec_tf.train", description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", metavar="JSON", help="start from this config file; flags override")
+  parser.add_argument("--preset", choices=sorted(PRESETS),
+                      help="a baseline or ablation of bivrec_tf/presets.py; flags override")
   config_lib.add_flags(parser)
   args = parser.parse_args(argv)
   try:
-    base = config_lib.Config.from_json(Path(args.config).read_text()) if args.config else None
+    base = config_lib.Config.from_json(Path(args.config).read_text()) if args.config else (
+        config_lib.Config())
+    if args.preset:
+      base = apply_preset(base, args.preset)
     return config_lib.from_flags(args, base)
   except (ValueError, OSError) as err:
     parser.error(str(err))
