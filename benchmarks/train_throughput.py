@@ -1,16 +1,24 @@
-"""Training throughput of the full model (both views), sequences per second.
+"""Training and evaluation throughput of the full model (both views).
 
-    python -m benchmarks.train_throughput --lengths 20,50 --interests 4 --batch 2048 --items 10000
+    python -m benchmarks.train_throughput            # the sweep of docs/performance.md
+    python -m benchmarks.train_throughput --quick    # the two target rows only
 
-Feeds random in-memory batches (the tf.data pipeline is measured separately with `--pipeline`), so
-the number is the model's training step: forward, backward, optimizer. Reports FLOPs per sequence
-(counted by TensorFlow's graph profiler on the train step) and the achieved share of the CPU's fp32
-matmul peak, measured here with a large matmul. Prints a markdown table, writes JSON.
+Each configuration runs in its own process (so peak memory is its own): random in-memory batches
+feed `model.fit`, so the number is the training step itself (forward, backward, optimizer); the
+real tf.data pipeline is timed separately. FLOPs per step are counted by TensorFlow's graph
+profiler on the train step (plus Einsum, which it does not count), and compared with this CPU's
+fp32 matmul peak, measured with a large matmul. Evaluation: users/s of full ranking over the
+catalogue. Prints a markdown table, writes JSON and a PNG plot of cost against catalogue size and
+history length.
 """
 
 import argparse
+import os
 import json
 import platform
+import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -61,10 +69,29 @@ def random_batches(length, items, batch, negatives, seed=0):
   return tf.data.Dataset.from_tensor_slices(data).cache().repeat()
 
 
+def _register_einsum_flops():
+  """TensorFlow's profiler has no FLOP count for Einsum (it silently counts 0): 2 x the product
+  of every index size, i.e. one multiply-add per point of the joint index space."""
+  from tensorflow.python.framework import graph_util, ops  # pylint: disable=import-outside-toplevel
+
+  try:
+    @ops.RegisterStatistics("Einsum", "flops")
+    def _einsum_flops(graph, node):  # pylint: disable=unused-variable
+      terms = node.attr["equation"].s.decode().split("->")[0].split(",")
+      sizes = {}
+      for term, name in zip(terms, node.input):
+        shape = graph_util.tensor_shape_from_node_def_name(graph, name).as_list()
+        sizes.update(zip(term, shape))
+      return ops.OpStats("flops", 2 * int(np.prod([s for s in sizes.values()])))
+  except KeyError:  # already registered
+    pass
+
+
 def train_step_flops(model, batch_example) -> float:
   """FLOPs of one training step (forward + backward + update) from the graph profiler."""
   from tensorflow.python.profiler import model_analyzer, option_builder  # pylint: disable=import-outside-toplevel
 
+  _register_einsum_flops()
   fn = tf.function(model.train_step).get_concrete_function(
       {k: tf.TensorSpec(v.shape, v.dtype) for k, v in batch_example.items()})
   opts = option_builder.ProfileOptionBuilder.float_operation()
@@ -102,50 +129,133 @@ def pipeline_rate(data_dir, length, batch, negatives, steps=200):
   return steps * batch / (time.perf_counter() - start)
 
 
+def eval_users_per_s(length, interests, dim, items, users=2048, batch=512):
+  """Full-ranking evaluation speed (both views + fused rule), users/s."""
+  from bivrec_tf.evaluate import Ranker  # pylint: disable=import-outside-toplevel
+
+  model = make_model(length, interests, dim, items, 8, 8, False)
+  model.build_all()
+  rng = np.random.default_rng(1)
+  hist = rng.integers(2, items + 2, (users, length))
+  ranker = Ranker(model, kmax=50)
+  ranker.refresh()
+  ranker.topk(hist[:batch], [0.5])
+  start = time.perf_counter()
+  for i in range(0, users, batch):
+    ranker.topk(hist[i:i + batch], [0.5])
+  return users / (time.perf_counter() - start)
+
+
+def run_one(spec: dict) -> dict:
+  """One configuration (in this process)."""
+  row = measure(spec["L"], spec["K"], spec["d"], spec["items"], spec["batch"],
+                spec["negatives"], spec["xla"], spec["steps"])
+  if spec.get("eval"):
+    row["eval_users_per_s"] = eval_users_per_s(spec["L"], spec["K"], spec["d"], spec["items"])
+  row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  return row
+
+
+def sweep(base: dict, quick: bool):
+  """One factor at a time around the targets (L=20 and L=50, K=4, 10k items, XLA)."""
+  specs = [dict(base, L=20), dict(base, L=50)]
+  if quick:
+    return specs
+  specs += [dict(base, L=200, batch=512)]
+  specs += [dict(base, L=length, xla=False) for length in (20, 50)]
+  specs += [dict(base, K=k) for k in (1, 8)]
+  specs += [dict(base, items=n, eval=True) for n in (100_000, 1_000_000)]
+  specs[0]["eval"] = True
+  return specs
+
+
+def plot(rows, path):
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  by_items = sorted((r for r in rows if r["L"] == 20 and r["K"] == 4 and r["xla"]),
+                    key=lambda r: r["items"])
+  ax = axes[0]
+  ax.plot([r["items"] for r in by_items], [r["step_ms"] / r["batch"] * 1000 for r in by_items],
+          "o-", label="training (µs / sequence)")
+  ev = [r for r in by_items if "eval_users_per_s" in r]
+  ax.plot([r["items"] for r in ev], [1e6 / r["eval_users_per_s"] for r in ev], "s--",
+          label="full-ranking evaluation (µs / user)")
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.set_xlabel("catalogue size (items)")
+  ax.set_title("cost vs catalogue size (L=20, K=4)")
+  ax.legend()
+  by_len = sorted((r for r in rows if r["items"] == 10_000 and r["K"] == 4), key=lambda r: r["L"])
+  ax = axes[1]
+  for xla in (True, False):
+    pts = [r for r in by_len if r["xla"] == xla]
+    ax.plot([r["L"] for r in pts], [r["step_ms"] / r["batch"] * 1000 for r in pts], "o-",
+            label=f"training, XLA {'on' if xla else 'off'} (µs / sequence)")
+  ax.set_xlabel("history length L")
+  ax.set_title("cost vs history length (10k items, K=4)")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--lengths", default="20,50")
-  parser.add_argument("--interests", default="4")
-  parser.add_argument("--items", default="10000")
+  parser.add_argument("--quick", action="store_true", help="only the two target rows")
   parser.add_argument("--dim", type=int, default=64)
   parser.add_argument("--batch", type=int, default=2048)
   parser.add_argument("--negatives", type=int, default=256)
-  parser.add_argument("--xla", default="1", help="comma list of 1/0")
-  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--steps", type=int, default=15)
   parser.add_argument("--pipeline", metavar="DATA_DIR", help="also time tf.data on this dataset")
   parser.add_argument("--out", default="benchmarks/results/train_throughput.json")
+  parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one spec (JSON)
   args = parser.parse_args(argv)
+  if args.one:
+    print("RESULT " + json.dumps(run_one(json.loads(args.one))))
+    return
+  base = dict(K=4, d=args.dim, items=10_000, batch=args.batch, negatives=args.negatives,
+              xla=True, steps=args.steps)
   peak = matmul_peak_gflops()
   rows = []
-  for length in map(int, args.lengths.split(",")):
-    for k in map(int, args.interests.split(",")):
-      for items in map(int, args.items.split(",")):
-        for jit in (x == "1" for x in args.xla.split(",")):
-          row = measure(length, k, args.dim, items, args.batch, args.negatives, jit, args.steps)
-          row["peak_share"] = row["gflops"] / peak
-          rows.append(row)
-          print(f"L={length} K={k} items={items} xla={jit}: {row['seq_per_s']:.0f} seq/s",
-                flush=True)
-  result = {"machine": {"cpus": len(tf.config.list_physical_devices("CPU")),
-                        "platform": platform.platform(), "tensorflow": tf.__version__,
-                        "matmul_peak_gflops": peak},
+  for spec in sweep(base, args.quick):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.train_throughput", "--one",
+                           json.dumps(spec)], capture_output=True, text=True, check=False)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode or not lines:
+      print(f"failed: {spec}\n{proc.stderr[-2000:]}", file=sys.stderr)
+      continue
+    row = json.loads(lines[-1][7:])
+    row["peak_share"] = row["gflops"] / peak
+    rows.append(row)
+    print(f"L={row['L']} K={row['K']} items={row['items']} xla={row['xla']}: "
+          f"{row['seq_per_s']:.0f} seq/s", flush=True)
+  result = {"command": "python -m benchmarks.train_throughput" + (" --quick" if args.quick else ""),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                        "tensorflow": tf.__version__, "matmul_peak_gflops": peak},
             "rows": rows}
   if args.pipeline:
-    result["pipeline_seq_per_s"] = pipeline_rate(args.pipeline, int(args.lengths.split(",")[0]),
-                                                 args.batch, args.negatives)
+    result["pipeline_seq_per_s"] = pipeline_rate(args.pipeline, 20, args.batch, args.negatives)
   print(f"\nfp32 matmul peak measured: {peak:.0f} GFLOP/s\n")
-  print("| L | K | items | batch | XLA | seq/s | ms/step | GFLOP/step | GFLOP/s | share of peak |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
+  print("| L | K | items | batch | XLA | train seq/s | ms/step | GFLOP/step | GFLOP/s | share of "
+        "peak | peak RSS MB | eval users/s |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
+    ev = f"{r['eval_users_per_s']:.0f}" if "eval_users_per_s" in r else "-"
     print(f"| {r['L']} | {r['K']} | {r['items']} | {r['batch']} | {'yes' if r['xla'] else 'no'} "
           f"| {r['seq_per_s']:.0f} | {r['step_ms']:.0f} | {r['gflop_per_step']:.2f} "
-          f"| {r['gflops']:.1f} | {100 * r['peak_share']:.1f} % |")
+          f"| {r['gflops']:.1f} | {100 * r['peak_share']:.1f} % | {r['peak_rss_mb']:.0f} | {ev} |")
   if "pipeline_seq_per_s" in result:
     print(f"\ntf.data pipeline alone: {result['pipeline_seq_per_s']:.0f} seq/s")
-  Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  Path(args.out).write_text(json.dumps(result, indent=2))
-  print(f"wrote {args.out}")
+  out = Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(result, indent=2))
+  print(f"wrote {out}")
+  if not args.quick:
+    plot(rows, out.with_suffix(".png"))
+    print(f"wrote {out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":
