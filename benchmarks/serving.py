@@ -226,12 +226,12 @@ def table(results: dict) -> str:
             f" of item tables per request / {floor['read_gbs']:.1f} GB/s measured read bandwidth"
             f" = {floor['floor_ms']:.1f} ms; measured batch-1 p50 {floor['p50_ms']:.1f} ms "
             f"({floor['p50_ms'] / floor['floor_ms']:.2f} x the floor).")
-  rest = results.get("rest")
-  if rest:
+  if results.get("rest"):
     out += ("\n\n| REST (local server, batch 1) | clients | requests/s | p50 ms | p99 ms |\n"
-            "|---|---|---|---|---|\n"
-            f"| {rest['num_items']:,} items | {rest['clients']} | {rest['requests_per_s']:.0f} | "
-            f"{rest['p50_ms']:.2f} | {rest['p99_ms']:.2f} |")
+            "|---|---|---|---|---|")
+    for rest in results["rest"]:
+      out += (f"\n| {rest['num_items']:,} items | {rest['clients']} | "
+              f"{rest['requests_per_s']:.0f} | {rest['p50_ms']:.2f} | {rest['p99_ms']:.2f} |")
   return out
 
 
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
   parser.add_argument("--catalogues", default="3000,10000,100000,1000000")
   parser.add_argument("--seconds", type=float, default=4.0, help="per batch size")
   parser.add_argument("--rest-seconds", type=float, default=15.0)
-  parser.add_argument("--rest-clients", type=int, default=4)
+  parser.add_argument("--rest-clients", default="2,4", help="concurrent clients, one run each")
   parser.add_argument("--threads", default="tf-default,serving")
   parser.add_argument("--jit-catalogues", default="10000",
                       help="also measure an export with --jit-compile (serving threads) here")
@@ -271,9 +271,11 @@ def main(argv=None) -> int:
         shutil.rmtree(jit_path.parent, ignore_errors=True)
       results["in_process"].append(entry)
       if n == catalogues[0] and args.rest_seconds > 0:
-        results["rest"] = {"num_items": n, **measure_rest(
-            work, path.parent.name, n, args.rest_clients, args.rest_seconds)}
-        print(f"REST: {json.dumps(results['rest'])}", flush=True)
+        results["rest"] = []
+        for clients in [int(c) for c in args.rest_clients.split(",")]:
+          results["rest"].append({"num_items": n, **measure_rest(
+              work, path.parent.name, n, clients, args.rest_seconds)})
+          print(f"REST: {json.dumps(results['rest'][-1])}", flush=True)
       if n == max(catalogues):
         gbs = read_bandwidth_gbs()
         table_bytes = 2 * n * 64 * 4
@@ -286,6 +288,7 @@ def main(argv=None) -> int:
     shutil.rmtree(work, ignore_errors=True)
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
+  results["load_average_after"] = os.getloadavg()
   out.write_text(json.dumps(results, indent=2))
   print()
   print(table(results))

@@ -182,9 +182,10 @@ class ModelManager:
     """One file-system poll: load new aspired versions, then unload the others."""
     aspired = self.aspired(self.versions_on_disk())
     for version in aspired:
-      if version in self.servables or (version in self.states and
-                                       self.states[version].state == "END"):
-        continue  # loaded, or failed / unloaded before (TF Serving does not retry either)
+      state = self.states.get(version)
+      if version in self.servables or (state and state.state == "END" and
+                                       state.error_code != "OK"):
+        continue  # loaded, or failed to load (not retried)
       self._load(version)
     for version in list(self.servables):
       if version not in aspired:
