@@ -6,7 +6,9 @@ trained model, and every property checked here holds for any weights.
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +19,9 @@ from bivrec_tf.model import FIRST_ITEM
 from tests.serving import models as tiny
 
 W = 0.6
+# The console script, or the same tool as a module when the script is not on PATH.
+SAVED_MODEL_CLI = ([shutil.which("saved_model_cli")] if shutil.which("saved_model_cli") else
+                   [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"])
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +149,7 @@ def test_user_interests_and_item_embeddings_have_documented_shapes(exported):
 
 def test_saved_model_cli_show_lists_every_signature_with_names_dtypes_shapes(exported):
   _, path, _ = exported
-  text = subprocess.run(["saved_model_cli", "show", "--dir", str(path), "--all"],
+  text = subprocess.run(SAVED_MODEL_CLI + ["show", "--dir", str(path), "--all"],
                         capture_output=True, text=True, check=True, timeout=120).stdout
   blocks = {}
   for chunk in text.split("signature_def['")[1:]:
@@ -175,7 +180,7 @@ def test_saved_model_cli_show_lists_every_signature_with_names_dtypes_shapes(exp
 def test_saved_model_cli_run_serving_default(exported):
   _, path, _ = exported
   proc = subprocess.run(
-      ["saved_model_cli", "run", "--dir", str(path), "--tag_set", "serve", "--signature_def",
+      SAVED_MODEL_CLI + ["run", "--dir", str(path), "--tag_set", "serve", "--signature_def",
        "serving_default", "--input_exprs", "history=[['item-3', 'nope', 'item-9']]"],
       capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
