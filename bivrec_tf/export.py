@@ -192,6 +192,33 @@ class ServingModule(tf.Module):
 
 # --- writing versions -----------------------------------------------------------------------------
 
+def _needs_plain_copy(model: BivRecModel) -> bool:
+  """Variables placed on parameter servers (possibly sharded) do not survive tf.saved_model.save
+  loadably (TF 2.21 restores a sharded table as an empty tensor), so such models are copied."""
+  return "ParameterServer" in type(model.distribute_strategy).__name__
+
+
+def plain_copy(model: BivRecModel) -> BivRecModel:
+  """The same model with ordinary local variables: rebuilt outside any strategy, weights moved
+  through a checkpoint (which stores a sharded variable whole)."""
+  import tempfile  # pylint: disable=import-outside-toplevel
+
+  features = present = None
+  if "mm" in model.view_names:
+    tower = model.views["mm"].tower
+    features = {m: tf.convert_to_tensor(tower.tables[m]).numpy() for m in tower.modalities}
+    present = {m: tf.convert_to_tensor(tower.present_masks[m]).numpy() > 0.5
+               for m in tower.modalities}
+  copy = BivRecModel(model.config, model.vocab_size, model.max_len, features, present,
+                     item_counts=np.asarray(model.popularity),
+                     seen_in_train=~np.asarray(model.cold))
+  copy.queries(tf.zeros([1, model.max_len], tf.int64))
+  with tempfile.TemporaryDirectory() as tmp:
+    model.save_weights(os.path.join(tmp, "weights"))
+    copy.load_weights(os.path.join(tmp, "weights")).expect_partial()
+  return copy
+
+
 def next_version(model_dir: Path) -> int:
   """1 + the largest integer version directory under model_dir (1 if none)."""
   versions = [int(p.name) for p in Path(model_dir).glob("*") if p.is_dir() and p.name.isdigit()]
@@ -251,6 +278,8 @@ def export_model(model: BivRecModel, vocab: np.ndarray, fusion_weight: float, ba
     raise FileExistsError(f"export version already exists: {final}")
   tmp = model_dir / f"{TMP_PREFIX}{version}-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
+  if _needs_plain_copy(model):
+    model = plain_copy(model)
   try:
     module = ServingModule(model, vocab, fusion_weight, top_k, item_chunk, jit_compile)
     tf.saved_model.save(module, str(tmp), signatures=module.signatures())

@@ -288,3 +288,36 @@ def test_reexport_cli_reports_a_missing_run_directory(tmp_path, capsys):
   assert export_lib.main(["--run", str(tmp_path / "missing")]) == 2
   assert "config.json" in capsys.readouterr().err
 
+
+
+def test_plain_copy_serves_the_same_recommendations(exported):
+  model, _, loaded = exported
+  copy = export_lib.plain_copy(model)
+  assert copy is not model
+  history = np.array([[0, 0, 0, 0, 5, 9, 12, 30]], np.int64)
+  for view, q in model.queries(history).items():
+    np.testing.assert_allclose(copy.queries(history)[view].numpy(), q.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(copy.item_table(view).numpy(), model.item_table(view).numpy(),
+                               rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_parameter_server_trained_model_exports_a_loadable_saved_model(tmp_path):
+  """PS variables (the ID and feature tables are sharded over 2 parameter servers here) are
+  copied to plain ones before saving; saved as they are, the SavedModel does not load."""
+  from input_pipelines.synthetic import generate  # pylint: disable=import-outside-toplevel
+
+  data = generate(tmp_path / "data", seed=5, num_items=400, num_users=500, num_topics=10)
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  proc = subprocess.run(
+      [sys.executable, "-m", "bivrec_tf.train", "--data", str(data), "--run-dir",
+       str(tmp_path / "run"), "--epochs", "1", "--batch-size", "128", "--num-negatives", "64",
+       "--dim", "64", "--dropout", "0", "--seed", "7", "--strategy", "parameter_server",
+       "--local-cluster", "2,2", "--export-base", str(tmp_path / "models")],
+      cwd=root, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  loaded = tf.saved_model.load(str(tmp_path / "models" / "bivrec" / "1"))
+  out = loaded.signatures["serving_default"](history=tf.constant([["item_00005", "item_00009"]]))
+  assert out["item_ids"].shape == (1, 10)
+  assert metrics.get("id_embedding_shards", 2) == 2
