@@ -62,10 +62,10 @@ class Servable:
     proto.ParseFromString(Path(path, "saved_model.pb").read_bytes())
     graphs = [g for g in proto.meta_graphs if "serve" in g.meta_info_def.tags]
     if not graphs:
-      raise ServingError("NOT_FOUND", f"Could not find meta graph def matching supplied tags: "
-                                      f"{{ serve }}. To inspect available tag-sets in the "
-                                      f"SavedModel, please use the SavedModel CLI: "
-                                      f"`saved_model_cli`")
+      raise ServingError("NOT_FOUND", "Could not find meta graph def matching supplied tags: "
+                                      "{ serve }. To inspect available tag-sets in the "
+                                      "SavedModel, please use the SavedModel CLI: "
+                                      "`saved_model_cli`")
     self.signature_defs = graphs[0].signature_def
     self.loaded = tf.saved_model.load(path, tags=["serve"])
     self.functions = dict(self.loaded.signatures)
