@@ -448,6 +448,7 @@ class _Handler(BaseHTTPRequestHandler):
   protocol_version = "HTTP/1.1"  # keep-alive, as TF Serving's libevent server
   server_version = "bivrec-local-model-server"
   disable_nagle_algorithm = True  # else Nagle + delayed ACK stall keep-alive replies by ~40 ms
+  timeout = 300  # seconds a connection may sit idle or half-sent before its thread gives up
 
   def _serve(self, method: str) -> None:
     length = int(self.headers.get("Content-Length") or 0)
