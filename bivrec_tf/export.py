@@ -22,7 +22,9 @@ precomputed at export time; a request scores them in chunks of `item_chunk` item
 `[B, K, chunk]` intermediate), keeps the top `k + max_len` per chunk and removes history items
 from those candidates only (a history holds at most `max_len` items, so k others always remain).
 
-`python -m bivrec_tf.export --run RUN_DIR` re-exports a training run's best checkpoint.
+A model trained with ParameterServerStrategy is first copied to plain local variables (saved as
+they are, its sharded tables do not load back). `python -m bivrec_tf.export --run RUN_DIR`
+re-exports a training run's best checkpoint.
 `assets.extra/` carries `bivrec_metadata.json` and `tf_serving_warmup_requests`.
 """
 
