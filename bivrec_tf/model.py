@@ -169,7 +169,8 @@ class BivRecModel(tfrs.Model):
 
   def compute_losses(self, batch, training=False):
     """Per-example loss terms `[B]` and diagnostics. Returns (total `[B]`, {name: `[B]`})."""
-    history, target = batch["history"], tf.cast(batch["target"], tf.int64)
+    history = tf.convert_to_tensor(batch["history"])
+    target = tf.cast(batch["target"], tf.int64)
     negatives = tf.cast(batch.get("negatives", tf.zeros([0], tf.int64)), tf.int64)
     candidates, num_positives = self.global_candidates(target, negatives)
     probs = self._sampling_probability(candidates, num_positives,

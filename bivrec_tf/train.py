@@ -152,8 +152,8 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
       "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
   }
   if "id" in model.views:  # > 1 when a parameter-server partitioner sharded the table
-    table = model.views["id"].tower.embeddings
-    summary["id_embedding_shards"] = len(getattr(table, "variables", [table]))
+    id_table = model.views["id"].tower.embeddings
+    summary["id_embedding_shards"] = len(getattr(id_table, "variables", [id_table]))
   export_path = None
   if chief and cfg.export.export:
     export_path = export_model(

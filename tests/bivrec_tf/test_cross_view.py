@@ -90,3 +90,14 @@ def test_training_loss_does_not_depend_on_batch_order():
               "negatives": batch["negatives"]}
   a = float(model.compute_loss(batch))
   np.testing.assert_allclose(float(model.compute_loss(shuffled)), a, rtol=1e-5)
+
+
+def test_allocation_loss_equals_the_explicit_masked_co_allocation_distance():
+  from bivrec_tf.layers.cross_view import co_allocation
+  a_id, a_mm = _allocation(7, k=3), _allocation(8, k=5)  # K may differ between views
+  valid = tf.constant(np.random.default_rng(1).random((4, 7)) > 0.4)
+  m = tf.cast(valid, tf.float32)
+  pairs = m[:, :, None] * m[:, None, :]
+  explicit = tf.reduce_sum(tf.square(co_allocation(a_id) - co_allocation(a_mm)) * pairs,
+                           axis=[1, 2]) / tf.maximum(tf.reduce_sum(pairs, axis=[1, 2]), 1.0)
+  np.testing.assert_allclose(allocation_loss(a_id, a_mm, valid), explicit, rtol=1e-4, atol=1e-6)
