@@ -412,16 +412,23 @@ def noise_chart(results: Dict[str, List[dict]], path: Path, title: str) -> None:
 
 def write_section(out: Path, key: str, body: str) -> None:
   """Replaces (or appends) the block between `<!-- BEGIN quality:key -->` and its END marker."""
+  import fcntl  # pylint: disable=import-outside-toplevel
   begin, end = f"<!-- BEGIN quality:{key} -->", f"<!-- END quality:{key} -->"
   block = f"{begin}\n{body.rstrip()}\n{end}"
-  text = out.read_text() if out.exists() else ""
-  pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-  if pattern.search(text):
-    text = pattern.sub(lambda _: block, text)
-  else:
-    text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(text)
+  lock_path = Path(tempfile.gettempdir()) / (
+      "quality-" + re.sub(r"[^A-Za-z0-9]", "_", str(out.resolve())) + ".lock")
+  with open(lock_path, "w") as lock:  # concurrent benchmark runs update the same file
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    text = out.read_text() if out.exists() else ""
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+      text = pattern.sub(lambda _: block, text)
+    else:
+      text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
+    tmp = Path(f"{out}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
 
 
 def git_commit() -> str:
@@ -637,6 +644,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   parser.add_argument("--tag", default="", help="names a separate store and section (variants)")
   parser.add_argument("--fresh", action="store_true", help="ignore stored records")
   parser.add_argument("--cold-share", type=float, default=0.1)
+  parser.add_argument("--threads", type=int, default=0,
+                      help="TensorFlow intra- and inter-op threads (0 = TensorFlow's default)")
   parser.add_argument("--noise-sigmas", default=",".join(f"{s:g}" for s in NOISE_SIGMAS))
   args, rest = parser.parse_known_args(argv)
   train_parser = argparse.ArgumentParser(prog="train flags", add_help=False)
@@ -664,6 +673,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   args, models, overrides = parse_args(argv)
   command = "python -m benchmarks.quality " + " ".join(shlex.quote(a) for a in argv)
+  if args.threads:
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
   name = data_name(args.data) + (f"-{args.tag}" if args.tag else "")
   store_mode = "standard" if args.mode == "cost" else args.mode  # cost reuses standard runs
   store = Store(args.work_dir / f"{name}-{store_mode}.json", fresh=args.fresh)
