@@ -480,7 +480,9 @@ def describe_data(data: str) -> str:
     return "the embedded default (`--data synthetic`: 3,000 items, 1,500 users, loo)"
   ds_meta = json.loads((Path(data) / "dataset.json").read_text())
   st = ds_meta.get("statistics", {})
-  return (f"`{data}` ({ds_meta['num_items']:,} items, {st.get('num_users', '?'):,} users, "
+  users = st.get("num_users")
+  users = f"{users:,}" if isinstance(users, int) else "?"
+  return (f"`{data}` ({ds_meta['num_items']:,} items, {users} users, "
           f"modalities {sorted(ds_meta['modalities'])}, protocol {ds_meta.get('protocol', '?')})")
 
 

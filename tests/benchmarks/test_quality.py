@@ -110,3 +110,27 @@ def test_noise_evaluation_at_zero_sigma_reproduces_the_clean_test_metrics(report
   assert res["0"]["MM view"]["ndcg@20"] == pytest.approx(clean["MM view"]["ndcg@20"], abs=1e-6)
   assert res["0"]["ID view"] == res["1"]["ID view"]  # the ID view never reads features
   assert res["1"]["MM view"]["ndcg@20"] < res["0"]["MM view"]["ndcg@20"]
+
+
+def test_cost_mode_reuses_the_standard_runs_and_compares_bivrec_with_sasrec(report):
+  root, data, out, _ = report
+  quality.main(["--data", str(data), "--mode", "cost", "--seeds", "1", "--out", str(out),
+                "--work-dir", str(root / "work"), *TINY_FLAGS])
+  section = out.read_text().split("<!-- BEGIN quality:cost:planted -->")[1]
+  assert "| SASRec |" in section and "| BivRec |" in section
+  assert "SASRec's best validation NDCG@20" in section
+  assert len(json.loads((root / "work" / "planted-standard.json").read_text())) == len(MODELS)
+
+
+def test_cold_mode_reports_held_out_targets_per_view(report):
+  root, data, out, _ = report
+  quality.main(["--data", str(data), "--mode", "cold", "--models", "bivrec", "--seeds", "1",
+                "--out", str(out), "--work-dir", str(root / "work"), *TINY_FLAGS])
+  section = out.read_text().split("<!-- BEGIN quality:cold:planted -->")[1]
+  for rule in ("ID view", "MM view", "fused"):
+    assert f"| BivRec | {rule} |" in section
+  (rec,) = json.loads((root / "work" / "planted-cold.json").read_text())
+  cold = rec["cold"]
+  assert cold["num_targets"]["held_out"] > 0
+  # An ID embedding never trained on an item cannot recover it; item features can.
+  assert cold["MM view"]["held_out"]["recall@50"] > cold["ID view"]["held_out"]["recall@50"]
