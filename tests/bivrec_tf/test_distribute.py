@@ -5,7 +5,6 @@ subprocesses (device splitting must happen before TensorFlow initializes)."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bivrec_tf.distribute import free_ports
 from input_pipelines.synthetic import generate
 
 pytestmark = pytest.mark.slow
@@ -55,18 +55,8 @@ def test_mirrored_on_two_logical_cpus_matches_default_strategy_loss(data, tmp_pa
     assert mirrored[key] == pytest.approx(single[key], rel=1e-3), key
 
 
-def _free_ports(n):
-  socks = [socket.socket() for _ in range(n)]
-  for s in socks:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in socks]
-  for s in socks:
-    s.close()
-  return ports
-
-
 def test_multi_worker_trains_and_only_the_chief_exports(data, tmp_path):
-  ports = _free_ports(2)
+  ports = free_ports(2)
   cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
   export_base = tmp_path / "saved_models"
   procs = []
