@@ -49,6 +49,7 @@ def test_mirrored_on_two_logical_cpus_matches_default_strategy_loss(data, tmp_pa
   _run(_train_cmd(data, tmp_path / "default", "--strategy", "default"))
   _run(_train_cmd(data, tmp_path / "mirrored", "--strategy", "mirrored", "--logical-cpus", "2"))
   single, mirrored = _epoch_logs(tmp_path / "default")[0], _epoch_logs(tmp_path / "mirrored")[0]
+  print("first-epoch loss: default", single["loss"], "mirrored x2", mirrored["loss"])
   # Same global batch, candidates gathered across replicas: the loss is the same computation up
   # to float summation order. Stated tolerance: 0.1 % relative.
   for key in ("loss", "rec_id", "rec_mm", "sem"):
@@ -101,6 +102,9 @@ def test_killed_run_resumes_from_its_last_completed_epoch(data, tmp_path):
 
   _run(_train_cmd(data, tmp_path / "uninterrupted", *args))
   clean = _epoch_logs(tmp_path / "uninterrupted")
+  print(f"killed after {len(before)} completed epochs; resumed run logged "
+        f"{[round(h['val_ndcg20'], 4) for h in after]}, uninterrupted "
+        f"{[round(h['val_ndcg20'], 4) for h in clean]} (val NDCG@20 per epoch)")
   # Same data, seed and number of epochs: final validation quality agrees within noise.
   assert after[-1]["val_ndcg20"] == pytest.approx(clean[-1]["val_ndcg20"], abs=0.03)
   assert np.isfinite(after[-1]["loss"])
