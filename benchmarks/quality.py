@@ -21,7 +21,7 @@ Modes (each writes its own delimited section of `--out`, replaced in place on a 
 - `cold`: a copy of the dataset with `--cold-share` of the items seen in training removed from
   every training example and from every history (they stay as valid/test targets); recall on the
   test targets that are held-out items, per view (ID view, MM view, fused) and per model.
-- `noise`: Gaussian noise of std sigma (in units of the per-dimension std: features are
+- `noise` (reuses matching `standard` runs): Gaussian noise of std sigma (in units of the per-dimension std: features are
   standardized) added to every present multimodal feature row after training, at test time only;
   test NDCG@20 per view and fused (w kept from clean validation, and re-tuned on noisy validation).
 - `cost`: wall time and epochs until the best validation NDCG@20, BivRec against SASRec, and how
@@ -74,6 +74,7 @@ KS = (10, 20, 50)
 COLUMNS = [f"{m}@{k}" for m in ("recall", "ndcg") for k in KS]
 NOISE_SIGMAS = (0.0, 0.25, 0.5, 1.0, 2.0)
 BASE_SEED = 42
+COMMAND = ["python -m benchmarks.quality"]  # the running command line, recorded with each run
 
 
 # --- configs and runs ----------------------------------------------------------------------------
@@ -443,7 +444,9 @@ def provenance(command: str, records: List[dict], data_desc: str) -> str:
   cfg = records[0]["config"]
   tr, m, ls = cfg["train"], cfg["model"], cfg["loss"]
   seeds = sorted({r["seed"] for r in records})
-  return (f"Command: `{command}` (code at commit `{git_commit()}`, "
+  commands = list(dict.fromkeys([r["command"] for r in records if "command" in r] + [command]))
+  return ("Commands (the table pools the stored runs of all of them): " +
+          ", ".join(f"`{c}`" for c in commands) + f" (code at commit `{git_commit()}`, "
           f"{datetime.date.today().isoformat()}). Data: {data_desc}. Full ranking over the "
           f"whole catalogue, history items {'excluded' if cfg['eval']['exclude_history'] else 'not excluded'}; "
           f"early stopping on validation NDCG@20 (patience {tr['patience']}, at most "
@@ -455,20 +458,39 @@ def provenance(command: str, records: List[dict], data_desc: str) -> str:
 
 # --- the modes -----------------------------------------------------------------------------------
 
+def reusable(record: dict, name: str, data: str, seed: int, overrides) -> bool:
+  """Whether a stored run trained exactly what (name, data, seed, flags) asks for."""
+  if record["model"] != name or record["seed"] != seed:
+    return False
+  wanted = model_config(name, data, seed, Path(record["run_dir"]), overrides).to_dict()
+  return json.loads(json.dumps(wanted)) == record["config"] and (Path(record["run_dir"]) / "checkpoints").is_dir()
+
+
 def ensure_runs(store: Store, models: Sequence[str], data: str, seeds: Sequence[int],
-                work_dir: Path, overrides, post=None) -> None:
+                work_dir: Path, overrides, post=None, donor: Optional[Store] = None) -> None:
+  """Trains every (model, seed) missing from `store`; a matching run of `donor` (the standard
+  store) is evaluated by `post` instead of training again."""
   for seed in seeds:
     for name in models:
       if store.has(name, seed):
         continue
       t0 = time.time()
-      record = train_one(name, data, seed, work_dir, overrides)
+      found = [r for r in (donor.records if donor else []) if reusable(r, name, data, seed,
+                                                                      overrides)]
+      record = dict(found[0]) if found else train_one(name, data, seed, work_dir, overrides)
+      if found:
+        print(f"[quality] {name} seed {seed}: reusing {record['run_dir']}", flush=True)
       if post is not None:
         record.update(post(record))
+      record.setdefault("command", COMMAND[0])
       store.add(record)
       print(f"[quality] {name} seed {seed}: NDCG@20 {record['test']['ndcg@20']:.4f} "
             f"(best epoch {record['best_epoch']}/{record['epochs_run']}, "
             f"{time.time() - t0:.0f} s)", flush=True)
+
+
+def store_name(args) -> str:
+  return data_name(args.data) + (f"-{args.tag}" if args.tag else "")
 
 
 def data_name(data: str) -> str:
@@ -546,8 +568,9 @@ def run_cold(args, store, models, seeds, overrides, command) -> str:
 
 def run_noise(args, store, models, seeds, overrides, command) -> str:
   sigmas = tuple(float(s) for s in args.noise_sigmas.split(","))
+  donor = Store(args.work_dir / f"{store_name(args)}-standard.json")
   ensure_runs(store, models, args.data, seeds, args.work_dir, overrides, post=lambda r: {
-      "noise": noise_eval(r, sigmas)})
+      "noise": noise_eval(r, sigmas)}, donor=donor)
   by_model = store.by_model()
   name = data_name(args.data)
   sig = list(next(iter(by_model.values()))[0]["noise"])
@@ -675,10 +698,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   args, models, overrides = parse_args(argv)
   command = "python -m benchmarks.quality " + " ".join(shlex.quote(a) for a in argv)
+  COMMAND[0] = command
   if args.threads:
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-  name = data_name(args.data) + (f"-{args.tag}" if args.tag else "")
+  name = store_name(args)
   store_mode = "standard" if args.mode == "cost" else args.mode  # cost reuses standard runs
   store = Store(args.work_dir / f"{name}-{store_mode}.json", fresh=args.fresh)
   seeds = [BASE_SEED + i for i in range(args.seeds)]
