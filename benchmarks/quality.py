@@ -453,7 +453,9 @@ def provenance(command: str, records: List[dict], data_desc: str) -> str:
           f"{tr['epochs']} epochs), fusion weight tuned on validation; L={records[0]['max_len']}, "
           f"d={m['dim']}, batch {tr['batch_size']}, lr {tr['learning_rate']}, "
           f"{ls['num_negatives']} sampled negatives; training seeds {seeds}. Times are wall "
-          f"seconds of `fit` (validation included) on the shared 2-core CPU.")
+          f"seconds of `fit` (validation included) on a shared 2-core CPU" +
+          ("; with `--threads 1` each run had one core (two benchmark runs in parallel, "
+           "pinned with `taskset`)." if "--threads 1" in command else "."))
 
 
 # --- the modes -----------------------------------------------------------------------------------
