@@ -178,22 +178,21 @@ class BivRecModel(tfrs.Model):
     outputs = self(history, training=training)
     lc = self.config.loss
     terms, total = {}, 0.0
-    stats = {}
     for v, (u, a, valid) in outputs.items():
       rec = self.tasks[v](u, self.views[v].item_vectors(candidates),
                           candidate_sampling_probability=probs, candidate_ids=candidates,
                           compute_metrics=False, compute_batch_metrics=False)
       terms[f"rec_{v}"] = rec
       total += rec
-      stats[v] = AllocationStats(a, valid)
-      terms[f"entropy_{v}"] = stats[v].token_entropy
-      terms[f"interests_{v}"] = stats[v].effective_interests
+      stats = AllocationStats(a, valid)
+      terms[f"entropy_{v}"] = stats.token_entropy
+      terms[f"interests_{v}"] = stats.effective_interests
       if lc.lambda_balance > 0:
-        total += lc.lambda_balance * stats[v].balance_loss
+        total += lc.lambda_balance * stats.balance_loss
     if self.cross_view:
       (u_id, a_id, valid), (u_mm, a_mm, _) = outputs["id"], outputs["mm"]
       g_id, g_mm = self.semantic_heads["id"](u_id), self.semantic_heads["mm"](u_mm)
-      # Contrast against the whole global batch (all_gather passes gradients back).
+      # Contrast against the whole global batch (the gather passes gradients back).
       terms["sem"] = semantic_loss(g_id, g_mm, lc.tau_c, gather_replicas(g_id),
                                    gather_replicas(g_mm))
       terms["alloc"] = allocation_loss(a_id, a_mm, valid)
