@@ -6,13 +6,13 @@ best checkpoint and patience counter instead of starting them afresh.
 """
 
 import json
-import os
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import tensorflow as tf
 
 from bivrec_tf.evaluate import Ranker, best_fusion, evaluate
+from bivrec_tf.io_utils import write_text_atomic
 
 
 class ValidationCallback(tf.keras.callbacks.Callback):
@@ -65,9 +65,7 @@ class ValidationCallback(tf.keras.callbacks.Callback):
     if improved and self.best_path is not None:
       self.model.save_weights(str(self.best_path))
     if self.history_path is not None:
-      tmp = Path(f"{self.history_path}.tmp")
-      tmp.write_text(json.dumps(self.history, indent=1))
-      os.replace(tmp, self.history_path)
+      write_text_atomic(self.history_path, json.dumps(self.history, indent=1))
     if self.verbose:
       print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k.startswith("val_")) +
             (" (best)" if improved else ""))

@@ -23,6 +23,7 @@ from bivrec_tf.distribute import is_chief, make_strategy
 from bivrec_tf.callbacks import ValidationCallback
 from bivrec_tf.evaluate import Ranker, best_fusion, evaluate, popularity_metrics
 from bivrec_tf.export import export_model
+from bivrec_tf.io_utils import write_text_atomic
 from bivrec_tf.model import BivRecModel
 from bivrec_tf.presets import PRESETS, apply_preset
 from input_pipelines.dataset import PreparedDataset, eval_dataset, train_dataset
@@ -101,7 +102,7 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
   if not chief:
     run_dir = Path(tempfile.mkdtemp(prefix="bivrec-worker-"))
   run_dir.mkdir(parents=True, exist_ok=True)
-  (run_dir / "config.json").write_text(cfg.to_json())
+  write_text_atomic(run_dir / "config.json", cfg.to_json())
 
   with strategy.scope():
     model = build_model(cfg, ds, max_len, strategy)
@@ -163,7 +164,7 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
     summary["export_path"] = str(export_path)
   summary["wall_seconds"] = time.time() - start
   if chief:
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_text_atomic(run_dir / "metrics.json", json.dumps(summary, indent=2, default=str))
   if verbose:
     hist = "history items excluded" if ev.exclude_history else "history items not excluded"
     print(f"\nTest, full ranking over {ds.vocab_size - 2} items ({hist}); "
