@@ -55,13 +55,13 @@ import tensorflow as tf
 from bivrec_tf import config as config_lib
 from bivrec_tf import train as train_lib
 from bivrec_tf.evaluate import Ranker, best_fusion, evaluate, rank_metrics
-from bivrec_tf.presets import ABLATIONS, BASELINES, PRESETS, apply_preset
+from bivrec_tf.presets import ABLATIONS, BASELINES, PRESETS, VARIANTS, apply_preset
 from input_pipelines import NUM_RESERVED
 from input_pipelines.dataset import PreparedDataset, eval_dataset
 from input_pipelines.prepared import write_prepared
 
 MODES = ("standard", "cold", "noise", "cost")
-ALL_MODELS = ("bivrec",) + BASELINES + ABLATIONS
+ALL_MODELS = ("bivrec",) + BASELINES + ABLATIONS + VARIANTS
 DEFAULT_MODELS = {"standard": ALL_MODELS, "cold": ("bivrec", "sasrec", "mm_seq"),
                   "noise": ("bivrec", "mm_seq"), "cost": ("bivrec", "sasrec")}
 LABELS = {
@@ -69,7 +69,8 @@ LABELS = {
     "mm_seq": "MM-seq (ID-free SASRec)", "id_only": "BivRec, ID view only",
     "mm_only": "BivRec, MM view only", "single_scale": "BivRec, single scale (P={1})",
     "no_gaussian": "BivRec, no Gaussian prior", "no_cluster": "BivRec, no cluster rounds (R=0)",
-    "no_sem": "BivRec, no L_sem", "no_alloc": "BivRec, no L_alloc"}
+    "no_sem": "BivRec, no L_sem", "no_alloc": "BivRec, no L_alloc",
+    "bivrec_sa": "BivRec-SA (variant: ComiRec-SA extractor in both views)"}
 KS = (10, 20, 50)
 COLUMNS = [f"{m}@{k}" for m in ("recall", "ndcg") for k in KS]
 NOISE_SIGMAS = (0.0, 0.25, 0.5, 1.0, 2.0)
@@ -374,7 +375,8 @@ def bar_chart(by_model: Dict[str, List[dict]], order: Sequence[str], path: Path,
   errs = [0.0] + [np.std([r["test"]["ndcg@20"] for r in by_model[n]], ddof=1)
                   if len(by_model[n]) > 1 else 0.0 for n in names]
   colors = ["#999999"] + ["#d62728" if n == "bivrec" else
-                          "#1f77b4" if n in BASELINES else "#ff7f0e" for n in names]
+                          "#1f77b4" if n in BASELINES else
+                          "#2ca02c" if n in VARIANTS else "#ff7f0e" for n in names]
   fig, ax = plt.subplots(figsize=(8, 0.45 * len(labels) + 1.2))
   y = np.arange(len(labels))[::-1]
   ax.barh(y, means, xerr=errs, color=colors, capsize=3)
@@ -513,7 +515,7 @@ def describe_data(data: str) -> str:
 def run_standard(args, store, models, seeds, overrides, command) -> str:
   ensure_runs(store, models, args.data, seeds, args.work_dir, overrides)
   by_model = store.by_model()
-  order = ["sasrec", "comirec_sa", "mm_seq", "bivrec", *ABLATIONS]
+  order = ["sasrec", "comirec_sa", "mm_seq", "bivrec", *ABLATIONS, *VARIANTS]
   name = data_name(args.data) + (f"_{args.tag}" if args.tag else "")
   png = Path(args.out).parent / f"quality_{name}_ndcg20.png"
   bar_chart(by_model, order, png, f"BivRec, baselines and ablations on {name}")
@@ -543,7 +545,7 @@ def run_cold(args, store, models, seeds, overrides, command) -> str:
   cols = ["Recall@20", "Recall@50", "NDCG@20"]
   lines = [header(["model", "scoring rule", *[f"held-out {c}" for c in cols],
                    *[f"warm {c}" for c in cols], "seeds"])]
-  for model in ["bivrec", "sasrec", "comirec_sa", "mm_seq", *ABLATIONS]:
+  for model in ["bivrec", "sasrec", "comirec_sa", "mm_seq", *ABLATIONS, *VARIANTS]:
     if model not in by_model:
       continue
     recs = by_model[model]

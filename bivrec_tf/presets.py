@@ -9,6 +9,9 @@ Every variant is the same BivRecModel with switches (DESIGN.md section 3), never
 - `mm_seq`: the SASRec-style model on the multimodal item tower only (ID-free).
 - `id_only`, `mm_only`, `single_scale`, `no_gaussian`, `no_cluster`, `no_sem`, `no_alloc`:
   BivRec with one part switched off.
+- `bivrec_sa`: a variant, not an ablation: both views and both cross-view losses, each view with
+  the ComiRec-SA extractor (no Transformer, single scale, no Gaussian prior, no cluster rounds).
+  Measured against `bivrec` and the baselines in docs/results.md (quality report).
 """
 
 from typing import Dict
@@ -31,11 +34,14 @@ PRESETS: Dict[str, dict] = {
     "no_cluster": {"model": {"cluster_rounds": 0}},
     "no_sem": {"loss": {"lambda_sem": 0.0}},
     "no_alloc": {"loss": {"lambda_alloc": 0.0}},
+    "bivrec_sa": {"model": {"patch_sizes": (1,), "encoder_layers": 0, "gaussian_prior": False,
+                            "cluster_rounds": 0}},
 }
 
 BASELINES = ("sasrec", "comirec_sa", "mm_seq")
 ABLATIONS = ("id_only", "mm_only", "single_scale", "no_gaussian", "no_cluster", "no_sem",
              "no_alloc")
+VARIANTS = ("bivrec_sa",)
 
 
 def apply_preset(cfg: Config, name: str) -> Config:
