@@ -20,8 +20,8 @@ class ValidationCallback(tf.keras.callbacks.Callback):
 
   `val_ndcg<K>` (the best fused rule, or the single view), `val_ndcg<K>_id`, `val_ndcg<K>_mm`
   and `val_fusion_w`; save the weights to `best_path` when `val_ndcg<K>` improves; stop when it
-  has not improved for `patience` epochs (0: never stop early). `history_path` (JSON list of epoch logs) is rewritten
-  atomically after every epoch and read back when the run resumes.
+  has not improved for `patience` epochs (0: never stop early). `history_path` (JSON list of
+  epoch logs) is rewritten atomically after every epoch and read back when the run resumes.
   """
 
   def __init__(self, ranker: Ranker, data: tf.data.Dataset, ks: Sequence[int], monitor_k: int,

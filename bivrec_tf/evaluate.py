@@ -65,6 +65,12 @@ def per_user_metrics(topk, targets, ks) -> Dict[str, np.ndarray]:
   return out
 
 
+def stack_targets(batches: List[np.ndarray]) -> np.ndarray:
+  """Per-batch target arrays `[b_i, T_i]` (0-padded) -> one `[sum b_i, max T_i]` array."""
+  width = max(t.shape[1] for t in batches)
+  return np.concatenate([np.pad(t, [(0, 0), (0, width - t.shape[1])]) for t in batches])
+
+
 class Ranker:
   """Top-k over the full catalogue for several scoring rules at once.
 
@@ -154,9 +160,7 @@ def evaluate(ranker: Ranker, dataset: tf.data.Dataset, ks: Sequence[int],
     targets.append(batch["targets"].numpy())
   if not targets:
     raise ValueError("evaluation dataset is empty")
-  width = max(t.shape[1] for t in targets)
-  all_targets = np.concatenate(
-      [np.pad(t, [(0, 0), (0, width - t.shape[1])]) for t in targets])
+  all_targets = stack_targets(targets)
   return {name: rank_metrics(np.concatenate(tops), all_targets, ks)
           for name, tops in collected.items()}
 
@@ -180,9 +184,7 @@ def popularity_metrics(item_counts: np.ndarray, dataset: tf.data.Dataset, ks: Se
     else:
       tops.append(np.tile(order[:kmax], (len(hist), 1)))
     targets.append(batch["targets"].numpy())
-  width = max(t.shape[1] for t in targets)
-  all_targets = np.concatenate([np.pad(t, [(0, 0), (0, width - t.shape[1])]) for t in targets])
-  return rank_metrics(np.concatenate(tops), all_targets, ks)
+  return rank_metrics(np.concatenate(tops), stack_targets(targets), ks)
 
 
 def best_fusion(results: Dict[str, Dict[str, float]], metric: str) -> float:
