@@ -55,22 +55,31 @@ import tensorflow as tf
 from bivrec_tf import config as config_lib
 from bivrec_tf import train as train_lib
 from bivrec_tf.evaluate import Ranker, best_fusion, evaluate, rank_metrics
-from bivrec_tf.presets import ABLATIONS, BASELINES, PRESETS, VARIANTS, apply_preset
+from bivrec_tf.presets import (ABLATIONS, BASELINES, DESIGN_ABLATIONS, PRESETS, VARIANTS,
+                               apply_preset)
 from input_pipelines import NUM_RESERVED
 from input_pipelines.dataset import PreparedDataset, eval_dataset
 from input_pipelines.prepared import write_prepared
 
 MODES = ("standard", "cold", "noise", "cost")
 ALL_MODELS = ("bivrec",) + BASELINES + ABLATIONS + VARIANTS
+ORDER = (*BASELINES, "bivrec", *ABLATIONS, *VARIANTS, *DESIGN_ABLATIONS)
 DEFAULT_MODELS = {"standard": ALL_MODELS, "cold": ("bivrec", "sasrec", "mm_seq"),
                   "noise": ("bivrec", "mm_seq"), "cost": ("bivrec", "sasrec")}
 LABELS = {
-    "bivrec": "BivRec", "sasrec": "SASRec", "comirec_sa": "ComiRec-SA",
-    "mm_seq": "MM-seq (ID-free SASRec)", "id_only": "BivRec, ID view only",
-    "mm_only": "BivRec, MM view only", "single_scale": "BivRec, single scale (P={1})",
-    "no_gaussian": "BivRec, no Gaussian prior", "no_cluster": "BivRec, no cluster rounds (R=0)",
+    "bivrec": "BivRec", "bivrec_design": "BivRec, DESIGN.md formulation (all modules on)",
+    "sasrec": "SASRec", "comirec_sa": "ComiRec-SA", "mm_seq": "MM-seq (ID-free SASRec)",
+    "id_only": "BivRec, ID view only", "mm_only": "BivRec, MM view only",
+    "multi_scale": "BivRec + multi-scale (P={1,2,4})", "encoder": "BivRec + Transformer block",
+    "gaussian": "BivRec + Gaussian prior", "cluster": "BivRec + cluster rounds (R=2)",
     "no_sem": "BivRec, no L_sem", "no_alloc": "BivRec, no L_alloc",
-    "bivrec_sa": "BivRec-SA (variant: ComiRec-SA extractor in both views)"}
+    "design_id_only": "DESIGN formulation, ID view only",
+    "design_mm_only": "DESIGN formulation, MM view only",
+    "design_single_scale": "DESIGN formulation, single scale (P={1})",
+    "design_no_gaussian": "DESIGN formulation, no Gaussian prior",
+    "design_no_cluster": "DESIGN formulation, no cluster rounds (R=0)",
+    "design_no_sem": "DESIGN formulation, no L_sem",
+    "design_no_alloc": "DESIGN formulation, no L_alloc"}
 KS = (10, 20, 50)
 COLUMNS = [f"{m}@{k}" for m in ("recall", "ndcg") for k in KS]
 NOISE_SIGMAS = (0.0, 0.25, 0.5, 1.0, 2.0)
@@ -376,7 +385,8 @@ def bar_chart(by_model: Dict[str, List[dict]], order: Sequence[str], path: Path,
                   if len(by_model[n]) > 1 else 0.0 for n in names]
   colors = ["#999999"] + ["#d62728" if n == "bivrec" else
                           "#1f77b4" if n in BASELINES else
-                          "#2ca02c" if n in VARIANTS else "#ff7f0e" for n in names]
+                          "#2ca02c" if n in VARIANTS else
+                          "#9467bd" if n in DESIGN_ABLATIONS else "#ff7f0e" for n in names]
   fig, ax = plt.subplots(figsize=(8, 0.45 * len(labels) + 1.2))
   y = np.arange(len(labels))[::-1]
   ax.barh(y, means, xerr=errs, color=colors, capsize=3)
@@ -515,7 +525,7 @@ def describe_data(data: str) -> str:
 def run_standard(args, store, models, seeds, overrides, command) -> str:
   ensure_runs(store, models, args.data, seeds, args.work_dir, overrides)
   by_model = store.by_model()
-  order = ["sasrec", "comirec_sa", "mm_seq", "bivrec", *ABLATIONS, *VARIANTS]
+  order = ORDER
   name = data_name(args.data) + (f"_{args.tag}" if args.tag else "")
   png = Path(args.out).parent / f"quality_{name}_ndcg20.png"
   bar_chart(by_model, order, png, f"BivRec, baselines and ablations on {name}")
@@ -545,7 +555,7 @@ def run_cold(args, store, models, seeds, overrides, command) -> str:
   cols = ["Recall@20", "Recall@50", "NDCG@20"]
   lines = [header(["model", "scoring rule", *[f"held-out {c}" for c in cols],
                    *[f"warm {c}" for c in cols], "seeds"])]
-  for model in ["bivrec", "sasrec", "comirec_sa", "mm_seq", *ABLATIONS, *VARIANTS]:
+  for model in dict.fromkeys(["bivrec", *ORDER]):
     if model not in by_model:
       continue
     recs = by_model[model]
@@ -661,7 +671,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                                    allow_abbrev=False)  # `--seed` is a train flag, not --seeds
   parser.add_argument("--data", default="synthetic", help="'synthetic' or a prepared directory")
   parser.add_argument("--models", default=None,
-                      help="'all' or comma-separated presets (default depends on --mode; "
+                      help="'all', 'design' (the DESIGN.md formulation and its ablations) or "
+                           "comma-separated presets (default depends on --mode; "
                            f"known: {', '.join(ALL_MODELS)})")
   parser.add_argument("--seeds", type=int, default=None,
                       help="training seeds per model (42, 43, ...); default 3, 1 with --quick")
@@ -685,11 +696,13 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     models = DEFAULT_MODELS[args.mode]
   elif models == "all":
     models = ALL_MODELS
+  elif models == "design":
+    models = ("bivrec_design",) + DESIGN_ABLATIONS
   else:
     models = tuple(m.strip() for m in models.split(",") if m.strip())
   unknown = [m for m in models if m not in PRESETS]
   if unknown:
-    parser.error(f"unknown model {unknown[0]!r}; known: {', '.join(ALL_MODELS)}")
+    parser.error(f"unknown model {unknown[0]!r}; known: {', '.join(PRESETS)}")
   if args.mode == "noise" and any("mm" not in apply_preset(config_lib.Config(), m).model.views
                                   for m in models):
     parser.error("--mode noise needs models with the MM view")

@@ -1,7 +1,7 @@
 """Every knob of BivRec-TF in one frozen dataclass tree.
 
 `Config` is saved as JSON into each run directory and each export, and every leaf field is a flag of
-`python -m bivrec_tf.train` (`--num-interests 8`, `--patch-sizes 1,2,4`, `--no-gaussian-prior`).
+`python -m bivrec_tf.train` (`--num-interests 8`, `--patch-sizes 1,2,4`, `--gaussian-prior`).
 Field names follow the paper's terms (DESIGN.md section 3). Invalid values raise `ValueError`
 naming the field.
 """
@@ -45,16 +45,21 @@ class ModelConfig:
 
   views: Tuple[str, ...] = VIEWS    # ablations: ("id",) = id-only, ("mm",) = mm-only
   dim: int = 64                     # d
+  # The defaults of modules 1 and 2 are the formulation that won on validation data on both
+  # datasets (docs/results.md, "Choosing the default formulation"): K attention queries over
+  # single-item tokens. DESIGN.md section 3 in full (preset `bivrec_design`): patch_sizes 1,2,4,
+  # encoder_layers 1, gaussian_prior, cluster_rounds 2.
   # Module 1: Multi-scale Interest Embedding.
-  patch_sizes: Tuple[int, ...] = (1, 2, 4)  # P; (1,) = single-scale ablation
-  encoder_layers: int = 1
+  patch_sizes: Tuple[int, ...] = (1,)  # P, e.g. (1, 2, 4); (1,) = single scale
+  encoder_layers: int = 0           # pre-LN Transformer blocks over the tokens
   num_heads: int = 2
-  dropout: float = 0.1
+  dropout: float = 0.1              # inside the Transformer blocks
   # Module 2: Intra-View Interest Decomposition.
   num_interests: int = 4            # K
-  gaussian_prior: bool = True       # False = "no Gaussian prior" ablation
+  gaussian_prior: bool = False      # the Gaussian temporal prior of each interest's attention
   sigma_init: float = 0.25          # initial Gaussian width sigma_k
-  cluster_rounds: int = 2           # R; 0 = "no cluster rounds" ablation
+  cluster_rounds: int = 0           # R cluster-attention refinement rounds (the allocation A
+                                    # for L_alloc is computed with R = 0 too)
   readout: str = "interests"        # "interests" (module 2) or "last": the most recent item's
                                     # encoder output as the single interest (SASRec-style)
   # Recommendation similarity.

@@ -1,48 +1,75 @@
 """Named model variants: the in-project baselines and BivRec's ablations, as config overrides.
 
-Every variant is the same BivRecModel with switches (DESIGN.md section 3), never a copied model:
+Every variant is the same BivRecModel with switches (DESIGN.md section 3), never a copied model.
 
-- `sasrec`: ID-only Transformer over single items, one interest read from the most recent
-  position (SASRec-style).
-- `comirec_sa`: ID-only multi-interest extraction by K learned attention queries over item tokens,
-  no Transformer, no temporal prior, no clustering (ComiRec-SA-style).
-- `mm_seq`: the SASRec-style model on the multimodal item tower only (ID-free).
-- `id_only`, `mm_only`, `single_scale`, `no_gaussian`, `no_cluster`, `no_sem`, `no_alloc`:
-  BivRec with one part switched off.
-- `bivrec_sa`: a variant, not an ablation: both views and both cross-view losses, each view with
-  the ComiRec-SA extractor (no Transformer, single scale, no Gaussian prior, no cluster rounds).
-  In docs/results.md (quality report) it is the best model on the embedded default and on
-  Amazon Scientific, on validation and test NDCG@20, at a quarter of BivRec's training time.
+The project default (`bivrec`, the `Config()` defaults) is the formulation that won on validation
+data (docs/results.md, "Choosing the default formulation"): both views, both cross-view losses, and
+in each view K attention queries over single-item tokens (patch sizes {1}, no Transformer block,
+no Gaussian prior, no cluster rounds). `bivrec_design` switches every module of DESIGN.md section 3
+back on (patch sizes {1, 2, 4}, one Transformer block, Gaussian prior, R = 2 cluster rounds).
+
+- Baselines: `sasrec` (ID-only Transformer over single items, one interest read at the most recent
+  position), `comirec_sa` (ID-only, K attention queries over item tokens: the default's ID view
+  trained alone), `mm_seq` (the SASRec-style model on the multimodal item tower only, ID-free).
+- `ABLATIONS` switch one part of the default off (`id_only`, `mm_only`, `no_sem`, `no_alloc`) or
+  one DESIGN.md module back on (`multi_scale`, `encoder`, `gaussian`, `cluster`).
+- `DESIGN_ABLATIONS` (`design_<switch>`) switch one part of `bivrec_design` off: the ablations of
+  DESIGN.md section 3 (id-only, mm-only, single scale, no Gaussian prior, no cluster rounds, no
+  L_sem, no L_alloc).
 """
 
 from typing import Dict
 
 from bivrec_tf.config import Config
 
-_SINGLE = {"patch_sizes": (1,), "num_interests": 1, "readout": "last",
+_SINGLE = {"patch_sizes": (1,), "num_interests": 1, "readout": "last", "encoder_layers": 1,
            "gaussian_prior": False, "cluster_rounds": 0}
+_DESIGN = {"patch_sizes": (1, 2, 4), "encoder_layers": 1, "gaussian_prior": True,
+           "cluster_rounds": 2}
+
+# Switches, each a (section -> fields) override.
+_OFF = {
+    "id_only": {"model": {"views": ("id",)}},
+    "mm_only": {"model": {"views": ("mm",)}},
+    "no_sem": {"loss": {"lambda_sem": 0.0}},
+    "no_alloc": {"loss": {"lambda_alloc": 0.0}},
+}
+_DESIGN_OFF = {
+    **_OFF,
+    "single_scale": {"model": {"patch_sizes": (1,)}},
+    "no_gaussian": {"model": {"gaussian_prior": False}},
+    "no_cluster": {"model": {"cluster_rounds": 0}},
+}
+_ON = {
+    "multi_scale": {"model": {"patch_sizes": _DESIGN["patch_sizes"]}},
+    "encoder": {"model": {"encoder_layers": _DESIGN["encoder_layers"]}},
+    "gaussian": {"model": {"gaussian_prior": True}},
+    "cluster": {"model": {"cluster_rounds": _DESIGN["cluster_rounds"]}},
+}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+  return {s: {**base.get(s, {}), **extra.get(s, {})} for s in {*base, *extra}}
+
 
 PRESETS: Dict[str, dict] = {
     "bivrec": {},
+    "bivrec_design": {"model": _DESIGN},
     "sasrec": {"model": {"views": ("id",), **_SINGLE}},
     "comirec_sa": {"model": {"views": ("id",), "patch_sizes": (1,), "encoder_layers": 0,
                              "gaussian_prior": False, "cluster_rounds": 0}},
     "mm_seq": {"model": {"views": ("mm",), **_SINGLE}},
-    "id_only": {"model": {"views": ("id",)}},
-    "mm_only": {"model": {"views": ("mm",)}},
-    "single_scale": {"model": {"patch_sizes": (1,)}},
-    "no_gaussian": {"model": {"gaussian_prior": False}},
-    "no_cluster": {"model": {"cluster_rounds": 0}},
-    "no_sem": {"loss": {"lambda_sem": 0.0}},
-    "no_alloc": {"loss": {"lambda_alloc": 0.0}},
-    "bivrec_sa": {"model": {"patch_sizes": (1,), "encoder_layers": 0, "gaussian_prior": False,
-                            "cluster_rounds": 0}},
+    **_OFF,
+    **_ON,
+    **{f"design_{name}": _merge({"model": _DESIGN}, o) for name, o in _DESIGN_OFF.items()},
 }
 
 BASELINES = ("sasrec", "comirec_sa", "mm_seq")
-ABLATIONS = ("id_only", "mm_only", "single_scale", "no_gaussian", "no_cluster", "no_sem",
+ABLATIONS = ("id_only", "mm_only", "multi_scale", "encoder", "gaussian", "cluster", "no_sem",
              "no_alloc")
-VARIANTS = ("bivrec_sa",)
+VARIANTS = ("bivrec_design",)
+DESIGN_ABLATIONS = tuple(f"design_{name}" for name in (
+    "id_only", "mm_only", "single_scale", "no_gaussian", "no_cluster", "no_sem", "no_alloc"))
 
 
 def apply_preset(cfg: Config, name: str) -> Config:

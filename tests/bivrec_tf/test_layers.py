@@ -8,13 +8,15 @@ from bivrec_tf.config import Config
 from bivrec_tf.layers import (ClusterAttention, GaussianAttention, IdTower, InterestDecomposition,
                               MultiScaleInterestEmbedding, MultimodalTower)
 from bivrec_tf.model import BivRecModel
+from bivrec_tf.presets import apply_preset
 
 B, D, K, V = 3, 16, 4, 40
 
 
-def _model(views=("id", "mm"), **model_fields):
-  cfg = Config().replace(model={"dim": D, "num_interests": K, "views": views, "dropout": 0.0,
-                                **model_fields})
+def _model(views=("id", "mm"), preset="bivrec_design", **model_fields):
+  """A small model; by default DESIGN.md's formulation, every module on."""
+  cfg = apply_preset(Config(), preset).replace(
+      model={"dim": D, "num_interests": K, "views": views, "dropout": 0.0, **model_fields})
   rng = np.random.default_rng(0)
   feats = {"text": rng.normal(size=(V, 6)).astype(np.float32),
            "image": rng.normal(size=(V, 5)).astype(np.float32)}
@@ -42,8 +44,9 @@ def test_view_outputs_have_documented_shapes():
     assert valid.shape == (B, tokens)
 
 
-def test_left_padding_does_not_change_any_output():
-  model = _model()
+@pytest.mark.parametrize("preset", ["bivrec_design", "bivrec"])
+def test_left_padding_does_not_change_any_output(preset):
+  model = _model(preset=preset)
   h = _histories()
   short = h[:, -8:]  # rows 0 and 2 fit in 8 positions: same histories, 4 fewer padding slots
   out_full, out_short = model(h), model(short)

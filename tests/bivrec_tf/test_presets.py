@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from bivrec_tf.config import Config
 from bivrec_tf.model import BivRecModel
-from bivrec_tf.presets import PRESETS, apply_preset
+from bivrec_tf.presets import ABLATIONS, DESIGN_ABLATIONS, PRESETS, apply_preset
 
 V, L = 30, 8
 
@@ -51,3 +51,30 @@ def test_preset_flag_then_flags_override():
   cfg = parse_config(["--preset", "comirec_sa", "--num-interests", "6"])
   assert cfg.model.views == ("id",) and cfg.model.encoder_layers == 0
   assert cfg.model.num_interests == 6
+
+
+def _diff(a: Config, b: Config):
+  da, db = a.to_dict(), b.to_dict()
+  return {(s, k) for s in da for k in da[s] if da[s][k] != db[s][k]}
+
+
+@pytest.mark.parametrize("name", ABLATIONS)
+def test_each_ablation_flips_one_switch_of_the_default(name):
+  assert len(_diff(apply_preset(Config(), name), Config())) == 1
+
+
+@pytest.mark.parametrize("name", DESIGN_ABLATIONS)
+def test_each_design_ablation_flips_one_switch_of_the_design_formulation(name):
+  design = apply_preset(Config(), "bivrec_design")
+  assert len(_diff(apply_preset(Config(), name), design)) == 1
+
+
+def test_design_formulation_turns_every_module_of_design_md_on():
+  m = apply_preset(Config(), "bivrec_design").model
+  assert (m.patch_sizes, m.encoder_layers, m.gaussian_prior, m.cluster_rounds) == (
+      (1, 2, 4), 1, True, 2)
+  assert m.views == ("id", "mm")
+
+
+def test_comirec_sa_is_the_default_id_view_trained_alone():
+  assert not _diff(apply_preset(Config(), "comirec_sa"), apply_preset(Config(), "id_only"))
