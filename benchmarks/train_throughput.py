@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from bivrec_tf.config import Config
 from bivrec_tf.model import BivRecModel
+from bivrec_tf.presets import apply_preset
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 20) -> float:
@@ -43,8 +44,9 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 20) -> float:
   return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def make_model(length, interests, dim, items, batch, negatives, jit, text_dim=48, image_dim=32):
-  cfg = Config().replace(model={"num_interests": interests, "dim": dim},
+def make_model(length, interests, dim, items, batch, negatives, jit, text_dim=48, image_dim=32,
+               preset="bivrec"):
+  cfg = apply_preset(Config(), preset).replace(model={"num_interests": interests, "dim": dim},
                          loss={"num_negatives": negatives},
                          train={"batch_size": batch, "jit_compile": jit})
   rng = np.random.default_rng(0)
@@ -100,8 +102,8 @@ def train_step_flops(model, batch_example) -> float:
   return float(info.total_float_ops)
 
 
-def measure(length, interests, dim, items, batch, negatives, jit, steps):
-  model = make_model(length, interests, dim, items, batch, negatives, jit)
+def measure(length, interests, dim, items, batch, negatives, jit, steps, preset="bivrec"):
+  model = make_model(length, interests, dim, items, batch, negatives, jit, preset=preset)
   data = random_batches(length, items, batch, negatives)
   example = next(iter(data))
   model.fit(data, steps_per_epoch=3, epochs=1, verbose=0)  # build + XLA compile
@@ -115,9 +117,9 @@ def measure(length, interests, dim, items, batch, negatives, jit, steps):
     logs = train_function(iterator)
   float(logs["loss"])
   seconds = time.perf_counter() - start
-  flops = train_step_flops(make_model(length, interests, dim, items, batch, negatives, False),
-                           example)
-  return {"L": length, "K": interests, "d": dim, "items": items, "batch": batch,
+  flops = train_step_flops(make_model(length, interests, dim, items, batch, negatives, False,
+                                      preset=preset), example)
+  return {"preset": preset, "L": length, "K": interests, "d": dim, "items": items, "batch": batch,
           "negatives": negatives, "xla": jit, "steps": steps,
           "seq_per_s": steps * batch / seconds, "step_ms": 1000 * seconds / steps,
           "gflop_per_step": flops / 1e9, "gflops": flops * steps / seconds / 1e9}
@@ -136,11 +138,11 @@ def pipeline_rate(data_dir, length, batch, negatives, steps=200):
   return steps * batch / (time.perf_counter() - start)
 
 
-def eval_users_per_s(length, interests, dim, items, users=2048, batch=512):
+def eval_users_per_s(length, interests, dim, items, users=2048, batch=512, preset="bivrec"):
   """Full-ranking evaluation speed (both views + fused rule), users/s."""
   from bivrec_tf.evaluate import Ranker  # pylint: disable=import-outside-toplevel
 
-  model = make_model(length, interests, dim, items, 8, 8, False)
+  model = make_model(length, interests, dim, items, 8, 8, False, preset=preset)
   model.build_all()
   rng = np.random.default_rng(1)
   hist = rng.integers(2, items + 2, (users, length))
@@ -155,10 +157,12 @@ def eval_users_per_s(length, interests, dim, items, users=2048, batch=512):
 
 def run_one(spec: dict) -> dict:
   """One configuration (in this process)."""
+  preset = spec.get("preset", "bivrec")
   row = measure(spec["L"], spec["K"], spec["d"], spec["items"], spec["batch"],
-                spec["negatives"], spec["xla"], spec["steps"])
+                spec["negatives"], spec["xla"], spec["steps"], preset)
   if spec.get("eval"):
-    row["eval_users_per_s"] = eval_users_per_s(spec["L"], spec["K"], spec["d"], spec["items"])
+    row["eval_users_per_s"] = eval_users_per_s(spec["L"], spec["K"], spec["d"], spec["items"],
+                                               preset=preset)
   row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   return row
 
@@ -212,6 +216,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--quick", action="store_true", help="only the two target rows")
+  parser.add_argument("--preset", default="bivrec",
+                      help="model preset (bivrec_tf/presets.py), e.g. bivrec_design")
   parser.add_argument("--dim", type=int, default=64)
   parser.add_argument("--batch", type=int, default=2048)
   parser.add_argument("--negatives", type=int, default=256)
@@ -224,7 +230,7 @@ def main(argv=None):
   if args.one:
     print("RESULT " + json.dumps(run_one(json.loads(args.one))))
     return
-  base = dict(L=20, K=4, d=args.dim, items=10_000, batch=args.batch, negatives=args.negatives,
+  base = dict(preset=args.preset, L=20, K=4, d=args.dim, items=10_000, batch=args.batch, negatives=args.negatives,
               xla=True, steps=args.steps)
   peak = matmul_peak_gflops()
   rows = []
@@ -243,13 +249,15 @@ def main(argv=None):
     rows.append(row)
     print(f"L={row['L']} K={row['K']} items={row['items']} xla={row['xla']}: "
           f"{row['seq_per_s']:.0f} seq/s", flush=True)
-  result = {"command": "python -m benchmarks.train_throughput" + (" --quick" if args.quick else ""),
+  result = {"command": "python -m benchmarks.train_throughput " + " ".join(
+      sys.argv[1:] if argv is None else argv),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "tensorflow": tf.__version__, "matmul_peak_gflops": peak},
             "rows": rows}
   if args.pipeline:
     result["pipeline_seq_per_s"] = pipeline_rate(args.pipeline, 20, args.batch, args.negatives)
   print(f"\nfp32 matmul peak measured: {peak:.0f} GFLOP/s\n")
+  print(f"preset: {args.preset}")
   print("| L | K | items | batch | XLA | train seq/s | ms/step | GFLOP/step | GFLOP/s | share of "
         "peak | peak RSS MB | eval users/s |")
   print("|---|---|---|---|---|---|---|---|---|---|---|---|")
