@@ -9,8 +9,11 @@ Cluster attention (R rounds, shared weights; interests compete for each token):
     A[t, k] = softmax_k((h_t W_K')·(c_k W_Q') / sqrt(d)),  A[t, :] = 0 on padded tokens
     c_k <- LN(c_k + W_O · sum_t A[t, k] h_t W_V' / (sum_t A[t, k] + eps))
     c_k <- LN(c_k + FFN(c_k))
-Outputs interests U = c `[B, K, d]` and the allocation A `[B, T, K]` of the last round (with R = 0,
-the allocation of the seeds).
+Outputs interests U = c `[B, K, d]` and the allocation A `[B, T, K]` of the last round. With R = 0
+the interests are the seeds and A is the seeding attention itself, shared out over interests per
+token: A[t, k] = alpha[k, t] / sum_k' alpha[k', t] (0 on padded tokens), so that L_alloc acts on the
+attention that forms the interests. (An allocation computed by untrained cluster-attention weights
+would let L_alloc agree trivially: it drifts to uniform, L_alloc ~ 1e-7, docs/results.md.)
 """
 
 import math
@@ -28,7 +31,8 @@ class GaussianAttention(tf.keras.layers.Layer):
   Args:
     dim: d.  num_interests: K.  gaussian_prior: False drops the prior term (ablation).
     sigma_init: initial width of every Gaussian.
-  Call: `h` `[B, T, d]`, `tau` `[T]`, `valid` bool `[B, T]` -> seeds `[B, K, d]`.
+  Call: `h` `[B, T, d]`, `tau` `[T]`, `valid` bool `[B, T]` -> seeds `[B, K, d]` (and alpha
+    `[B, K, T]` with `return_attention=True`).
   """
 
   def __init__(self, dim: int, num_interests: int, gaussian_prior: bool = True,
@@ -65,7 +69,9 @@ class GaussianAttention(tf.keras.layers.Layer):
     """sigma `[K]` >= 0.05."""
     return tf.nn.softplus(self.width_logits) + 0.05
 
-  def call(self, h, tau, valid):
+  def call(self, h, tau, valid, return_attention=False):
+    """Seeds `[B, K, d]`; with `return_attention`, also alpha `[B, K, T]` (softmax over valid
+    tokens)."""
     keys = self.w_k(h)                                                   # [B, T, d]
     logits = tf.einsum("kd,btd->bkt", self.w_q(self.queries), keys) / math.sqrt(self.dim)
     if self.gaussian_prior:
@@ -73,7 +79,8 @@ class GaussianAttention(tf.keras.layers.Layer):
       logits -= tf.square(tau[None, :] - mu[:, None]) / (2.0 * tf.square(sigma))[:, None]
     logits += (1.0 - tf.cast(valid, h.dtype))[:, None, :] * NEG_INF
     alpha = tf.nn.softmax(logits, axis=-1)                               # [B, K, T]
-    return tf.einsum("bkt,btd->bkd", alpha, self.w_v(h))
+    seeds = tf.einsum("bkt,btd->bkd", alpha, self.w_v(h))
+    return (seeds, alpha) if return_attention else seeds
 
   def get_config(self):
     return {**super().get_config(), "dim": self.dim, "num_interests": self.num_interests,
@@ -122,6 +129,14 @@ class ClusterAttention(tf.keras.layers.Layer):
     return {**super().get_config(), "dim": self.dim, "rounds": self.rounds}
 
 
+def seed_allocation(alpha, valid):
+  """A `[B, T, K]` from the seeding attention alpha `[B, K, T]`: each valid token's attention
+  shared out over the interests (rows sum to 1), zero rows on padded tokens."""
+  a = tf.transpose(alpha, [0, 2, 1])
+  a = tf.math.divide_no_nan(a, tf.reduce_sum(a, axis=-1, keepdims=True))
+  return a * tf.cast(valid, a.dtype)[..., None]
+
+
 class InterestDecomposition(tf.keras.layers.Layer):
   """Gaussian attention seeds followed by cluster-attention rounds.
 
@@ -138,7 +153,10 @@ class InterestDecomposition(tf.keras.layers.Layer):
                     "sigma_init": sigma_init, "cluster_rounds": cluster_rounds}
 
   def call(self, h, tau, valid):
-    return self.cluster(h, self.gaussian(h, tau, valid), valid)
+    seeds, alpha = self.gaussian(h, tau, valid, return_attention=True)
+    if self.cluster.rounds == 0:
+      return seeds, seed_allocation(alpha, valid)
+    return self.cluster(h, seeds, valid)
 
   def get_config(self):
     return {**super().get_config(), **self._config}

@@ -154,3 +154,30 @@ def test_mm_tower_uses_learned_missing_vector_for_absent_modality():
   out = tower(tf.constant([1, 3, 4])).numpy()
   np.testing.assert_allclose(out[0], out[1], atol=1e-6)
   assert not np.allclose(out[0], out[2])
+
+
+def test_zero_round_allocation_is_each_tokens_seed_attention_shared_over_interests():
+  layer = InterestDecomposition(D, K, gaussian_prior=False, cluster_rounds=0)
+  h = tf.random.normal([2, 5, D], seed=3)
+  valid = tf.constant([[True] * 5, [False, False, True, True, True]])
+  tau = tf.linspace(0.8, 0.0, 5)
+  u, a = layer(h, tau, valid)
+  seeds, alpha = layer.gaussian(h, tau, valid, return_attention=True)
+  np.testing.assert_allclose(u.numpy(), seeds.numpy(), atol=1e-6)
+  expected = np.transpose(alpha.numpy(), [0, 2, 1])
+  with np.errstate(invalid="ignore"):  # padded tokens: 0 / 0, expected to be 0
+    expected = np.nan_to_num(expected / expected.sum(-1, keepdims=True)) * valid.numpy()[..., None]
+  np.testing.assert_allclose(a.numpy(), expected, atol=1e-6)
+
+
+def test_allocation_loss_trains_the_attention_that_forms_the_interests_when_rounds_is_zero():
+  from bivrec_tf.layers import allocation_loss
+  views = [InterestDecomposition(D, K, gaussian_prior=False, cluster_rounds=0) for _ in range(2)]
+  h = [tf.random.normal([3, 6, D], seed=s) for s in (4, 5)]
+  valid, tau = tf.ones([3, 6], tf.bool), tf.linspace(1.0, 0.0, 6)
+  with tf.GradientTape() as tape:
+    (_, a_id), (_, a_mm) = views[0](h[0], tau, valid), views[1](h[1], tau, valid)
+    loss = tf.reduce_mean(allocation_loss(a_id, a_mm, valid))
+  grads = tape.gradient(loss, [views[0].gaussian.queries, views[1].gaussian.queries])
+  assert float(loss) > 0
+  assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
