@@ -148,13 +148,14 @@ class InterestDecomposition(tf.keras.layers.Layer):
     super().__init__(**kwargs)
     self.gaussian = GaussianAttention(dim, num_interests, gaussian_prior, sigma_init,
                                       name="gaussian")
-    self.cluster = ClusterAttention(dim, cluster_rounds, name="cluster")
+    # With R = 0 no cluster-attention weights exist (nothing would train or use them).
+    self.cluster = ClusterAttention(dim, cluster_rounds, name="cluster") if cluster_rounds else None
     self._config = {"dim": dim, "num_interests": num_interests, "gaussian_prior": gaussian_prior,
                     "sigma_init": sigma_init, "cluster_rounds": cluster_rounds}
 
   def call(self, h, tau, valid):
     seeds, alpha = self.gaussian(h, tau, valid, return_attention=True)
-    if self.cluster.rounds == 0:
+    if self.cluster is None:
       return seeds, seed_allocation(alpha, valid)
     return self.cluster(h, seeds, valid)
 
