@@ -58,8 +58,8 @@ class ModelConfig:
   num_interests: int = 4            # K
   gaussian_prior: bool = False      # the Gaussian temporal prior of each interest's attention
   sigma_init: float = 0.25          # initial Gaussian width sigma_k
-  cluster_rounds: int = 0           # R cluster-attention refinement rounds (the allocation A
-                                    # for L_alloc is computed with R = 0 too)
+  cluster_rounds: int = 0           # R cluster-attention refinement rounds (with R = 0 the
+                                    # allocation A for L_alloc is the seeding attention)
   readout: str = "interests"        # "interests" (module 2) or "last": the most recent item's
                                     # encoder output as the single interest (SASRec-style)
   # Recommendation similarity.
