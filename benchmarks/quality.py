@@ -164,20 +164,28 @@ class Store:
   def __init__(self, path: Path, fresh: bool = False):
     self.path = path
     self.records: List[dict] = []
-    if path.exists() and not fresh:
+    if path.exists() and fresh:
+      os.replace(path, path.with_suffix(".json.old"))  # the previous store is kept aside
+    elif path.exists():
       self.records = json.loads(path.read_text())
 
   def has(self, model: str, seed: int) -> bool:
     return any(r["model"] == model and r["seed"] == seed for r in self.records)
 
   def add(self, record: dict) -> None:
-    self.records = [r for r in self.records
-                    if not (r["model"] == record["model"] and r["seed"] == record["seed"])]
-    self.records.append(record)
+    """Adds (or replaces) one record; merges with records other processes wrote meanwhile, so
+    several benchmark runs can share one store."""
+    import fcntl  # pylint: disable=import-outside-toplevel
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = self.path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(self.records, indent=1, default=float))
-    os.replace(tmp, self.path)
+    with open(f"{self.path}.lock", "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      on_disk = json.loads(self.path.read_text()) if self.path.exists() else []
+      merged = {(r["model"], r["seed"]): r for r in [*on_disk, *self.records]}
+      merged[(record["model"], record["seed"])] = record
+      self.records = list(merged.values())
+      tmp = self.path.with_suffix(".tmp")
+      tmp.write_text(json.dumps(self.records, indent=1, default=float))
+      os.replace(tmp, self.path)
 
   def by_model(self) -> Dict[str, List[dict]]:
     out: Dict[str, List[dict]] = {}
@@ -682,7 +690,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   parser.add_argument("--work-dir", type=Path, default=Path("runs/quality"),
                       help="run directories, derived datasets and the per-run record store")
   parser.add_argument("--tag", default="", help="names a separate store and section (variants)")
-  parser.add_argument("--fresh", action="store_true", help="ignore stored records")
+  parser.add_argument("--fresh", action="store_true",
+                      help="start a new record store (the old one is kept as <store>.json.old)")
   parser.add_argument("--cold-share", type=float, default=0.1)
   parser.add_argument("--threads", type=int, default=0,
                       help="TensorFlow intra- and inter-op threads (0 = TensorFlow's default)")

@@ -134,3 +134,13 @@ def test_cold_mode_reports_held_out_targets_per_view(report):
   assert cold["num_targets"]["held_out"] > 0
   # An ID embedding never trained on an item cannot recover it; item features can.
   assert cold["MM view"]["held_out"]["recall@50"] > cold["ID view"]["held_out"]["recall@50"]
+
+
+def test_two_benchmark_processes_sharing_a_store_keep_each_others_runs(tmp_path):
+  path = tmp_path / "synthetic-standard.json"
+  first, second = quality.Store(path), quality.Store(path)  # both opened before either writes
+  first.add({"model": "sasrec", "seed": 42, "test": {}})
+  second.add({"model": "mm_seq", "seed": 42, "test": {}})
+  first.add({"model": "sasrec", "seed": 43, "test": {}})
+  stored = {(r["model"], r["seed"]) for r in json.loads(path.read_text())}
+  assert stored == {("sasrec", 42), ("mm_seq", 42), ("sasrec", 43)}
