@@ -21,9 +21,10 @@ Modes (each writes its own delimited section of `--out`, replaced in place on a 
 - `cold`: a copy of the dataset with `--cold-share` of the items seen in training removed from
   every training example and from every history (they stay as valid/test targets); recall on the
   test targets that are held-out items, per view (ID view, MM view, fused) and per model.
-- `noise` (reuses matching `standard` runs): Gaussian noise of std sigma (in units of the per-dimension std: features are
-  standardized) added to every present multimodal feature row after training, at test time only;
-  test NDCG@20 per view and fused (w kept from clean validation, and re-tuned on noisy validation).
+- `noise` (reuses matching `standard` runs): Gaussian noise of std sigma (in units of the
+  per-dimension std: features are standardized) added to every present multimodal feature row
+  after training, at test time only; test NDCG@20 per view and fused (w kept from clean
+  validation, and re-tuned on noisy validation).
 - `cost`: wall time and epochs until the best validation NDCG@20, BivRec against SASRec, and how
   long BivRec needs to pass SASRec's best validation score (shares its runs with `standard`).
 
@@ -55,6 +56,7 @@ import tensorflow as tf
 from bivrec_tf import config as config_lib
 from bivrec_tf import train as train_lib
 from bivrec_tf.evaluate import Ranker, best_fusion, evaluate, rank_metrics
+from bivrec_tf.io_utils import write_text_atomic
 from bivrec_tf.presets import (ABLATIONS, BASELINES, DESIGN_ABLATIONS, PRESETS, VARIANTS,
                                apply_preset)
 from input_pipelines import NUM_RESERVED
@@ -183,9 +185,7 @@ class Store:
       merged = {(r["model"], r["seed"]): r for r in [*on_disk, *self.records]}
       merged[(record["model"], record["seed"])] = record
       self.records = list(merged.values())
-      tmp = self.path.with_suffix(".tmp")
-      tmp.write_text(json.dumps(self.records, indent=1, default=float))
-      os.replace(tmp, self.path)
+      write_text_atomic(self.path, json.dumps(self.records, indent=1, default=float))
 
   def by_model(self) -> Dict[str, List[dict]]:
     out: Dict[str, List[dict]] = {}
@@ -447,9 +447,7 @@ def write_section(out: Path, key: str, body: str) -> None:
       text = pattern.sub(lambda _: block, text)
     else:
       text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
-    tmp = Path(f"{out}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_text_atomic(out, text)
 
 
 def git_commit() -> str:
@@ -485,7 +483,8 @@ def reusable(record: dict, name: str, data: str, seed: int, overrides) -> bool:
   if record["model"] != name or record["seed"] != seed:
     return False
   wanted = model_config(name, data, seed, Path(record["run_dir"]), overrides).to_dict()
-  return json.loads(json.dumps(wanted)) == record["config"] and (Path(record["run_dir"]) / "checkpoints").is_dir()
+  trained = (Path(record["run_dir"]) / "checkpoints").is_dir()
+  return trained and json.loads(json.dumps(wanted)) == record["config"]
 
 
 def ensure_runs(store: Store, models: Sequence[str], data: str, seeds: Sequence[int],

@@ -230,8 +230,8 @@ def main(argv=None):
   if args.one:
     print("RESULT " + json.dumps(run_one(json.loads(args.one))))
     return
-  base = dict(preset=args.preset, L=20, K=4, d=args.dim, items=10_000, batch=args.batch, negatives=args.negatives,
-              xla=True, steps=args.steps)
+  base = dict(preset=args.preset, L=20, K=4, d=args.dim, items=10_000, batch=args.batch,
+              negatives=args.negatives, xla=True, steps=args.steps)
   peak = matmul_peak_gflops()
   rows = []
   specs = sweep(base, args.quick)

@@ -1,4 +1,5 @@
-"""Module 2 — Intra-View Interest Decomposition: Gaussian attention seeds, Cluster attention refines.
+"""Module 2 — Intra-View Interest Decomposition: Gaussian attention seeds, Cluster attention
+refines.
 
 Gaussian attention (K interests, temporal prior):
     mu_k = sigmoid(a_k),  sigma_k = softplus(b_k) + 0.05   (centres start spread evenly over [0, 1])
@@ -96,6 +97,8 @@ class ClusterAttention(tf.keras.layers.Layer):
 
   def __init__(self, dim: int, rounds: int = 2, **kwargs):
     super().__init__(**kwargs)
+    if rounds < 1:  # R = 0 is InterestDecomposition's business: no cluster layer at all
+      raise ValueError(f"ClusterAttention needs rounds >= 1, got {rounds}")
     self.dim, self.rounds = dim, rounds
     self.w_k = tf.keras.layers.Dense(dim, use_bias=False, name="w_k")
     self.w_q = tf.keras.layers.Dense(dim, use_bias=False, name="w_q")
@@ -112,10 +115,7 @@ class ClusterAttention(tf.keras.layers.Layer):
     return tf.nn.softmax(logits, axis=-1) * tf.cast(valid, keys.dtype)[..., None]
 
   def call(self, h, seeds, valid):
-    keys = self.w_k(h)
-    if self.rounds == 0:
-      return seeds, self.allocate(keys, seeds, valid)
-    values = self.w_v(h)
+    keys, values = self.w_k(h), self.w_v(h)
     c = seeds
     for _ in range(self.rounds):
       a = self.allocate(keys, c, valid)                                  # [B, T, K]

@@ -110,12 +110,15 @@ def test_token_is_valid_iff_any_item_in_its_window_is():
   assert np.all((tau.numpy() >= 0) & (tau.numpy() < 1))
 
 
-def test_cluster_attention_with_zero_rounds_returns_the_seeds():
-  layer = ClusterAttention(D, rounds=0)
-  seeds = tf.random.normal([2, K, D])
-  u, a = layer(tf.random.normal([2, 5, D]), seeds, tf.ones([2, 5], tf.bool))
-  np.testing.assert_allclose(u.numpy(), seeds.numpy())
+def test_zero_cluster_rounds_return_the_seeds_and_build_no_cluster_layer():
+  layer = InterestDecomposition(D, K, cluster_rounds=0)
+  h, tau, valid = tf.random.normal([2, 5, D]), tf.linspace(1.0, 0.0, 5), tf.ones([2, 5], tf.bool)
+  u, a = layer(h, tau, valid)
+  np.testing.assert_allclose(u.numpy(), layer.gaussian(h, tau, valid).numpy(), atol=1e-6)
   assert a.shape == (2, 5, K)
+  assert layer.cluster is None
+  with pytest.raises(ValueError, match="rounds >= 1"):
+    ClusterAttention(D, rounds=0)
 
 
 def test_no_gaussian_prior_switch_removes_the_temporal_term():
