@@ -57,6 +57,7 @@ from bivrec_tf import config as config_lib
 from bivrec_tf import train as train_lib
 from bivrec_tf.evaluate import Ranker, best_fusion, evaluate, rank_metrics
 from bivrec_tf.io_utils import write_text_atomic
+from bivrec_tf.late_fusion import LateFusion
 from bivrec_tf.presets import (ABLATIONS, BASELINES, DESIGN_ABLATIONS, PRESETS, VARIANTS,
                                apply_preset)
 from input_pipelines import NUM_RESERVED
@@ -64,13 +65,16 @@ from input_pipelines.dataset import PreparedDataset, eval_dataset
 from input_pipelines.prepared import write_prepared
 
 MODES = ("standard", "cold", "noise", "cost")
-ALL_MODELS = ("bivrec",) + BASELINES + ABLATIONS + VARIANTS
-ORDER = (*BASELINES, "bivrec", *ABLATIONS, *VARIANTS, *DESIGN_ABLATIONS)
+# `late_fusion` is not a preset: the `id_only` and `mm_only` runs of the same seed, fused.
+LATE_FUSION = "late_fusion"
+ALL_MODELS = ("bivrec",) + BASELINES + (LATE_FUSION,) + ABLATIONS + VARIANTS
+ORDER = (*BASELINES, LATE_FUSION, "bivrec", *ABLATIONS, *VARIANTS, *DESIGN_ABLATIONS)
 DEFAULT_MODELS = {"standard": ALL_MODELS, "cold": ("bivrec", "sasrec", "mm_seq"),
                   "noise": ("bivrec", "mm_seq"), "cost": ("bivrec", "sasrec")}
 LABELS = {
     "bivrec": "BivRec", "bivrec_design": "BivRec, DESIGN.md formulation (all modules on)",
     "sasrec": "SASRec", "comirec_sa": "ComiRec-SA", "mm_seq": "MM-seq (ID-free SASRec)",
+    LATE_FUSION: "Late fusion (ID view and MM view trained separately)",
     "id_only": "BivRec, ID view only", "mm_only": "BivRec, MM view only",
     "multi_scale": "BivRec + multi-scale (P={1,2,4})", "encoder": "BivRec + Transformer block",
     "gaussian": "BivRec + Gaussian prior", "cluster": "BivRec + cluster rounds (R=2)",
@@ -142,20 +146,62 @@ def train_one(name: str, data: str, seed: int, work_dir: Path,
       "epochs_run": summary["epochs_run"], "fit_seconds": summary["fit_seconds"],
       "wall_seconds": summary["wall_seconds"], "max_len": summary["max_len"],
       "val_curve": [e[monitor] for e in summary["epoch_logs"]],
+      "valid": summary["valid"], "diagnostics": summary.get("diagnostics", {}),
       "epoch_end_seconds": epoch_end_times(run_dir),
       "finished": datetime.datetime.now().isoformat(timespec="seconds"),
   }
   return record
 
 
-def load_trained(record: dict):
+def load_trained(record: dict, clear: bool = True):
   """(model with the run's best weights, its dataset, config) for post-hoc evaluation."""
   cfg = config_lib.Config.from_dict(record["config"])
   ds = train_lib.load_data(cfg)
-  tf.keras.backend.clear_session()
+  if clear:
+    tf.keras.backend.clear_session()
   model = train_lib.build_model(cfg, ds, record["max_len"])
   model.load_weights(str(Path(record["run_dir"]) / "checkpoints" / "best")).expect_partial()
   return model, ds, cfg
+
+
+def late_fusion_record(id_rec: dict, mm_rec: dict) -> dict:
+  """The `late_fusion` record of one seed: the separately trained `id_only` and `mm_only` runs,
+  fused by BivRec's rule with w tuned on validation (same grid), then tested once."""
+  id_model, ds, cfg = load_trained(id_rec)
+  mm_model, _, _ = load_trained(mm_rec, clear=False)
+  fused = LateFusion(id_model, mm_model)
+  ev = cfg.eval
+  ranker = Ranker(fused, max(ev.ks), ev.item_chunk, ev.exclude_history)
+  grid = [float(w) for w in np.linspace(0.0, 1.0, ev.fusion_grid)]
+  max_len = id_rec["max_len"]
+  valid = evaluate(ranker, eval_dataset(ds, "valid", max_len, ev.eval_batch_size), KS, grid)
+  w = best_fusion(valid, f"ndcg@{ev.monitor_k}")
+  test = evaluate(ranker, eval_dataset(ds, "test", max_len, ev.eval_batch_size), KS, [w])
+  rows = {"Popularity": id_rec["test_rows"]["Popularity"], "ID view": test["id"],
+          "MM view": test["mm"], f"Late fusion (w={w:.2f})": test[f"fused@{w:.2f}"]}
+  return {
+      "model": LATE_FUSION, "seed": id_rec["seed"], "run_dir": id_rec["run_dir"],
+      "parts": [id_rec["run_dir"], mm_rec["run_dir"]], "config": id_rec["config"],
+      "test": test[f"fused@{w:.2f}"], "test_rows": rows, "fusion_weight": w,
+      "valid": valid, "best_epoch": max(id_rec["best_epoch"], mm_rec["best_epoch"]),
+      "epochs_run": max(id_rec["epochs_run"], mm_rec["epochs_run"]),
+      "fit_seconds": id_rec["fit_seconds"] + mm_rec["fit_seconds"],
+      "wall_seconds": id_rec["wall_seconds"] + mm_rec["wall_seconds"], "max_len": max_len,
+      "val_curve": [], "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+  }
+
+
+def ensure_late_fusion(store: "Store", seeds: Sequence[int]) -> None:
+  """Adds the `late_fusion` record of every seed whose `id_only` and `mm_only` runs exist."""
+  for seed in seeds:
+    runs = {r["model"]: r for r in store.records if r["seed"] == seed}
+    if store.has(LATE_FUSION, seed) or not {"id_only", "mm_only"} <= set(runs):
+      continue
+    record = late_fusion_record(runs["id_only"], runs["mm_only"])
+    record["command"] = COMMAND[0]
+    store.add(record)
+    print(f"[quality] late_fusion seed {seed}: NDCG@20 {record['test']['ndcg@20']:.4f} "
+          f"(w={record['fusion_weight']:.1f})", flush=True)
 
 
 # --- the record store ----------------------------------------------------------------------------
@@ -530,7 +576,12 @@ def describe_data(data: str) -> str:
 
 
 def run_standard(args, store, models, seeds, overrides, command) -> str:
-  ensure_runs(store, models, args.data, seeds, args.work_dir, overrides)
+  trained = [m for m in models if m != LATE_FUSION]
+  if LATE_FUSION in models:
+    trained += [m for m in ("id_only", "mm_only") if m not in trained]
+  ensure_runs(store, trained, args.data, seeds, args.work_dir, overrides)
+  if LATE_FUSION in models:
+    ensure_late_fusion(store, seeds)
   by_model = store.by_model()
   order = ORDER
   name = data_name(args.data) + (f"_{args.tag}" if args.tag else "")
@@ -708,7 +759,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     models = ("bivrec_design",) + DESIGN_ABLATIONS
   else:
     models = tuple(m.strip() for m in models.split(",") if m.strip())
-  unknown = [m for m in models if m not in PRESETS]
+  unknown = [m for m in models if m not in PRESETS and m != LATE_FUSION]
   if unknown:
     parser.error(f"unknown model {unknown[0]!r}; known: {', '.join(PRESETS)}")
   if args.mode == "noise" and any("mm" not in apply_preset(config_lib.Config(), m).model.views

@@ -11,6 +11,7 @@ from typing import List, Optional, Sequence
 
 import tensorflow as tf
 
+from bivrec_tf.diagnostics import interest_diagnostics
 from bivrec_tf.evaluate import Ranker, best_fusion, evaluate
 from bivrec_tf.io_utils import write_text_atomic
 
@@ -19,15 +20,20 @@ class ValidationCallback(tf.keras.callbacks.Callback):
   """After each epoch: rank the catalogue for every validation user and log
 
   `val_ndcg<K>` (the best fused rule, or the single view), `val_ndcg<K>_id`, `val_ndcg<K>_mm`
-  and `val_fusion_w`; save the weights to `best_path` when `val_ndcg<K>` improves; stop when it
+  and `val_fusion_w`, the interest diagnostics on validation (`val_cos_<view>`: mean pairwise
+  cosine of a user's interests, `val_maxwin_<view>`: share of targets won by the most winning
+  interest) and, with a `probe` batch, each loss term's share of the gradient norm on each view's
+  encoder (`gshare_<term>_<view>`); save the weights to `best_path` when `val_ndcg<K>` improves; stop when it
   has not improved for `patience` epochs (0: never stop early). `history_path` (JSON list of
   epoch logs) is rewritten atomically after every epoch and read back when the run resumes.
   """
 
   def __init__(self, ranker: Ranker, data: tf.data.Dataset, ks: Sequence[int], monitor_k: int,
                fusion_weights: Sequence[float], best_path: Optional[Path] = None,
-               patience: int = 3, history_path: Optional[Path] = None, verbose: int = 1):
+               patience: int = 3, history_path: Optional[Path] = None, verbose: int = 1,
+               probe: Optional[dict] = None):
     super().__init__()
+    self.probe = probe
     self.ranker, self.data, self.ks = ranker, data, ks
     self.monitor_k, self.fusion_weights = monitor_k, fusion_weights
     self.monitor = f"val_ndcg{monitor_k}"
@@ -60,6 +66,11 @@ class ValidationCallback(tf.keras.callbacks.Callback):
       logs[self.monitor] = results[f"fused@{w:.2f}"][key]
     else:
       logs[self.monitor] = next(iter(results.values()))[key]
+    for name, value in interest_diagnostics(self.model, self.data).items():
+      if not name.startswith("win_"):
+        logs[f"val_{name}"] = value
+    if self.probe is not None:
+      logs.update(self.model.gradient_shares(self.probe))
     improved = not self.history or logs[self.monitor] > max(h[self.monitor] for h in self.history)
     self.history.append({k: float(v) for k, v in logs.items()})
     if improved and self.best_path is not None:
@@ -67,7 +78,8 @@ class ValidationCallback(tf.keras.callbacks.Callback):
     if self.history_path is not None:
       write_text_atomic(self.history_path, json.dumps(self.history, indent=1))
     if self.verbose:
-      print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k.startswith("val_")) +
+      print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()
+                       if k.startswith(("val_", "gshare_"))) +
             (" (best)" if improved else ""))
     if self.patience and len(self.history) - self.best_epoch >= self.patience:
       self.model.stop_training = True

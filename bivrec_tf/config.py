@@ -58,6 +58,14 @@ class ModelConfig:
   num_interests: int = 4            # K
   gaussian_prior: bool = False      # the Gaussian temporal prior of each interest's attention
   sigma_init: float = 0.25          # initial Gaussian width sigma_k
+  prior_mode: str = "fixed"         # "fixed": DESIGN.md's prior on tau = distance / max_len;
+                                    # "gated": tau relative to the user's own history span and the
+                                    # prior scaled by a learned gate softplus(beta_k) (starts ~0.1)
+  interest_init: str = "normal"     # interest queries: "normal" (stddev 0.05) or "orthogonal"
+                                    # (orthonormal rows at unit scale: distinct from the start)
+  patch_mode: str = "tokens"        # module 1: "tokens" (every scale's patches are tokens) or
+                                    # "context" (item tokens only, each enriched with the patches
+                                    # that contain it: same T as one scale)
   cluster_rounds: int = 0           # R cluster-attention refinement rounds (with R = 0 the
                                     # allocation A for L_alloc is the seeding attention)
   readout: str = "interests"        # "interests" (module 2) or "last": the most recent item's
@@ -86,6 +94,12 @@ class ModelConfig:
       _fail("num_interests", self.num_interests, "K must be >= 1")
     if self.sigma_init <= 0.05:
       _fail("sigma_init", self.sigma_init, "must be > 0.05 (the width floor)")
+    if self.prior_mode not in ("fixed", "gated"):
+      _fail("prior_mode", self.prior_mode, "must be 'fixed' or 'gated'")
+    if self.interest_init not in ("normal", "orthogonal"):
+      _fail("interest_init", self.interest_init, "must be 'normal' or 'orthogonal'")
+    if self.patch_mode not in ("tokens", "context"):
+      _fail("patch_mode", self.patch_mode, "must be 'tokens' or 'context'")
     if self.cluster_rounds < 0:
       _fail("cluster_rounds", self.cluster_rounds, "R must be >= 0")
     if self.readout not in ("interests", "last"):
@@ -106,12 +120,28 @@ class LossConfig:
   lambda_sem: float = 0.1           # coarse semantic-similarity loss weight; 0 = ablation
   lambda_alloc: float = 1.0         # fine allocation-similarity loss weight; 0 = ablation
   lambda_balance: float = 0.0       # interest-balance term (use if interests collapse)
+  lambda_div: float = 0.0           # interest-diversity penalty: mean squared cosine between a
+                                    # user's K interests (off-diagonal of U U^T)
   tau_c: float = 0.1                # semantic contrastive temperature
+  sem_mode: str = "contrast"        # L_sem: "contrast" (DESIGN.md: InfoNCE between the views'
+                                    # pooled interests), "mutual" (each view's next-item
+                                    # distribution over the candidates distils into the other's)
+                                    # or "cross" (each view's interests predict the target in the
+                                    # other view's item space)
+  alloc_mode: str = "mse"           # L_alloc: "mse" (DESIGN.md) or "cka" (1 - centred kernel
+                                    # alignment of the co-allocations: scale-free, uniform != 0)
+  tau_kd: float = 1.0               # temperature of the "mutual" distillation
 
   def validate(self) -> None:
     if self.num_negatives < 0:
       _fail("num_negatives", self.num_negatives, "must be >= 0")
-    for name in ("lambda_sem", "lambda_alloc", "lambda_balance"):
+    if self.sem_mode not in ("contrast", "mutual", "cross"):
+      _fail("sem_mode", self.sem_mode, "must be 'contrast', 'mutual' or 'cross'")
+    if self.alloc_mode not in ("mse", "cka"):
+      _fail("alloc_mode", self.alloc_mode, "must be 'mse' or 'cka'")
+    if not self.tau_kd > 0:
+      _fail("tau_kd", self.tau_kd, "temperature must be > 0")
+    for name in ("lambda_sem", "lambda_alloc", "lambda_balance", "lambda_div"):
       value = getattr(self, name)
       if not (value >= 0 and math.isfinite(value)):
         _fail(name, value, "must be a finite number >= 0")

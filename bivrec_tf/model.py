@@ -5,7 +5,12 @@ Decomposition (module 2) -> interests U_v `[B, K, d]`, scored against candidates
 `tfrs.tasks.Retrieval` with multi-interest ("maxsim") queries. Cross-View Interest Learning
 (module 3) couples the views:
 
-    L = L_rec_id + L_rec_mm + lambda_sem L_sem + lambda_alloc L_alloc (+ lambda_balance L_balance)
+    L = L_rec_id + L_rec_mm + lambda_sem L_sem + lambda_alloc L_alloc
+        (+ lambda_div L_div + lambda_balance L_balance)
+
+L_div is the mean squared cosine between a user's K interests (keeps them distinct). Logged per
+view every step: `cos_<view>` (mean pairwise cosine of a user's interests, 1 = collapsed) and the
+allocation diagnostics `entropy_<view>`, `interests_<view>`.
 
 Every term is averaged per example over the *global* batch, so the loss does not depend on the
 number of replicas. Inference: s_v(i) = max_k sim(U_v[k], e_v(i)) / tau_rec and
@@ -21,7 +26,8 @@ import tensorflow_recommenders as tfrs
 from bivrec_tf.config import Config
 from bivrec_tf.layers import (AllocationStats, IdTower, InterestDecomposition,
                               MultiScaleInterestEmbedding, MultimodalTower, SemanticHead,
-                              allocation_loss, semantic_loss)
+                              allocation_cka_loss, allocation_loss, interest_similarity,
+                              mutual_distillation_loss, semantic_loss)
 from bivrec_tf.layers.patching import padded_length
 
 FIRST_ITEM = 2  # 0 = padding, 1 = out-of-vocabulary
@@ -44,9 +50,11 @@ class ViewEncoder(tf.keras.layers.Layer):
     self.normalize = m.similarity == "cosine"
     self.readout = m.readout
     self.embedding = MultiScaleInterestEmbedding(
-        m.dim, m.patch_sizes, max_len, m.encoder_layers, m.num_heads, m.dropout, name="module1")
+        m.dim, m.patch_sizes, max_len, m.encoder_layers, m.num_heads, m.dropout, m.patch_mode,
+        name="module1")
     self.interests = InterestDecomposition(
-        m.dim, m.num_interests, m.gaussian_prior, m.sigma_init, m.cluster_rounds, name="module2")
+        m.dim, m.num_interests, m.gaussian_prior, m.sigma_init, m.cluster_rounds, m.prior_mode,
+        m.interest_init, name="module2")
 
   def _align(self, history):
     """Keeps the last max_len items; left-pads to a multiple of max(patch_sizes)."""
@@ -115,7 +123,10 @@ class BivRecModel(tfrs.Model):
             temperature=m.tau_rec, remove_accidental_hits=True, name=f"retrieval_{v}")
         for v in self.view_names}
     self.cross_view = len(self.view_names) == 2
-    if self.cross_view:
+    lc = config.loss
+    # The contrastive L_sem's heads exist only when that loss trains them.
+    self.contrast_heads = self.cross_view and lc.sem_mode == "contrast" and lc.lambda_sem > 0
+    if self.contrast_heads:
       self.semantic_heads = {v: SemanticHead(m.dim, name=f"semantic_{v}") for v in self.view_names}
     counts = np.zeros(vocab_size, np.float64) if item_counts is None else np.asarray(
         item_counts, np.float64)
@@ -128,8 +139,9 @@ class BivRecModel(tfrs.Model):
   def _metric_names(self):
     names = ["loss"] + [f"rec_{v}" for v in self.view_names]
     if self.cross_view:
-      names += ["sem", "alloc"]
-    names += [f"{stat}_{v}" for v in self.view_names for stat in ("entropy", "interests")]
+      names += (["sem"] if self.contrast_heads or self.config.loss.sem_mode != "contrast" else [])
+      names += ["alloc"]
+    names += [f"{stat}_{v}" for v in self.view_names for stat in ("cos", "entropy", "interests")]
     return names
 
   @property
@@ -169,6 +181,20 @@ class BivRecModel(tfrs.Model):
 
   def compute_losses(self, batch, training=False):
     """Per-example loss terms `[B]` and diagnostics. Returns (total `[B]`, {name: `[B]`})."""
+    parts, terms = self.loss_parts(batch, training=training)
+    return tf.add_n(list(parts.values())), terms
+
+  def _logits(self, view, u, candidates, probs):
+    """Retrieval logits `[B, C]` of view `view`'s interests `u` `[B, K, d]`, as the Retrieval task
+    forms them: max over interests, / tau_rec, logQ correction, accidental hits removed."""
+    scores = view_scores(u, self.views[view].item_vectors(candidates), self.config.model.tau_rec)
+    scores = tfrs.layers.loss.SamplingProbablityCorrection()(scores, probs)
+    labels = tf.eye(tf.shape(scores)[0], tf.shape(scores)[1])
+    return tfrs.layers.loss.RemoveAccidentalHits()(labels, scores, candidates)
+
+  def loss_parts(self, batch, training=False):
+    """({term: weighted per-example loss `[B]`}, {name: raw term or diagnostic `[B]`}). The total
+    loss is the sum of the first dict; `gradient_shares` differentiates its entries one by one."""
     history = tf.convert_to_tensor(batch["history"])
     target = tf.cast(batch["target"], tf.int64)
     negatives = tf.cast(batch.get("negatives", tf.zeros([0], tf.int64)), tf.int64)
@@ -177,27 +203,66 @@ class BivRecModel(tfrs.Model):
                                        tf.shape(candidates)[0] - num_positives)
     outputs = self(history, training=training)
     lc = self.config.loss
-    terms, total = {}, 0.0
+    terms, parts = {}, {}
     for v, (u, a, valid) in outputs.items():
       rec = self.tasks[v](u, self.views[v].item_vectors(candidates),
                           candidate_sampling_probability=probs, candidate_ids=candidates,
                           compute_metrics=False, compute_batch_metrics=False)
-      terms[f"rec_{v}"] = rec
-      total += rec
+      terms[f"rec_{v}"] = parts[f"rec_{v}"] = rec
       stats = AllocationStats(a, valid)
       terms[f"entropy_{v}"] = stats.token_entropy
       terms[f"interests_{v}"] = stats.effective_interests
+      terms[f"cos_{v}"], cos_sq = interest_similarity(u)
+      if lc.lambda_div > 0:
+        parts[f"div_{v}"] = lc.lambda_div * cos_sq
       if lc.lambda_balance > 0:
-        total += lc.lambda_balance * stats.balance_loss
+        parts[f"balance_{v}"] = lc.lambda_balance * stats.balance_loss
     if self.cross_view:
       (u_id, a_id, valid), (u_mm, a_mm, _) = outputs["id"], outputs["mm"]
-      g_id, g_mm = self.semantic_heads["id"](u_id), self.semantic_heads["mm"](u_mm)
-      # Contrast against the whole global batch (the gather passes gradients back).
-      terms["sem"] = semantic_loss(g_id, g_mm, lc.tau_c, gather_replicas(g_id),
-                                   gather_replicas(g_mm))
-      terms["alloc"] = allocation_loss(a_id, a_mm, valid)
-      total += lc.lambda_sem * terms["sem"] + lc.lambda_alloc * terms["alloc"]
-    return total, terms
+      if lc.sem_mode == "contrast" and not self.contrast_heads:
+        pass  # lambda_sem = 0: no heads, no term
+      elif lc.sem_mode == "contrast":
+        g_id, g_mm = self.semantic_heads["id"](u_id), self.semantic_heads["mm"](u_mm)
+        # Contrast against the whole global batch (the gather passes gradients back).
+        terms["sem"] = semantic_loss(g_id, g_mm, lc.tau_c, gather_replicas(g_id),
+                                     gather_replicas(g_mm))
+      elif lc.sem_mode == "mutual":
+        terms["sem"] = mutual_distillation_loss(self._logits("id", u_id, candidates, probs),
+                                                self._logits("mm", u_mm, candidates, probs),
+                                                lc.tau_kd)
+      else:  # "cross": each view's interests against the other view's item vectors
+        kwargs = dict(candidate_sampling_probability=probs, candidate_ids=candidates,
+                      compute_metrics=False, compute_batch_metrics=False)
+        terms["sem"] = 0.5 * (
+            self.tasks["id"](u_id, self.views["mm"].item_vectors(candidates), **kwargs) +
+            self.tasks["mm"](u_mm, self.views["id"].item_vectors(candidates), **kwargs))
+      alloc = allocation_cka_loss if lc.alloc_mode == "cka" else allocation_loss
+      terms["alloc"] = alloc(a_id, a_mm, valid)
+      if lc.lambda_sem > 0 and "sem" in terms:
+        parts["sem"] = lc.lambda_sem * terms["sem"]
+      if lc.lambda_alloc > 0:
+        parts["alloc"] = lc.lambda_alloc * terms["alloc"]
+    return parts, terms
+
+  def gradient_shares(self, batch) -> Dict[str, float]:
+    """Each loss term's share of the gradient norm on each view's encoder (item tower and
+    modules 1-2): {"gshare_<term>_<view>": ||grad lambda_j L_j|| / sum_j ||grad lambda_j L_j||}.
+    One batch, inference mode (no dropout), outside any distribution strategy."""
+    with tf.GradientTape(persistent=True) as tape:
+      parts, _ = self.loss_parts(batch, training=False)
+      losses = {name: tf.reduce_mean(value) for name, value in parts.items()}
+    out = {}
+    for v, encoder in self.views.items():
+      variables = encoder.trainable_variables
+      norms = {}
+      for name, loss in losses.items():
+        grads = [g for g in tape.gradient(loss, variables) if g is not None]
+        grads = [tf.convert_to_tensor(g) for g in grads]
+        norms[name] = float(tf.linalg.global_norm(grads)) if grads else 0.0
+      total = sum(norms.values()) or 1.0
+      out.update({f"gshare_{name}_{v}": n / total for name, n in norms.items()})
+    del tape
+    return out
 
   def compute_loss(self, inputs, training=False):
     total, _ = self.compute_losses(inputs, training=training)

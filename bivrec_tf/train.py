@@ -21,6 +21,7 @@ import tensorflow as tf
 from bivrec_tf import config as config_lib
 from bivrec_tf.distribute import is_chief, make_strategy
 from bivrec_tf.callbacks import ValidationCallback
+from bivrec_tf.diagnostics import interest_diagnostics
 from bivrec_tf.evaluate import Ranker, best_fusion, evaluate, popularity_metrics
 from bivrec_tf.export import export_model
 from bivrec_tf.io_utils import write_text_atomic
@@ -90,6 +91,19 @@ def format_table(rows: Dict[str, Dict[str, float]], ks: Sequence[int]) -> str:
   return "\n".join(lines)
 
 
+def format_diagnostics(diag: dict, views: Sequence[str]) -> str:
+  """Interest diagnostics on test and gradient shares at the best epoch, one line per view."""
+  lines = ["Interests on test (mean pairwise cosine of a user's K interests; share of test targets "
+           "won by each interest) and each loss term's share of the gradient on the view's "
+           "encoder at the best epoch:"]
+  for v in views:
+    shares = ", ".join(f"{k[len('gshare_'):-len(v) - 1]} {val:.1%}" for k, val in diag.items()
+                       if k.startswith("gshare_") and k.endswith("_" + v) and val > 0)
+    wins = " / ".join(f"{w:.0%}" for w in diag[f"win_{v}"])
+    lines.append(f"  {v}: cosine {diag[f'cos_{v}']:.3f}; wins {wins}; gradient {shares}")
+  return "\n".join(lines)
+
+
 def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
   """The whole job. Returns a summary dict (also written to <run_dir>/metrics.json)."""
   start = time.time()
@@ -118,8 +132,12 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
   train = train.with_options(options)
   steps_per_epoch = ds.num_examples("train") // cfg.train.batch_size
   best_path = run_dir / "checkpoints" / "best"
+  # One fixed training batch for the per-epoch gradient shares of the loss terms.
+  probe = next(iter(train_dataset(ds, max_len, cfg.train.batch_size, cfg.loss.num_negatives,
+                                  seed=cfg.train.seed + 1, repeat=False)))
   validation = ValidationCallback(ranker, valid, ev.ks, ev.monitor_k, grid, best_path,
-                                  cfg.train.patience, run_dir / "epoch_logs.json", verbose)
+                                  cfg.train.patience, run_dir / "epoch_logs.json", verbose,
+                                  probe=probe)
   callbacks = [
       validation,  # first: the callbacks after it see the val_* logs
       tf.keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
@@ -129,7 +147,8 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
   fit_start = time.time()
   ps = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
   model.fit(train, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-            verbose=(2 if verbose else 0) if ps else verbose)  # PS: one line per epoch
+            # One line per epoch when the output is not a terminal (a log file) or under PS.
+            verbose=(2 if verbose else 0) if ps or not sys.stdout.isatty() else verbose)
   fit_seconds = time.time() - fit_start
   model.load_weights(str(best_path)).expect_partial()
   best_epoch = validation.best_epoch
@@ -144,11 +163,15 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
   for rule, metrics in test_results.items():
     rows[names.get(rule, f"BivRec (w={w:.2f})")] = metrics
   table = format_table(rows, ev.ks)
+  diagnostics = interest_diagnostics(model, test)
+  last = validation.history[best_epoch - 1] if validation.history else {}
+  diagnostics.update({k: v for k, v in last.items() if k.startswith("gshare_")})
 
   summary = {
       "data": str(ds.path), "max_len": max_len, "fusion_weight": w, "best_epoch": best_epoch,
       "epochs_run": len(validation.history), "fit_seconds": fit_seconds,
       "valid": valid_results, "test": rows, "exclude_history": ev.exclude_history,
+      "diagnostics": diagnostics,
       "epoch_logs": validation.history, "run_dir": str(run_dir),
       "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
   }
@@ -170,6 +193,7 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
     print(f"\nTest, full ranking over {ds.vocab_size - 2} items ({hist}); "
           f"fusion weight w={w:.2f} tuned on validation; best epoch {best_epoch}.\n")
     print(table)
+    print("\n" + format_diagnostics(diagnostics, model.view_names))
     print(f"\nrun directory: {run_dir}")
     if export_path:
       print(f"exported SavedModel: {export_path}")

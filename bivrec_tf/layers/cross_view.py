@@ -10,6 +10,15 @@ permutation-invariant co-allocation C_v = A_v A_v^T `[B, T, T]`, the probability
 share an interest):
     L_alloc = sum M (C_id - C_mm)^2 / sum M,   M = pairs of valid tokens.
 
+Measured alternatives (config `sem_mode`, `alloc_mode`; docs/model.md has the numbers):
+- `sem_mode="mutual"`: the views' next-item distributions over the batch's candidates teach each
+  other (mutual distillation): L_sem = T^2 / 2 [CE(sg p_mm^T, p_id^T) + CE(sg p_id^T, p_mm^T)],
+  p_v^T = softmax(logits_v / T), sg = stop-gradient (each view is the other's teacher).
+- `sem_mode="cross"`: each view's interests predict the target in the other view's item space
+  (U_id against e_mm(candidates), U_mm against e_id(candidates)), the retrieval loss itself.
+- `alloc_mode="cka"`: L_alloc = 1 - CKA(C_id, C_mm) with the co-allocations centred over the valid
+  tokens: scale-free, and uniform allocations (centred A = 0) score 1, not 0.
+
 Both losses are returned per example (`[B]`) so the caller can average over the global batch.
 """
 
@@ -104,3 +113,41 @@ class AllocationStats:
     usage_entropy = -tf.reduce_sum(usage * tf.math.log(usage + EPS), axis=-1)
     self.effective_interests = tf.exp(usage_entropy)
     self.balance_loss = math.log(allocation.shape[-1]) - usage_entropy   # K is static
+
+
+def mutual_distillation_loss(logits_id, logits_mm, temperature: float = 1.0):
+  """Each view learns the other's (stop-gradient) distribution over the same candidates.
+
+  Args: logits_id, logits_mm `[B, C]` (after logQ correction and accidental-hit removal).
+  Returns: per-example `T^2 / 2 (CE(sg p_mm, p_id) + CE(sg p_id, p_mm))`, `[B]`.
+  """
+  t = temperature
+  p_id = tf.stop_gradient(tf.nn.softmax(logits_id / t, axis=-1))
+  p_mm = tf.stop_gradient(tf.nn.softmax(logits_mm / t, axis=-1))
+  ce_id = tf.nn.softmax_cross_entropy_with_logits(labels=p_mm, logits=logits_id / t)
+  ce_mm = tf.nn.softmax_cross_entropy_with_logits(labels=p_id, logits=logits_mm / t)
+  return 0.5 * t * t * (ce_id + ce_mm)
+
+
+def allocation_cka_loss(alloc_id, alloc_mm, valid):
+  """1 - CKA of the co-allocations, computed through K x K Gram matrices.
+
+  With the allocations centred over each user's valid tokens (A~ = H A), the centred
+  co-allocation is A~ A~^T, and <C~_id, C~_mm>_F = ||A~_id^T A~_mm||_F^2.
+  Args: as `allocation_loss`. Returns `[B]` in [0, 1] (1 when either view is uniform).
+  """
+  m = tf.cast(valid, alloc_id.dtype)[..., None]                          # [B, T, 1]
+  count = tf.maximum(tf.reduce_sum(m, axis=1, keepdims=True), 1.0)        # [B, 1, 1]
+
+  def centre(a):
+    a = a * m
+    return (a - tf.reduce_sum(a, axis=1, keepdims=True) / count) * m
+
+  a_id, a_mm = centre(alloc_id), centre(alloc_mm)
+
+  def gram_sq(a, b):
+    return tf.reduce_sum(tf.square(tf.matmul(a, b, transpose_a=True)), axis=[1, 2])
+
+  cross = gram_sq(a_id, a_mm)
+  norms = tf.sqrt(gram_sq(a_id, a_id) * gram_sq(a_mm, a_mm) + EPS)
+  return 1.0 - cross / (norms + EPS)

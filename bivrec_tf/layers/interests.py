@@ -5,6 +5,12 @@ Gaussian attention (K interests, temporal prior):
     mu_k = sigmoid(a_k),  sigma_k = softplus(b_k) + 0.05   (centres start spread evenly over [0, 1])
     logit[k, t] = (q_k W_Q)·(h_t W_K) / sqrt(d) - (tau_t - mu_k)^2 / (2 sigma_k^2)
     alpha = masked softmax over valid tokens t;   c_k = sum_t alpha[k, t] h_t W_V
+  prior_mode "gated" (measured alternative, docs/model.md): tau_t is taken relative to the user's
+  own span (tau_t / tau_oldest valid token, so every user's history covers [0, 1]) and the prior
+  is scaled by a learned gate g_k = softplus(beta_k), starting at 0.1, so content decides first:
+    logit[k, t] = content - g_k (tau_t - mu_k)^2 / (2 sigma_k^2)
+  Queries q_k start as orthonormal rows at unit scale with interest_init "orthogonal" (K <= d), else
+  N(0, 0.05^2) (near-identical interests at the start: they tend to stay collapsed).
 
 Cluster attention (R rounds, shared weights; interests compete for each token):
     A[t, k] = softmax_k((h_t W_K')·(c_k W_Q') / sqrt(d)),  A[t, :] = 0 on padded tokens
@@ -30,17 +36,20 @@ class GaussianAttention(tf.keras.layers.Layer):
   """Seeds K interests from tokens with a learned temporal (recency) prior per interest.
 
   Args:
-    dim: d.  num_interests: K.  gaussian_prior: False drops the prior term (ablation).
-    sigma_init: initial width of every Gaussian.
+    dim: d.  num_interests: K.  gaussian_prior: False drops the prior term (ablation) and builds
+    no prior weights.  sigma_init: initial width of every Gaussian.  prior_mode: "fixed" | "gated".
+    interest_init: "normal" | "orthogonal".
   Call: `h` `[B, T, d]`, `tau` `[T]`, `valid` bool `[B, T]` -> seeds `[B, K, d]` (and alpha
     `[B, K, T]` with `return_attention=True`).
   """
 
   def __init__(self, dim: int, num_interests: int, gaussian_prior: bool = True,
-               sigma_init: float = 0.25, **kwargs):
+               sigma_init: float = 0.25, prior_mode: str = "fixed",
+               interest_init: str = "normal", **kwargs):
     super().__init__(**kwargs)
     self.dim, self.num_interests = dim, num_interests
     self.gaussian_prior, self.sigma_init = gaussian_prior, sigma_init
+    self.prior_mode, self.interest_init = prior_mode, interest_init
     self.w_q = tf.keras.layers.Dense(dim, use_bias=False, name="w_q")
     self.w_k = tf.keras.layers.Dense(dim, use_bias=False, name="w_k")
     self.w_v = tf.keras.layers.Dense(dim, use_bias=False, name="w_v")
@@ -48,9 +57,16 @@ class GaussianAttention(tf.keras.layers.Layer):
   def build(self, input_shape):
     k = self.num_interests
     centres = [(i + 0.5) / k for i in range(k)]
-    self.queries = self.add_weight(
-        name="queries", shape=(k, self.dim),
-        initializer=tf.keras.initializers.TruncatedNormal(stddev=0.05))
+    init = (tf.keras.initializers.Orthogonal() if self.interest_init == "orthogonal" else
+            tf.keras.initializers.TruncatedNormal(stddev=0.05))
+    self.queries = self.add_weight(name="queries", shape=(k, self.dim), initializer=init)
+    if not self.gaussian_prior:  # no prior weights that nothing would train
+      super().build(input_shape)
+      return
+    if self.prior_mode == "gated":
+      self.gate_logits = self.add_weight(
+          name="gate_logits", shape=(k,),
+          initializer=tf.constant_initializer(math.log(math.expm1(0.1))))
     self.centre_logits = self.add_weight(
         name="centre_logits", shape=(k,),
         initializer=tf.constant_initializer([math.log(c / (1.0 - c)) for c in centres]))
@@ -77,7 +93,15 @@ class GaussianAttention(tf.keras.layers.Layer):
     logits = tf.einsum("kd,btd->bkt", self.w_q(self.queries), keys) / math.sqrt(self.dim)
     if self.gaussian_prior:
       mu, sigma = self.centres, self.widths
-      logits -= tf.square(tau[None, :] - mu[:, None]) / (2.0 * tf.square(sigma))[:, None]
+      if self.prior_mode == "gated":
+        fvalid = tf.cast(valid, h.dtype)
+        oldest = tf.reduce_max(tau[None, :] * fvalid, axis=1, keepdims=True)   # [B, 1]
+        rel = tau[None, :] / tf.maximum(oldest, 1e-6)                         # [B, T]
+        gate = tf.nn.softplus(self.gate_logits)
+        logits -= (gate[None, :, None] * tf.square(rel[:, None, :] - mu[None, :, None]) /
+                   (2.0 * tf.square(sigma))[None, :, None])
+      else:
+        logits -= tf.square(tau[None, :] - mu[:, None]) / (2.0 * tf.square(sigma))[:, None]
     logits += (1.0 - tf.cast(valid, h.dtype))[:, None, :] * NEG_INF
     alpha = tf.nn.softmax(logits, axis=-1)                               # [B, K, T]
     seeds = tf.einsum("bkt,btd->bkd", alpha, self.w_v(h))
@@ -85,7 +109,8 @@ class GaussianAttention(tf.keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "dim": self.dim, "num_interests": self.num_interests,
-            "gaussian_prior": self.gaussian_prior, "sigma_init": self.sigma_init}
+            "gaussian_prior": self.gaussian_prior, "sigma_init": self.sigma_init,
+            "prior_mode": self.prior_mode, "interest_init": self.interest_init}
 
 
 class ClusterAttention(tf.keras.layers.Layer):
@@ -144,14 +169,16 @@ class InterestDecomposition(tf.keras.layers.Layer):
   """
 
   def __init__(self, dim: int, num_interests: int, gaussian_prior: bool = True,
-               sigma_init: float = 0.25, cluster_rounds: int = 2, **kwargs):
+               sigma_init: float = 0.25, cluster_rounds: int = 2, prior_mode: str = "fixed",
+               interest_init: str = "normal", **kwargs):
     super().__init__(**kwargs)
-    self.gaussian = GaussianAttention(dim, num_interests, gaussian_prior, sigma_init,
-                                      name="gaussian")
+    self.gaussian = GaussianAttention(dim, num_interests, gaussian_prior, sigma_init, prior_mode,
+                                      interest_init, name="gaussian")
     # With R = 0 no cluster-attention weights exist (nothing would train or use them).
     self.cluster = ClusterAttention(dim, cluster_rounds, name="cluster") if cluster_rounds else None
     self._config = {"dim": dim, "num_interests": num_interests, "gaussian_prior": gaussian_prior,
-                    "sigma_init": sigma_init, "cluster_rounds": cluster_rounds}
+                    "sigma_init": sigma_init, "cluster_rounds": cluster_rounds,
+                    "prior_mode": prior_mode, "interest_init": interest_init}
 
   def call(self, h, tau, valid):
     seeds, alpha = self.gaussian(h, tau, valid, return_attention=True)
@@ -161,3 +188,19 @@ class InterestDecomposition(tf.keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), **self._config}
+
+
+def interest_similarity(interests):
+  """Pairwise cosines of each user's K interests `[B, K, d]` -> (mean cosine `[B]`, mean squared
+  cosine `[B]`) over the K (K - 1) ordered pairs (0 for K = 1). The first is the collapse
+  diagnostic (1 = every interest the same vector), the second the diversity penalty."""
+  k = interests.shape[-2]
+  if k is None or k < 2:
+    zero = tf.zeros(tf.shape(interests)[:1], interests.dtype)
+    return zero, zero
+  u = tf.math.l2_normalize(interests, axis=-1)
+  cos = tf.matmul(u, u, transpose_b=True)                                # [B, K, K]
+  off = 1.0 - tf.eye(k, dtype=interests.dtype)
+  pairs = float(k * (k - 1))
+  return (tf.reduce_sum(cos * off, axis=[1, 2]) / pairs,
+          tf.reduce_sum(tf.square(cos) * off, axis=[1, 2]) / pairs)

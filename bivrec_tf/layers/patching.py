@@ -12,6 +12,11 @@ the window centre from the end, over the model's history length). The tokens of 
 concatenated (T = sum_p L/p) and passed through `encoder_layers` pre-LN Transformer blocks that
 attend only to valid tokens.
 
+With `patch_mode="context"` (a measured alternative, docs/model.md) the tokens are the items
+themselves (T = L): each position t sums its own item term and the terms of the windows that contain
+it at every other scale, `x_t = LayerNorm(sum_p [W_p · mean(window_p(t)) + s_p + r_{p,j_p(t)}])`,
+so the read-out keeps one token per item while each token carries its local context.
+
 Because padding is masked everywhere and positions are counted from the most recent end, extra left
 padding changes no output.
 """
@@ -76,17 +81,18 @@ class MultiScaleInterestEmbedding(tf.keras.layers.Layer):
   """
 
   def __init__(self, dim: int, patch_sizes: Sequence[int], max_len: int, encoder_layers: int = 1,
-               num_heads: int = 2, dropout: float = 0.0, **kwargs):
+               num_heads: int = 2, dropout: float = 0.0, patch_mode: str = "tokens", **kwargs):
     super().__init__(**kwargs)
     self.dim = dim
+    self.patch_mode = patch_mode
     self.patch_sizes = tuple(sorted(patch_sizes))
     self.max_len = max_len
     self.encoder_layers, self.num_heads, self.dropout = encoder_layers, num_heads, dropout
     self.padded_max_len = padded_length(max_len, self.patch_sizes)
     # Per-scale weights are lists aligned with self.patch_sizes (checkpoints need string keys).
     self.patch_proj = [tf.keras.layers.Dense(dim, name=f"patch_proj_{p}") for p in self.patch_sizes]
-    self.patch_norm = [tf.keras.layers.LayerNormalization(name=f"patch_norm_{p}")
-                       for p in self.patch_sizes]
+    norms = self.patch_sizes if patch_mode == "tokens" else self.patch_sizes[:1]
+    self.patch_norm = [tf.keras.layers.LayerNormalization(name=f"patch_norm_{p}") for p in norms]
     self.blocks = [TransformerBlock(dim, num_heads, dropout, name=f"block_{i}")
                    for i in range(encoder_layers)]
     self.final_norm = tf.keras.layers.LayerNormalization(name="final_norm")
@@ -102,7 +108,7 @@ class MultiScaleInterestEmbedding(tf.keras.layers.Layer):
                         initializer=init()) for p in self.patch_sizes]
     super().build(input_shape)
 
-  def _scale_tokens(self, item_emb, mask, s):
+  def _scale_tokens(self, item_emb, mask, s, normalize=True):
     """Tokens of scale number s (patch size p): ([B, L'/p, d], [L'/p], [B, L'/p])."""
     p = self.patch_sizes[s]
     b, length = tf.shape(item_emb)[0], tf.shape(item_emb)[1]
@@ -113,15 +119,28 @@ class MultiScaleInterestEmbedding(tf.keras.layers.Layer):
     mean = tf.reduce_sum(windows, axis=2) / tf.maximum(counts, 1.0)[..., None]
     j = tf.range(n - 1, -1, -1)                                          # recency index
     recency = tf.gather(self.recency_emb[s], j)                            # [n, d]
-    x = self.patch_norm[s](self.patch_proj[s](mean) + self.scale_emb[s] + recency)
+    x = self.patch_proj[s](mean) + self.scale_emb[s] + recency
+    x = self.patch_norm[s](x) if normalize else x
     tau = (tf.cast(j * p, item_emb.dtype) + (p - 1) / 2.0) / float(self.max_len)
     return x, tau, counts > 0
 
+  def _context_tokens(self, item_emb, mask):
+    """One token per position, summing the terms of every scale's window that contains it."""
+    parts = [self._scale_tokens(item_emb, mask, s, normalize=False)
+             for s in range(len(self.patch_sizes))]
+    h = tf.add_n([tf.repeat(x, p, axis=1) for (x, _, _), p in zip(parts, self.patch_sizes)])
+    length = tf.shape(item_emb)[1]
+    tau = tf.cast(tf.range(length - 1, -1, -1), item_emb.dtype) / float(self.max_len)
+    return self.patch_norm[0](h), tau, mask
+
   def call(self, item_emb, mask, training=False):
-    parts = [self._scale_tokens(item_emb, mask, s) for s in range(len(self.patch_sizes))]
-    h = tf.concat([x for x, _, _ in parts], axis=1)
-    tau = tf.concat([t for _, t, _ in parts], axis=0)
-    valid = tf.concat([v for _, _, v in parts], axis=1)
+    if self.patch_mode == "context":
+      h, tau, valid = self._context_tokens(item_emb, mask)
+    else:
+      parts = [self._scale_tokens(item_emb, mask, s) for s in range(len(self.patch_sizes))]
+      h = tf.concat([x for x, _, _ in parts], axis=1)
+      tau = tf.concat([t for _, t, _ in parts], axis=0)
+      valid = tf.concat([v for _, _, v in parts], axis=1)
     for block in self.blocks:
       h = block(h, valid, training=training)
     return self.final_norm(h), tau, valid
@@ -129,4 +148,4 @@ class MultiScaleInterestEmbedding(tf.keras.layers.Layer):
   def get_config(self):
     return {**super().get_config(), "dim": self.dim, "patch_sizes": self.patch_sizes,
             "max_len": self.max_len, "encoder_layers": self.encoder_layers,
-            "num_heads": self.num_heads, "dropout": self.dropout}
+            "num_heads": self.num_heads, "dropout": self.dropout, "patch_mode": self.patch_mode}
