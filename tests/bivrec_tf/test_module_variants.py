@@ -1,0 +1,183 @@
+"""Properties of the measured module variants (config switches) and of the interest diagnostics."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bivrec_tf.config import Config
+from bivrec_tf.diagnostics import interest_diagnostics
+from bivrec_tf.late_fusion import LateFusion
+from bivrec_tf.layers import (GaussianAttention, MultiScaleInterestEmbedding, allocation_cka_loss,
+                              interest_similarity, mutual_distillation_loss)
+from bivrec_tf.model import BivRecModel
+
+D, V, L = 8, 30, 8
+
+
+def _model(views=("id", "mm"), **sections):
+  base = {"model": {"dim": D, "num_interests": 3, "views": views, "dropout": 0.0},
+          "loss": {"num_negatives": 4}}
+  for name, fields in sections.items():
+    base[name] = {**base.get(name, {}), **fields}
+  cfg = Config().replace(**base)
+  rng = np.random.default_rng(0)
+  model = BivRecModel(cfg, V, L, {"text": rng.normal(size=(V, 5)).astype(np.float32)},
+                      {"text": np.ones(V, bool)}, item_counts=np.ones(V),
+                      seen_in_train=np.ones(V, bool))
+  model.build_all()
+  return model
+
+
+def _batch():
+  h = np.zeros((4, L), np.int64)
+  h[:, -4:] = np.arange(2, 18).reshape(4, 4)
+  return {"history": h, "target": np.array([20, 21, 22, 23]),
+          "negatives": np.array([24, 25, 26, 27])}
+
+
+def _eval_data():
+  h = _batch()["history"]
+  return tf.data.Dataset.from_tensor_slices(
+      {"history": h, "targets": np.array([[20, 0], [21, 5], [22, 0], [23, 24]])}).batch(2)
+
+
+def test_interest_similarity_is_one_for_identical_and_zero_for_orthogonal_interests():
+  same = tf.tile(tf.constant([[[1.0, 2.0, 0.0]]]), [1, 3, 1])
+  ortho = tf.eye(3)[None]
+  cos, sq = interest_similarity(same)
+  np.testing.assert_allclose([cos[0], sq[0]], [1.0, 1.0], rtol=1e-6)
+  cos, sq = interest_similarity(ortho)
+  np.testing.assert_allclose([cos[0], sq[0]], [0.0, 0.0], atol=1e-7)
+
+
+def test_orthogonal_init_starts_with_distinct_queries_and_normal_init_with_near_identical_ones():
+  h = tf.random.stateless_normal([2, 5, D], seed=[1, 2])
+  for init, check in (("orthogonal", lambda c: c < 0.05), ("normal", lambda c: c < 1.0)):
+    layer = GaussianAttention(D, 3, gaussian_prior=False, interest_init=init)
+    layer(h, tf.zeros([5]), tf.ones([2, 5], tf.bool))
+    q = tf.math.l2_normalize(layer.queries, axis=-1)
+    off = np.abs((q @ tf.transpose(q)).numpy()[~np.eye(3, dtype=bool)])
+    assert check(off.max()), (init, off)
+  norms = np.linalg.norm(GaussianAttention(D, 3, interest_init="orthogonal")(
+      h, tf.zeros([5]), tf.ones([2, 5], tf.bool)).numpy(), axis=-1)
+  assert norms.min() > 0
+
+
+def test_no_prior_weights_are_built_when_the_gaussian_prior_is_off():
+  layer = GaussianAttention(D, 3, gaussian_prior=False)
+  layer(tf.zeros([1, 4, D]), tf.zeros([4]), tf.ones([1, 4], tf.bool))
+  names = [w.name for w in layer.weights]
+  assert not any("centre" in n or "width" in n or "gate" in n for n in names), names
+
+
+def test_gated_prior_uses_each_users_own_span():
+  """With user-relative positions, a user whose history fills a quarter of max_len gets the same
+  attention as one who fills it all, when their token contents match position for position."""
+  layer = GaussianAttention(D, 3, gaussian_prior=True, prior_mode="gated", sigma_init=0.1)
+  h = tf.random.stateless_normal([1, 8, D], seed=[3, 4])
+  tau = tf.range(7, -1, -1, dtype=tf.float32) / 8.0
+  full = tf.ones([1, 8], tf.bool)
+  short = tf.constant([[False] * 6 + [True] * 2])
+  _, a_full = layer(h, tau, full, return_attention=True)
+  # Short user: the same two most recent tokens; relative positions 0 and 1 (oldest).
+  _, a_short = layer(h, tau, short, return_attention=True)
+  assert np.allclose(a_short.numpy()[0, :, :6], 0.0)
+  # Its oldest token sits at relative position 1, like the full user's oldest token.
+  gate = tf.nn.softplus(layer.gate_logits).numpy()
+  np.testing.assert_allclose(gate, 0.1, rtol=1e-5)
+  assert not np.allclose(a_full.numpy()[0, :, -2:], a_short.numpy()[0, :, -2:])
+
+
+def test_context_patches_keep_one_token_per_item_and_ignore_left_padding():
+  layer = MultiScaleInterestEmbedding(D, (1, 2, 4), max_len=8, encoder_layers=0,
+                                      patch_mode="context")
+  emb = tf.random.stateless_normal([2, 8, D], seed=[5, 6])
+  mask = tf.constant([[False] * 3 + [True] * 5, [True] * 8])
+  h, tau, valid = layer(emb, mask)
+  assert h.shape == (2, 8, D) and tau.shape == (8,)
+  np.testing.assert_array_equal(valid.numpy(), mask.numpy())
+  # Whatever sits in the padding slots, the valid tokens are the same.
+  emb_row = tf.concat([tf.zeros([1, 4, D]), emb[:1, 4:]], axis=1)
+  h_row, _, _ = layer(emb_row, tf.constant([[False] * 4 + [True] * 4]))
+  h_ref, _, _ = layer(emb[:1], tf.constant([[False] * 4 + [True] * 4]))
+  np.testing.assert_allclose(h_row[0, 4:], h_ref[0, 4:], atol=1e-5)
+
+
+def test_cka_allocation_loss_is_zero_for_equal_clusterings_one_for_uniform_and_permutation_free():
+  logits = tf.random.stateless_normal([3, 6, 4], seed=[7, 8])
+  a = tf.nn.softmax(3.0 * logits, axis=-1)
+  b = tf.nn.softmax(3.0 * tf.random.stateless_normal([3, 6, 4], seed=[9, 1]), axis=-1)
+  valid = tf.constant([[True] * 6, [True] * 4 + [False] * 2, [True] * 6])
+  np.testing.assert_allclose(allocation_cka_loss(a, a, valid), 0.0, atol=1e-5)
+  np.testing.assert_allclose(allocation_cka_loss(a, tf.gather(a, [3, 1, 0, 2], axis=-1), valid),
+                             0.0, atol=1e-5)
+  uniform = tf.fill([3, 6, 4], 0.25)
+  np.testing.assert_allclose(allocation_cka_loss(a, uniform, valid), 1.0, atol=1e-4)
+  assert float(tf.reduce_min(allocation_cka_loss(a, b, valid))) > 0.05
+
+
+def test_mutual_distillation_pulls_each_view_towards_the_other_and_not_the_teacher():
+  logits_id = tf.Variable([[2.0, 0.0, -1.0]])
+  logits_mm = tf.Variable([[0.0, 1.0, 0.0]])
+  with tf.GradientTape() as tape:
+    loss = mutual_distillation_loss(logits_id, logits_mm)
+  g_id, g_mm = tape.gradient(loss, [logits_id, logits_mm])
+  # The ID view's top logit is pushed down, the MM view's first logit up: toward each other.
+  assert g_id.numpy()[0, 0] > 0 and g_mm.numpy()[0, 0] < 0
+  # Equal distributions: no gradient.
+  with tf.GradientTape() as tape:
+    loss = mutual_distillation_loss(logits_id, tf.identity(logits_id) + 0.0)
+  np.testing.assert_allclose(tape.gradient(loss, logits_id), 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("sem_mode", ["contrast", "mutual", "cross"])
+def test_every_sem_mode_trains_both_views(sem_mode):
+  model = _model(loss={"sem_mode": sem_mode, "lambda_sem": 1.0})
+  batch = _batch()
+  with tf.GradientTape(persistent=True) as tape:
+    _, terms = model.compute_losses(batch)
+    loss = tf.reduce_mean(terms["sem"])
+  for view in ("id", "mm"):
+    grads = [g for g in tape.gradient(loss, model.views[view].trainable_variables)
+             if g is not None]
+    assert float(tf.linalg.global_norm([tf.convert_to_tensor(g) for g in grads])) > 1e-4
+
+
+def test_gradient_shares_sum_to_one_per_view_and_zero_lambda_terms_are_absent():
+  model = _model(loss={"lambda_div": 0.5, "lambda_alloc": 0.0})
+  shares = model.gradient_shares(_batch())
+  for view in ("id", "mm"):
+    total = sum(v for k, v in shares.items() if k.endswith("_" + view))
+    np.testing.assert_allclose(total, 1.0, rtol=1e-5)
+    assert shares[f"gshare_rec_{view}_{view}"] > 0 and shares[f"gshare_div_{view}_{view}"] > 0
+  assert not any("alloc" in k for k in shares)
+  assert shares["gshare_rec_mm_id"] == 0.0  # the MM view's loss never reaches the ID encoder
+
+
+def test_no_semantic_heads_without_the_contrastive_loss():
+  assert not hasattr(_model(loss={"lambda_sem": 0.0}), "semantic_heads")
+  assert not hasattr(_model(loss={"sem_mode": "mutual"}), "semantic_heads")
+  assert hasattr(_model(), "semantic_heads")
+
+
+def test_interest_diagnostics_shares_sum_to_one_and_single_interest_wins_everything():
+  diag = interest_diagnostics(_model(), _eval_data())
+  for view in ("id", "mm"):
+    np.testing.assert_allclose(sum(diag[f"win_{view}"]), 1.0, rtol=1e-4)
+    assert diag[f"maxwin_{view}"] >= 1.0 / 3 - 1e-6
+    assert -1.0 <= diag[f"cos_{view}"] <= 1.0
+  single = interest_diagnostics(_model(model={"num_interests": 1}), _eval_data())
+  assert single["win_id"] == [1.0] and single["cos_id"] == 0.0
+
+
+def test_late_fusion_scores_each_view_with_its_own_model():
+  id_model = _model(views=("id",))
+  mm_model = _model(views=("mm",))
+  fused = LateFusion(id_model, mm_model)
+  h = _batch()["history"]
+  q = fused.queries(h)
+  np.testing.assert_allclose(q["id"], id_model.queries(h)["id"])
+  np.testing.assert_allclose(q["mm"], mm_model.queries(h)["mm"])
+  np.testing.assert_allclose(fused.item_table("mm"), mm_model.item_table("mm"))
+  with pytest.raises(ValueError, match="ID-only and an MM-only"):
+    LateFusion(mm_model, id_model)
