@@ -18,6 +18,22 @@ can learn:
 
 Protocol `loo`: for a user sequence s_0..s_{n-1}, train examples are (s_0..s_{j-1}) -> s_j for
 1 <= j <= n-3, valid is (s_0..s_{n-3}) -> s_{n-2}, test is (s_0..s_{n-2}) -> s_{n-1}.
+
+Variants (history length and interest drift), each cached in its own directory:
+
+  ensure_synthetic(seq_len=60)                  # mean sequence length 60 (default 18)
+  ensure_synthetic(drift=0.3, topics=(3, 4))    # switch topic more often, more concurrent topics
+  ensure_synthetic(turnover=0.02)               # users adopt new topics over time
+  ensure_synthetic(**parse_synthetic_spec("synthetic:long?switch=0.3"))
+
+`seq_len` sets `mean_len` and scales `max_len` (40 at 18) and `recommended_max_len` (20 at 18,
+at most 50) in proportion unless they are given; `drift` is `switch_prob`, the chance per step
+of moving to another of the user's topics; `topics` is `topics_per_user`; `turnover` is
+`topic_turnover`, the chance per step that one of the user's topics is replaced by a topic the
+user never had (long-range drift: the set of interests itself changes along the history). The
+data spec strings of `parse_synthetic_spec` name the same knobs (`synthetic:long`,
+`synthetic?mean_len=60&switch=0.1`). With no argument the default dataset is reproduced byte for
+byte (same cache key, same files).
 """
 
 from __future__ import annotations
@@ -61,20 +77,142 @@ DEFAULT_PARAMS = dict(
     recommended_max_len=20,
 )
 
+# Knobs added after the default dataset was fixed. They enter the cache key and dataset.json only
+# when they differ from these values, so the default dataset (and its cache key) is unchanged.
+EXTRA_DEFAULTS = dict(
+    topic_turnover=0.0,
+)
+
+# Named variants for data spec strings (`synthetic:<name>`); values are ensure_synthetic kwargs.
+PRESETS = {
+    "default": {},
+    "long": dict(seq_len=60),
+    "drift": dict(drift=0.3, topics=(3, 4), turnover=0.02),
+    "long-drift": dict(seq_len=60, drift=0.3, topics=(3, 4), turnover=0.02),
+}
+
+# Spec-string keys -> ensure_synthetic keyword arguments.
+SPEC_ALIASES = {"seq_len": "seq_len", "len": "seq_len", "mean_len": "mean_len",
+                "drift": "drift", "switch": "drift", "switch_prob": "drift",
+                "topics": "topics", "topics_per_user": "topics",
+                "turnover": "turnover", "topic_turnover": "turnover"}
+
 
 def _params(params: dict) -> dict:
-    unknown = set(params) - set(DEFAULT_PARAMS)
+    unknown = set(params) - set(DEFAULT_PARAMS) - set(EXTRA_DEFAULTS)
     if unknown:
         raise TypeError(f"unknown synthetic generator parameters: {sorted(unknown)}")
-    p = {**DEFAULT_PARAMS, **params}
+    p = {**DEFAULT_PARAMS, **EXTRA_DEFAULTS, **params}
     p["topics_per_user"] = tuple(int(x) for x in p["topics_per_user"])
+    if not 0.0 <= p["switch_prob"] <= 1.0 or not 0.0 <= p["topic_turnover"] <= 1.0:
+        raise ValueError("switch_prob and topic_turnover must be in [0, 1]")
     if p["num_items"] < 2 * p["num_topics"]:
         raise ValueError("num_items must be at least 2 * num_topics")
     if not 1 <= p["topics_per_user"][0] <= p["topics_per_user"][1] <= p["num_topics"]:
         raise ValueError("topics_per_user must be (lo, hi) with 1 <= lo <= hi <= num_topics")
     if p["min_len"] < 4 or p["max_len"] < p["min_len"]:
         raise ValueError("need 4 <= min_len <= max_len (loo needs >= 2 train items)")
+    if p["topic_turnover"] > 0 and p["topics_per_user"][1] >= p["num_topics"]:
+        raise ValueError("topic_turnover needs topics_per_user < num_topics (no new topic left)")
     return p
+
+
+def _recorded(p: dict) -> dict:
+    """The params written to dataset.json and hashed into the cache key: every DEFAULT_PARAMS
+    entry, and the EXTRA_DEFAULTS entries only where they differ from their default."""
+    out = {k: p[k] for k in DEFAULT_PARAMS}
+    out["topics_per_user"] = list(p["topics_per_user"])
+    out.update({k: p[k] for k, v in EXTRA_DEFAULTS.items() if p[k] != v})
+    return out
+
+
+def variant_params(seq_len=None, drift=None, topics=None, turnover=None, **params) -> dict:
+    """Generator params from the user-facing knobs (explicit generator params win).
+
+    seq_len: mean sequence length (`mean_len`); `max_len` and `recommended_max_len` are scaled
+      in proportion to their defaults (40 and 20 at 18) unless given.
+    drift: probability per step of switching to another of the user's topics (`switch_prob`).
+    topics: concurrent topics per user, an int or (lo, hi) (`topics_per_user`).
+    turnover: probability per step that one of the user's topics is replaced by a new one
+      (`topic_turnover`).
+    """
+    out = dict(params)
+    if seq_len is not None:
+        seq_len = float(seq_len)
+        if seq_len < DEFAULT_PARAMS["min_len"]:
+            raise ValueError(f"seq_len must be at least min_len ({DEFAULT_PARAMS['min_len']})")
+        ratio = seq_len / DEFAULT_PARAMS["mean_len"]
+        out.setdefault("mean_len", int(round(seq_len)))
+        out.setdefault("max_len", max(int(round(DEFAULT_PARAMS["max_len"] * ratio)),
+                                      DEFAULT_PARAMS["min_len"]))
+        rec = 4 * int(round(DEFAULT_PARAMS["recommended_max_len"] * ratio / 4))
+        out.setdefault("recommended_max_len", int(min(50, max(8, rec))))
+    if drift is not None:
+        out.setdefault("switch_prob", float(drift))
+    if topics is not None:
+        lo, hi = (topics, topics) if isinstance(topics, (int, np.integer)) else tuple(topics)
+        out.setdefault("topics_per_user", (int(lo), int(hi)))
+    if turnover is not None:
+        out.setdefault("topic_turnover", float(turnover))
+    return out
+
+
+def _number(key: str, text: str):
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"synthetic data spec: {key}={text!r} is not a number") from None
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() \
+        else value
+
+
+def parse_synthetic_spec(spec: str) -> dict:
+    """`synthetic[:PRESET][?key=value&...]` -> ensure_synthetic keyword arguments.
+
+    PRESET is one of PRESETS (`default`, `long`, `drift`, `long-drift`). Keys: `seq_len` (also
+    `len`), `mean_len`, `drift` (also `switch`, `switch_prob`), `topics` (`3` or `2-4`),
+    `turnover` (also `topic_turnover`), or any generator parameter (`num_users=3000`, ...);
+    query keys override the preset. `seed` is not a key (the training flag `--data-seed` is).
+
+      parse_synthetic_spec("synthetic")                        -> {}
+      parse_synthetic_spec("synthetic:long")                   -> {"seq_len": 60}
+      parse_synthetic_spec("synthetic?mean_len=60&switch=0.1") -> {"mean_len": 60, "drift": 0.1}
+    """
+    if not is_synthetic_spec(spec):
+        raise ValueError(f"not a synthetic data spec: {spec!r} (expected 'synthetic', "
+                         "'synthetic:<preset>' or 'synthetic?key=value&...')")
+    head, _, query = spec.partition("?")
+    preset = head.partition(":")[2] or "default"
+    if preset not in PRESETS:
+        raise ValueError(f"synthetic data spec {spec!r}: unknown preset {preset!r} "
+                         f"(known: {', '.join(PRESETS)})")
+    out = dict(PRESETS[preset])
+    for item in filter(None, query.split("&")):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not value.strip():
+            raise ValueError(f"synthetic data spec {spec!r}: {item!r} is not key=value")
+        value = value.strip()
+        if key == "seed":
+            raise ValueError("synthetic data spec: pass the seed with --data-seed, not in the spec")
+        if key in ("topics", "topics_per_user"):
+            lo, _, hi = value.partition("-")
+            out["topics"] = (_number(key, lo), _number(key, hi or lo))
+        elif key in SPEC_ALIASES:
+            out[SPEC_ALIASES[key]] = _number(key, value)
+        elif key in DEFAULT_PARAMS or key in EXTRA_DEFAULTS:
+            out[key] = _number(key, value)
+        else:
+            raise ValueError(f"synthetic data spec {spec!r}: unknown key {key!r} (known: "
+                             f"{', '.join(sorted(set(SPEC_ALIASES) | set(DEFAULT_PARAMS)))})")
+    _params(variant_params(**out))  # validate now, not at generation time
+    return out
+
+
+def is_synthetic_spec(spec) -> bool:
+    """True for 'synthetic', 'synthetic:<preset>...' and 'synthetic?<query>'."""
+    return isinstance(spec, str) and (spec == "synthetic" or spec.startswith(("synthetic:",
+                                                                              "synthetic?")))
 
 
 def _smooth_map(rng: np.random.Generator, z: np.ndarray, dim: int, scale: float) -> np.ndarray:
@@ -156,6 +294,8 @@ def _sequences(rng: np.random.Generator, p: dict, cat: dict) -> list:
         seq = []
         for j in range(n_len):
             allow_cold = j >= n_len - 2
+            if seq and p["topic_turnover"] > 0 and rng.random() < p["topic_turnover"]:
+                topics, cur = _renew_topic(rng, topics, cur, topic_w, members, cursor, p)
             if seq and rng.random() < p["partner_prob"]:
                 seq.append(int(partner[seq[-1]]))  # walk state is unchanged by a partner jump
                 continue
@@ -173,6 +313,21 @@ def _sequences(rng: np.random.Generator, p: dict, cat: dict) -> list:
             seq.append(int(m[c]))
         seqs.append(seq)
     return seqs
+
+
+def _renew_topic(rng, topics, cur: int, topic_w, members, cursor: dict, p: dict):
+    """Interest drift: one of the user's topics (not the current one, unless it is the only one)
+    is replaced by a topic the user never had; the user enters it near its front."""
+    old = [int(t) for t in topics if int(t) != cur] or [cur]
+    gone = int(rng.choice(old))
+    fresh = np.setdiff1d(np.arange(p["num_topics"]), list(cursor))
+    if not fresh.size:  # every topic already visited: allow returning to a dropped one
+        fresh = np.setdiff1d(np.arange(p["num_topics"]), [int(t) for t in topics])
+    w = topic_w[fresh] / topic_w[fresh].sum()
+    new = int(rng.choice(fresh, p=w))
+    cursor[new] = int(rng.beta(1.0, p["start_beta"]) * len(members[new]))
+    topics = np.array([new if int(t) == gone else int(t) for t in topics])
+    return topics, (new if gone == cur else cur)
 
 
 def generate(out_dir, seed: int = 0, overwrite: bool = False, **params) -> pathlib.Path:
@@ -200,7 +355,7 @@ def generate(out_dir, seed: int = 0, overwrite: bool = False, **params) -> pathl
         "protocol": "loo",
         "recommended_max_len": p["recommended_max_len"],
         "generator": {"name": "input_pipelines.synthetic", "version": GENERATOR_VERSION,
-                      "seed": seed, "params": {**p, "topics_per_user": list(p["topics_per_user"])}},
+                      "seed": seed, "params": _recorded(p)},
         "statistics": {"num_users": len(seqs), "num_interactions": int(sum(map(len, seqs))),
                        "num_cold_items": int(cat["cold"].sum())},
     }
@@ -214,14 +369,22 @@ def generate(out_dir, seed: int = 0, overwrite: bool = False, **params) -> pathl
 def cache_key(seed: int = 0, **params) -> str:
     """Short hash of generator version + seed + effective params (the cache directory suffix)."""
     p = _params(params)
-    blob = json.dumps({"v": GENERATOR_VERSION, "seed": seed,
-                       "params": {**p, "topics_per_user": list(p["topics_per_user"])}},
+    blob = json.dumps({"v": GENERATOR_VERSION, "seed": seed, "params": _recorded(p)},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def ensure_synthetic(root="data_cache", seed: int = 0, **params) -> pathlib.Path:
-    """Returns the cached synthetic dataset dir under `root`, generating it if needed."""
+def ensure_synthetic(root="data_cache", seed: int = 0, seq_len=None, drift=None, topics=None,
+                     turnover=None, **params) -> pathlib.Path:
+    """Returns the cached synthetic dataset dir under `root`, generating it if needed.
+
+    `seq_len`, `drift`, `topics`, `turnover`: see `variant_params`; other keyword arguments are
+    generator params (DEFAULT_PARAMS, EXTRA_DEFAULTS). Each variant has its own cache key, hence
+    its own directory `synthetic-s<seed>-<key>`; with no argument the key (and the data) are
+    those of the default dataset.
+    """
+    params = variant_params(seq_len=seq_len, drift=drift, topics=topics, turnover=turnover,
+                            **params)
     out = pathlib.Path(root) / f"synthetic-s{seed}-{cache_key(seed, **params)}"
     if (out / "dataset.json").is_file():
         return out
@@ -250,6 +413,32 @@ def _read_split(path: pathlib.Path, split: str):
         hist += h
         tgt += [x[0] for x in t]
     return hist, np.asarray(tgt, np.int64)
+
+
+def item_topics(path) -> np.ndarray:
+    """Latent topic of every vocabulary index of a generated dataset ([vocab_size], -1 for the
+    reserved rows), rebuilt from the seed and params recorded in its dataset.json."""
+    meta = json.loads((pathlib.Path(path) / "dataset.json").read_text())
+    gen = meta["generator"]
+    p = _params({k: v for k, v in gen["params"].items()})
+    cat = _catalogue(np.random.default_rng(gen["seed"]), p)
+    return np.concatenate([np.full(NUM_RESERVED, -1), cat["topic"]])
+
+
+def sequence_stats(path) -> dict:
+    """Length and interest-drift statistics measured on the generated user sequences (the test
+    split: history + target): mean/median length, the topic-switch rate (share of consecutive
+    item pairs in different latent topics; partner jumps count too) and the mean number of
+    distinct topics per user."""
+    topic = item_topics(path)
+    hist, tgt = _read_split(pathlib.Path(path), "test")
+    seqs = [np.asarray(h + [int(t)], np.int64) for h, t in zip(hist, tgt)]
+    lengths = np.array([s.size for s in seqs])
+    switches = sum(int((topic[s[1:]] != topic[s[:-1]]).sum()) for s in seqs)
+    return {"num_users": len(seqs), "mean_len": float(lengths.mean()),
+            "median_len": float(np.median(lengths)),
+            "switch_rate": switches / float(sum(s.size - 1 for s in seqs)),
+            "topics_per_user": float(np.mean([np.unique(topic[s]).size for s in seqs]))}
 
 
 def structure_report(path, k: int = 20) -> dict:
@@ -317,11 +506,12 @@ def structure_report(path, k: int = 20) -> dict:
     return report
 
 
-if __name__ == "__main__":  # python -m input_pipelines.synthetic [root]
+if __name__ == "__main__":  # python -m input_pipelines.synthetic [root] [spec]
     import sys
 
     t0 = time.time()
-    out = ensure_synthetic(sys.argv[1] if len(sys.argv) > 1 else "data_cache")
+    out = ensure_synthetic(sys.argv[1] if len(sys.argv) > 1 else "data_cache",
+                           **parse_synthetic_spec(sys.argv[2] if len(sys.argv) > 2 else "synthetic"))
     print(f"dataset: {out} ({time.time() - t0:.1f}s)")
     print(json.dumps(json.load(open(out / "dataset.json"))["statistics"], indent=2))
     print(json.dumps(structure_report(out), indent=2))
