@@ -16,6 +16,7 @@ HTTP status of a code is `HTTP_STATUS[code]` (`http_server.cc`).
 
 import base64
 import binascii
+import codecs
 import json
 import math
 import re
@@ -73,17 +74,54 @@ def dtype_string(dtype: int) -> str:
 
 
 # --- JSON text ------------------------------------------------------------------------------------
+#
+# TF Serving parses with rapidjson 1.1.0 (`kParseIterativeFlag | kParseNanAndInfFlag |
+# kParseStopWhenDoneFlag`, no encoding validation): bytes after the first complete JSON value are
+# ignored, invalid UTF-8 inside strings is passed through byte for byte, a lone high surrogate
+# escape ("\ud800" not followed by a low one) is an error, a lone low surrogate ("\udc00") is
+# accepted. Here the body is decoded with `surrogateescape` (each invalid byte becomes U+DC80 +
+# byte) and strings are encoded back with the "tfserving" error handler, which restores those bytes
+# and writes other surrogates as rapidjson does (3-byte CESU-8).
+
+def _restore_bytes(err):
+  if not isinstance(err, UnicodeEncodeError):
+    raise err
+  out = bytearray()
+  for ch in err.object[err.start:err.end]:
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:
+      out.append(code - 0xDC00)  # a byte that was not valid UTF-8 in the request
+    else:
+      out += ch.encode("utf-8", "surrogatepass")
+  return bytes(out), err.end
+
+
+codecs.register_error("tfserving", _restore_bytes)
+
+
+def encode_utf8(text: str) -> bytes:
+  """str -> bytes; request bytes that were not UTF-8 come back unchanged (see above)."""
+  try:
+    return text.encode("utf-8")
+  except UnicodeEncodeError:
+    return text.encode("utf-8", "tfserving")
+
 
 _RAPIDJSON_MESSAGES = [  # Python json messages -> rapidjson GetParseError_En texts
     ("Expecting value", "Invalid value."),
-    ("Extra data", "The document root must not be followed by other values."),
     ("Expecting property name enclosed in double quotes", "Missing a name for object member."),
     ("Expecting ':' delimiter", "Missing a colon after a name of object member."),
     ("Unterminated string", "Missing a closing quotation mark in string."),
     ("Invalid \\uXXXX escape", "Incorrect hex digit after \\u escape in string."),
     ("Invalid \\escape", "Invalid escape character in string."),
-    ("Invalid control character", "Invalid encoding in string."),
+    ("Invalid control character", "Invalid escape character in string."),
 ]
+_WHITESPACE = " \t\n\r"
+_DECODER = json.JSONDecoder()
+# A high surrogate escape not followed by a low one, preceded by an even number of backslashes.
+_LONE_HIGH_SURROGATE = re.compile(
+    r"(?<!\\)((?:\\\\)*)\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})")
+MAX_NESTING_NOTE = "nested deeper than this server's JSON parser allows (about 900 levels)"
 
 
 def _comma_error(text: str, pos: int) -> str:
@@ -103,19 +141,34 @@ def _comma_error(text: str, pos: int) -> str:
   return "Missing a comma or ']' after an array element."
 
 
+def _offset(text: str, pos: int) -> int:
+  """Byte offset of character `pos` in the request body."""
+  return len(encode_utf8(text[:pos]))
+
+
+def _lone_surrogate(text: str, end: int) -> Optional[int]:
+  """Character position of the first lone high surrogate escape before `end`, if any."""
+  if "\\u" not in text:
+    return None
+  m = _LONE_HIGH_SURROGATE.search(text, 0, end)
+  return None if m is None else m.start() + len(m.group(1))
+
+
 def parse_json(body: bytes) -> Any:
   """ParseJson(): the request body -> a JSON object (dict); errors as TF Serving reports them."""
   if not body:
     raise invalid("JSON Parse error: The document is empty")
-  try:
-    text = body.decode("utf-8")
-  except UnicodeDecodeError as err:
-    raise invalid("JSON Parse error: Invalid encoding in string. at offset: ", err.start)
-  if not text.strip():
+  text = body.decode("utf-8", "surrogateescape")
+  start = len(text) - len(text.lstrip(_WHITESPACE))
+  if start == len(text):
     raise invalid("JSON Parse error: The document is empty. at offset: ", len(body))
   try:
-    doc = json.loads(text)
+    doc, end = _DECODER.raw_decode(text, start)  # stops after the first value, as rapidjson
   except json.JSONDecodeError as err:
+    surrogate = _lone_surrogate(text, err.pos)
+    if surrogate is not None:
+      raise invalid("JSON Parse error: The surrogate pair in string is invalid. at offset: ",
+                    _offset(text, surrogate)) from None
     message = "Invalid value."
     if err.msg.startswith("Expecting ',' delimiter"):
       message = _comma_error(text, err.pos)
@@ -124,10 +177,13 @@ def parse_json(body: bytes) -> Any:
         if err.msg.startswith(python):
           message = rapid
           break
-    offset = len(text[:err.pos].encode("utf-8"))
-    raise invalid("JSON Parse error: ", message, " at offset: ", offset) from None
+    raise invalid("JSON Parse error: ", message, " at offset: ", _offset(text, err.pos)) from None
   except RecursionError:
-    raise invalid("JSON Parse error: Terminate parsing due to Handler error. at offset: 0") from None
+    raise invalid("JSON Parse error: the document is ", MAX_NESTING_NOTE, ".") from None
+  surrogate = _lone_surrogate(text, end)
+  if surrogate is not None:
+    raise invalid("JSON Parse error: The surrogate pair in string is invalid. at offset: ",
+                  _offset(text, surrogate))
   if not isinstance(doc, dict):
     raise format_error(doc, "Is not object")
   return doc
@@ -148,11 +204,133 @@ def format_decimal(value: float, single: bool = True) -> str:
   return text
 
 
+def rapidjson_double(value: float) -> str:
+  """A double as rapidjson's Writer prints it (Grisu shortest digits, `Prettify()` layout)."""
+  if value == 0:
+    return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
+  sign = "-" if value < 0 else ""
+  mantissa, _, exp = repr(abs(value)).partition("e")
+  whole, _, frac = mantissa.partition(".")
+  digits = (whole + frac).lstrip("0")
+  k = int(exp or 0) - len(frac)
+  stripped = digits.rstrip("0")
+  k += len(digits) - len(stripped)
+  digits = stripped
+  length = len(digits)
+  kk = length + k
+  if 0 <= k and kk <= 21:
+    text = digits + "0" * k + ".0"
+  elif 0 < kk <= 21:
+    text = digits[:kk] + "." + digits[kk:]
+  elif -6 < kk <= 0:
+    text = "0." + "0" * -kk + digits
+  elif length == 1:
+    text = digits + "e" + str(kk - 1)
+  else:
+    text = digits[0] + "." + digits[1:] + "e" + str(kk - 1)
+  return sign + text
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+            "\t": "\\t"}
+
+
+def _rapidjson_string(val: str) -> str:
+  out = []
+  for ch in val:
+    if ch in _ESCAPES:
+      out.append(_ESCAPES[ch])
+    elif ord(ch) < 0x20:
+      out.append("\\u%04X" % ord(ch))
+    else:
+      out.append(ch)
+  return '"' + "".join(out) + '"'
+
+
+MAX_JSON_DEBUG_STRING_BYTES = 256  # kMaxJsonDebugStringBytes
+
+
+class _Full(Exception):
+  pass
+
+
+def json_debug_string(val: Any, limit: int = MAX_JSON_DEBUG_STRING_BYTES) -> str:
+  """JsonValueToDebugString(): rapidjson's PrettyWriter (4-space indent, arrays on one line),
+  stopped at the first event that finds `limit` bytes already written (so long values are cut,
+  possibly mid-structure, exactly where TF Serving cuts them)."""
+  out: List[str] = []
+  size = [0]
+  levels: List[list] = []  # [in_array, value_count]
+
+  def write(text: str) -> None:
+    out.append(text)
+    size[0] += len(encode_utf8(text))
+
+  def event(token: Optional[str]) -> None:
+    if size[0] >= limit:
+      raise _Full
+    prefix = ""
+    if levels:
+      level = levels[-1]
+      if level[0]:
+        prefix = ", " if level[1] else ""
+      else:
+        if level[1]:
+          prefix = ",\n" if level[1] % 2 == 0 else ": "
+        else:
+          prefix = "\n"
+        if level[1] % 2 == 0:
+          prefix += " " * (4 * len(levels))
+      level[1] += 1
+    write(prefix)
+    if token is None:  # rapidjson's Writer refuses NaN / Infinity after writing the prefix
+      raise _Full
+    write(token)
+
+  def end(bracket: str) -> None:
+    if size[0] >= limit:
+      raise _Full
+    level = levels.pop()
+    if not level[0] and level[1]:
+      write("\n" + " " * (4 * len(levels)))
+    write(bracket)
+
+  def visit(v: Any) -> None:
+    if isinstance(v, dict):
+      event("{")
+      levels.append([False, 0])
+      for key, item in v.items():
+        event(_rapidjson_string(key))
+        visit(item)
+      end("}")
+    elif isinstance(v, list):
+      event("[")
+      levels.append([True, 0])
+      for item in v:
+        visit(item)
+      end("]")
+    elif v is None:
+      event("null")
+    elif v is True or v is False:
+      event("true" if v else "false")
+    elif isinstance(v, int) and -2**63 <= v < 2**64:
+      event(str(v))
+    elif isinstance(v, (int, float)):
+      as_float = float(v) if not isinstance(v, int) or abs(v) < 2**1024 else math.inf
+      event(rapidjson_double(as_float) if math.isfinite(as_float) else None)
+    else:
+      event(_rapidjson_string(str(v)))
+
+  try:
+    visit(val)
+  except _Full:
+    pass
+  return "".join(out)
+
+
 def json_value_to_string(val: Any) -> str:
-  """JsonValueToString(): the value as rapidjson's PrettyWriter prints it (4-space indent)."""
-  if isinstance(val, float):
-    return format_decimal(val, single=False)
-  return json.dumps(val, indent=4, ensure_ascii=False, allow_nan=True)
+  """Kept for callers of the earlier name: the debug string TF Serving puts in messages."""
+  return json_debug_string(val)
 
 
 def json_type_string(val: Any) -> str:
@@ -172,7 +350,7 @@ def json_type_string(val: Any) -> str:
 
 
 def format_error(val: Any, *parts) -> ServingError:
-  return invalid("JSON Value: ", json_value_to_string(val), " ", *parts)
+  return invalid("JSON Value: ", json_debug_string(val), " ", *parts)
 
 
 # --- JSON -> tensors ------------------------------------------------------------------------------
@@ -182,17 +360,8 @@ def _is_int(v) -> bool:
 
 
 def _type_error(val, dtype) -> ServingError:
-  return invalid("JSON Value: ", json_value_to_string(val), " Type: ", json_type_string(val),
+  return invalid("JSON Value: ", json_debug_string(val), " Type: ", json_type_string(val),
                  " is not of expected type: ", dtype_string(dtype))
-
-
-def _lossless(val, single: bool) -> bool:
-  if isinstance(val, float) and not math.isfinite(val):
-    return True
-  if _is_int(val):
-    return abs(val) <= (1 << (24 if single else 53)) - 1
-  limit = np.finfo(np.float32 if single else np.float64).max
-  return -limit <= val <= limit
 
 
 def _is_b64_object(val) -> bool:
@@ -201,7 +370,7 @@ def _is_b64_object(val) -> bool:
 
 def _decode_b64(val) -> bytes:
   if not _is_b64_object(val):
-    raise invalid("JSON Value: ", json_value_to_string(val),
+    raise invalid("JSON Value: ", json_debug_string(val),
                   " not formatted correctly for base64 data")
   data = val["b64"]
   try:
@@ -214,13 +383,13 @@ def _decode_b64(val) -> bytes:
 
 def _convert_value(val, dtype: int):
   """AddValueToTensor() for one leaf value."""
-  if dtype in (DT_FLOAT, DT_DOUBLE):
+  if dtype in (DT_FLOAT, DT_DOUBLE):  # IsNumber(); GetFloat() / GetDouble() (no range check)
     if not (_is_int(val) or isinstance(val, float)):
       raise _type_error(val, dtype)
-    if not _lossless(val, dtype == DT_FLOAT):
-      raise invalid("Cannot convert JSON value: ", json_value_to_string(val), " to ",
-                    "float" if dtype == DT_FLOAT else "double", " without loss of precision.")
-    return float(val)
+    try:
+      return float(val)
+    except OverflowError:  # an integer beyond double: rapidjson stored it as a double already
+      return math.copysign(math.inf, val)
   if dtype in (DT_INT32, DT_INT16, DT_INT8, DT_UINT8):
     if not (_is_int(val) and -2**31 <= val < 2**31):
       raise _type_error(val, dtype)
@@ -228,7 +397,7 @@ def _convert_value(val, dtype: int):
   if dtype == DT_STRING:
     if not isinstance(val, str):
       raise _type_error(val, dtype)
-    return val.encode("utf-8")
+    return encode_utf8(val)
   if dtype == DT_INT64:
     if not (_is_int(val) and -2**63 <= val < 2**63):
       raise _type_error(val, dtype)
@@ -245,7 +414,7 @@ def _convert_value(val, dtype: int):
     if not (_is_int(val) and 0 <= val < 2**64):
       raise _type_error(val, dtype)
     return val
-  raise ServingError("UNIMPLEMENTED", f"Conversion of JSON Value: {json_value_to_string(val)} "
+  raise ServingError("UNIMPLEMENTED", f"Conversion of JSON Value: {json_debug_string(val)} "
                      f"to type: {dtype_string(dtype)}")
 
 
@@ -260,12 +429,28 @@ def dense_shape(val) -> List[int]:
   return shape
 
 
+MAX_RANK = 64  # numpy's limit (TF's TensorShape allows 254)
+
+
+class TensorParsingError(ServingError):
+  """A tensor TF Serving cannot build from the request (Tensor::FromProto fails); raised
+  before filling, and not wrapped in the per-element messages of row requests."""
+
+  def __init__(self, name: str):
+    super().__init__("INVALID_ARGUMENT", f"tensor parsing error: {name}")
+
+
+def _check_rank(shape: List[int], name: str, extra: int = 0) -> None:
+  if len(shape) + extra > MAX_RANK:
+    raise TensorParsingError(name)
+
+
 def _fill(val, level: int, shape: List[int], dtype: int, out: list) -> None:
   """FillTensorProto(): appends leaves to `out`, checking the tensor is dense."""
   rank = len(shape)
   if not isinstance(val, list):
     if level != rank:
-      raise invalid("JSON Value: ", json_value_to_string(val), " found at incorrect level: ",
+      raise invalid("JSON Value: ", json_debug_string(val), " found at incorrect level: ",
                     level + 1, " in the JSON DOM. Expected at level: ", rank)
     if isinstance(val, dict):
       if dtype != DT_STRING:
@@ -283,9 +468,10 @@ def _fill(val, level: int, shape: List[int], dtype: int, out: list) -> None:
     _fill(v, level + 1, shape, dtype, out)
 
 
-def to_array(val, dtype: int) -> np.ndarray:
+def to_array(val, dtype: int, name: str = "") -> np.ndarray:
   """A JSON value (nested lists) -> numpy array of the TensorInfo dtype, as TF Serving parses it."""
   shape = dense_shape(val)
+  _check_rank(shape, name)
   flat: list = []
   _fill(val, 0, shape, dtype, flat)
   np_dtype = DTYPES[dtype][1] if dtype in DTYPES else object
@@ -313,6 +499,7 @@ def _instances_to_arrays(instances: list, inputs: Mapping[str, int]) -> Dict[str
     if name not in inputs:
       raise invalid("JSON object: does not have named input: ", name)
     shape = dense_shape(item)
+    _check_rank(shape, name, extra=1)
     flat: list = []
     _fill(item, 0, shape, inputs[name], flat)
     if name not in shapes:
@@ -334,17 +521,21 @@ def _instances_to_arrays(instances: list, inputs: Mapping[str, int]) -> Dict[str
       for name, item in elem.items():
         try:
           add(item, name, count)
+        except TensorParsingError:
+          raise
         except ServingError as err:
           raise invalid("Failed to process element: ", count, " key: ", name,
                         " of 'instances' list. Error: ", err.to_string()) from None
       if set(elem) != set(names):
         raise invalid("Failed to process element: ", count, " of 'instances' list. JSON object: ",
-                      json_value_to_string(elem), " must only have keys: ", ",".join(names))
+                      json_debug_string(elem), " keys must be equal to: ", ",".join(names))
     else:
       if _is_element_object(elem):
         raise invalid("Expecting value/list but got object at item ", count, " of input list")
       try:
         add(elem, names[0], count)
+      except TensorParsingError:
+        raise
       except ServingError as err:
         raise invalid("Failed to process element: ", count, " of 'instances' list. Error: ",
                       err.to_string()) from None
@@ -365,12 +556,12 @@ def _inputs_to_arrays(val, inputs: Mapping[str, int]) -> Dict[str, np.ndarray]:
       raise invalid("inputs is a plain value/list, but expecting an object as multiple input "
                     "tensors required as per tensorinfo_map")
     name = sorted(inputs)[0]
-    return {name: to_array(val, inputs[name])}
+    return {name: to_array(val, inputs[name], name)}
   out = {}
   for name in sorted(inputs):
     if name not in val:
       raise invalid("Missing named input: ", name, " in 'inputs' object.")
-    out[name] = to_array(val[name], inputs[name])
+    out[name] = to_array(val[name], inputs[name], name)
   return out
 
 
@@ -403,7 +594,7 @@ def request_tensors(doc: dict, inputs: Mapping[str, int],
   if has_instances:
     instances = doc["instances"]
     if not isinstance(instances, list):
-      raise format_error(doc, "Excepting 'instances' to be an list/array")
+      raise format_error(doc, "Expecting 'instances' to be an list/array")
     if not instances:
       raise format_error(doc, "No values in 'instances' array")
     return _instances_to_arrays(instances, inputs), "row"
@@ -490,8 +681,8 @@ def response_json(outputs: Mapping[str, np.ndarray], fmt: str) -> str:
 
 
 def error_json(message: str) -> str:
-  """MakeJsonFromStatus(): `{ "error": "<message>" }`."""
-  return '{ "error": ' + json.dumps(message, ensure_ascii=False) + " }"
+  """MakeJsonFromStatus(): `{"error": "<message>"}` as rapidjson's PrettyWriter writes it."""
+  return '{\n    "error": ' + _rapidjson_string(message) + "\n}"
 
 
 # --- URL paths (http_rest_api_util.cc) ------------------------------------------------------------

@@ -3,23 +3,28 @@
     python -m serving.local_server --model_base_path saved_models/bivrec --model_name bivrec \\
         --rest_api_port 8501 [--model_config_file serving/models.config]
 
-It follows TF Serving's documented REST semantics (and its source, `http_rest_api_handler.cc`,
-`json_tensor.cc`), so a client cannot tell it from the real server:
+It follows TF Serving's REST semantics as documented and as implemented (`http_rest_api_handler.cc`,
+`http_rest_api_util.cc`, `json_tensor.cc`, `get_model_status_impl.cc`, `server_core.cc`); the
+requests in `tests/serving/test_contract.py` get the same answers from both (run that file with
+TF_SERVING_URL set to check a real server; docs/serving.md):
 
-  GET  /v1/models/{name}[/versions/{v}|/labels/{l}]             model status
+  GET  /v1/models/{name}[/versions/{v}|/labels/{l}]             model status (all versions
+                                                                unless a version is given)
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata    signature_def map
   POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict     row or columnar predict
 
-Errors are `{ "error": "<message>" }` with TF Serving's messages and HTTP codes (400 for invalid
-arguments, 404 for unknown models and versions). Like TF Serving it polls each model's base path
-every `--file_system_poll_wait_seconds` for integer version directories, serves them by the
-model's version policy (default: the newest version only), loads a new version (and replays its
-`assets.extra/tf_serving_warmup_requests`) before unloading the old one, and reads version labels
-and policies from a `--model_config_file` (ModelServerConfig text proto). Each request runs on its
-own thread (at most `--rest_api_num_threads` at once); a bad request never stops the server.
+Errors are `{"error": "<message>"}` with TF Serving's messages and HTTP codes (400 for invalid
+arguments, 404 for unknown models and versions). Versions (`serving.versions`): each model's base
+path is polled every `--file_system_poll_wait_seconds`; plain-integer directories are versions;
+the version policy picks the ones to serve; a new version is loaded and its warmup replayed before
+an older one is unloaded, and a version that fails to load keeps the previous one serving and is
+retried with backoff (its status shows the error). Labels and policies come from a
+`--model_config_file` (ModelServerConfig text proto). HTTP (`serving.rest`, aiohttp): bounded
+connections, request size and time; TensorFlow runs on `--rest_api_num_threads` worker threads.
 
 Not implemented: gRPC, `:classify` / `:regress` (answered UNIMPLEMENTED), batching (the batching
 parameters are TF Serving's concern; see serving/batching_parameters.txt), Prometheus metrics.
+Deliberate differences are listed in docs/serving.md.
 """
 
 import argparse
@@ -28,211 +33,21 @@ import os
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import numpy as np
-
 from serving import json_tensor as jt
+from serving import rest
 from serving.json_tensor import ServingError
+from serving.versions import (MAX_WARMUP_RECORDS, WARMUP_PATH, ModelManager,  # noqa: F401
+                              Servable, VersionState, parse_version)
 
 log = logging.getLogger("serving.local_server")
-
-WARMUP_PATH = os.path.join("assets.extra", "tf_serving_warmup_requests")
-MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
 
 
 def _tf():
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   return tf
-
-
-# --- one loaded version ---------------------------------------------------------------------------
-
-class Servable:
-  """One loaded SavedModel version: its signature functions and SignatureDefs."""
-
-  def __init__(self, name: str, version: int, path: str):
-    from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=import-outside-toplevel
-
-    tf = _tf()
-    self.name, self.version, self.path = name, version, path
-    proto = saved_model_pb2.SavedModel()
-    proto.ParseFromString(Path(path, "saved_model.pb").read_bytes())
-    graphs = [g for g in proto.meta_graphs if "serve" in g.meta_info_def.tags]
-    if not graphs:
-      raise ServingError("NOT_FOUND", "Could not find meta graph def matching supplied tags: "
-                                      "{ serve }. To inspect available tag-sets in the "
-                                      "SavedModel, please use the SavedModel CLI: "
-                                      "`saved_model_cli`")
-    self.signature_defs = graphs[0].signature_def
-    self.loaded = tf.saved_model.load(path, tags=["serve"])
-    self.functions = dict(self.loaded.signatures)
-    self.inputs = {name: {k: v.dtype for k, v in sig.inputs.items()}
-                   for name, sig in self.signature_defs.items()}
-
-  def run(self, signature_name: str, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """Runs one signature on numpy inputs; TF errors become ServingErrors with TF's code."""
-    tf = _tf()
-    fn = self.functions.get(signature_name)
-    if fn is None:
-      raise jt.invalid("Serving signature name: \"", signature_name,
-                       "\" not found in signature def")
-    sig = self.signature_defs[signature_name]
-    feeds = {}
-    for key, arr in arrays.items():
-      info = sig.inputs[key]
-      want = [d.size for d in info.tensor_shape.dim]
-      if not info.tensor_shape.unknown_rank and (
-          len(want) != arr.ndim or any(w >= 0 and w != s for w, s in zip(want, arr.shape))):
-        raise jt.invalid(
-            "input tensor '", key, "' has shape [", ",".join(map(str, arr.shape)),
-            "] but the signature expects [", ",".join(map(str, want)), "] (-1 = any size)")
-      feeds[key] = tf.constant(arr, dtype=tf.dtypes.as_dtype(info.dtype))
-    try:
-      out = fn(**feeds)
-    except tf.errors.OpError as err:
-      raise ServingError(_code_name(err.error_code), err.message) from None
-    except (TypeError, ValueError) as err:
-      raise jt.invalid(str(err)) from None
-    return {k: v.numpy() for k, v in out.items()}
-
-  def warmup(self) -> int:
-    """Replays assets.extra/tf_serving_warmup_requests (PredictionLog records); returns count."""
-    from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=import-outside-toplevel
-
-    tf = _tf()
-    path = os.path.join(self.path, WARMUP_PATH)
-    if not os.path.exists(path):
-      return 0
-    count = 0
-    for record in tf.data.TFRecordDataset(path):
-      count += 1
-      if count > MAX_WARMUP_RECORDS:
-        raise ServingError("INVALID_ARGUMENT", f"Number of warmup records exceeds the maximum "
-                                               f"({MAX_WARMUP_RECORDS}) at {path}")
-      entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-      if entry.WhichOneof("log_type") != "predict_log":
-        raise ServingError("UNIMPLEMENTED", "Unsupported log_type for warmup: "
-                                            f"{entry.WhichOneof('log_type')}")
-      request = entry.predict_log.request
-      signature = request.model_spec.signature_name or "serving_default"
-      arrays = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-      self.run(signature, arrays)
-    return count
-
-
-def _code_name(code: int) -> str:
-  from tensorflow.core.protobuf import error_codes_pb2  # pylint: disable=import-outside-toplevel
-  try:
-    return error_codes_pb2.Code.Name(code)
-  except ValueError:
-    return "UNKNOWN"
-
-
-# --- one model: versions on disk -> loaded versions -----------------------------------------------
-
-class VersionState:
-  """ServableState as GetModelStatus reports it."""
-
-  def __init__(self, state: str, error_code: str = "OK", error_message: str = ""):
-    self.state, self.error_code, self.error_message = state, error_code, error_message
-
-
-class ModelManager:
-  """Loads / unloads the versions of one model found under its base path.
-
-  Args:
-    name: model name.
-    base_path: directory holding integer version directories.
-    policy: ("latest", n) | ("all", None) | ("specific", {versions}).
-    labels: version label -> version.
-    warmup: replay warmup records before a version becomes AVAILABLE.
-  """
-
-  def __init__(self, name: str, base_path: str, policy=("latest", 1),
-               labels: Optional[Dict[str, int]] = None, warmup: bool = True):
-    self.name, self.base_path = name, base_path
-    self.policy, self.labels, self.warmup = policy, dict(labels or {}), warmup
-    self.servables: Dict[int, Servable] = {}   # AVAILABLE versions
-    self.states: Dict[int, VersionState] = {}  # everything ever seen, for the status API
-    self._lock = threading.Lock()
-
-  def versions_on_disk(self) -> List[int]:
-    try:
-      entries = os.listdir(self.base_path)
-    except OSError:
-      return []
-    out = []
-    for entry in entries:
-      if entry.isdigit() and os.path.isdir(os.path.join(self.base_path, entry)):
-        out.append(int(entry))
-    return sorted(out)
-
-  def aspired(self, on_disk: List[int]) -> List[int]:
-    kind, arg = self.policy
-    if kind == "all":
-      return list(on_disk)
-    if kind == "specific":
-      return [v for v in on_disk if v in arg]
-    return on_disk[-int(arg or 1):]
-
-  def poll(self) -> None:
-    """One file-system poll: load new aspired versions, then unload the others."""
-    aspired = self.aspired(self.versions_on_disk())
-    for version in aspired:
-      state = self.states.get(version)
-      if version in self.servables or (state and state.state == "END" and
-                                       state.error_code != "OK"):
-        continue  # loaded, or failed to load (not retried)
-      self._load(version)
-    for version in list(self.servables):
-      if version not in aspired:
-        self._unload(version)
-
-  def _load(self, version: int) -> None:
-    path = os.path.join(self.base_path, str(version))
-    with self._lock:
-      self.states[version] = VersionState("LOADING")
-    try:
-      servable = Servable(self.name, version, path)
-      if self.warmup:
-        n = servable.warmup()
-        log.info("model %s version %d: %d warmup requests replayed", self.name, version, n)
-    except Exception as err:  # pylint: disable=broad-except
-      code = err.code if isinstance(err, ServingError) else "UNKNOWN"
-      log.error("model %s version %d failed to load: %s", self.name, version, err)
-      with self._lock:
-        self.states[version] = VersionState("END", code, str(err))
-      return
-    with self._lock:
-      self.servables = {**self.servables, version: servable}
-      self.states[version] = VersionState("AVAILABLE")
-    log.info("model %s version %d AVAILABLE (%s)", self.name, version, path)
-
-  def _unload(self, version: int) -> None:
-    with self._lock:
-      self.states[version] = VersionState("UNLOADING")
-      self.servables = {v: s for v, s in self.servables.items() if v != version}
-      self.states[version] = VersionState("END")
-    log.info("model %s version %d unloaded", self.name, version)
-
-  def resolve(self, version: Optional[int], label: Optional[str]) -> Servable:
-    """GetServableHandle(): latest AVAILABLE version, a specific one, or a labelled one."""
-    servables = self.servables  # one consistent snapshot
-    if label is not None:
-      if label not in self.labels:
-        raise jt.invalid("Unrecognized servable version label: ", label)
-      version = self.labels[label]
-    if version is None:
-      if not servables:
-        raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({self.name})")
-      return servables[max(servables)]
-    if version not in servables:
-      raise ServingError("NOT_FOUND",
-                         f"Servable not found for request: Specific({self.name}, {version})")
-    return servables[version]
 
 
 # --- the REST API ---------------------------------------------------------------------------------
@@ -261,13 +76,8 @@ class ModelServer:
     if not req.name:
       raise jt.invalid("Missing model name in request.")
     manager = self.managers.get(req.name)
-    states = dict(manager.states) if manager else {}
-    version = req.version
-    if req.label is not None:
-      labels = manager.labels if manager else {}
-      if req.label not in labels:
-        raise jt.invalid("Unrecognized servable version label: ", req.label)
-      version = labels[req.label]
+    states = manager.status_snapshot() if manager else {}
+    version = req.version  # a label is ignored, as GetModelStatus ignores it: all versions
     response = get_model_status_pb2.GetModelStatusResponse()
     if version is not None:
       if version not in states:
@@ -436,70 +246,15 @@ def apply_config(server: ModelServer, models: List[dict], warmup: bool = True) -
       current.policy, current.labels = m["policy"], m["labels"]
     else:
       managers[m["name"]] = ModelManager(m["name"], m["base_path"], m["policy"], m["labels"],
-                                         warmup)
+                                         warmup, **getattr(server, "manager_options", {}))
   for name in [n for n in managers if n not in {m["name"] for m in models}]:
     del managers[name]
   server.managers = managers
 
 
-# --- HTTP transport -----------------------------------------------------------------------------------
+# --- HTTP transport (serving/rest.py) -----------------------------------------------------------
 
-class _Handler(BaseHTTPRequestHandler):
-  protocol_version = "HTTP/1.1"  # keep-alive, as TF Serving's libevent server
-  server_version = "bivrec-local-model-server"
-  disable_nagle_algorithm = True  # else Nagle + delayed ACK stall keep-alive replies by ~40 ms
-  timeout = 300  # seconds a connection may sit idle or half-sent before its thread gives up
-
-  def _serve(self, method: str) -> None:
-    length = int(self.headers.get("Content-Length") or 0)
-    body = self.rfile.read(length) if length > 0 else b""
-    path = self.path.split("?", 1)[0]
-    if not jt.HANDLED_PATH.fullmatch(path):
-      status, out = 404, ""  # TF Serving's dispatcher does not handle paths outside /v1/
-    else:
-      with self.server.slots:
-        status, out = self.server.model_server.handle(method, path, body)
-    data = out.encode("utf-8")
-    self.send_response(status)
-    self.send_header("Content-Type", "application/json")
-    self.send_header("Content-Length", str(len(data)))
-    self.end_headers()
-    self.wfile.write(data)
-
-  def do_GET(self):  # noqa: N802  (http.server naming)
-    self._serve("GET")
-
-  def do_POST(self):  # noqa: N802
-    self._serve("POST")
-
-  def do_PUT(self):  # noqa: N802
-    self._serve("PUT")
-
-  def do_DELETE(self):  # noqa: N802
-    self._serve("DELETE")
-
-  def log_message(self, format, *args):  # pylint: disable=redefined-builtin
-    if self.server.verbose:
-      super().log_message(format, *args)
-
-
-class RestServer(ThreadingHTTPServer):
-  """ThreadingHTTPServer bound to one ModelServer; `serve_forever()` in any thread."""
-
-  daemon_threads = True
-  allow_reuse_address = True
-  request_queue_size = 256
-
-  def __init__(self, model_server: ModelServer, host: str = "127.0.0.1", port: int = 8501,
-               num_threads: int = 0, verbose: bool = False):
-    super().__init__((host, port), _Handler)
-    self.model_server = model_server
-    self.slots = threading.BoundedSemaphore(num_threads or 4 * (os.cpu_count() or 1))
-    self.verbose = verbose
-
-  @property
-  def port(self) -> int:
-    return self.server_address[1]
+RestServer = rest.RestServer
 
 
 def model_list(model_name: Optional[str] = None, model_base_path: Optional[str] = None,
@@ -523,21 +278,48 @@ def model_list(model_name: Optional[str] = None, model_base_path: Optional[str] 
 def start(model_name: Optional[str] = None, model_base_path: Optional[str] = None,
           model_config_file: Optional[str] = None, port: int = 0, host: str = "127.0.0.1",
           poll_wait_seconds: float = 1.0, config_poll_wait_seconds: float = 0.0,
-          warmup: bool = True, num_threads: int = 0):
+          warmup: bool = True, num_threads: int = 0, retry_initial_seconds: float = 1.0,
+          retry_max_seconds: float = 60.0, **http_options):
   """Loads the models, starts polling and serving in background threads.
 
-  Returns (RestServer, Poller); stop with `http.shutdown(); http.server_close(); poller.stop()`.
+  `http_options` go to `serving.rest.RestServer` (max_request_bytes, max_connections,
+  idle_timeout, request_timeout, verbose). Returns (RestServer, Poller); stop with
+  `http.shutdown(); http.server_close(); poller.stop()`.
   """
   model_server = ModelServer({})
+  model_server.manager_options = {"retry_initial_seconds": retry_initial_seconds,
+                                  "retry_max_seconds": retry_max_seconds}
   apply_config(model_server, model_list(model_name, model_base_path, model_config_file), warmup)
   reload = (lambda: model_list(model_name, model_base_path, model_config_file))
   poller = Poller(model_server, poll_wait_seconds, model_config_file, config_poll_wait_seconds,
                   warmup, reload)
   poller.poll_once()
   poller.start()
-  http = RestServer(model_server, host, port, num_threads)
-  threading.Thread(target=http.serve_forever, name="rest-api", daemon=True).start()
+  http = RestServer(model_server, host, port, num_threads, **http_options)
   return http, poller
+
+
+def disable_xla() -> bool:
+  """What `tensorflow_model_server` does unless --xla_cpu_compilation_enabled=true
+  (`main.cc`: tensorflow::DisableXlaCompilation()): a model that needs XLA then fails with
+  INTERNAL "XLA compilation disabled" (so a --jit-compile export fails its warmup and never
+  becomes AVAILABLE). Process-wide; returns False when the symbol cannot be found."""
+  import ctypes  # pylint: disable=import-outside-toplevel
+  tf = _tf()
+  try:
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(tf.__file__), "libtensorflow_cc.so.2"),
+                      mode=ctypes.RTLD_GLOBAL)
+    fn = getattr(lib, "_ZN10tensorflow21DisableXlaCompilationEv")
+  except (OSError, AttributeError):
+    log.warning("cannot disable XLA in this TensorFlow build; XLA exports will load")
+    return False
+  fn.restype = None
+  fn()
+  return True
+
+
+def _bool_flag(text: str) -> bool:
+  return text.lower() not in ("false", "0", "no")
 
 
 def main(argv=None) -> int:
@@ -552,9 +334,27 @@ def main(argv=None) -> int:
                       help="bind address (local extension; TF Serving binds all interfaces)")
   parser.add_argument("--rest_api_num_threads", type=int, default=0,
                       help="requests processed at once (default 4 x cores)")
+  parser.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
+                      help="time to receive a request body (408) and to process it (504)")
+  parser.add_argument("--rest_api_max_request_bytes", type=int,
+                      default=rest.DEFAULT_MAX_REQUEST_BYTES,
+                      help="largest request body, after gzip decompression (413 above; local "
+                           "extension, default 16 MiB)")
+  parser.add_argument("--rest_api_max_connections", type=int, default=0,
+                      help="open connections (default from the file-descriptor limit; local "
+                           "extension)")
+  parser.add_argument("--rest_api_idle_timeout_seconds", type=float,
+                      default=rest.DEFAULT_IDLE_TIMEOUT,
+                      help="close a connection that sends no complete request for this long "
+                           "(local extension)")
   parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
-  parser.add_argument("--enable_model_warmup", type=lambda s: s.lower() != "false",
-                      default=True)
+  parser.add_argument("--load_retry_initial_seconds", type=float, default=1.0,
+                      help="first retry of a version that failed to load; doubles up to "
+                           "--load_retry_max_seconds (local extension)")
+  parser.add_argument("--load_retry_max_seconds", type=float, default=60.0)
+  parser.add_argument("--enable_model_warmup", type=_bool_flag, default=True)
+  parser.add_argument("--xla_cpu_compilation_enabled", type=_bool_flag, default=False,
+                      help="as TF Serving: XLA is disabled unless this is true")
   parser.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0)
   parser.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0)
   parser.add_argument("--verbose", action="store_true", help="log every request")
@@ -566,19 +366,29 @@ def main(argv=None) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
   if args.tensorflow_inter_op_parallelism:
     tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
+  if not args.xla_cpu_compilation_enabled:
+    disable_xla()
+  timeout = args.rest_api_timeout_in_ms / 1000 if args.rest_api_timeout_in_ms > 0 else 3600.0
   try:
     http, poller = start(args.model_name, args.model_base_path, args.model_config_file,
                          args.rest_api_port, args.rest_api_host,
                          args.file_system_poll_wait_seconds,
                          args.model_config_file_poll_wait_seconds, args.enable_model_warmup,
-                         args.rest_api_num_threads)
+                         args.rest_api_num_threads, args.load_retry_initial_seconds,
+                         args.load_retry_max_seconds,
+                         max_request_bytes=args.rest_api_max_request_bytes,
+                         max_connections=args.rest_api_max_connections,
+                         idle_timeout=args.rest_api_idle_timeout_seconds,
+                         request_timeout=timeout, verbose=args.verbose)
   except (ValueError, OSError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2
-  http.verbose = args.verbose
   log.info("Exporting HTTP/REST API at:%s:%d ...", args.rest_api_host, http.port)
+  stop = threading.Event()
+  import signal  # pylint: disable=import-outside-toplevel
+  signal.signal(signal.SIGTERM, lambda *_: stop.set())
   try:
-    threading.Event().wait()
+    stop.wait()
   except KeyboardInterrupt:
     pass
   finally:
