@@ -561,12 +561,16 @@ def store_name(args) -> str:
 
 
 def data_name(data: str) -> str:
-  return "synthetic" if data == "synthetic" else Path(data).name
+  if data.startswith("synthetic"):  # synthetic[:variant][?key=value...]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", data).strip("_")
+  return Path(data).name
 
 
 def describe_data(data: str) -> str:
   if data == "synthetic":
     return "the embedded default (`--data synthetic`: 3,000 items, 1,500 users, loo)"
+  if data.startswith("synthetic"):
+    return f"the generated variant `--data {data}` (input_pipelines/synthetic.py)"
   ds_meta = json.loads((Path(data) / "dataset.json").read_text())
   st = ds_meta.get("statistics", {})
   users = st.get("num_users")

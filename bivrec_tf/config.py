@@ -126,8 +126,10 @@ class LossConfig:
   sem_mode: str = "contrast"        # L_sem: "contrast" (DESIGN.md: InfoNCE between the views'
                                     # pooled interests), "mutual" (each view's next-item
                                     # distribution over the candidates distils into the other's)
-                                    # or "cross" (each view's interests predict the target in the
-                                    # other view's item space)
+                                    # "cross" (each view's interests predict the target in the
+                                    # other view's item space) or "fused" (the retrieval loss on
+                                    # the fused score 1/2 (s_id + s_mm): each view learns what the
+                                    # other misses)
   alloc_mode: str = "mse"           # L_alloc: "mse" (DESIGN.md) or "cka" (1 - centred kernel
                                     # alignment of the co-allocations: scale-free, uniform != 0)
   tau_kd: float = 1.0               # temperature of the "mutual" distillation
@@ -135,8 +137,8 @@ class LossConfig:
   def validate(self) -> None:
     if self.num_negatives < 0:
       _fail("num_negatives", self.num_negatives, "must be >= 0")
-    if self.sem_mode not in ("contrast", "mutual", "cross"):
-      _fail("sem_mode", self.sem_mode, "must be 'contrast', 'mutual' or 'cross'")
+    if self.sem_mode not in ("contrast", "mutual", "cross", "fused"):
+      _fail("sem_mode", self.sem_mode, "must be 'contrast', 'mutual', 'cross' or 'fused'")
     if self.alloc_mode not in ("mse", "cka"):
       _fail("alloc_mode", self.alloc_mode, "must be 'mse' or 'cka'")
     if not self.tau_kd > 0:

@@ -184,13 +184,15 @@ class BivRecModel(tfrs.Model):
     parts, terms = self.loss_parts(batch, training=training)
     return tf.add_n(list(parts.values())), terms
 
-  def _logits(self, view, u, candidates, probs):
-    """Retrieval logits `[B, C]` of view `view`'s interests `u` `[B, K, d]`, as the Retrieval task
-    forms them: max over interests, / tau_rec, logQ correction, accidental hits removed."""
-    scores = view_scores(u, self.views[view].item_vectors(candidates), self.config.model.tau_rec)
+  def _logits(self, scores, candidates, probs):
+    """Retrieval logits `[B, C]` from view scores `[B, C]` (max over interests / tau_rec), as the
+    Retrieval task forms them: logQ correction, accidental hits removed."""
     scores = tfrs.layers.loss.SamplingProbablityCorrection()(scores, probs)
     labels = tf.eye(tf.shape(scores)[0], tf.shape(scores)[1])
     return tfrs.layers.loss.RemoveAccidentalHits()(labels, scores, candidates)
+
+  def _scores(self, view, u, candidates):
+    return view_scores(u, self.views[view].item_vectors(candidates), self.config.model.tau_rec)
 
   def loss_parts(self, batch, training=False):
     """({term: weighted per-example loss `[B]`}, {name: raw term or diagnostic `[B]`}). The total
@@ -227,9 +229,14 @@ class BivRecModel(tfrs.Model):
         terms["sem"] = semantic_loss(g_id, g_mm, lc.tau_c, gather_replicas(g_id),
                                      gather_replicas(g_mm))
       elif lc.sem_mode == "mutual":
-        terms["sem"] = mutual_distillation_loss(self._logits("id", u_id, candidates, probs),
-                                                self._logits("mm", u_mm, candidates, probs),
-                                                lc.tau_kd)
+        terms["sem"] = mutual_distillation_loss(
+            self._logits(self._scores("id", u_id, candidates), candidates, probs),
+            self._logits(self._scores("mm", u_mm, candidates), candidates, probs), lc.tau_kd)
+      elif lc.sem_mode == "fused":  # the fusion rule's scores (w = 1/2) trained end to end
+        fused = 0.5 * (self._scores("id", u_id, candidates) + self._scores("mm", u_mm, candidates))
+        logits = self._logits(fused, candidates, probs)
+        labels = tf.eye(tf.shape(logits)[0], tf.shape(logits)[1])
+        terms["sem"] = tf.nn.softmax_cross_entropy_with_logits(labels, logits)
       else:  # "cross": each view's interests against the other view's item vectors
         kwargs = dict(candidate_sampling_probability=probs, candidate_ids=candidates,
                       compute_metrics=False, compute_batch_metrics=False)

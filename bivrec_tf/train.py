@@ -28,7 +28,7 @@ from bivrec_tf.io_utils import write_text_atomic
 from bivrec_tf.model import BivRecModel
 from bivrec_tf.presets import PRESETS, apply_preset
 from input_pipelines.dataset import PreparedDataset, eval_dataset, train_dataset
-from input_pipelines.synthetic import ensure_synthetic
+from input_pipelines.synthetic import ensure_synthetic, is_synthetic_spec, parse_synthetic_spec
 
 DEFAULT_MAX_LEN = 50
 
@@ -46,9 +46,11 @@ def select_modalities(cfg: config_lib.Config, ds: PreparedDataset):
 
 
 def load_data(cfg: config_lib.Config) -> PreparedDataset:
-  """`synthetic`, `tfds:<name>` (converted once into data_cache/) or a prepared directory."""
-  if cfg.data.data == "synthetic":
-    path = ensure_synthetic(root=cfg.data.data_cache, seed=cfg.data.data_seed)
+  """`synthetic[:variant][?key=value...]` (input_pipelines.synthetic), `tfds:<name>` (converted
+  once into data_cache/) or a prepared directory."""
+  if is_synthetic_spec(cfg.data.data):
+    path = ensure_synthetic(root=cfg.data.data_cache, seed=cfg.data.data_seed,
+                            **parse_synthetic_spec(cfg.data.data))
   elif cfg.data.data.startswith("tfds:"):
     from input_pipelines.tfds_movielens import prepare_tfds
     path = prepare_tfds(cfg.data.data[len("tfds:"):], root=cfg.data.data_cache)

@@ -16,6 +16,8 @@ Measured alternatives (config `sem_mode`, `alloc_mode`; docs/model.md has the nu
   p_v^T = softmax(logits_v / T), sg = stop-gradient (each view is the other's teacher).
 - `sem_mode="cross"`: each view's interests predict the target in the other view's item space
   (U_id against e_mm(candidates), U_mm against e_id(candidates)), the retrieval loss itself.
+- `sem_mode="fused"`: the retrieval loss on the fused score 1/2 (s_id + s_mm) (the inference rule
+  at w = 1/2), so each view is trained on what the other one misses.
 - `alloc_mode="cka"`: L_alloc = 1 - CKA(C_id, C_mm) with the co-allocations centred over the valid
   tokens: scale-free, and uniform allocations (centred A = 0) score 1, not 0.
 

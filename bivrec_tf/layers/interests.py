@@ -9,7 +9,8 @@ Gaussian attention (K interests, temporal prior):
   own span (tau_t / tau_oldest valid token, so every user's history covers [0, 1]) and the prior
   is scaled by a learned gate g_k = softplus(beta_k), starting at 0.1, so content decides first:
     logit[k, t] = content - g_k (tau_t - mu_k)^2 / (2 sigma_k^2)
-  Queries q_k start as orthonormal rows at unit scale with interest_init "orthogonal" (K <= d), else
+  Queries q_k start as orthogonal rows of norm sqrt(d) (per-element unit scale, like the
+  LayerNorm-ed tokens) with interest_init "orthogonal" (K <= d), else
   N(0, 0.05^2) (near-identical interests at the start: they tend to stay collapsed).
 
 Cluster attention (R rounds, shared weights; interests compete for each token):
@@ -57,7 +58,10 @@ class GaussianAttention(tf.keras.layers.Layer):
   def build(self, input_shape):
     k = self.num_interests
     centres = [(i + 0.5) / k for i in range(k)]
-    init = (tf.keras.initializers.Orthogonal() if self.interest_init == "orthogonal" else
+    # Orthogonal rows of norm sqrt(d): per-element unit scale, like the LayerNorm-ed tokens, so
+    # the attention logits start O(1) and each interest attends differently from the first step.
+    init = (tf.keras.initializers.Orthogonal(gain=math.sqrt(self.dim))
+            if self.interest_init == "orthogonal" else
             tf.keras.initializers.TruncatedNormal(stddev=0.05))
     self.queries = self.add_weight(name="queries", shape=(k, self.dim), initializer=init)
     if not self.gaussian_prior:  # no prior weights that nothing would train

@@ -130,7 +130,7 @@ def test_mutual_distillation_pulls_each_view_towards_the_other_and_not_the_teach
   np.testing.assert_allclose(tape.gradient(loss, logits_id), 0.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("sem_mode", ["contrast", "mutual", "cross"])
+@pytest.mark.parametrize("sem_mode", ["contrast", "mutual", "cross", "fused"])
 def test_every_sem_mode_trains_both_views(sem_mode):
   model = _model(loss={"sem_mode": sem_mode, "lambda_sem": 1.0})
   batch = _batch()
