@@ -98,7 +98,7 @@ def _write_split(path: pathlib.Path, split: str, examples: Iterable[Example], vo
                 "history": tf.train.Feature(int64_list=tf.train.Int64List(value=history)),
                 "target": tf.train.Feature(int64_list=tf.train.Int64List(value=targets)),
             }))
-            writer.write(example.SerializeToString())
+            writer.write(example.SerializeToString(deterministic=True))  # stable bytes
             n += 1
             total_hist += len(history)
             max_hist = max(max_hist, len(history))
