@@ -63,8 +63,10 @@ def default_max_connections() -> int:
 
 
 def _json(status: int, text: str, close: bool = False) -> web.Response:
-  resp = web.Response(status=status, body=jt.encode_utf8(text),
-                      headers={"Content-Type": "application/json"})
+  headers = {"Content-Type": "application/json"}
+  if close:
+    headers["Connection"] = "close"
+  resp = web.Response(status=status, body=jt.encode_utf8(text), headers=headers)
   if close:
     resp.force_close()
   return resp
@@ -91,8 +93,8 @@ class _Connection(web_protocol.RequestHandler):
   def handle_error(self, request, status: int = 500, exc=None, message=None):
     if status == 500:
       log.error("error handling a request: %s", exc)
-    text = f"{'Bad Request' if status == 400 else 'Error'}: {message or exc or status}"
-    return _error(status, text.replace("\r", " ").replace("\n", " "), close=True)
+    detail = (str(message or exc or status).strip().splitlines() or [""])[0].rstrip(": ")
+    return _error(status, f"{'Bad Request' if status == 400 else 'Error'}: {detail}", close=True)
 
 
 class _Server(web_server.Server):
@@ -116,14 +118,16 @@ class RestServer:
     max_request_bytes: largest accepted body (after gzip decompression).
     max_connections: open connections allowed (default from RLIMIT_NOFILE).
     idle_timeout: seconds a connection may go without sending a complete request.
-    request_timeout: seconds to receive a body, and to process a request.
+    request_timeout: seconds to process a request (504 after).
+    body_timeout: seconds to receive a request body (408 after); default request_timeout.
   """
 
   def __init__(self, model_server, host: str = "127.0.0.1", port: int = 8501,
                num_threads: int = 0, verbose: bool = False,
                max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                max_connections: int = 0, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-               request_timeout: float = DEFAULT_REQUEST_TIMEOUT):
+               request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+               body_timeout: Optional[float] = None):
     import os  # pylint: disable=import-outside-toplevel
 
     self.model_server = model_server
@@ -131,6 +135,7 @@ class RestServer:
     self.max_request_bytes = int(max_request_bytes)
     self.max_connections = int(max_connections or default_max_connections())
     self.idle_timeout, self.request_timeout = float(idle_timeout), float(request_timeout)
+    self.body_timeout = float(body_timeout if body_timeout is not None else request_timeout)
     self.num_threads = num_threads or 4 * (os.cpu_count() or 1)
     self.executor = concurrent.futures.ThreadPoolExecutor(self.num_threads,
                                                           thread_name_prefix="rest-worker")
@@ -263,7 +268,7 @@ class RestServer:
       await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     chunks, total = [], 0
     try:
-      async with asyncio.timeout(self.request_timeout):
+      async with asyncio.timeout(self.body_timeout):
         while True:
           chunk = await request.content.readany()
           if not chunk:
@@ -273,7 +278,7 @@ class RestServer:
             return self._too_large(None)
           chunks.append(chunk)
     except TimeoutError:
-      return _error(408, f"Request body not received within {self.request_timeout:g} seconds",
+      return _error(408, f"Request body not received within {self.body_timeout:g} seconds",
                     close=True)
     except Exception as err:  # pylint: disable=broad-except  (aiohttp payload errors)
       return _error(400, f"Bad Request: {err}", close=True)
