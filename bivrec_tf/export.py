@@ -222,8 +222,10 @@ def plain_copy(model: BivRecModel) -> BivRecModel:
 
 
 def next_version(model_dir: Path) -> int:
-  """1 + the largest integer version directory under model_dir (1 if none)."""
-  versions = [int(p.name) for p in Path(model_dir).glob("*") if p.is_dir() and p.name.isdigit()]
+  """1 + the largest integer version directory under model_dir (1 if none). Only plain ASCII
+  digits count, as for the servers ("²".isdigit() is True)."""
+  versions = [int(p.name) for p in Path(model_dir).glob("*")
+              if p.is_dir() and p.name.isascii() and p.name.isdigit()]
   return max(versions, default=0) + 1
 
 
@@ -292,6 +294,8 @@ def export_model(model: BivRecModel, vocab: np.ndarray, fusion_weight: float, ba
             "top_k": module.top_k, "views": list(model.view_names), "max_len": model.max_len,
             "vocab_size": model.vocab_size, "num_items": module.num_items,
             "item_chunk": module.item_chunk, "jit_compile": bool(jit_compile),
+            # tensorflow_model_server runs it only with --xla_cpu_compilation_enabled=true.
+            "requires_xla_cpu_compilation": bool(jit_compile),
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "signatures": list(SIGNATURES), **(metadata or {})}
     (extra / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
@@ -338,6 +342,14 @@ def export_run(run_dir: str, export_base: Optional[str] = None, model_name: Opti
                       jit_compile=jit_compile)
 
 
+JIT_REFUSAL = (
+    "--jit-compile refused: stock tensorflow_model_server disables XLA unless it is started with "
+    "--xla_cpu_compilation_enabled=true (a flag it marks EXPERIMENTAL); with its default flags "
+    "this export's warmup fails with 'INTERNAL: XLA compilation disabled' and the version never "
+    "becomes AVAILABLE (the previous version keeps serving). Add --xla-enabled-server if your "
+    "server runs with that flag; otherwise export without --jit-compile.")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m bivrec_tf.export",
@@ -349,11 +361,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--top-k", type=int, help="recommendations per row (default: the run's)")
   parser.add_argument("--version", type=int, help="default: next integer version")
   parser.add_argument("--jit-compile", action="store_true",
-                      help="XLA-compile the interest extractor (TF Serving then needs "
-                           "--xla_cpu_compilation_enabled=true)")
+                      help="XLA-compile the interest extractor; needs --xla-enabled-server")
+  parser.add_argument("--xla-enabled-server", action="store_true",
+                      help="the export is for a tensorflow_model_server started with "
+                           "--xla_cpu_compilation_enabled=true (stock servers refuse XLA)")
   args = parser.parse_args(argv)
   if args.top_k is not None and args.top_k < 1:
     parser.error("--top-k must be >= 1")
+  if args.jit_compile and not args.xla_enabled_server:
+    print(f"error: {JIT_REFUSAL}", file=sys.stderr)
+    return 2
   try:
     path = export_run(args.run, args.export_base, args.model_name, args.top_k, args.version,
                       args.jit_compile)

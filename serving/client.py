@@ -14,9 +14,11 @@ Errors come back as `RestError(status, message)` carrying TF Serving's `{"error"
 """
 
 import argparse
+import http.client
 import json
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import List, Optional, Sequence, Tuple
 
@@ -48,11 +50,15 @@ class Client:
                label: Optional[str] = None, timeout: float = 10.0):
     if version is not None and label is not None:
       raise ValueError("give a version or a label, not both")
-    self.base = url.rstrip("/") + f"/v1/models/{model}"
+    if not model:
+      raise ValueError("give a model name")
+    # Names and labels are percent-encoded (TF Serving decodes them with curl_easy_unescape):
+    # "/", ":", spaces or non-ASCII in a name cannot break the path.
+    self.base = url.rstrip("/") + "/v1/models/" + urllib.parse.quote(model, safe="")
     if version is not None:
       self.base += f"/versions/{int(version)}"
     elif label is not None:
-      self.base += f"/labels/{label}"
+      self.base += "/labels/" + urllib.parse.quote(label, safe="")
     self.timeout = timeout
 
   def _call(self, path: str, body: Optional[dict] = None) -> dict:
@@ -113,8 +119,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parser.parse_args(argv)
   if args.k < 1:
     parser.error("--k must be >= 1")
-  client = Client(args.url, args.model, args.version, args.label, args.timeout)
   try:
+    client = Client(args.url, args.model, args.version, args.label, args.timeout)
     if args.json:
       print(json.dumps(client.predict(inputs={"history": pad_histories([args.history],
                                                                         args.pad_to)}), indent=2))
@@ -123,7 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except RestError as err:
     print(f"error: {err}", file=sys.stderr)
     return 1
-  except OSError as err:
+  except (OSError, http.client.HTTPException, ValueError) as err:
     print(f"error: cannot reach {args.url}: {err}", file=sys.stderr)
     return 1
   if len(recs) < args.k:
