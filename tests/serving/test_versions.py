@@ -174,6 +174,7 @@ def _slow_copy(src, dst, seconds=2.0):
     time.sleep(pause)
 
 
+@pytest.mark.slow
 def test_bad_versions_never_fail_a_request(tmp_path):
   """Empty, corrupt and slowly written versions appear while a client loop runs: zero failed
   requests, the status shows the failures, and the slow copy is served once complete."""
