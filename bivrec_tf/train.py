@@ -59,6 +59,39 @@ def load_data(cfg: config_lib.Config) -> PreparedDataset:
   return PreparedDataset.load(path)
 
 
+class NonFiniteLossError(ValueError):
+  """Training produced a NaN or infinite loss (main() prints it as one line, exit status 2)."""
+
+
+class NonFiniteLossStop(tf.keras.callbacks.Callback):
+  """Stops training at the first NaN / infinite loss by raising NonFiniteLossError out of
+  `fit`, so nothing after it runs: no evaluation of a broken model, no export."""
+
+  def __init__(self):
+    super().__init__()
+    self.epoch = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.epoch = epoch
+
+  def _check(self, logs, where: str) -> None:
+    try:
+      loss = float((logs or {}).get("loss"))
+    except (TypeError, ValueError):
+      return  # no loss in these logs (e.g. a parameter-server step still in flight)
+    if not np.isfinite(loss):
+      raise NonFiniteLossError(
+          f"training stopped: loss is {loss} at epoch {self.epoch + 1}{where}; nothing was "
+          "exported (check the data, e.g. with python -m input_pipelines.describe, and lower "
+          "--learning-rate)")
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._check(logs, f", step {batch + 1}")
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._check(logs, "")
+
+
 def use_xla(cfg: config_lib.Config, strategy: Optional[tf.distribute.Strategy] = None) -> bool:
   """XLA unless the step's variables live on another device than its computation (replicas on
   one split CPU, parameter servers): XLA cannot compile that
@@ -145,6 +178,7 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
       tf.keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
       # Preemption: a killed run restarted with the same --run-dir resumes after its last epoch.
       tf.keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+      NonFiniteLossStop(),  # raises out of fit: no evaluation, no export, exit status 2
   ]
   fit_start = time.time()
   ps = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipelines import NUM_RESERVED, SCHEMA_VERSION
+from input_pipelines.errors import DataError
 
 _PARSE_SPEC = {
     "history": tf.io.VarLenFeature(tf.int64),
@@ -52,15 +53,23 @@ class PreparedDataset:
     seen_in_train: np.ndarray
 
     @classmethod
-    def load(cls, path) -> "PreparedDataset":
+    def load(cls, path, validate: bool = True) -> "PreparedDataset":
+        """Reads and (with `validate`) checks a prepared directory before anything trains on it.
+
+        Every problem is a `DataError` naming the file and, where there is one, the line, row or
+        record (1-based): dataset.json that is not JSON or lacks fields, a vocabulary, feature
+        or mask file whose size disagrees with dataset.json, NaN/Inf in a feature row, and, for
+        every split, a TFRecord file that is truncated or corrupt, holds an item index outside
+        [1, vocab_size) or an example without target, or holds a different number of examples
+        than dataset.json declares.
+        """
         path = pathlib.Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"prepared dataset directory not found: {path}")
         meta_file = path / "dataset.json"
         if not meta_file.is_file():
             raise FileNotFoundError(f"missing dataset.json in prepared dataset directory: {meta_file}")
-        with open(meta_file, encoding="utf-8") as f:
-            meta = json.load(f)
+        meta = _read_meta(meta_file)
         version = meta.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ValueError(f"{meta_file}: field 'schema_version' is {version!r}, "
@@ -68,6 +77,14 @@ class PreparedDataset:
         for field in ("vocab_size", "num_items", "splits", "modalities"):
             if field not in meta:
                 raise ValueError(f"{meta_file}: missing field '{field}'")
+        for field in ("vocab_size", "num_items"):
+            if not isinstance(meta[field], int) or isinstance(meta[field], bool) or \
+                    meta[field] < (NUM_RESERVED + 1 if field == "vocab_size" else 1):
+                raise DataError(meta_file, f"{meta[field]!r} is not a positive item count",
+                                field=field)
+        for field in ("splits", "modalities"):
+            if not isinstance(meta[field], dict):
+                raise DataError(meta_file, "expected an object", field=field)
         vocab_size = int(meta["vocab_size"])
         if vocab_size != int(meta["num_items"]) + NUM_RESERVED:
             raise ValueError(f"{meta_file}: field 'vocab_size' ({vocab_size}) != "
@@ -98,17 +115,29 @@ class PreparedDataset:
             if mask.shape != (vocab_size,):
                 raise ValueError(f"{path / info['present_file']}: shape {mask.shape} != "
                                  f"({vocab_size},)")
+            if validate:
+                _check_finite(path / info["file"], table)
             features[name] = table.astype(np.float32, copy=False)
             present[name] = mask.astype(bool, copy=False)
 
         ds = cls(path=path, meta=meta, vocab=vocab, vocab_size=vocab_size, features=features,
                  present=present, item_counts=np.zeros(vocab_size, np.int64),
                  seen_in_train=np.zeros(vocab_size, bool))
-        for split in meta["splits"]:
+        for split, info in meta["splits"].items():
+            if not isinstance(info, dict) or "file" not in info or "num_examples" not in info:
+                raise DataError(meta_file, "expected an object with 'file' and 'num_examples'",
+                                field=f"splits.{split}")
             if not ds.split_path(split).is_file():
                 raise FileNotFoundError(f"missing split file for '{split}': {ds.split_path(split)}")
+        if validate:
+            for split in meta["splits"]:
+                if split != "train":
+                    scan_split(ds.split_path(split), vocab_size, int(ds.num_examples(split)),
+                               meta_file, split)
         if "train" in meta["splits"]:
-            ds.item_counts, ds.seen_in_train = _train_counts(ds.split_path("train"), vocab_size)
+            ds.item_counts, ds.seen_in_train = _train_counts(
+                ds.split_path("train"), vocab_size,
+                int(ds.num_examples("train")) if validate else None, meta_file)
         return ds
 
     @property
@@ -133,25 +162,125 @@ class PreparedDataset:
                            f"{sorted(self.meta['splits'])}") from None
 
 
+def _read_meta(meta_file: pathlib.Path) -> dict:
+    """dataset.json as a dict; a file that is not JSON (or not an object) names itself."""
+    try:
+        text = meta_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = meta_file.read_bytes()[:err.start].count(b"\n") + 1
+        raise DataError(meta_file, f"invalid UTF-8 (byte 0x{err.object[err.start]:02x})",
+                        line=line) from None
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(meta_file, f"invalid JSON: {err.msg} (column {err.colno})",
+                        line=err.lineno) from None
+    if not isinstance(meta, dict):
+        raise DataError(meta_file, "invalid JSON: expected an object at the top level", line=1)
+    return meta
+
+
 def _load_npy(file: pathlib.Path, what: str) -> np.ndarray:
     if not file.is_file():
         raise FileNotFoundError(f"missing feature file for {what}: {file}")
-    return np.load(file, allow_pickle=False)
+    try:
+        return np.load(file, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(file, f"not a readable .npy array ({what}): {err}") from None
 
 
-def _train_counts(file: pathlib.Path, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Target counts and occurrence mask over the train split, read in large parsed batches."""
+def _check_finite(file: pathlib.Path, table: np.ndarray) -> None:
+    """DataError naming the first feature row with a NaN or infinity."""
+    if table.dtype.kind not in "fiub":
+        raise DataError(file, f"feature values have dtype {table.dtype}, expected numbers")
+    if table.dtype.kind != "f":
+        return
+    finite = np.isfinite(table).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        col = int(np.flatnonzero(~np.isfinite(table[row]))[0])
+        raise DataError(file, f"row {row} (item index {row}), column {col}: {table[row, col]}; "
+                        "features must be finite (was the file written by "
+                        "input_pipelines.prepare?)")
+
+
+SCAN_BATCH = 8192
+
+
+def _scan_values(serialized):
+    parsed = tf.io.parse_example(serialized, _PARSE_SPEC)
+    history, target = parsed["history"], parsed["target"]
+    target_rows = tf.RaggedTensor.from_sparse(target).row_lengths()
+    return (history.values, history.indices[:, 0], target.values, target.indices[:, 0],
+            tf.shape(serialized)[0], target_rows)
+
+
+def _locate_bad_record(file: pathlib.Path) -> tuple[int, str]:
+    """(1-based number of the first record that cannot be read or parsed, what is wrong)."""
+    import re
+
+    n = 0
+    records = iter(tf.data.TFRecordDataset(str(file)))
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            return n + 1, "unreadable"
+        except tf.errors.OpError as err:
+            found = re.search(r"(corrupted|truncated) record at (\d+)", err.message)
+            what = (f"{found.group(1)} record at byte {found.group(2)}" if found else
+                    "the file ends inside a record")
+            return n + 1, what
+        n += 1
+        try:
+            tf.io.parse_example(record[None], _PARSE_SPEC)
+        except tf.errors.OpError:
+            return n, "not a tf.train.Example with int64 lists 'history' and 'target'"
+
+
+def scan_split(file: pathlib.Path, vocab_size: int, declared: int | None,
+               meta_file: pathlib.Path, split: str, counts: np.ndarray | None = None,
+               seen: np.ndarray | None = None) -> int:
+    """Reads a whole split file in large parsed batches and checks it (see `load`); returns the
+    number of records. With `counts`/`seen`, also accumulates target counts and occurrences."""
+    records = tf.data.TFRecordDataset(str(file)).batch(SCAN_BATCH).map(_scan_values)
+    n = 0
+    try:
+        for h_vals, h_rows, t_vals, t_rows, size, t_lens in records.as_numpy_iterator():
+            for field, vals, rows in (("history", h_vals, h_rows), ("target", t_vals, t_rows)):
+                bad = (vals < 1) | (vals >= vocab_size)
+                if bad.any():
+                    i = int(np.flatnonzero(bad)[0])
+                    raise DataError(file, f"item index {int(vals[i])} outside [1, {vocab_size}) "
+                                    f"(vocab_size from {meta_file.name})", line=n + int(rows[i]) + 1,
+                                    field=field, line_label="record")
+            empty = np.flatnonzero(t_lens == 0)
+            if empty.size:
+                raise DataError(file, "example without a target", line=n + int(empty[0]) + 1,
+                                field="target", line_label="record")
+            if counts is not None:
+                counts += np.bincount(t_vals, minlength=vocab_size)[:vocab_size]
+                seen[t_vals] = True
+                seen[h_vals] = True
+            n += int(size)
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+        record, message = _locate_bad_record(file)
+        raise DataError(file, f"truncated or corrupt TFRecord ({message}); rewrite the split "
+                        "with input_pipelines.prepare", line=record, line_label="record") from None
+    if declared is not None and n != declared:
+        raise DataError(meta_file, f"declares {declared} examples for split '{split}' but "
+                        f"{file.name} holds {n}", field=f"splits.{split}.num_examples")
+    return n
+
+
+def _train_counts(file: pathlib.Path, vocab_size: int, declared: int | None = None,
+                  meta_file: pathlib.Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Target counts and occurrence mask over the train split, read in large parsed batches
+    (and checked like every split, see `scan_split`)."""
     counts = np.zeros(vocab_size, np.int64)
     seen = np.zeros(vocab_size, bool)
-    def values(serialized):
-        parsed = tf.io.parse_example(serialized, _PARSE_SPEC)
-        return parsed["history"].values, parsed["target"].values
-
-    records = tf.data.TFRecordDataset(str(file)).batch(8192).map(values)
-    for history, targets in records.as_numpy_iterator():
-        counts += np.bincount(targets, minlength=vocab_size)[:vocab_size]
-        seen[targets] = True
-        seen[history] = True
+    scan_split(file, vocab_size, declared, meta_file or file.parent / "dataset.json", "train",
+               counts, seen)
     seen[:NUM_RESERVED] = False
     return counts, seen
 
