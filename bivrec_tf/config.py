@@ -120,8 +120,9 @@ class LossConfig:
   lambda_sem: float = 0.1           # coarse semantic-similarity loss weight; 0 = ablation
   lambda_alloc: float = 1.0         # fine allocation-similarity loss weight; 0 = ablation
   lambda_balance: float = 0.0       # interest-balance term (use if interests collapse)
-  lambda_div: float = 0.0           # interest-diversity penalty: mean squared cosine between a
-                                    # user's K interests (off-diagonal of U U^T)
+  lambda_div: float = 0.0           # interest-diversity penalty: mean of relu(cos - div_margin)^2
+                                    # over pairs of a user's K interests (off-diagonal of U U^T)
+  div_margin: float = 0.0           # cosines below the margin are free (0 = plain squared cosine)
   tau_c: float = 0.1                # semantic contrastive temperature
   sem_mode: str = "contrast"        # L_sem: "contrast" (DESIGN.md: InfoNCE between the views'
                                     # pooled interests), "mutual" (each view's next-item
@@ -137,6 +138,8 @@ class LossConfig:
   def validate(self) -> None:
     if self.num_negatives < 0:
       _fail("num_negatives", self.num_negatives, "must be >= 0")
+    if not -1.0 <= self.div_margin < 1.0:
+      _fail("div_margin", self.div_margin, "must be in [-1, 1)")
     if self.sem_mode not in ("contrast", "mutual", "cross", "fused"):
       _fail("sem_mode", self.sem_mode, "must be 'contrast', 'mutual', 'cross' or 'fused'")
     if self.alloc_mode not in ("mse", "cka"):

@@ -8,8 +8,8 @@ Decomposition (module 2) -> interests U_v `[B, K, d]`, scored against candidates
     L = L_rec_id + L_rec_mm + lambda_sem L_sem + lambda_alloc L_alloc
         (+ lambda_div L_div + lambda_balance L_balance)
 
-L_div is the mean squared cosine between a user's K interests (keeps them distinct). Logged per
-view every step: `cos_<view>` (mean pairwise cosine of a user's interests, 1 = collapsed) and the
+L_div is the mean of relu(cos - div_margin)^2 over pairs of a user's K interests (keeps them
+distinct). Logged per view every step: `cos_<view>` (mean pairwise cosine of a user's interests, 1 = collapsed) and the
 allocation diagnostics `entropy_<view>`, `interests_<view>`.
 
 Every term is averaged per example over the *global* batch, so the loss does not depend on the
@@ -214,7 +214,7 @@ class BivRecModel(tfrs.Model):
       stats = AllocationStats(a, valid)
       terms[f"entropy_{v}"] = stats.token_entropy
       terms[f"interests_{v}"] = stats.effective_interests
-      terms[f"cos_{v}"], cos_sq = interest_similarity(u)
+      terms[f"cos_{v}"], cos_sq = interest_similarity(u, lc.div_margin)
       if lc.lambda_div > 0:
         parts[f"div_{v}"] = lc.lambda_div * cos_sq
       if lc.lambda_balance > 0:

@@ -194,10 +194,11 @@ class InterestDecomposition(tf.keras.layers.Layer):
     return {**super().get_config(), **self._config}
 
 
-def interest_similarity(interests):
-  """Pairwise cosines of each user's K interests `[B, K, d]` -> (mean cosine `[B]`, mean squared
-  cosine `[B]`) over the K (K - 1) ordered pairs (0 for K = 1). The first is the collapse
-  diagnostic (1 = every interest the same vector), the second the diversity penalty."""
+def interest_similarity(interests, margin: float = 0.0):
+  """Pairwise cosines of each user's K interests `[B, K, d]` -> (mean cosine `[B]`, mean of
+  relu(cos - margin)^2 `[B]`) over the K (K - 1) ordered pairs (0 for K = 1). The first is the
+  collapse diagnostic (1 = every interest the same vector), the second the diversity penalty
+  (margin 0: the squared cosine of pairs pointing the same way)."""
   k = interests.shape[-2]
   if k is None or k < 2:
     zero = tf.zeros(tf.shape(interests)[:1], interests.dtype)
@@ -207,4 +208,4 @@ def interest_similarity(interests):
   off = 1.0 - tf.eye(k, dtype=interests.dtype)
   pairs = float(k * (k - 1))
   return (tf.reduce_sum(cos * off, axis=[1, 2]) / pairs,
-          tf.reduce_sum(tf.square(cos) * off, axis=[1, 2]) / pairs)
+          tf.reduce_sum(tf.square(tf.nn.relu(cos - margin)) * off, axis=[1, 2]) / pairs)
