@@ -374,11 +374,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def exit_on_sigterm():
+    """SIGTERM (docker stop, kill, a job scheduler) unwinds like Ctrl-C: the temporary output
+    directory is removed on the way out (prepared.write_prepared) and the exit status is 143.
+    kill -9 cannot be caught: the next run removes what such a run left (its lock is free).
+    Returns the previous handler (None when not on the main thread)."""
+    import signal
+
+    def handler(signum, frame):
+        print("terminated; no output written", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
+
+
 def main(argv=None) -> int:
+    import signal
+
     args = build_parser().parse_args(argv)
-    if args.max_history is not None and args.max_history <= 0:
-        args.max_history = None
-    run(args)
+    previous = exit_on_sigterm()
+    try:
+        if args.max_history is not None and args.max_history <= 0:
+            args.max_history = None
+        run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -178,7 +178,8 @@ def write_prepared(out_dir, item_ids: Sequence[str],
     seen = _train_seen(train_examples, vocab_size)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
+    remove_stale_tmp_dirs(out_dir.parent, out_dir.name)
+    tmp, lock = make_tmp_dir(out_dir.parent, out_dir.name)
     try:
         with open(tmp / VOCAB_FILE, "w", encoding="utf-8") as f:
             f.write("\n".join([PAD_TOKEN, OOV_TOKEN, *item_ids]) + "\n")
@@ -260,7 +261,84 @@ def write_prepared(out_dir, item_ids: Sequence[str],
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        release_tmp_lock(lock)
     return out_dir
+
+
+# --- temporary directories: locked while in use, removed when their writer is gone -------------------
+
+STALE_UNLOCKED_SECONDS = 600  # a .tmp-* directory without lock file (older code) this old is stale
+
+
+def make_tmp_dir(parent: pathlib.Path, name: str):
+    """A fresh `.tmp-<name>-XXXX` directory in `parent` and its lock: `.tmp-<name>-XXXX.lock`,
+    held (flock) for as long as this process writes. The kernel drops the lock when the process
+    dies, however it dies (kill -9 included), so a later run can tell an abandoned directory from
+    one another process is still writing. Returns (directory, (lock path, open lock file))."""
+    import fcntl
+
+    fd, lock_path = tempfile.mkstemp(prefix=f".tmp-{name}-", suffix=".lock", dir=parent)
+    lock = (lock_path, os.fdopen(fd, "w"))
+    fcntl.flock(lock[1], fcntl.LOCK_EX)
+    tmp = pathlib.Path(lock_path[:-len(".lock")])
+    try:
+        tmp.mkdir()
+    except BaseException:
+        release_tmp_lock(lock)
+        raise
+    return tmp, lock
+
+
+def release_tmp_lock(lock) -> None:
+    """Removes and releases a lock from `make_tmp_dir` ((path, open file))."""
+    try:
+        os.unlink(lock[0])
+    except OSError:
+        pass
+    lock[1].close()
+
+
+def remove_stale_tmp_dirs(parent: pathlib.Path, name: str) -> list:
+    """Removes `.tmp-<name>-*` directories left by earlier runs that were killed (their lock is
+    free, or they have no lock file and are older than STALE_UNLOCKED_SECONDS). Directories a
+    live process is writing are kept. Returns the removed paths."""
+    import fcntl
+    import time
+
+    removed = []
+    import glob
+
+    pattern = f".tmp-{glob.escape(name)}-*"
+    for path in pathlib.Path(parent).glob(pattern):
+        if path.suffix == ".lock" or not path.is_dir() or path.is_symlink():
+            continue
+        lock_path = path.with_name(path.name + ".lock")
+        try:
+            if lock_path.exists():
+                with open(lock_path, "a") as lock:
+                    try:
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # its writer is alive
+                    shutil.rmtree(path, ignore_errors=True)
+                    os.unlink(lock_path)
+            elif time.time() - path.stat().st_mtime > STALE_UNLOCKED_SECONDS:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                continue
+        except OSError:
+            continue
+        removed.append(path)
+    for lock_path in pathlib.Path(parent).glob(pattern + ".lock"):  # directory already gone
+        if not lock_path.with_suffix("").exists():
+            try:
+                with open(lock_path, "a") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    os.unlink(lock_path)
+            except (BlockingIOError, OSError):
+                pass
+    return removed
 
 
 def add_modality(prepared_dir, name: str, values: np.ndarray, present: np.ndarray,

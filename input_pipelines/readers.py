@@ -91,7 +91,8 @@ def iter_rows(path, sep: str | None = None, names: Sequence[str] | None = None,
     """
     path = pathlib.Path(path)
     sep = guess_sep(path, sep)
-    f = _open_text(path)
+    _open_text(path).close()  # FileNotFoundError with the usual message
+    f = open(path, "rb")  # decoded line by line, so invalid UTF-8 names its line
     quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
     size = path.stat().st_size
 
@@ -103,11 +104,17 @@ def iter_rows(path, sep: str | None = None, names: Sequence[str] | None = None,
                        leave=False, file=sys.stderr)
         try:
             pending = 0
-            for line in f:
-                pending += len(line)
+            for number, raw in enumerate(f, 1):
+                pending += len(raw)
                 if bar is not None and pending > 1 << 20:
                     bar.update(pending)
                     pending = 0
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataError(path, f"invalid UTF-8 (byte 0x{raw[err.start]:02x} at "
+                                    f"column {err.start + 1}); save the file as UTF-8",
+                                    line=number) from None
                 yield line
         finally:
             if bar is not None:
@@ -135,11 +142,15 @@ def iter_rows(path, sep: str | None = None, names: Sequence[str] | None = None,
     def rows():
         n = len(header)
         while True:
+            start = reader.line_num + 1  # a quoted field may run over several lines
             try:
                 fields = next(reader)
             except StopIteration:
                 return
             except csv.Error as err:
+                if "unexpected end of data" in str(err):
+                    raise DataError(path, "unterminated quoted field: the quote opened in this "
+                                    "row is never closed", line=start) from None
                 raise DataError(path, f"malformed row: {err}", line=reader.line_num) from None
             if not fields or (len(fields) == 1 and not fields[0].strip()):
                 continue
