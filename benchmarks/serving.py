@@ -16,7 +16,12 @@ a trained model. Then, each in a fresh process (TensorFlow's thread pools are fi
   read (both views) / the single-core read bandwidth measured with a numpy sum over 1 GiB;
 - REST on the default catalogue: the local server in a subprocess, `--rest-clients` loopback
   clients on keep-alive connections sending batch-1 `:predict` requests for `--rest-seconds`:
-  requests/second and latency p50/p99.
+  requests/second and latency p50/p99. Measured for the server's HTTP stack (aiohttp,
+  `serving.rest`) and, in the same run, for the standard-library `http.server` transport it
+  replaced (`serving.stdlib_server`, kept as the reference), alternating the two for
+  `--rest-rounds` rounds; the table gives the median round of each.
+
+    python -m benchmarks.serving --rest-only --rest-seconds 10    # the REST comparison alone
 
 Prints a markdown table and writes JSON to benchmarks/results/serving.json.
 """
@@ -141,14 +146,21 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+REST_SERVERS = {  # label -> (module, extra flags)
+    "aiohttp (serving.rest)": ("serving.local_server", ["--file_system_poll_wait_seconds", "0"]),
+    "http.server (reference)": ("serving.stdlib_server", []),
+}
+
+
 def measure_rest(base: Path, name: str, num_items: int, clients: int, seconds: float,
-                 intra: int = 1) -> dict:
-  """Local server subprocess + `clients` keep-alive loopback clients, batch-1 :predict."""
+                 intra: int = 1, server_label: str = "aiohttp (serving.rest)") -> dict:
+  """Server subprocess + `clients` keep-alive loopback clients, batch-1 :predict."""
   port = _free_port()
+  module, extra = REST_SERVERS[server_label]
   server = subprocess.Popen(
-      [sys.executable, "-m", "serving.local_server", "--model_name", name, "--model_base_path",
-       str(base / name), "--rest_api_port", str(port), "--file_system_poll_wait_seconds", "0",
-       "--tensorflow_intra_op_parallelism", str(intra)],
+      [sys.executable, "-m", module, "--model_name", name, "--model_base_path",
+       str(base / name), "--rest_api_port", str(port),
+       "--tensorflow_intra_op_parallelism", str(intra), *extra],
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
       cwd=Path(__file__).resolve().parents[1])
   try:
@@ -202,9 +214,10 @@ def measure_rest(base: Path, name: str, num_items: int, clients: int, seconds: f
       t.join()
     elapsed = time.perf_counter() - start
     ms = np.array(latencies) * 1000
-    return {"clients": clients, "requests": len(ms), "errors": len(errors),
-            "requests_per_s": len(ms) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99)), "intra_op_threads": intra}
+    return {"server": server_label, "clients": clients, "requests": len(ms),
+            "errors": len(errors), "requests_per_s": len(ms) / elapsed,
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "intra_op_threads": intra}
   finally:
     server.terminate()
     server.wait(30)
@@ -227,11 +240,33 @@ def table(results: dict) -> str:
             f" = {floor['floor_ms']:.1f} ms; measured batch-1 p50 {floor['p50_ms']:.1f} ms "
             f"({floor['p50_ms'] / floor['floor_ms']:.2f} x the floor).")
   if results.get("rest"):
-    out += ("\n\n| REST (local server, batch 1) | clients | requests/s | p50 ms | p99 ms |\n"
-            "|---|---|---|---|---|")
+    out += ("\n\n| REST (local server, batch 1) | HTTP stack | clients | requests/s | p50 ms | "
+            "p99 ms |\n|---|---|---|---|---|---|")
     for rest in results["rest"]:
-      out += (f"\n| {rest['num_items']:,} items | {rest['clients']} | "
+      out += (f"\n| {rest['num_items']:,} items | {rest.get('server', '')} | {rest['clients']} | "
               f"{rest['requests_per_s']:.0f} | {rest['p50_ms']:.2f} | {rest['p99_ms']:.2f} |")
+  return out
+
+
+def rest_comparison(work: Path, name: str, num_items: int, clients_list, seconds: float,
+                    rounds: int) -> list:
+  """Both HTTP stacks, alternating (A B, B A, ...) for `rounds` rounds; the median round (by
+  requests/s) of each per client count, with every round's figures kept under `rounds`."""
+  out = []
+  labels = list(REST_SERVERS)
+  for clients in clients_list:
+    runs = {label: [] for label in labels}
+    for r in range(rounds):
+      for label in (labels if r % 2 == 0 else labels[::-1]):
+        runs[label].append(measure_rest(work, name, num_items, clients, seconds,
+                                        server_label=label))
+        print(f"REST: {json.dumps(runs[label][-1])}", flush=True)
+    for label in labels:
+      ordered = sorted(runs[label], key=lambda x: x["requests_per_s"])
+      median = ordered[len(ordered) // 2]
+      out.append({"num_items": num_items, **median,
+                  "rounds": [{k: x[k] for k in ("requests_per_s", "p50_ms", "p99_ms", "errors")}
+                             for x in runs[label]]})
   return out
 
 
@@ -242,6 +277,10 @@ def main(argv=None) -> int:
   parser.add_argument("--seconds", type=float, default=4.0, help="per batch size")
   parser.add_argument("--rest-seconds", type=float, default=15.0)
   parser.add_argument("--rest-clients", default="2,4", help="concurrent clients, one run each")
+  parser.add_argument("--rest-rounds", type=int, default=2,
+                      help="alternating rounds of the two HTTP stacks (median reported)")
+  parser.add_argument("--rest-only", action="store_true",
+                      help="only the REST comparison (first catalogue; no in-process latency)")
   parser.add_argument("--threads", default="tf-default,serving")
   parser.add_argument("--jit-catalogues", default="10000",
                       help="also measure an export with --jit-compile (serving threads) here")
@@ -259,6 +298,11 @@ def main(argv=None) -> int:
       size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
       entry = {"num_items": n, "export_seconds": time.time() - start,
                "export_mb": size / 1e6, "latency": {}}
+      if args.rest_only:
+        results["rest"] = rest_comparison(work, path.parent.name, n,
+                                          [int(c) for c in args.rest_clients.split(",")],
+                                          args.rest_seconds, args.rest_rounds)
+        break
       for label in labels:
         intra, inter = THREADS[label]
         entry["latency"][label] = _in_subprocess(path, n, intra, inter, args.seconds)
@@ -271,11 +315,9 @@ def main(argv=None) -> int:
         shutil.rmtree(jit_path.parent, ignore_errors=True)
       results["in_process"].append(entry)
       if n == catalogues[0] and args.rest_seconds > 0:
-        results["rest"] = []
-        for clients in [int(c) for c in args.rest_clients.split(",")]:
-          results["rest"].append({"num_items": n, **measure_rest(
-              work, path.parent.name, n, clients, args.rest_seconds)})
-          print(f"REST: {json.dumps(results['rest'][-1])}", flush=True)
+        results["rest"] = rest_comparison(work, path.parent.name, n,
+                                          [int(c) for c in args.rest_clients.split(",")],
+                                          args.rest_seconds, args.rest_rounds)
       if n == max(catalogues):
         gbs = read_bandwidth_gbs()
         table_bytes = 2 * n * 64 * 4

@@ -252,8 +252,8 @@ def scan_split(file: pathlib.Path, vocab_size: int, declared: int | None,
                 if bad.any():
                     i = int(np.flatnonzero(bad)[0])
                     raise DataError(file, f"item index {int(vals[i])} outside [1, {vocab_size}) "
-                                    f"(vocab_size from {meta_file.name})", line=n + int(rows[i]) + 1,
-                                    field=field, line_label="record")
+                                    f"(vocab_size from {meta_file.name})",
+                                    line=n + int(rows[i]) + 1, field=field, line_label="record")
             empty = np.flatnonzero(t_lens == 0)
             if empty.size:
                 raise DataError(file, "example without a target", line=n + int(empty[0]) + 1,

@@ -121,7 +121,7 @@ _DECODER = json.JSONDecoder()
 # A high surrogate escape not followed by a low one, preceded by an even number of backslashes.
 _LONE_HIGH_SURROGATE = re.compile(
     r"(?<!\\)((?:\\\\)*)\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})")
-MAX_NESTING_NOTE = "nested deeper than this server's JSON parser allows (about 900 levels)"
+MAX_NESTING_NOTE = "nested deeper than this server's JSON parser allows (about 1,000 levels)"
 
 
 def _comma_error(text: str, pos: int) -> str:

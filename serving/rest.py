@@ -62,6 +62,9 @@ def default_max_connections() -> int:
   return max(8, min(4096, soft - max(64, soft // 4)))
 
 
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
 def _json(status: int, text: str, close: bool = False) -> web.Response:
   headers = {"Content-Type": "application/json"}
   if close:
@@ -250,13 +253,15 @@ class RestServer:
     if isinstance(body, web.StreamResponse):
       return body
     gzipped = "gzip" in request.headers.get("Content-Encoding", "")
+    # Cancelling the wait at the deadline leaves the worker to finish in the background.
     future = self.loop.run_in_executor(self.executor, self._process, method, path, body,
                                        gzipped)
     try:
-      status, text = await asyncio.wait_for(asyncio.shield(future), self.request_timeout)
-    except asyncio.TimeoutError:
+      async with asyncio.timeout(self.request_timeout):
+        status, text = await future
+    except TimeoutError:
       return _error(504, "Deadline Exceeded")
-    return web.Response(status=status, body=text, headers={"Content-Type": "application/json"})
+    return web.Response(status=status, body=text, headers=_JSON_HEADERS)
 
   async def _read_body(self, request: web.BaseRequest):
     """The body (bytes), or the response that refuses it."""
@@ -264,13 +269,17 @@ class RestServer:
     length = request.content_length
     if length is not None and length > limit:
       return self._too_large(length)
+    content = request.content
+    if content.is_eof():  # the whole body arrived with the headers (the usual case)
+      body = await content.read()
+      return body if len(body) <= limit else self._too_large(None)
     if request.headers.get("Expect", "").lower() == "100-continue":
       await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     chunks, total = [], 0
     try:
       async with asyncio.timeout(self.body_timeout):
         while True:
-          chunk = await request.content.readany()
+          chunk = await content.readany()
           if not chunk:
             break
           total += len(chunk)

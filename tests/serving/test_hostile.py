@@ -269,7 +269,8 @@ def test_unterminated_deep_nesting_is_a_400(server):
 def test_lone_surrogates(server):
   (resp,) = check(server, request(PREDICT, b'{"instances": [["\\ud800"]]}'))
   assert resp[0] == 400
-  assert error_of(resp) == "JSON Parse error: The surrogate pair in string is invalid. at offset: 17"
+  assert error_of(resp) == ("JSON Parse error: The surrogate pair in string is invalid. "
+                            "at offset: 17")
   # A lone low surrogate is accepted (rapidjson 1.1.0) and echoed back in an error message.
   (resp,) = check(server, request(PREDICT, b'{"instances": "\\udc00"}'))
   assert resp[0] == 400 and "Expecting 'instances' to be an list/array" in error_of(resp)
