@@ -76,6 +76,8 @@ LABELS = {
     "sasrec": "SASRec", "comirec_sa": "ComiRec-SA", "mm_seq": "MM-seq (ID-free SASRec)",
     LATE_FUSION: "Late fusion (ID view and MM view trained separately)",
     "id_only": "BivRec, ID view only", "mm_only": "BivRec, MM view only",
+    "single_interest": "BivRec, one interest per view (module 2 off)",
+    "no_cross_view": "BivRec, no cross-view losses (module 3 off)",
     "multi_scale": "BivRec + multi-scale (P={1,2,4})", "encoder": "BivRec + Transformer block",
     "gaussian": "BivRec + Gaussian prior", "cluster": "BivRec + cluster rounds (R=2)",
     "no_sem": "BivRec, no L_sem", "no_alloc": "BivRec, no L_alloc",

@@ -11,8 +11,11 @@ back on (patch sizes {1, 2, 4}, one Transformer block, Gaussian prior, R = 2 clu
 - Baselines: `sasrec` (ID-only Transformer over single items, one interest read at the most recent
   position), `comirec_sa` (ID-only, K attention queries over item tokens: the default's ID view
   trained alone), `mm_seq` (the SASRec-style model on the multimodal item tower only, ID-free).
-- `ABLATIONS` switch one part of the default off (`id_only`, `mm_only`, `no_sem`, `no_alloc`) or
-  one DESIGN.md module back on (`multi_scale`, `encoder`, `gaussian`, `cluster`).
+- `ABLATIONS` switch one part of the default off (`id_only`, `mm_only`, `no_sem`, `no_alloc`), a
+  whole module off (`single_interest`: module 2, K = 1; `no_cross_view`: module 3, both
+  cross-view losses) or one DESIGN.md module back on (`multi_scale`, `encoder`, `gaussian`,
+  `cluster`). `id_only` + `mm_only` of the same seed, fused, are the `late_fusion` baseline of
+  the quality benchmark.
 - `DESIGN_ABLATIONS` (`design_<switch>`) switch one part of `bivrec_design` off: the ablations of
   DESIGN.md section 3 (id-only, mm-only, single scale, no Gaussian prior, no cluster rounds, no
   L_sem, no L_alloc).
@@ -33,6 +36,12 @@ _OFF = {
     "mm_only": {"model": {"views": ("mm",)}},
     "no_sem": {"loss": {"lambda_sem": 0.0}},
     "no_alloc": {"loss": {"lambda_alloc": 0.0}},
+}
+# Whole modules off: module 2 = one interest per view (no decomposition), module 3 = neither
+# cross-view loss (two independent encoders trained side by side, fused at inference).
+_MODULE_OFF = {
+    "single_interest": {"model": {"num_interests": 1}},
+    "no_cross_view": {"loss": {"lambda_sem": 0.0, "lambda_alloc": 0.0}},
 }
 _DESIGN_OFF = {
     **_OFF,
@@ -60,13 +69,14 @@ PRESETS: Dict[str, dict] = {
                              "gaussian_prior": False, "cluster_rounds": 0}},
     "mm_seq": {"model": {"views": ("mm",), **_SINGLE}},
     **_OFF,
+    **_MODULE_OFF,
     **_ON,
     **{f"design_{name}": _merge({"model": _DESIGN}, o) for name, o in _DESIGN_OFF.items()},
 }
 
 BASELINES = ("sasrec", "comirec_sa", "mm_seq")
-ABLATIONS = ("id_only", "mm_only", "multi_scale", "encoder", "gaussian", "cluster", "no_sem",
-             "no_alloc")
+ABLATIONS = ("id_only", "mm_only", "single_interest", "no_cross_view", "multi_scale", "encoder",
+             "gaussian", "cluster", "no_sem", "no_alloc")
 VARIANTS = ("bivrec_design",)
 DESIGN_ABLATIONS = tuple(f"design_{name}" for name in (
     "id_only", "mm_only", "single_scale", "no_gaussian", "no_cluster", "no_sem", "no_alloc"))
