@@ -130,7 +130,8 @@ class LossConfig:
                                     # "cross" (each view's interests predict the target in the
                                     # other view's item space) or "fused" (the retrieval loss on
                                     # the fused score 1/2 (s_id + s_mm): each view learns what the
-                                    # other misses)
+                                    # other misses) or "item" (each candidate item's ID vector
+                                    # contrasted with its MM vector)
   alloc_mode: str = "mse"           # L_alloc: "mse" (DESIGN.md) or "cka" (1 - centred kernel
                                     # alignment of the co-allocations: scale-free, uniform != 0)
   tau_kd: float = 1.0               # temperature of the "mutual" distillation
@@ -140,8 +141,9 @@ class LossConfig:
       _fail("num_negatives", self.num_negatives, "must be >= 0")
     if not -1.0 <= self.div_margin < 1.0:
       _fail("div_margin", self.div_margin, "must be in [-1, 1)")
-    if self.sem_mode not in ("contrast", "mutual", "cross", "fused"):
-      _fail("sem_mode", self.sem_mode, "must be 'contrast', 'mutual', 'cross' or 'fused'")
+    if self.sem_mode not in ("contrast", "mutual", "cross", "fused", "item"):
+      _fail("sem_mode", self.sem_mode,
+            "must be 'contrast', 'mutual', 'cross', 'fused' or 'item'")
     if self.alloc_mode not in ("mse", "cka"):
       _fail("alloc_mode", self.alloc_mode, "must be 'mse' or 'cka'")
     if not self.tau_kd > 0:

@@ -27,7 +27,7 @@ from bivrec_tf.config import Config
 from bivrec_tf.layers import (AllocationStats, IdTower, InterestDecomposition,
                               MultiScaleInterestEmbedding, MultimodalTower, SemanticHead,
                               allocation_cka_loss, allocation_loss, interest_similarity,
-                              mutual_distillation_loss, semantic_loss)
+                              item_alignment_loss, mutual_distillation_loss, semantic_loss)
 from bivrec_tf.layers.patching import padded_length
 
 FIRST_ITEM = 2  # 0 = padding, 1 = out-of-vocabulary
@@ -232,6 +232,13 @@ class BivRecModel(tfrs.Model):
         terms["sem"] = mutual_distillation_loss(
             self._logits(self._scores("id", u_id, candidates), candidates, probs),
             self._logits(self._scores("mm", u_mm, candidates), candidates, probs), lc.tau_kd)
+      elif lc.sem_mode == "item":
+        # Per candidate [C]; averaged over the batch's rows so the term is per example [B].
+        per_item = item_alignment_loss(
+            tf.math.l2_normalize(self.views["id"].tower(candidates), axis=-1),
+            tf.math.l2_normalize(self.views["mm"].tower(candidates), axis=-1), candidates,
+            lc.tau_c)
+        terms["sem"] = tf.fill(tf.shape(target), tf.reduce_mean(per_item))
       elif lc.sem_mode == "fused":  # the fusion rule's scores (w = 1/2) trained end to end
         fused = 0.5 * (self._scores("id", u_id, candidates) + self._scores("mm", u_mm, candidates))
         logits = self._logits(fused, candidates, probs)

@@ -18,6 +18,10 @@ Measured alternatives (config `sem_mode`, `alloc_mode`; docs/model.md has the nu
   (U_id against e_mm(candidates), U_mm against e_id(candidates)), the retrieval loss itself.
 - `sem_mode="fused"`: the retrieval loss on the fused score 1/2 (s_id + s_mm) (the inference rule
   at w = 1/2), so each view is trained on what the other one misses.
+- `sem_mode="item"`: the views' item embeddings of the batch's candidates are contrasted, item i's
+  ID vector against its MM vector (symmetric InfoNCE, tau_c; duplicates of a candidate are not
+  negatives): rare items' ID embeddings borrow the content's geometry, and the MM tower learns
+  the collaborative one, which it carries to items it never saw.
 - `alloc_mode="cka"`: L_alloc = 1 - CKA(C_id, C_mm) with the co-allocations centred over the valid
   tokens: scale-free, and uniform allocations (centred A = 0) score 1, not 0.
 
@@ -153,3 +157,19 @@ def allocation_cka_loss(alloc_id, alloc_mm, valid):
   cross = gram_sq(a_id, a_mm)
   norms = tf.sqrt(gram_sq(a_id, a_id) * gram_sq(a_mm, a_mm) + EPS)
   return 1.0 - cross / (norms + EPS)
+
+
+def item_alignment_loss(e_id, e_mm, item_ids, tau_c: float):
+  """Symmetric InfoNCE between the two views' vectors of the same items.
+
+  Args: e_id, e_mm `[C, d]` unit vectors of C candidate items; item_ids `[C]` (repeated ids are
+    masked as negatives of each other); tau_c: temperature.
+  Returns: per-candidate loss `[C]`.
+  """
+  logits = tf.matmul(e_id, e_mm, transpose_b=True) / tau_c                 # [C, C]
+  same = tf.equal(item_ids[:, None], item_ids[None, :])
+  eye = tf.eye(tf.shape(logits)[0], dtype=tf.bool)
+  logits = tf.where(same & ~eye, tf.constant(-1e9, logits.dtype), logits)
+  labels = tf.range(tf.shape(logits)[0])
+  return 0.5 * (tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits) +
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.transpose(logits)))

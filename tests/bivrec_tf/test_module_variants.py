@@ -130,7 +130,7 @@ def test_mutual_distillation_pulls_each_view_towards_the_other_and_not_the_teach
   np.testing.assert_allclose(tape.gradient(loss, logits_id), 0.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("sem_mode", ["contrast", "mutual", "cross", "fused"])
+@pytest.mark.parametrize("sem_mode", ["contrast", "mutual", "cross", "fused", "item"])
 def test_every_sem_mode_trains_both_views(sem_mode):
   model = _model(loss={"sem_mode": sem_mode, "lambda_sem": 1.0})
   batch = _batch()
@@ -181,3 +181,18 @@ def test_late_fusion_scores_each_view_with_its_own_model():
   np.testing.assert_allclose(fused.item_table("mm"), mm_model.item_table("mm"))
   with pytest.raises(ValueError, match="ID-only and an MM-only"):
     LateFusion(mm_model, id_model)
+
+
+def test_item_alignment_is_lower_for_matching_views_and_ignores_duplicate_candidates():
+  from bivrec_tf.layers import item_alignment_loss
+  e = tf.math.l2_normalize(tf.random.stateless_normal([6, 8], seed=[2, 3]), axis=-1)
+  ids = tf.constant([2, 3, 4, 5, 6, 7], tf.int64)
+  aligned = float(tf.reduce_mean(item_alignment_loss(e, e, ids, 0.1)))
+  shuffled = float(tf.reduce_mean(item_alignment_loss(e, tf.roll(e, 2, axis=0), ids, 0.1)))
+  assert aligned < shuffled - 1.0
+  dup = tf.concat([e, e[:1]], axis=0)
+  dup_ids = tf.concat([ids, ids[:1]], axis=0)
+  loss = item_alignment_loss(dup, dup, dup_ids, 0.1)
+  # The repeated item is not its own copy's negative: its loss is what it is without the copy.
+  np.testing.assert_allclose(loss[0], loss[6], rtol=1e-5)
+  np.testing.assert_allclose(loss[0], item_alignment_loss(e, e, ids, 0.1)[0], rtol=1e-4)
