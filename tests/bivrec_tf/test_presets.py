@@ -81,3 +81,22 @@ def test_design_formulation_turns_every_module_of_design_md_on():
 
 def test_comirec_sa_is_the_default_id_view_trained_alone():
   assert not _diff(apply_preset(Config(), "comirec_sa"), apply_preset(Config(), "id_only"))
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_weight_of_a_preset_receives_a_gradient(name):
+  """Switched-off parts build no weights: nothing trainable is left without a gradient (the
+  'Gradients do not exist for variables' warning of Keras)."""
+  cfg = apply_preset(Config().replace(model={"dim": 8}, loss={"num_negatives": 4}), name)
+  rng = np.random.default_rng(1)
+  model = BivRecModel(cfg, V, L, {"text": rng.normal(size=(V, 3)).astype(np.float32)},
+                      {"text": np.ones(V, bool)}, item_counts=np.ones(V),
+                      seen_in_train=np.ones(V, bool))
+  model.build_all()
+  history = rng.integers(2, V, (4, L))
+  batch = {"history": history, "target": rng.integers(2, V, 4), "negatives": np.arange(2, 6)}
+  with tf.GradientTape() as tape:
+    loss = model.compute_loss(batch, training=True)
+  grads = tape.gradient(loss, model.trainable_variables)
+  missing = [v.name for v, g in zip(model.trainable_variables, grads) if g is None]
+  assert not missing, missing
