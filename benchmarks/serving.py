@@ -146,6 +146,12 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _process_cpu_seconds(pid: int) -> float:
+  """User + system CPU time of a process (all its threads), from /proc."""
+  fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+  return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 REST_SERVERS = {  # label -> (module, extra flags)
     "aiohttp (serving.rest)": ("serving.local_server", ["--file_system_poll_wait_seconds", "0"]),
     "http.server (reference)": ("serving.stdlib_server", []),
@@ -206,6 +212,7 @@ def measure_rest(base: Path, name: str, num_items: int, clients: int, seconds: f
       t.join()
     latencies.clear()
     start = time.perf_counter()
+    cpu_start = _process_cpu_seconds(server.pid)
     stop_at[0] = start + seconds
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     for t in threads:
@@ -213,8 +220,9 @@ def measure_rest(base: Path, name: str, num_items: int, clients: int, seconds: f
     for t in threads:
       t.join()
     elapsed = time.perf_counter() - start
+    cpu = _process_cpu_seconds(server.pid) - cpu_start
     ms = np.array(latencies) * 1000
-    return {"server": server_label, "clients": clients, "requests": len(ms),
+    return {"server_cpu_ms_per_request": cpu * 1000 / max(len(ms), 1), "server": server_label, "clients": clients, "requests": len(ms),
             "errors": len(errors), "requests_per_s": len(ms) / elapsed,
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
             "intra_op_threads": intra}
@@ -241,10 +249,12 @@ def table(results: dict) -> str:
             f"({floor['p50_ms'] / floor['floor_ms']:.2f} x the floor).")
   if results.get("rest"):
     out += ("\n\n| REST (local server, batch 1) | HTTP stack | clients | requests/s | p50 ms | "
-            "p99 ms |\n|---|---|---|---|---|---|")
+            "p99 ms | server CPU ms / request |\n|---|---|---|---|---|---|---|")
     for rest in results["rest"]:
+      cpu = rest.get("server_cpu_ms_per_request")
       out += (f"\n| {rest['num_items']:,} items | {rest.get('server', '')} | {rest['clients']} | "
-              f"{rest['requests_per_s']:.0f} | {rest['p50_ms']:.2f} | {rest['p99_ms']:.2f} |")
+              f"{rest['requests_per_s']:.0f} | {rest['p50_ms']:.2f} | {rest['p99_ms']:.2f} | "
+              f"{'' if cpu is None else f'{cpu:.2f}'} |")
   return out
 
 
@@ -265,7 +275,8 @@ def rest_comparison(work: Path, name: str, num_items: int, clients_list, seconds
       ordered = sorted(runs[label], key=lambda x: x["requests_per_s"])
       median = ordered[len(ordered) // 2]
       out.append({"num_items": num_items, **median,
-                  "rounds": [{k: x[k] for k in ("requests_per_s", "p50_ms", "p99_ms", "errors")}
+                  "rounds": [{k: x[k] for k in ("requests_per_s", "p50_ms", "p99_ms", "errors",
+                                                "server_cpu_ms_per_request")}
                              for x in runs[label]]})
   return out
 

@@ -65,6 +65,18 @@ def default_max_connections() -> int:
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
+def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
+  """uvloop's libuv loop (less per-request overhead than asyncio's selector loop) or asyncio's."""
+  if kind in ("auto", "uvloop"):
+    try:
+      import uvloop  # pylint: disable=import-outside-toplevel
+      return uvloop.new_event_loop()
+    except ImportError:
+      if kind == "uvloop":
+        raise
+  return asyncio.new_event_loop()
+
+
 def _json(status: int, text: str, close: bool = False) -> web.Response:
   headers = {"Content-Type": "application/json"}
   if close:
@@ -123,6 +135,8 @@ class RestServer:
     idle_timeout: seconds a connection may go without sending a complete request.
     request_timeout: seconds to process a request (504 after).
     body_timeout: seconds to receive a request body (408 after); default request_timeout.
+    event_loop: "uvloop" (libuv), "asyncio" (the standard selector loop), or "auto" (uvloop
+      when installed).
   """
 
   def __init__(self, model_server, host: str = "127.0.0.1", port: int = 8501,
@@ -130,7 +144,7 @@ class RestServer:
                max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                max_connections: int = 0, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
                request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-               body_timeout: Optional[float] = None):
+               body_timeout: Optional[float] = None, event_loop: str = "auto"):
     import os  # pylint: disable=import-outside-toplevel
 
     self.model_server = model_server
@@ -150,7 +164,8 @@ class RestServer:
     self.socket.bind((host, port))
     self.socket.listen(1024)
     self.socket.setblocking(False)
-    self.loop = asyncio.new_event_loop()
+    self.loop = new_event_loop(event_loop)
+    self.event_loop = type(self.loop).__module__.split(".")[0]
     self._server = None
     self._ready = threading.Event()
     self._thread = threading.Thread(target=self._run, name="rest-api", daemon=True)
