@@ -130,16 +130,47 @@ def test_invalid_dataset_json_names_the_file_and_line(prepared):
   assert _error(prepared).startswith(f"{meta_file}, line 1: invalid UTF-8")
 
 
-def test_train_cli_stops_before_training_with_one_line(prepared, tmp_path, capsys):
+def _poison_nan(ds):
+  file = ds / "features" / "text.npy"
+  table = np.load(file)
+  table[4, 1] = np.nan
+  np.save(file, table)
+  return file, "row 4 (item index 4), column 1: nan"
+
+
+def _poison_truncated(ds):
+  file = ds / "test.tfrecord"
+  file.write_bytes(file.read_bytes()[:-3])
+  return file, "record 3: truncated or corrupt TFRecord"
+
+
+def _poison_out_of_range(ds):
+  file = ds / "train.tfrecord"
+  _rewrite(file, [([2], [3])] * 10 + [([2, 9999], [3])] + [([2], [3])] * 13)
+  return file, "record 11, field 'history': item index 9999 outside [1, 14)"
+
+
+def _poison_lying_json(ds):
+  file = ds / "dataset.json"
+  meta = json.loads(file.read_text())
+  meta["splits"]["train"]["num_examples"] = 1000
+  file.write_text(json.dumps(meta))
+  return file, "field 'splits.train.num_examples': declares 1000 examples"
+
+
+@pytest.mark.parametrize("poison", [_poison_nan, _poison_truncated, _poison_out_of_range,
+                                    _poison_lying_json], ids=lambda f: f.__name__[8:])
+def test_train_cli_stops_before_training_with_one_line(prepared, tmp_path, capsys, poison):
+  """The issue's "done when": each poison stops `python -m bivrec_tf.train` before training
+  (no run directory, no export) with one line naming the file, and exit status 2."""
   from bivrec_tf import train
 
-  file = prepared / "train.tfrecord"
-  file.write_bytes(file.read_bytes()[:-3])
+  file, what = poison(prepared)
   args = ["--data", str(prepared), "--run-dir", str(tmp_path / "run"), "--export-base",
           str(tmp_path / "exports"), "--epochs", "1", "--no-jit-compile"]
   assert train.main(args) == 2
   err = capsys.readouterr().err.strip()
-  assert err.startswith(f"error: {file}, record ") and len(err.splitlines()) == 1
+  assert err.startswith(f"error: {file}") and what in err and len(err.splitlines()) == 1, err
   assert not (tmp_path / "run").exists() and not (tmp_path / "exports").exists()
 
 
