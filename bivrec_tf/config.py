@@ -131,7 +131,7 @@ class LossConfig:
                                     # other view's item space) or "fused" (the retrieval loss on
                                     # the fused score 1/2 (s_id + s_mm): each view learns what the
                                     # other misses) or "item" (each candidate item's ID vector
-                                    # contrasted with its MM vector)
+                                    # contrasted with its MM vector); "mutual+item" sums both
   alloc_mode: str = "mse"           # L_alloc: "mse" (DESIGN.md) or "cka" (1 - centred kernel
                                     # alignment of the co-allocations: scale-free, uniform != 0)
   tau_kd: float = 1.0               # temperature of the "mutual" distillation
@@ -141,9 +141,11 @@ class LossConfig:
       _fail("num_negatives", self.num_negatives, "must be >= 0")
     if not -1.0 <= self.div_margin < 1.0:
       _fail("div_margin", self.div_margin, "must be in [-1, 1)")
-    if self.sem_mode not in ("contrast", "mutual", "cross", "fused", "item"):
-      _fail("sem_mode", self.sem_mode,
-            "must be 'contrast', 'mutual', 'cross', 'fused' or 'item'")
+    modes = self.sem_mode.split("+")
+    if not all(m in ("contrast", "mutual", "cross", "fused", "item") for m in modes) or len(
+        set(modes)) != len(modes):
+      _fail("sem_mode", self.sem_mode, "must be 'contrast', 'mutual', 'cross', 'fused' or "
+            "'item', or several of them joined by '+' (summed)")
     if self.alloc_mode not in ("mse", "cka"):
       _fail("alloc_mode", self.alloc_mode, "must be 'mse' or 'cka'")
     if not self.tau_kd > 0:

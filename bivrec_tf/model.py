@@ -125,7 +125,8 @@ class BivRecModel(tfrs.Model):
     self.cross_view = len(self.view_names) == 2
     lc = config.loss
     # The contrastive L_sem's heads exist only when that loss trains them.
-    self.contrast_heads = self.cross_view and lc.sem_mode == "contrast" and lc.lambda_sem > 0
+    self.contrast_heads = (self.cross_view and "contrast" in lc.sem_mode.split("+") and
+                           lc.lambda_sem > 0)
     if self.contrast_heads:
       self.semantic_heads = {v: SemanticHead(m.dim, name=f"semantic_{v}") for v in self.view_names}
     counts = np.zeros(vocab_size, np.float64) if item_counts is None else np.asarray(
@@ -221,35 +222,11 @@ class BivRecModel(tfrs.Model):
         parts[f"balance_{v}"] = lc.lambda_balance * stats.balance_loss
     if self.cross_view:
       (u_id, a_id, valid), (u_mm, a_mm, _) = outputs["id"], outputs["mm"]
-      if lc.sem_mode == "contrast" and not self.contrast_heads:
-        pass  # lambda_sem = 0: no heads, no term
-      elif lc.sem_mode == "contrast":
-        g_id, g_mm = self.semantic_heads["id"](u_id), self.semantic_heads["mm"](u_mm)
-        # Contrast against the whole global batch (the gather passes gradients back).
-        terms["sem"] = semantic_loss(g_id, g_mm, lc.tau_c, gather_replicas(g_id),
-                                     gather_replicas(g_mm))
-      elif lc.sem_mode == "mutual":
-        terms["sem"] = mutual_distillation_loss(
-            self._logits(self._scores("id", u_id, candidates), candidates, probs),
-            self._logits(self._scores("mm", u_mm, candidates), candidates, probs), lc.tau_kd)
-      elif lc.sem_mode == "item":
-        # Per candidate [C]; averaged over the batch's rows so the term is per example [B].
-        per_item = item_alignment_loss(
-            tf.math.l2_normalize(self.views["id"].tower(candidates), axis=-1),
-            tf.math.l2_normalize(self.views["mm"].tower(candidates), axis=-1), candidates,
-            lc.tau_c)
-        terms["sem"] = tf.fill(tf.shape(target), tf.reduce_mean(per_item))
-      elif lc.sem_mode == "fused":  # the fusion rule's scores (w = 1/2) trained end to end
-        fused = 0.5 * (self._scores("id", u_id, candidates) + self._scores("mm", u_mm, candidates))
-        logits = self._logits(fused, candidates, probs)
-        labels = tf.eye(tf.shape(logits)[0], tf.shape(logits)[1])
-        terms["sem"] = tf.nn.softmax_cross_entropy_with_logits(labels, logits)
-      else:  # "cross": each view's interests against the other view's item vectors
-        kwargs = dict(candidate_sampling_probability=probs, candidate_ids=candidates,
-                      compute_metrics=False, compute_batch_metrics=False)
-        terms["sem"] = 0.5 * (
-            self.tasks["id"](u_id, self.views["mm"].item_vectors(candidates), **kwargs) +
-            self.tasks["mm"](u_mm, self.views["id"].item_vectors(candidates), **kwargs))
+      sem = [self._semantic_term(mode, u_id, u_mm, target, candidates, probs)
+             for mode in lc.sem_mode.split("+")
+             if mode != "contrast" or self.contrast_heads]  # lambda_sem = 0: no heads, no term
+      if sem:
+        terms["sem"] = tf.add_n(sem)
       alloc = allocation_cka_loss if lc.alloc_mode == "cka" else allocation_loss
       terms["alloc"] = alloc(a_id, a_mm, valid)
       if lc.lambda_sem > 0 and "sem" in terms:
@@ -257,6 +234,35 @@ class BivRecModel(tfrs.Model):
       if lc.lambda_alloc > 0:
         parts["alloc"] = lc.lambda_alloc * terms["alloc"]
     return parts, terms
+
+  def _semantic_term(self, mode, u_id, u_mm, target, candidates, probs):
+    """One L_sem variant (config `sem_mode`; several joined by '+' are summed), per example."""
+    lc = self.config.loss
+    if mode == "contrast":
+      g_id, g_mm = self.semantic_heads["id"](u_id), self.semantic_heads["mm"](u_mm)
+      # Contrast against the whole global batch (the gather passes gradients back).
+      return semantic_loss(g_id, g_mm, lc.tau_c, gather_replicas(g_id), gather_replicas(g_mm))
+    if mode == "mutual":
+      return mutual_distillation_loss(
+          self._logits(self._scores("id", u_id, candidates), candidates, probs),
+          self._logits(self._scores("mm", u_mm, candidates), candidates, probs), lc.tau_kd)
+    if mode == "item":
+      # Per candidate [C]; averaged over the batch's rows so the term is per example [B].
+      per_item = item_alignment_loss(
+          tf.math.l2_normalize(self.views["id"].tower(candidates), axis=-1),
+          tf.math.l2_normalize(self.views["mm"].tower(candidates), axis=-1), candidates,
+          lc.tau_c)
+      return tf.fill(tf.shape(target), tf.reduce_mean(per_item))
+    if mode == "fused":  # the fusion rule's scores (w = 1/2) trained end to end
+      fused = 0.5 * (self._scores("id", u_id, candidates) + self._scores("mm", u_mm, candidates))
+      logits = self._logits(fused, candidates, probs)
+      labels = tf.eye(tf.shape(logits)[0], tf.shape(logits)[1])
+      return tf.nn.softmax_cross_entropy_with_logits(labels, logits)
+    # "cross": each view's interests against the other view's item vectors
+    kwargs = dict(candidate_sampling_probability=probs, candidate_ids=candidates,
+                  compute_metrics=False, compute_batch_metrics=False)
+    return 0.5 * (self.tasks["id"](u_id, self.views["mm"].item_vectors(candidates), **kwargs) +
+                  self.tasks["mm"](u_mm, self.views["id"].item_vectors(candidates), **kwargs))
 
   def gradient_shares(self, batch) -> Dict[str, float]:
     """Each loss term's share of the gradient norm on each view's encoder (item tower and

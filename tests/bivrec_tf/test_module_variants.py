@@ -130,7 +130,8 @@ def test_mutual_distillation_pulls_each_view_towards_the_other_and_not_the_teach
   np.testing.assert_allclose(tape.gradient(loss, logits_id), 0.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("sem_mode", ["contrast", "mutual", "cross", "fused", "item"])
+@pytest.mark.parametrize("sem_mode",
+                         ["contrast", "mutual", "cross", "fused", "item", "mutual+item"])
 def test_every_sem_mode_trains_both_views(sem_mode):
   model = _model(loss={"sem_mode": sem_mode, "lambda_sem": 1.0})
   batch = _batch()
@@ -196,3 +197,15 @@ def test_item_alignment_is_lower_for_matching_views_and_ignores_duplicate_candid
   # The repeated item is not its own copy's negative: its loss is what it is without the copy.
   np.testing.assert_allclose(loss[0], loss[6], rtol=1e-5)
   np.testing.assert_allclose(loss[0], item_alignment_loss(e, e, ids, 0.1)[0], rtol=1e-4)
+
+
+def test_combined_sem_modes_sum_their_terms():
+  batch = _batch()
+  terms = {}
+  for mode in ("mutual", "item", "mutual+item"):
+    tf.keras.utils.set_random_seed(3)
+    _, t = _model(loss={"sem_mode": mode, "lambda_sem": 1.0}).compute_losses(batch)
+    terms[mode] = t["sem"].numpy()
+  np.testing.assert_allclose(terms["mutual+item"], terms["mutual"] + terms["item"], rtol=1e-5)
+  with pytest.raises(ValueError, match="sem_mode"):
+    Config().replace(loss={"sem_mode": "mutual+mutual"})
