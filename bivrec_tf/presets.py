@@ -29,6 +29,7 @@ _SINGLE = {"patch_sizes": (1,), "num_interests": 1, "readout": "last", "encoder_
            "gaussian_prior": False, "cluster_rounds": 0}
 _DESIGN = {"patch_sizes": (1, 2, 4), "encoder_layers": 1, "gaussian_prior": True,
            "cluster_rounds": 2}
+_DESIGN_LOSS = {"sem_mode": "contrast", "lambda_sem": 0.1}  # DESIGN.md's L_sem and its weight
 
 # Switches, each a (section -> fields) override.
 _OFF = {
@@ -63,7 +64,7 @@ def _merge(base: dict, extra: dict) -> dict:
 
 PRESETS: Dict[str, dict] = {
     "bivrec": {},
-    "bivrec_design": {"model": _DESIGN},
+    "bivrec_design": {"model": _DESIGN, "loss": _DESIGN_LOSS},
     "sasrec": {"model": {"views": ("id",), **_SINGLE}},
     "comirec_sa": {"model": {"views": ("id",), "patch_sizes": (1,), "encoder_layers": 0,
                              "gaussian_prior": False, "cluster_rounds": 0}},
@@ -71,7 +72,8 @@ PRESETS: Dict[str, dict] = {
     **_OFF,
     **_MODULE_OFF,
     **_ON,
-    **{f"design_{name}": _merge({"model": _DESIGN}, o) for name, o in _DESIGN_OFF.items()},
+    **{f"design_{name}": _merge({"model": _DESIGN, "loss": _DESIGN_LOSS}, o)
+       for name, o in _DESIGN_OFF.items()},
 }
 
 BASELINES = ("sasrec", "comirec_sa", "mm_seq")
