@@ -19,7 +19,7 @@ a trained model. Then, each in a fresh process (TensorFlow's thread pools are fi
   requests/second and latency p50/p99. Measured for the server's HTTP stack (aiohttp,
   `serving.rest`) and, in the same run, for the standard-library `http.server` transport it
   replaced (`serving.stdlib_server`, kept as the reference), alternating the two for
-  `--rest-rounds` rounds; the table gives the median round of each.
+  `--rest-rounds` rounds; the table gives the median of each figure over the rounds.
 
     python -m benchmarks.serving --rest-only --rest-seconds 10    # the REST comparison alone
 
@@ -260,8 +260,8 @@ def table(results: dict) -> str:
 
 def rest_comparison(work: Path, name: str, num_items: int, clients_list, seconds: float,
                     rounds: int) -> list:
-  """Both HTTP stacks, alternating (A B, B A, ...) for `rounds` rounds; the median round (by
-  requests/s) of each per client count, with every round's figures kept under `rounds`."""
+  """Both HTTP stacks, alternating (A B, B A, ...) for `rounds` rounds; per client count the
+  median of each figure over the rounds, with every round kept under `rounds`."""
   out = []
   labels = list(REST_SERVERS)
   for clients in clients_list:
@@ -272,13 +272,20 @@ def rest_comparison(work: Path, name: str, num_items: int, clients_list, seconds
                                         server_label=label))
         print(f"REST: {json.dumps(runs[label][-1])}", flush=True)
     for label in labels:
-      ordered = sorted(runs[label], key=lambda x: x["requests_per_s"])
-      median = ordered[len(ordered) // 2]
-      out.append({"num_items": num_items, **median,
-                  "rounds": [{k: x[k] for k in ("requests_per_s", "p50_ms", "p99_ms", "errors",
-                                                "server_cpu_ms_per_request")}
-                             for x in runs[label]]})
+      out.append(summarize_rounds(num_items, label, clients, runs[label]))
   return out
+
+
+ROUND_METRICS = ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_request")
+
+
+def summarize_rounds(num_items: int, label: str, clients: int, rounds: list) -> dict:
+  """Median of every metric over the rounds (each round kept under `rounds`)."""
+  return {"num_items": num_items, "server": label, "clients": clients,
+          **{k: float(np.median([r[k] for r in rounds])) for k in ROUND_METRICS},
+          "errors": int(sum(r["errors"] for r in rounds)),
+          "requests": int(sum(r["requests"] for r in rounds)),
+          "rounds": [{k: r[k] for k in ROUND_METRICS + ("errors", "requests")} for r in rounds]}
 
 
 def main(argv=None) -> int:
