@@ -2,6 +2,7 @@
 
     python -m benchmarks.train_throughput            # the sweep of docs/performance.md
     python -m benchmarks.train_throughput --quick    # the two target rows only
+    python -m benchmarks.train_throughput --quick --reference comirec_sa   # + ratio to a preset
 
 Each configuration runs in its own process (so peak memory is its own): random in-memory batches
 feed `model.fit`, so the number is the training step itself (forward, backward, optimizer); the
@@ -225,6 +226,9 @@ def main(argv=None):
   parser.add_argument("--pipeline", metavar="DATA_DIR", help="also time tf.data on this dataset")
   parser.add_argument("--out", default="benchmarks/results/train_throughput.json")
   parser.add_argument("--only", help="comma list of sweep row numbers to run (0-based)")
+  parser.add_argument("--reference", metavar="PRESET",
+                      help="also time this preset on every row, interleaved, and print the "
+                           "ratio of sequences/s (e.g. comirec_sa, the one-view baseline)")
   parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one spec (JSON)
   args = parser.parse_args(argv)
   if args.one:
@@ -237,6 +241,8 @@ def main(argv=None):
   specs = sweep(base, args.quick)
   if args.only:
     specs = [specs[int(i)] for i in args.only.split(",")]
+  if args.reference:  # interleaved, so both see the same machine load
+    specs = [s for spec in specs for s in (spec, dict(spec, preset=args.reference))]
   for spec in specs:
     proc = subprocess.run([sys.executable, "-m", "benchmarks.train_throughput", "--one",
                            json.dumps(spec)], capture_output=True, text=True, check=False)
@@ -247,7 +253,7 @@ def main(argv=None):
     row = json.loads(lines[-1][7:])
     row["peak_share"] = row["gflops"] / peak
     rows.append(row)
-    print(f"L={row['L']} K={row['K']} items={row['items']} xla={row['xla']}: "
+    print(f"{row['preset']} L={row['L']} K={row['K']} items={row['items']} xla={row['xla']}: "
           f"{row['seq_per_s']:.0f} seq/s", flush=True)
   result = {"command": "python -m benchmarks.train_throughput " + " ".join(
       sys.argv[1:] if argv is None else argv),
@@ -257,15 +263,28 @@ def main(argv=None):
   if args.pipeline:
     result["pipeline_seq_per_s"] = pipeline_rate(args.pipeline, 20, args.batch, args.negatives)
   print(f"\nfp32 matmul peak measured: {peak:.0f} GFLOP/s\n")
-  print(f"preset: {args.preset}")
-  print("| L | K | items | batch | XLA | train seq/s | ms/step | GFLOP/step | GFLOP/s | share of "
-        "peak | peak RSS MB | eval users/s |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  print(f"preset: {args.preset}" + (f", reference {args.reference}" if args.reference else ""))
+  print("| preset | L | K | items | batch | XLA | train seq/s | ms/step | GFLOP/step | GFLOP/s | "
+        "share of peak | peak RSS MB | eval users/s |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     ev = f"{r['eval_users_per_s']:.0f}" if "eval_users_per_s" in r else "-"
-    print(f"| {r['L']} | {r['K']} | {r['items']} | {r['batch']} | {'yes' if r['xla'] else 'no'} "
+    print(f"| {r['preset']} | {r['L']} | {r['K']} | {r['items']} | {r['batch']} "
+          f"| {'yes' if r['xla'] else 'no'} "
           f"| {r['seq_per_s']:.0f} | {r['step_ms']:.0f} | {r['gflop_per_step']:.2f} "
           f"| {r['gflops']:.1f} | {100 * r['peak_share']:.1f} % | {r['peak_rss_mb']:.0f} | {ev} |")
+  if args.reference:
+    result["ratios"] = []
+    print(f"\n| L | {args.preset} seq/s | {args.reference} seq/s | ratio |\n|---|---|---|---|")
+    for r in rows:
+      if r["preset"] != args.preset:
+        continue
+      ref = [x for x in rows if x["preset"] == args.reference and x["L"] == r["L"] and
+             x["K"] == r["K"] and x["items"] == r["items"] and x["xla"] == r["xla"]]
+      if ref:
+        ratio = r["seq_per_s"] / ref[0]["seq_per_s"]
+        result["ratios"].append({"L": r["L"], "ratio": ratio})
+        print(f"| {r['L']} | {r['seq_per_s']:.0f} | {ref[0]['seq_per_s']:.0f} | {ratio:.2f} |")
   if "pipeline_seq_per_s" in result:
     print(f"\ntf.data pipeline alone: {result['pipeline_seq_per_s']:.0f} seq/s")
   out = Path(args.out)

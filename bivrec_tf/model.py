@@ -1,15 +1,18 @@
 """BivRecModel: two views (ID, multimodal), each turning a history into K interests, trained jointly.
 
 Per view v: item tower -> Multi-scale Interest Embedding (module 1) -> Intra-View Interest
-Decomposition (module 2) -> interests U_v `[B, K, d]`, scored against candidates by one
-`tfrs.tasks.Retrieval` with multi-interest ("maxsim") queries. Cross-View Interest Learning
-(module 3) couples the views:
+Decomposition (module 2) -> interests U_v `[B, K, d]`, scored against candidates with
+multi-interest ("maxsim") queries and the loss of `tfrs.tasks.Retrieval` (the logits are formed
+once per view, as that task forms them, with TFRS's logQ-correction and accidental-hit layers, so
+the cross-view terms can reuse them; a test checks the loss equals the task's). Cross-View
+Interest Learning (module 3) couples the views:
 
     L = L_rec_id + L_rec_mm + lambda_sem L_sem + lambda_alloc L_alloc
         (+ lambda_div L_div + lambda_balance L_balance)
 
 L_div is the mean of relu(cos - div_margin)^2 over pairs of a user's K interests (keeps them
-distinct). Logged per view every step: `cos_<view>` (mean pairwise cosine of a user's interests, 1 = collapsed) and the
+distinct). Logged per view every step: `cos_<view>` (mean pairwise cosine of a user's interests,
+1 = collapsed) and the
 allocation diagnostics `entropy_<view>`, `interests_<view>`.
 
 Every term is averaged per example over the *global* batch, so the loss does not depend on the
@@ -67,15 +70,20 @@ class ViewEncoder(tf.keras.layers.Layer):
     pad = (-tf.shape(history)[1]) % step
     return tf.pad(history, [[0, 0], [pad, 0]])
 
-  def item_vectors(self, item_ids):
+  def embed(self, item_ids, table=None):
+    """Tower output `[..., d]`; read from `table` `[V, d]` (the tower applied to every item, see
+    `BivRecModel.loss_parts`) when given."""
+    return self.tower(item_ids) if table is None else tf.gather(table, item_ids)
+
+  def item_vectors(self, item_ids, table=None):
     """Candidate-side embeddings `[..., d]`, unit-norm for cosine similarity."""
-    e = self.tower(item_ids)
+    e = self.embed(item_ids, table)
     return tf.math.l2_normalize(e, axis=-1) if self.normalize else e
 
-  def call(self, history, training=False):
+  def call(self, history, training=False, table=None):
     history = self._align(tf.cast(history, tf.int64))
     mask = history >= FIRST_ITEM
-    h, tau, valid = self.embedding(self.tower(history), mask, training=training)
+    h, tau, valid = self.embedding(self.embed(history, table), mask, training=training)
     if self.readout == "last":
       # Tokens of patch size 1 come first (sizes sorted), one per position: the most recent item
       # is token L'-1. A single interest owns every valid token.
@@ -116,12 +124,6 @@ class BivRecModel(tfrs.Model):
       tower = (IdTower(vocab_size, m.dim, name="id_tower") if v == "id" else
                MultimodalTower(features, present, m.dim, name="mm_tower"))
       self.views[v] = ViewEncoder(tower, config, max_len, name=f"{v}_view")
-    self.tasks = {
-        v: tfrs.tasks.Retrieval(
-            loss=tf.keras.losses.CategoricalCrossentropy(
-                from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
-            temperature=m.tau_rec, remove_accidental_hits=True, name=f"retrieval_{v}")
-        for v in self.view_names}
     self.cross_view = len(self.view_names) == 2
     lc = config.loss
     # The contrastive L_sem's heads exist only when that loss trains them.
@@ -192,8 +194,9 @@ class BivRecModel(tfrs.Model):
     labels = tf.eye(tf.shape(scores)[0], tf.shape(scores)[1])
     return tfrs.layers.loss.RemoveAccidentalHits()(labels, scores, candidates)
 
-  def _scores(self, view, u, candidates):
-    return view_scores(u, self.views[view].item_vectors(candidates), self.config.model.tau_rec)
+  def _scores(self, view, u, candidates, table=None):
+    return view_scores(u, self.views[view].item_vectors(candidates, table),
+                       self.config.model.tau_rec)
 
   def loss_parts(self, batch, training=False):
     """({term: weighted per-example loss `[B]`}, {name: raw term or diagnostic `[B]`}). The total
@@ -204,13 +207,22 @@ class BivRecModel(tfrs.Model):
     candidates, num_positives = self.global_candidates(target, negatives)
     probs = self._sampling_probability(candidates, num_positives,
                                        tf.shape(candidates)[0] - num_positives)
-    outputs = self(history, training=training)
+    # A tower that is more than a lookup (the MM view) is applied once to the whole catalogue when
+    # that is fewer items than the batch's history slots and candidates, then read by index:
+    # the same values, a fraction of the work (B L + C tower calls -> V).
+    slots = int(history.shape[0] or 0) * int(history.shape[1] or 0)
+    tables = {v: self.views[v].tower(tf.range(self.vocab_size, dtype=tf.int64))
+              if v == "mm" and 0 < self.vocab_size <= slots else None for v in self.view_names}
+    outputs = {v: enc(history, training=training, table=tables[v])
+               for v, enc in self.views.items()}
     lc = self.config.loss
     terms, parts = {}, {}
+    logits = {}
     for v, (u, a, valid) in outputs.items():
-      rec = self.tasks[v](u, self.views[v].item_vectors(candidates),
-                          candidate_sampling_probability=probs, candidate_ids=candidates,
-                          compute_metrics=False, compute_batch_metrics=False)
+      # Formed once per view; the cross-view terms reuse them (scoring is the step's main cost).
+      logits[v] = self._logits(self._scores(v, u, candidates, tables[v]), candidates, probs)
+      labels = tf.eye(tf.shape(logits[v])[0], tf.shape(logits[v])[1])
+      rec = tf.nn.softmax_cross_entropy_with_logits(labels, logits[v])
       terms[f"rec_{v}"] = parts[f"rec_{v}"] = rec
       stats = AllocationStats(a, valid)
       terms[f"entropy_{v}"] = stats.token_entropy
@@ -222,7 +234,7 @@ class BivRecModel(tfrs.Model):
         parts[f"balance_{v}"] = lc.lambda_balance * stats.balance_loss
     if self.cross_view:
       (u_id, a_id, valid), (u_mm, a_mm, _) = outputs["id"], outputs["mm"]
-      sem = [self._semantic_term(mode, u_id, u_mm, target, candidates, probs)
+      sem = [self._semantic_term(mode, u_id, u_mm, target, candidates, probs, logits)
              for mode in lc.sem_mode.split("+")
              if mode != "contrast" or self.contrast_heads]  # lambda_sem = 0: no heads, no term
       if sem:
@@ -235,17 +247,16 @@ class BivRecModel(tfrs.Model):
         parts["alloc"] = lc.lambda_alloc * terms["alloc"]
     return parts, terms
 
-  def _semantic_term(self, mode, u_id, u_mm, target, candidates, probs):
-    """One L_sem variant (config `sem_mode`; several joined by '+' are summed), per example."""
+  def _semantic_term(self, mode, u_id, u_mm, target, candidates, probs, logits):
+    """One L_sem variant (config `sem_mode`; several joined by '+' are summed), per example.
+    `logits`: {view: `[B, C]`} the retrieval logits of each view."""
     lc = self.config.loss
     if mode == "contrast":
       g_id, g_mm = self.semantic_heads["id"](u_id), self.semantic_heads["mm"](u_mm)
       # Contrast against the whole global batch (the gather passes gradients back).
       return semantic_loss(g_id, g_mm, lc.tau_c, gather_replicas(g_id), gather_replicas(g_mm))
     if mode == "mutual":
-      return mutual_distillation_loss(
-          self._logits(self._scores("id", u_id, candidates), candidates, probs),
-          self._logits(self._scores("mm", u_mm, candidates), candidates, probs), lc.tau_kd)
+      return mutual_distillation_loss(logits["id"], logits["mm"], lc.tau_kd)
     if mode == "item":
       # Per candidate [C]; averaged over the batch's rows so the term is per example [B].
       per_item = item_alignment_loss(
@@ -259,10 +270,14 @@ class BivRecModel(tfrs.Model):
       labels = tf.eye(tf.shape(logits)[0], tf.shape(logits)[1])
       return tf.nn.softmax_cross_entropy_with_logits(labels, logits)
     # "cross": each view's interests against the other view's item vectors
-    kwargs = dict(candidate_sampling_probability=probs, candidate_ids=candidates,
-                  compute_metrics=False, compute_batch_metrics=False)
-    return 0.5 * (self.tasks["id"](u_id, self.views["mm"].item_vectors(candidates), **kwargs) +
-                  self.tasks["mm"](u_mm, self.views["id"].item_vectors(candidates), **kwargs))
+    tau = self.config.model.tau_rec
+    out = 0.0
+    for u, other in ((u_id, "mm"), (u_mm, "id")):
+      cross = self._logits(view_scores(u, self.views[other].item_vectors(candidates), tau),
+                           candidates, probs)
+      labels = tf.eye(tf.shape(cross)[0], tf.shape(cross)[1])
+      out += 0.5 * tf.nn.softmax_cross_entropy_with_logits(labels, cross)
+    return out
 
   def gradient_shares(self, batch) -> Dict[str, float]:
     """Each loss term's share of the gradient norm on each view's encoder (item tower and

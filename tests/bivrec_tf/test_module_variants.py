@@ -156,9 +156,9 @@ def test_gradient_shares_sum_to_one_per_view_and_zero_lambda_terms_are_absent():
 
 
 def test_no_semantic_heads_without_the_contrastive_loss():
-  assert not hasattr(_model(loss={"lambda_sem": 0.0}), "semantic_heads")
+  assert not hasattr(_model(loss={"sem_mode": "contrast", "lambda_sem": 0.0}), "semantic_heads")
   assert not hasattr(_model(loss={"sem_mode": "mutual"}), "semantic_heads")
-  assert hasattr(_model(), "semantic_heads")
+  assert hasattr(_model(loss={"sem_mode": "contrast"}), "semantic_heads")
 
 
 def test_interest_diagnostics_shares_sum_to_one_and_single_interest_wins_everything():
@@ -209,3 +209,23 @@ def test_combined_sem_modes_sum_their_terms():
   np.testing.assert_allclose(terms["mutual+item"], terms["mutual"] + terms["item"], rtol=1e-5)
   with pytest.raises(ValueError, match="sem_mode"):
     Config().replace(loss={"sem_mode": "mutual+mutual"})
+
+
+def test_retrieval_loss_equals_the_tfrs_retrieval_task_with_multi_interest_queries():
+  import tensorflow_recommenders as tfrs
+  model = _model(loss={"lambda_sem": 0.0, "lambda_alloc": 0.0})
+  batch = _batch()
+  _, terms = model.compute_losses(batch)
+  candidates, b = model.global_candidates(tf.constant(batch["target"], tf.int64),
+                                          tf.constant(batch["negatives"], tf.int64))
+  probs = model._sampling_probability(candidates, b, tf.shape(candidates)[0] - b)
+  task = tfrs.tasks.Retrieval(
+      loss=tf.keras.losses.CategoricalCrossentropy(
+          from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
+      temperature=model.config.model.tau_rec, remove_accidental_hits=True)
+  for view in ("id", "mm"):
+    u = model.queries(batch["history"])[view]
+    expected = task(u, model.views[view].item_vectors(candidates),
+                    candidate_sampling_probability=probs, candidate_ids=candidates,
+                    compute_metrics=False, compute_batch_metrics=False)
+    np.testing.assert_allclose(terms[f"rec_{view}"], expected, rtol=1e-5)
