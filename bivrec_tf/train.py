@@ -64,8 +64,8 @@ class NonFiniteLossError(ValueError):
 
 
 class NonFiniteLossStop(tf.keras.callbacks.Callback):
-  """Stops training at the first NaN / infinite loss by raising NonFiniteLossError out of
-  `fit`, so nothing after it runs: no evaluation of a broken model, no export."""
+  """Stops training at a NaN / infinite epoch loss by raising NonFiniteLossError out of `fit`, so
+  nothing after it runs: no further evaluation of a broken model, no export."""
 
   def __init__(self):
     super().__init__()
@@ -78,18 +78,27 @@ class NonFiniteLossStop(tf.keras.callbacks.Callback):
     try:
       loss = float((logs or {}).get("loss"))
     except (TypeError, ValueError):
-      return  # no loss in these logs (e.g. a parameter-server step still in flight)
+      return  # no loss in these logs
     if not np.isfinite(loss):
       raise NonFiniteLossError(
           f"training stopped: loss is {loss} at epoch {self.epoch + 1}{where}; nothing was "
           "exported (check the data, e.g. with python -m input_pipelines.describe, and lower "
           "--learning-rate)")
 
+  def on_epoch_end(self, epoch, logs=None):
+    self._check(logs, "")
+
+
+class NonFiniteBatchLossStop(NonFiniteLossStop):
+  """The same, checked after every step (ParameterServerStrategy allows no batch callbacks)."""
+
   def on_train_batch_end(self, batch, logs=None):
     self._check(logs, f", step {batch + 1}")
 
-  def on_epoch_end(self, epoch, logs=None):
-    self._check(logs, "")
+
+def non_finite_loss_stop(strategy: tf.distribute.Strategy) -> NonFiniteLossStop:
+  ps = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
+  return NonFiniteLossStop() if ps else NonFiniteBatchLossStop()
 
 
 def use_xla(cfg: config_lib.Config, strategy: Optional[tf.distribute.Strategy] = None) -> bool:
@@ -178,7 +187,7 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
       tf.keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
       # Preemption: a killed run restarted with the same --run-dir resumes after its last epoch.
       tf.keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-      NonFiniteLossStop(),  # raises out of fit: no evaluation, no export, exit status 2
+      non_finite_loss_stop(strategy),  # raises out of fit: no export, exit status 2
   ]
   fit_start = time.time()
   ps = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
