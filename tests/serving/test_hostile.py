@@ -411,5 +411,5 @@ def test_many_idle_connections_beyond_the_cap_do_not_lock_out_a_client(server):
 def test_pipelined_requests_get_answers_in_order(server):
   raw = request("/v1/models/bivrec", method="GET") + request(PREDICT, GOOD) + request(
       "/v1/models/nope", method="GET")
-  responses = exchange(server, raw, expect=3)
-  assert [r[0] for r in responses] == [200, 200, 404]
+  responses = exchange(server, raw, timeout=60, expect=3)
+  assert [r[0] for r in responses] == [200, 200, 404], [(r[0], r[2][:200]) for r in responses]
