@@ -69,7 +69,11 @@ class ValidationCallback(tf.keras.callbacks.Callback):
     for name, value in interest_diagnostics(self.model, self.data).items():
       if not name.startswith("win_"):
         logs[f"val_{name}"] = value
-    if self.probe is not None:
+    strategy = self.model.distribute_strategy
+    if self.probe is not None and strategy.num_replicas_in_sync == 1 and not isinstance(
+        strategy, tf.distribute.experimental.ParameterServerStrategy):
+      # Distributed variables cannot be differentiated outside a replica context: the shares
+      # are measured on single-device runs only.
       logs.update(self.model.gradient_shares(self.probe))
     improved = not self.history or logs[self.monitor] > max(h[self.monitor] for h in self.history)
     self.history.append({k: float(v) for k, v in logs.items()})
