@@ -144,6 +144,7 @@ def format_diagnostics(diag: dict, views: Sequence[str]) -> str:
     shares = ", ".join(f"{k[len('gshare_'):-len(v) - 1]} {val:.1%}" for k, val in diag.items()
                        if k.startswith("gshare_") and k.endswith("_" + v) and val > 0)
     wins = " / ".join(f"{w:.0%}" for w in diag[f"win_{v}"])
+    shares = shares or "(measured on single-device runs only)"
     lines.append(f"  {v}: cosine {diag[f'cos_{v}']:.3f}; wins {wins}; gradient {shares}")
   return "\n".join(lines)
 
