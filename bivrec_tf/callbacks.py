@@ -24,8 +24,9 @@ class ValidationCallback(tf.keras.callbacks.Callback):
   cosine of a user's interests, `val_maxwin_<view>`: share of targets won by the most winning
   interest) and, with a `probe` batch on a single-device run, each loss term's share of the
   gradient norm on each view's encoder (`gshare_<term>_<view>`); save the weights to `best_path`
-  when `val_ndcg<K>` improves; stop when it has not improved for `patience` epochs (0: never stop early). `history_path` (JSON list of
-  epoch logs) is rewritten atomically after every epoch and read back when the run resumes.
+  when `val_ndcg<K>` improves; stop when it has not improved for `patience` epochs (0: never
+  stop early). `history_path` (JSON list of epoch logs) is rewritten atomically after every
+  epoch and read back when the run resumes.
   """
 
   def __init__(self, ranker: Ranker, data: tf.data.Dataset, ks: Sequence[int], monitor_k: int,
