@@ -51,16 +51,15 @@ import argparse
 import csv
 import dataclasses
 import datetime
-import json
 import pathlib
-import shutil
 import sys
-import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from input_pipelines.errors import DataError, run_cli
+from input_pipelines.public.common import (check_out, prepare_from_tables,
+                                           record_public_source)
 
 CITIES = {"NYC": ("dataset_TSMC2014_NYC.txt", "New York City"),
           "TKY": ("dataset_TSMC2014_TKY.txt", "Tokyo")}
@@ -289,11 +288,7 @@ def prepare_args(paths: dict, out, args) -> list:
 
 
 def run(args) -> pathlib.Path:
-    from input_pipelines import prepare
-
-    out = pathlib.Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"output directory already exists: {out} (pass --overwrite)")
+    out = check_out(args.out, args.overwrite)
     cities = [c.strip().upper() for c in args.cities.split(",") if c.strip()]
     data = read_raw(args.raw, cities)
     sel = select(user_sequences(data), args.min_item_checkins, args.max_items,
@@ -301,20 +296,10 @@ def run(args) -> pathlib.Path:
     if not args.quiet:
         print("selection: " + ", ".join(f"{k} {v:,}" for k, v in sel.info.items()
                                         if isinstance(v, int)), file=sys.stderr)
-    tmp = pathlib.Path(args.keep_tables) if args.keep_tables else \
-        pathlib.Path(tempfile.mkdtemp(prefix=".foursquare-tables-"))
-    try:
-        paths = write_tables(data, sel, tmp, not args.no_geo, args.geo_dim)
-        pargs = prepare.build_parser().parse_args(prepare_args(paths, out, args))
-        path = prepare.run(pargs)
-    finally:
-        if not args.keep_tables:
-            shutil.rmtree(tmp, ignore_errors=True)
-    # Record the source and the selection in dataset.json (replaced atomically).
-    meta_file = path / "dataset.json"
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    meta["source"] = "input_pipelines.public.foursquare_tsmc"
-    meta["public_source"] = {
+    path = prepare_from_tables(
+        lambda d: write_tables(data, sel, d, not args.no_geo, args.geo_dim),
+        lambda paths: prepare_args(paths, out, args), args.keep_tables, ".foursquare-tables-")
+    record_public_source(path, "input_pipelines.public.foursquare_tsmc", {
         "name": "Foursquare check-ins NYC + Tokyo (TSMC 2014)", "url": SOURCE_URL,
         "citation": "Yang, Zhang, Zheng, Yu. IEEE Trans. SMC: Systems 45(1):129-142, 2015",
         "licence": "research use with citation of the paper (dataset page); not redistributed",
@@ -322,10 +307,7 @@ def run(args) -> pathlib.Path:
         "item_text": "'<venue category>, <city>'",
         "geo": None if args.no_geo else f"random Fourier features of (lat, lon), dim "
                                         f"{args.geo_dim}",
-    }
-    tmp_meta = meta_file.with_suffix(".json.tmp")
-    tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp_meta, meta_file)
+    })
     return path
 
 

@@ -70,18 +70,17 @@ import collections
 import csv
 import dataclasses
 import datetime
-import json
 import math
 import pathlib
 import re
-import shutil
 import sys
-import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from input_pipelines.errors import DataError, run_cli
+from input_pipelines.public.common import (check_out, prepare_from_tables,
+                                           record_public_source)
 
 SOURCE_URL = "https://archive.ics.uci.edu/dataset/502/online+retail+ii"
 CITATION = "Chen, D. (2019). Online Retail II [Dataset]. UCI Machine Learning Repository. " \
@@ -415,11 +414,7 @@ def prepare_args(paths: dict, out, args) -> list:
 
 
 def run(args) -> pathlib.Path:
-    from input_pipelines import prepare
-
-    out = pathlib.Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"output directory already exists: {out} (pass --overwrite)")
+    out = check_out(args.out, args.overwrite)
     data = read_raw(args.raw)
     rows, cleaning = clean(data)
     texts = item_texts(data, rows)
@@ -433,29 +428,17 @@ def run(args) -> pathlib.Path:
               file=sys.stderr)
         print("selection: " + ", ".join(f"{k} {v:,}" for k, v in sel.info.items()
                                         if isinstance(v, int)), file=sys.stderr)
-    tmp = pathlib.Path(args.keep_tables) if args.keep_tables else \
-        pathlib.Path(tempfile.mkdtemp(prefix=".online-retail-tables-"))
-    try:
-        paths = write_tables(sel, texts, tmp)
-        pargs = prepare.build_parser().parse_args(prepare_args(paths, out, args))
-        path = prepare.run(pargs)
-    finally:
-        if not args.keep_tables:
-            shutil.rmtree(tmp, ignore_errors=True)
-    meta_file = path / "dataset.json"
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    meta["source"] = "input_pipelines.public.online_retail"
-    meta["public_source"] = {
+    path = prepare_from_tables(lambda d: write_tables(sel, texts, d),
+                               lambda paths: prepare_args(paths, out, args), args.keep_tables,
+                               ".online-retail-tables-")
+    record_public_source(path, "input_pipelines.public.online_retail", {
         "name": "UCI Online Retail II", "url": SOURCE_URL, "citation": CITATION,
         "licence": "CC BY 4.0",
         "raw_files": [str(p) for p in args.raw], "cleaning": cleaning, "selection": sel.info,
         "item": "StockCode", "item_text": "most frequent Description of the StockCode",
         "timestamps": "InvoiceDate (minutes, UK local time read as UTC); lines of one invoice "
                       "keep their invoice order",
-    }
-    tmp_meta = meta_file.with_suffix(".json.tmp")
-    tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp_meta, meta_file)
+    })
     return path
 
 
