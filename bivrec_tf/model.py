@@ -194,6 +194,12 @@ class BivRecModel(tfrs.Model):
     labels = tf.eye(tf.shape(scores)[0], tf.shape(scores)[1])
     return tfrs.layers.loss.RemoveAccidentalHits()(labels, scores, candidates)
 
+  @staticmethod
+  def _retrieval_loss(logits):
+    """Per-example softmax cross-entropy `[B]`; row i's positive is candidate i."""
+    labels = tf.eye(tf.shape(logits)[0], tf.shape(logits)[1])
+    return tf.nn.softmax_cross_entropy_with_logits(labels, logits)
+
   def _scores(self, view, u, candidates, table=None):
     return view_scores(u, self.views[view].item_vectors(candidates, table),
                        self.config.model.tau_rec)
@@ -221,9 +227,7 @@ class BivRecModel(tfrs.Model):
     for v, (u, a, valid) in outputs.items():
       # Formed once per view; the cross-view terms reuse them (scoring is the step's main cost).
       logits[v] = self._logits(self._scores(v, u, candidates, tables[v]), candidates, probs)
-      labels = tf.eye(tf.shape(logits[v])[0], tf.shape(logits[v])[1])
-      rec = tf.nn.softmax_cross_entropy_with_logits(labels, logits[v])
-      terms[f"rec_{v}"] = parts[f"rec_{v}"] = rec
+      terms[f"rec_{v}"] = parts[f"rec_{v}"] = self._retrieval_loss(logits[v])
       stats = AllocationStats(a, valid)
       terms[f"entropy_{v}"] = stats.token_entropy
       terms[f"interests_{v}"] = stats.effective_interests
@@ -266,17 +270,14 @@ class BivRecModel(tfrs.Model):
       return tf.fill(tf.shape(target), tf.reduce_mean(per_item))
     if mode == "fused":  # the fusion rule's scores (w = 1/2) trained end to end
       fused = 0.5 * (self._scores("id", u_id, candidates) + self._scores("mm", u_mm, candidates))
-      logits = self._logits(fused, candidates, probs)
-      labels = tf.eye(tf.shape(logits)[0], tf.shape(logits)[1])
-      return tf.nn.softmax_cross_entropy_with_logits(labels, logits)
+      return self._retrieval_loss(self._logits(fused, candidates, probs))
     # "cross": each view's interests against the other view's item vectors
     tau = self.config.model.tau_rec
     out = 0.0
     for u, other in ((u_id, "mm"), (u_mm, "id")):
       cross = self._logits(view_scores(u, self.views[other].item_vectors(candidates), tau),
                            candidates, probs)
-      labels = tf.eye(tf.shape(cross)[0], tf.shape(cross)[1])
-      out += 0.5 * tf.nn.softmax_cross_entropy_with_logits(labels, cross)
+      out += 0.5 * self._retrieval_loss(cross)
     return out
 
   def gradient_shares(self, batch) -> Dict[str, float]:
