@@ -73,21 +73,23 @@ def test_no_prior_weights_are_built_when_the_gaussian_prior_is_off():
 
 
 def test_gated_prior_uses_each_users_own_span():
-  """With user-relative positions, a user whose history fills a quarter of max_len gets the same
-  attention as one who fills it all, when their token contents match position for position."""
+  """With no content signal, the gated prior alone sets the attention, on positions relative to
+  each user's span: a user with two items has them at relative positions 1 (oldest) and 0."""
   layer = GaussianAttention(D, 3, gaussian_prior=True, prior_mode="gated", sigma_init=0.1)
-  h = tf.random.stateless_normal([1, 8, D], seed=[3, 4])
-  tau = tf.range(7, -1, -1, dtype=tf.float32) / 8.0
-  full = tf.ones([1, 8], tf.bool)
+  tau = tf.range(7, -1, -1, dtype=tf.float32) / 8.0          # fixed positions over max_len = 8
   short = tf.constant([[False] * 6 + [True] * 2])
-  _, a_full = layer(h, tau, full, return_attention=True)
-  # Short user: the same two most recent tokens; relative positions 0 and 1 (oldest).
-  _, a_short = layer(h, tau, short, return_attention=True)
-  assert np.allclose(a_short.numpy()[0, :, :6], 0.0)
-  # Its oldest token sits at relative position 1, like the full user's oldest token.
+  h = tf.random.stateless_normal([1, 8, D], seed=[3, 4])
+  layer(h, tau, short)
+  layer.w_q.kernel.assign(tf.zeros_like(layer.w_q.kernel))  # content logits = 0
+  _, alpha = layer(h, tau, short, return_attention=True)
+  mu, sigma = layer.centres.numpy(), layer.widths.numpy()
   gate = tf.nn.softplus(layer.gate_logits).numpy()
   np.testing.assert_allclose(gate, 0.1, rtol=1e-5)
-  assert not np.allclose(a_full.numpy()[0, :, -2:], a_short.numpy()[0, :, -2:])
+  rel = np.array([1.0, 0.0])                                 # not tau = 1/8 and 0
+  logits = -gate[:, None] * (rel[None] - mu[:, None]) ** 2 / (2 * sigma[:, None] ** 2)
+  expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+  np.testing.assert_allclose(alpha.numpy()[0, :, 6:], expected, rtol=1e-4)
+  np.testing.assert_allclose(alpha.numpy()[0, :, :6], 0.0, atol=1e-7)
 
 
 def test_context_patches_keep_one_token_per_item_and_ignore_left_padding():
