@@ -63,6 +63,9 @@ class ModelConfig:
                                     # prior scaled by a learned gate softplus(beta_k) (starts ~0.1)
   interest_init: str = "normal"     # interest queries: "normal" (stddev 0.05) or "orthogonal"
                                     # (orthonormal rows at unit scale: distinct from the start)
+  competition: bool = False         # module 2 seeding: interests compete for each token
+                                    # (softmax over K, then each interest's weights normalised
+                                    # over tokens: slot attention) instead of softmax over tokens
   patch_mode: str = "tokens"        # module 1: "tokens" (every scale's patches are tokens) or
                                     # "context" (item tokens only, each enriched with the patches
                                     # that contain it: same T as one scale)

@@ -57,7 +57,7 @@ class ViewEncoder(tf.keras.layers.Layer):
         name="module1")
     self.interests = InterestDecomposition(
         m.dim, m.num_interests, m.gaussian_prior, m.sigma_init, m.cluster_rounds, m.prior_mode,
-        m.interest_init, name="module2")
+        m.interest_init, m.competition, name="module2")
 
   def _align(self, history):
     """Keeps the last max_len items; left-pads to a multiple of max(patch_sizes)."""
