@@ -73,6 +73,9 @@ class ModelConfig:
                                     # allocation A for L_alloc is the seeding attention)
   readout: str = "interests"        # "interests" (module 2) or "last": the most recent item's
                                     # encoder output as the single interest (SASRec-style)
+  routing: str = "max"              # training read-out: "max" over interests per candidate, or
+                                    # "target": the interest nearest the target scores all
+                                    # candidates (label-aware, ComiRec); inference uses the max
   # Recommendation similarity.
   similarity: str = "cosine"        # "cosine" or "dot"
   tau_rec: float = 0.07
@@ -109,6 +112,8 @@ class ModelConfig:
       _fail("readout", self.readout, "must be 'interests' or 'last'")
     if self.readout == "last" and (self.num_interests != 1 or 1 not in self.patch_sizes):
       _fail("readout", self.readout, "'last' needs num_interests=1 and patch size 1 in P")
+    if self.routing not in ("max", "target"):
+      _fail("routing", self.routing, "must be 'max' or 'target'")
     if self.similarity not in ("cosine", "dot"):
       _fail("similarity", self.similarity, "must be 'cosine' or 'dot'")
     if not self.tau_rec > 0:

@@ -201,8 +201,20 @@ class BivRecModel(tfrs.Model):
     return tf.nn.softmax_cross_entropy_with_logits(labels, logits)
 
   def _scores(self, view, u, candidates, table=None):
-    return view_scores(u, self.views[view].item_vectors(candidates, table),
-                       self.config.model.tau_rec)
+    vectors = self.views[view].item_vectors(candidates, table)
+    return self._route(u, vectors, self.config.model.tau_rec)
+
+  def _route(self, u, vectors, tau):
+    """Training scores `[B, C]` of queries u `[B, K, d]` against candidate vectors `[C, d]`
+    (row i's positive is candidate i). routing "max": max over interests for every candidate;
+    "target": the interest closest to the row's target scores every candidate (ComiRec/MIND's
+    label-aware read-out; inference keeps the max)."""
+    if self.config.model.routing == "max":
+      return view_scores(u, vectors, tau)
+    target = vectors[:tf.shape(u)[0]]                                   # [B, d]
+    pick = tf.argmax(tf.einsum("bkd,bd->bk", u, target), axis=-1)       # [B]
+    chosen = tf.gather(u, pick, axis=1, batch_dims=1)                   # [B, d]
+    return tf.matmul(chosen, vectors, transpose_b=True) / tau
 
   def loss_parts(self, batch, training=False):
     """({term: weighted per-example loss `[B]`}, {name: raw term or diagnostic `[B]`}). The total
@@ -275,7 +287,7 @@ class BivRecModel(tfrs.Model):
     tau = self.config.model.tau_rec
     out = 0.0
     for u, other in ((u_id, "mm"), (u_mm, "id")):
-      cross = self._logits(view_scores(u, self.views[other].item_vectors(candidates), tau),
+      cross = self._logits(self._route(u, self.views[other].item_vectors(candidates), tau),
                            candidates, probs)
       out += 0.5 * self._retrieval_loss(cross)
     return out
