@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from bivrec_tf import config as config_lib
-from bivrec_tf.evaluate import Ranker, rank_metrics
+from bivrec_tf.evaluate import Ranker, rank_metrics, resolve_history_exclusion
 from input_pipelines import NUM_RESERVED
 from input_pipelines.dataset import PreparedDataset, eval_dataset
 from input_pipelines.prepared import write_prepared
@@ -70,12 +70,13 @@ def topk_per_rule(model, ds: PreparedDataset, cfg: config_lib.Config, max_len: i
                   weights: Sequence[float], split: str = "test"):
   """({rule: top-k ids `[N, kmax]`}, targets `[N, T]`) over a split."""
   ev = cfg.eval
-  ranker = Ranker(model, max(ev.ks), ev.item_chunk, ev.exclude_history)
+  ranker = Ranker(model, max(ev.ks), ev.item_chunk,
+                  resolve_history_exclusion(ev, ds)["exclude_history"])
   ranker.refresh()
   tops: Dict[str, list] = {}
   targets = []
   for batch in eval_dataset(ds, split, max_len, ev.eval_batch_size):
-    for rule, top in ranker.topk(batch["history"], weights).items():
+    for rule, top in ranker.topk(batch["history"], weights, batch["full_history"]).items():
       tops.setdefault(rule, []).append(top)
     targets.append(batch["targets"].numpy())
   width = max(t.shape[1] for t in targets)

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bivrec_tf.evaluate import Ranker, best_fusion, evaluate
+from bivrec_tf.evaluate import Ranker, best_fusion, evaluate, resolve_history_exclusion
 from bivrec_tf.late_fusion import LateFusion
 from input_pipelines.dataset import eval_dataset
 
@@ -23,7 +23,8 @@ def late_fusion_record(id_rec: dict, mm_rec: dict) -> dict:
   mm_model, _, _ = load_trained(mm_rec, clear=False)
   fused = LateFusion(id_model, mm_model)
   ev = cfg.eval
-  ranker = Ranker(fused, max(ev.ks), ev.item_chunk, ev.exclude_history)
+  exclude = resolve_history_exclusion(ev, ds)["exclude_history"]  # as the runs were evaluated
+  ranker = Ranker(fused, max(ev.ks), ev.item_chunk, exclude)
   grid = [float(w) for w in np.linspace(0.0, 1.0, ev.fusion_grid)]
   max_len = id_rec["max_len"]
   valid = evaluate(ranker, eval_dataset(ds, "valid", max_len, ev.eval_batch_size), KS, grid)
@@ -36,6 +37,7 @@ def late_fusion_record(id_rec: dict, mm_rec: dict) -> dict:
       "parts": [id_rec["run_dir"], mm_rec["run_dir"]], "config": id_rec["config"],
       "test": test[f"fused@{w:.2f}"], "test_rows": rows, "fusion_weight": w,
       "valid": valid, "best_epoch": max(id_rec["best_epoch"], mm_rec["best_epoch"]),
+      "exclude_history": exclude,
       "epochs_run": max(id_rec["epochs_run"], mm_rec["epochs_run"]),
       "fit_seconds": id_rec["fit_seconds"] + mm_rec["fit_seconds"],
       "wall_seconds": id_rec["wall_seconds"] + mm_rec["wall_seconds"], "max_len": max_len,

@@ -20,12 +20,15 @@ def git_commit() -> str:
 def provenance(command: str, records: List[dict], data_desc: str) -> str:
   cfg = records[0]["config"]
   tr, m, ls = cfg["train"], cfg["model"], cfg["loss"]
+  # The resolved setting of the runs (older records: their config's explicit value).
+  excluded = records[0].get("exclude_history", cfg["eval"]["exclude_history"])
+  history = "the user's whole history excluded" if excluded else "history items not excluded"
   seeds = sorted({r["seed"] for r in records})
   commands = list(dict.fromkeys([r["command"] for r in records if "command" in r] + [command]))
   return ("Commands (the table pools the stored runs of all of them): " +
           ", ".join(f"`{c}`" for c in commands) + f" (code at commit `{git_commit()}`, "
           f"{datetime.date.today().isoformat()}). Data: {data_desc}. Full ranking over the "
-          f"whole catalogue, history items {'excluded' if cfg['eval']['exclude_history'] else 'not excluded'}; "
+          f"whole catalogue, {history}; "
           f"early stopping on validation NDCG@20 (patience {tr['patience']}, at most "
           f"{tr['epochs']} epochs), fusion weight tuned on validation; L={records[0]['max_len']}, "
           f"d={m['dim']}, batch {tr['batch_size']}, lr {tr['learning_rate']}, "

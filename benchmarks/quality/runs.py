@@ -75,6 +75,7 @@ def train_one(name: str, data: str, seed: int, work_dir: Path,
       "wall_seconds": summary["wall_seconds"], "max_len": summary["max_len"],
       "val_curve": [e[monitor] for e in summary["epoch_logs"]],
       "valid": summary["valid"], "diagnostics": summary.get("diagnostics", {}),
+      "exclude_history": summary["exclude_history"],  # the resolved setting (auto -> bool)
       "epoch_end_seconds": epoch_end_times(run_dir),
       "finished": datetime.datetime.now().isoformat(timespec="seconds"),
   }
