@@ -13,7 +13,9 @@ averaged over users. Items are scored in chunks, so very large catalogues fit in
 
 History exclusion is one setting for offline metrics, fusion tuning and serving
 (`EvalConfig.exclude_history`; `resolve_history_exclusion` turns "auto" into a decision from the
-training data's repeat rate, and the export serves under the resolved value).
+training data's repeat rate, and the export serves under the resolved value). This replaces
+DESIGN.md section 5's "not excluded unless --exclude-history" (issue 12; docs/data.md, "Repeat
+items and history exclusion").
 """
 
 from typing import Dict, Iterable, List, Optional, Sequence
