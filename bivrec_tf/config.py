@@ -212,7 +212,12 @@ class EvalConfig:
   ks: Tuple[int, ...] = (10, 20, 50)
   monitor_k: int = 20               # early stopping / fusion tuning on NDCG@monitor_k
   fusion_grid: int = 11             # w in linspace(0, 1, fusion_grid)
-  exclude_history: bool = False
+  # One setting for offline metrics, fusion tuning and serving: never rank an item of the user's
+  # whole earlier history. None = auto: exclude when fewer than `repeat_threshold` of the train
+  # targets are repeats of the user's history (evaluate.resolve_history_exclusion; flags
+  # --exclude-history / --no-exclude-history force it). docs/data.md, "Repeat items".
+  exclude_history: Optional[bool] = None
+  repeat_threshold: float = 0.05    # auto: exclude when the train repeat rate is below this
   eval_batch_size: int = 512        # users per evaluation batch
   item_chunk: int = 20_000          # items scored at once (full ranking in chunks)
 
@@ -223,6 +228,10 @@ class EvalConfig:
       _fail("monitor_k", self.monitor_k, f"must be one of ks={self.ks}")
     if self.fusion_grid < 2:
       _fail("fusion_grid", self.fusion_grid, "must be >= 2")
+    if not (self.exclude_history is None or isinstance(self.exclude_history, bool)):
+      _fail("exclude_history", self.exclude_history, "must be true, false or null (auto)")
+    if not 0.0 <= self.repeat_threshold <= 1.0:
+      _fail("repeat_threshold", self.repeat_threshold, "must be a share in [0, 1]")
     if self.eval_batch_size < 1:
       _fail("eval_batch_size", self.eval_batch_size, "must be >= 1")
     if self.item_chunk < 1:

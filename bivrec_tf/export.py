@@ -5,7 +5,8 @@ directory (a name TF Serving ignores) and renamed, so a server polling the direc
 half-written version. Signatures (`tensorflow/serving/predict`):
 
   serving_default   history string [B, None] (most recent last, "" = padding)
-                    -> item_ids string [B, k], scores float [B, k]   (history items excluded)
+                    -> item_ids string [B, k], scores float [B, k]   (the request's history
+                       items excluded iff the export's `exclude_history`, see below)
   user_interests    history -> id_interests, mm_interests float [B, K, d]
   item_embeddings   item_ids string [B] -> id_embedding, mm_embedding float [B, d]
                     (unknown ids -> zero vectors)
@@ -17,10 +18,18 @@ its last `max_len` known items, so the model part of the graph always sees `[B, 
 history with no known item gets the most popular items. A single-view model answers zeros for the
 other view's outputs.
 
+History exclusion is the training run's resolved `EvalConfig.exclude_history` (the setting
+under which the fusion weight was tuned and the offline metrics were measured), recorded as
+`exclude_history` in `bivrec_metadata.json`. When on, every known item of the request's history
+is excluded, also items older than the last `max_len` the model reads (offline evaluation
+excludes the user's whole history the same way).
+
 Serving cost: the item tables (unit-norm for cosine similarity, padding/OOV rows dropped) are
 precomputed at export time; a request scores them in chunks of `item_chunk` items (bounded
-`[B, K, chunk]` intermediate), keeps the top `k + max_len` per chunk and removes history items
-from those candidates only (a history holds at most `max_len` items, so k others always remain).
+`[B, K, chunk]` intermediate), masks the chunk's history items by scattering the request's
+history into it (O(B L) per chunk, any history length L) and keeps the top k per chunk. Only when
+the history covers all but fewer than k items of the catalogue do history items fill the
+remaining slots, with score -inf.
 
 A model trained with ParameterServerStrategy is first copied to plain local variables (saved as
 they are, its sharded tables do not load back). `python -m bivrec_tf.export --run RUN_DIR`
@@ -40,6 +49,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from bivrec_tf.evaluate import history_mask, resolve_history_exclusion
 from bivrec_tf.model import FIRST_ITEM, BivRecModel, fuse_scores, view_scores
 
 SIGNATURES = ("serving_default", "user_interests", "item_embeddings", "predict_examples")
@@ -61,11 +71,18 @@ class ServingModule(tf.Module):
     jit_compile: XLA-compile the interest extractor (the model part of every signature). TF
       Serving then needs `--xla_cpu_compilation_enabled=true` (experimental there), so it is
       off by default.
+    exclude_history: never recommend an item of the request's whole history (the resolved
+      `EvalConfig.exclude_history` of the run, so serving ranks as evaluation did).
   """
 
   def __init__(self, model: BivRecModel, vocab: np.ndarray, fusion_weight: float, top_k: int,
-               item_chunk: int = DEFAULT_ITEM_CHUNK, jit_compile: bool = False):
+               item_chunk: int = DEFAULT_ITEM_CHUNK, jit_compile: bool = False,
+               exclude_history: bool = True):
     super().__init__(name="bivrec_serving")
+    if not isinstance(exclude_history, (bool, np.bool_)):
+      raise ValueError(f"export: exclude_history = {exclude_history!r} must be True or False "
+                       "(the run's resolved setting, not 'auto')")
+    self.exclude_history = bool(exclude_history)
     vocab = np.asarray(vocab).astype(str)
     if len(vocab) != model.vocab_size:
       raise ValueError(f"vocab has {len(vocab)} rows but the model has vocab_size "
@@ -120,14 +137,20 @@ class ServingModule(tf.Module):
     ids = tf.pad(ids, [[0, 0], [self.max_len - tf.shape(ids)[1], 0]])
     return tf.ensure_shape(ids, [None, self.max_len])
 
+  def _known(self, history):
+    """string `[B, L]` -> int64 `[B, L]`: every known item of the whole history (unknown ids and
+    "" -> 0), what history exclusion masks."""
+    ids = self.id_lookup.lookup(history)
+    return tf.where(ids >= FIRST_ITEM, ids, tf.zeros_like(ids))
+
   def _queries(self, ids):
     return (self._jit_queries or self._queries_fn)(ids)
 
-  def _scores_and_interests(self, ids):
-    """ids `[B, max_len]` -> (top scores `[B, k]`, top item indices `[B, k]`, queries)."""
+  def _scores_and_interests(self, ids, seen=None):
+    """ids `[B, max_len]` -> (top scores `[B, k]`, top item indices `[B, k]`, queries); items of
+    `seen` int64 `[B, L]` (the whole history, any L) are never ranked when given."""
     queries = self._queries(ids)
     k = self.top_k
-    want = min(k + self.max_len, self.num_items)
     best_s, best_i = None, None
     for start in range(0, self.num_items, self.item_chunk):
       end = min(start + self.item_chunk, self.num_items)
@@ -137,24 +160,23 @@ class ServingModule(tf.Module):
         s = fuse_scores(scores["id"], scores["mm"], self.fusion_weight, self.cold[start:end])
       else:
         s = next(iter(scores.values()))
-      top_s, top_i = tf.math.top_k(s, k=min(want, end - start))
+      if seen is not None:
+        in_history = history_mask(seen, start + FIRST_ITEM, end - start)
+        s = tf.where(in_history, tf.constant(-np.inf, s.dtype), s)
+      top_s, top_i = tf.math.top_k(s, k=min(k, end - start))
       top_i = tf.cast(top_i, tf.int64) + (start + FIRST_ITEM)
       if best_s is None:
         best_s, best_i = top_s, top_i
       else:
         cat_s, cat_i = tf.concat([best_s, top_s], 1), tf.concat([best_i, top_i], 1)
-        best_s, pos = tf.math.top_k(cat_s, k=want)
+        best_s, pos = tf.math.top_k(cat_s, k=min(k, cat_s.shape[1]))
         best_i = tf.gather(cat_i, pos, batch_dims=1)
-    # The user's own history is never recommended: at most max_len of the candidates are in it.
-    in_history = tf.reduce_any(best_i[:, :, None] == ids[:, None, :], axis=2)
-    best_s = tf.where(in_history, tf.constant(-np.inf, best_s.dtype), best_s)
-    best_s, pos = tf.math.top_k(best_s, k=k)
-    best_i = tf.gather(best_i, pos, batch_dims=1)
     return best_s, best_i, queries
 
   def _recommend(self, history):
     ids = self._indices(history)
-    top_s, top_i, _ = self._scores_and_interests(ids)
+    seen = self._known(history) if self.exclude_history else None
+    top_s, top_i, _ = self._scores_and_interests(ids, seen)
     empty = tf.reduce_all(ids < FIRST_ITEM, axis=1, keepdims=True)
     top_i = tf.where(empty, self.popular_ids[None, :], top_i)
     top_s = tf.where(empty, self.popular_scores[None, :], top_s)
@@ -267,8 +289,11 @@ def _write_warmup(path: Path, model_name: str, vocab: np.ndarray) -> None:
 def export_model(model: BivRecModel, vocab: np.ndarray, fusion_weight: float, base_dir: str,
                  model_name: str = "bivrec", top_k: int = 10, metadata: Optional[dict] = None,
                  version: Optional[int] = None, item_chunk: int = DEFAULT_ITEM_CHUNK,
-                 jit_compile: bool = False) -> Path:
+                 jit_compile: bool = False, exclude_history: bool = True) -> Path:
   """Writes a new integer version atomically and returns its path.
+
+  `exclude_history` (the run's resolved setting) decides whether serving_default and
+  predict_examples drop the request's history items; the metadata records it.
 
   The SavedModel, warmup records and metadata are written to `<model>/.tmp-<version>-<pid>` and
   renamed to `<model>/<version>` last; on any error the temporary directory is removed, so no
@@ -285,7 +310,8 @@ def export_model(model: BivRecModel, vocab: np.ndarray, fusion_weight: float, ba
   if _needs_plain_copy(model):
     model = plain_copy(model)
   try:
-    module = ServingModule(model, vocab, fusion_weight, top_k, item_chunk, jit_compile)
+    module = ServingModule(model, vocab, fusion_weight, top_k, item_chunk, jit_compile,
+                           exclude_history)
     tf.saved_model.save(module, str(tmp), signatures=module.signatures())
     extra = tmp / "assets.extra"
     extra.mkdir(exist_ok=True)
@@ -294,6 +320,7 @@ def export_model(model: BivRecModel, vocab: np.ndarray, fusion_weight: float, ba
             "top_k": module.top_k, "views": list(model.view_names), "max_len": model.max_len,
             "vocab_size": model.vocab_size, "num_items": module.num_items,
             "item_chunk": module.item_chunk, "jit_compile": bool(jit_compile),
+            "exclude_history": module.exclude_history,
             # tensorflow_model_server runs it only with --xla_cpu_compilation_enabled=true.
             "requires_xla_cpu_compilation": bool(jit_compile),
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -313,8 +340,10 @@ def export_run(run_dir: str, export_base: Optional[str] = None, model_name: Opti
                jit_compile: bool = False) -> Path:
   """Rebuilds a training run's model, loads `checkpoints/best` and exports it.
 
-  The run directory holds `config.json`, `metrics.json` (fusion weight, data path, max_len) and
-  `checkpoints/best*`, as written by `python -m bivrec_tf.train`.
+  The run directory holds `config.json`, `metrics.json` (fusion weight, data path, max_len,
+  the resolved `exclude_history` the run was evaluated and tuned under) and `checkpoints/best*`,
+  as written by `python -m bivrec_tf.train`. A metrics.json without `exclude_history` has it
+  resolved again from the run's config and dataset.
   """
   from bivrec_tf import config as config_lib  # pylint: disable=import-outside-toplevel
   from bivrec_tf.train import build_model  # pylint: disable=import-outside-toplevel
@@ -334,12 +363,17 @@ def export_run(run_dir: str, export_base: Optional[str] = None, model_name: Opti
   model = build_model(cfg, ds, max_len)
   model.queries(tf.zeros([1, max_len], tf.int64))  # create the variables before restoring
   model.load_weights(str(best)).expect_partial()
+  exclusion = metrics.get("history_exclusion")
+  if not isinstance(metrics.get("exclude_history"), bool):
+    exclusion = resolve_history_exclusion(cfg.eval, ds)
+  exclude = (exclusion or {}).get("exclude_history", metrics.get("exclude_history"))
   meta = {"config": cfg.to_dict(), "test_metrics": metrics.get("test"),
-          "valid_metrics": metrics.get("valid"), "dataset": ds.meta, "run_dir": str(run)}
+          "valid_metrics": metrics.get("valid"), "dataset": ds.meta, "run_dir": str(run),
+          "history_exclusion": exclusion}
   return export_model(model, ds.vocab, float(metrics["fusion_weight"]),
                       export_base or cfg.export.export_base, model_name or cfg.export.model_name,
                       top_k or cfg.export.top_k, metadata=meta, version=version,
-                      jit_compile=jit_compile)
+                      jit_compile=jit_compile, exclude_history=bool(exclude))
 
 
 JIT_REFUSAL = (

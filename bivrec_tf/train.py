@@ -22,7 +22,8 @@ from bivrec_tf import config as config_lib
 from bivrec_tf.distribute import is_chief, make_strategy
 from bivrec_tf.callbacks import ValidationCallback
 from bivrec_tf.diagnostics import interest_diagnostics
-from bivrec_tf.evaluate import Ranker, best_fusion, evaluate, popularity_metrics
+from bivrec_tf.evaluate import (Ranker, best_fusion, describe_history_exclusion, evaluate,
+                                popularity_metrics, resolve_history_exclusion)
 from bivrec_tf.export import export_model
 from bivrec_tf.io_utils import write_text_atomic
 from bivrec_tf.model import BivRecModel
@@ -157,6 +158,11 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
   tf.keras.utils.set_random_seed(cfg.train.seed)
   ds = load_data(cfg)
   max_len = cfg.data.max_len or int(ds.meta.get("recommended_max_len", DEFAULT_MAX_LEN))
+  # One history-exclusion setting for validation, fusion tuning, test metrics and the export.
+  exclusion = resolve_history_exclusion(cfg.eval, ds)
+  exclude = exclusion["exclude_history"]
+  if verbose and chief:
+    print(describe_history_exclusion(exclusion))
   run_dir = Path(cfg.train.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
   if not chief:
     run_dir = Path(tempfile.mkdtemp(prefix="bivrec-worker-"))
@@ -167,7 +173,7 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
     model = build_model(cfg, ds, max_len, strategy)
   ev = cfg.eval
   grid = [float(w) for w in np.linspace(0.0, 1.0, ev.fusion_grid)]
-  ranker = Ranker(model, max(ev.ks), ev.item_chunk, ev.exclude_history)
+  ranker = Ranker(model, max(ev.ks), ev.item_chunk, exclude)
   valid = eval_dataset(ds, "valid", max_len, ev.eval_batch_size)
   test = eval_dataset(ds, "test", max_len, ev.eval_batch_size)
   train = train_dataset(ds, max_len, cfg.train.batch_size, cfg.loss.num_negatives,
@@ -204,7 +210,7 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
   fused = len(model.view_names) == 2
   w = best_fusion(valid_results, key) if fused else (1.0 if model.view_names == ("id",) else 0.0)
   test_results = evaluate(ranker, test, ev.ks, [w])
-  rows = {"Popularity": popularity_metrics(ds.item_counts, test, ev.ks, ev.exclude_history)}
+  rows = {"Popularity": popularity_metrics(ds.item_counts, test, ev.ks, exclude)}
   names = {"id": "ID view", "mm": "MM view"}
   for rule, metrics in test_results.items():
     rows[names.get(rule, f"BivRec (w={w:.2f})")] = metrics
@@ -216,7 +222,8 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
   summary = {
       "data": str(ds.path), "max_len": max_len, "fusion_weight": w, "best_epoch": best_epoch,
       "epochs_run": len(validation.history), "fit_seconds": fit_seconds,
-      "valid": valid_results, "test": rows, "exclude_history": ev.exclude_history,
+      "valid": valid_results, "test": rows, "exclude_history": exclude,
+      "history_exclusion": exclusion,
       "diagnostics": diagnostics,
       "epoch_logs": validation.history, "run_dir": str(run_dir),
       "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
@@ -229,13 +236,14 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
     export_path = export_model(
         model, ds.vocab, w, cfg.export.export_base, cfg.export.model_name, cfg.export.top_k,
         metadata={"config": cfg.to_dict(), "test_metrics": rows, "valid_metrics": valid_results,
-                  "dataset": ds.meta})
+                  "dataset": ds.meta, "history_exclusion": exclusion},
+        exclude_history=exclude)
     summary["export_path"] = str(export_path)
   summary["wall_seconds"] = time.time() - start
   if chief:
     write_text_atomic(run_dir / "metrics.json", json.dumps(summary, indent=2, default=str))
   if verbose:
-    hist = "history items excluded" if ev.exclude_history else "history items not excluded"
+    hist = "history items excluded" if exclude else "history items not excluded"
     print(f"\nTest, full ranking over {ds.vocab_size - 2} items ({hist}); "
           f"fusion weight w={w:.2f} tuned on validation; best epoch {best_epoch}.\n")
     print(table)

@@ -51,6 +51,7 @@ class PreparedDataset:
     present: dict
     item_counts: np.ndarray
     seen_in_train: np.ndarray
+    _repeat_rates: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def load(cls, path, validate: bool = True) -> "PreparedDataset":
@@ -143,6 +144,25 @@ class PreparedDataset:
     @property
     def num_items(self) -> int:
         return self.vocab_size - NUM_RESERVED
+
+    def repeat_rate(self, split: str = "train") -> float:
+        """Share of the split's targets already in the example's history (module function
+        `repeat_rate`), computed once per split and kept."""
+        if split not in self._repeat_rates:
+            self._repeat_rates[split] = repeat_rate(self, split)
+        return self._repeat_rates[split]
+
+    def history_cut_at(self) -> int | None:
+        """`prepare --max-history` when it cut some stored history, else None.
+
+        The stored history of an example is the user's whole earlier sequence unless prepare
+        kept only its last `max_history` items; a split whose longest stored history reaches
+        that limit may have been cut (dataset.json records both numbers).
+        """
+        limit = self.meta.get("max_history")
+        lengths = (self.meta.get("statistics") or {}).get("max_history_length") or {}
+        longest = max([int(v) for v in lengths.values()] or [0])
+        return int(limit) if limit and longest >= int(limit) else None
 
     @property
     def splits(self) -> list:
@@ -285,6 +305,40 @@ def _train_counts(file: pathlib.Path, vocab_size: int, declared: int | None = No
     return counts, seen
 
 
+def _repeat_counts(serialized):
+    """(history items, their rows, target items, their rows) of a batch of records (rows =
+    position of the example in the batch)."""
+    parsed = tf.io.parse_example(serialized, _PARSE_SPEC)
+    history, target = parsed["history"], parsed["target"]
+    return history.values, history.indices[:, 0], target.values, target.indices[:, 0]
+
+
+def repeat_rate(ds: PreparedDataset, split: str = "train") -> float:
+    """Share of a split's targets that already occur in the same example's stored history.
+
+    For the train split of every protocol the stored history of an example is the user's whole
+    earlier sequence (unless `prepare --max-history` cut it, see
+    `PreparedDataset.history_cut_at`), so this is the share of next items that are repeats of
+    something the user did before: the items that excluding the history from the ranking makes
+    impossible to recommend. Every listed target counts once (valid/test examples of
+    `user_split` list several). Read in large parsed batches (vectorized, no per-example Python).
+
+    Returns: a float in [0, 1].
+    """
+    records = tf.data.TFRecordDataset(str(ds.split_path(split))).batch(SCAN_BATCH).map(
+        _repeat_counts)
+    repeats = total = 0
+    for h_vals, h_rows, t_vals, t_rows in records.as_numpy_iterator():
+        # One key per (example in the batch, item): a target repeats when its key is a history's.
+        h_keys = h_rows * ds.vocab_size + h_vals
+        t_keys = t_rows * ds.vocab_size + t_vals
+        repeats += int(np.isin(t_keys, h_keys).sum())
+        total += int(t_vals.size)
+    if total == 0:
+        raise DataError(ds.split_path(split), f"split '{split}' has no targets")
+    return repeats / total
+
+
 def align_right(ragged: tf.RaggedTensor, max_len: int) -> tf.Tensor:
     """Last `max_len` items of each row, right-aligned, left-padded with 0: int64 [B, max_len]."""
     lengths = tf.minimum(ragged.row_lengths(), max_len)
@@ -351,7 +405,11 @@ def eval_dataset(ds: PreparedDataset, split: str, max_len: int, batch_size: int,
     """Evaluation batches of a split, in file order (deterministic), last batch kept.
 
     Yields dicts:
-      history: int64 [B, max_len], same alignment as `train_dataset`.
+      history: int64 [B, max_len], same alignment as `train_dataset` (what the model reads).
+      full_history: int64 [B, H], the example's whole stored history, chronological, padded with
+        0 on the right; H = the batch's longest history. For `loo` and `given` examples this is
+        every earlier interaction of the user, also those older than the last `max_len` (unless
+        `prepare --max-history` cut it): what history exclusion masks in the ranking.
       targets: int64 [B, T], padded with 0 on the right. T = `max_targets` when given (longer
         target lists are truncated to their first `max_targets`), else the batch's longest list.
     """
@@ -367,7 +425,8 @@ def eval_dataset(ds: PreparedDataset, split: str, max_len: int, batch_size: int,
             padded = targets.to_tensor(0, shape=[None, max_targets])
         else:
             padded = targets.to_tensor(0)
-        return {"history": align_right(history, max_len), "targets": padded}
+        return {"history": align_right(history, max_len),
+                "full_history": history.to_tensor(0), "targets": padded}
 
     return (tf.data.TFRecordDataset(str(ds.split_path(split)))
             .batch(batch_size)

@@ -6,11 +6,15 @@ One benchmark run (module fixture, ~1 epoch per model, no XLA) feeds the tests.
 """
 
 import json
+import re
 
 import numpy as np
 import pytest
 
-from benchmarks import quality
+from benchmarks.quality import cli, runs
+from benchmarks.quality.cold import make_cold_copy, read_split
+from benchmarks.quality.noise import noise_eval
+from benchmarks.quality.store import Store
 from bivrec_tf.presets import BASELINES
 from input_pipelines import NUM_RESERVED
 from input_pipelines.dataset import PreparedDataset
@@ -52,8 +56,8 @@ def report(tmp_path_factory):
   data = planted_dataset(root / "planted")
   out = root / "results.md"
   out.write_text("# Results\n\nHand-written text that must survive.\n")
-  quality.main(["--data", str(data), "--models", ",".join(MODELS), "--seeds", "1",
-                "--out", str(out), "--work-dir", str(root / "work"), *TINY_FLAGS])
+  cli.main(["--data", str(data), "--models", ",".join(MODELS), "--seeds", "1",
+            "--out", str(out), "--work-dir", str(root / "work"), *TINY_FLAGS])
   store = json.loads((root / "work" / "planted-standard.json").read_text())
   return root, data, out, {r["model"]: r for r in store}
 
@@ -82,8 +86,8 @@ def test_report_has_a_row_for_every_requested_model_and_keeps_other_text(report)
 def test_rerun_reuses_stored_runs_and_replaces_the_section_in_place(report):
   root, data, out, records = report
   before = out.read_text()
-  quality.main(["--data", str(data), "--models", "sasrec", "--seeds", "1", "--out", str(out),
-                "--work-dir", str(root / "work"), *TINY_FLAGS])  # sasrec seed 42 is stored
+  cli.main(["--data", str(data), "--models", "sasrec", "--seeds", "1", "--out", str(out),
+            "--work-dir", str(root / "work"), *TINY_FLAGS])  # sasrec seed 42 is stored
   after = out.read_text()
   assert after.count("<!-- BEGIN quality:standard:planted -->") == 1
   assert after.split("<!-- BEGIN")[0] == before.split("<!-- BEGIN")[0]
@@ -93,11 +97,11 @@ def test_rerun_reuses_stored_runs_and_replaces_the_section_in_place(report):
 
 def test_cold_copy_holds_items_out_of_training_but_keeps_them_as_test_targets(report, tmp_path):
   _, data, _, _ = report
-  cold = PreparedDataset.load(quality.make_cold_copy(data, tmp_path / "cold", share=0.1))
+  cold = PreparedDataset.load(make_cold_copy(data, tmp_path / "cold", share=0.1))
   held = np.array(cold.meta["cold_holdout"]["items"])
   assert len(held) == round(0.1 * N_ITEMS)
   assert not cold.seen_in_train[held].any()
-  test = quality.read_split(cold, "test")
+  test = read_split(cold, "test")
   assert not any(np.isin(h, held).any() for h, _ in test)  # not in histories either
   assert any(np.isin(t, held).any() for _, t in test)
 
@@ -105,7 +109,7 @@ def test_cold_copy_holds_items_out_of_training_but_keeps_them_as_test_targets(re
 def test_noise_evaluation_at_zero_sigma_reproduces_the_clean_test_metrics(report):
   _, _, _, records = report
   rec = records["bivrec"]
-  res = quality.noise_eval(rec, sigmas=(0.0, 1.0))
+  res = noise_eval(rec, sigmas=(0.0, 1.0))
   clean = rec["test_rows"]
   assert res["0"]["MM view"]["ndcg@20"] == pytest.approx(clean["MM view"]["ndcg@20"], abs=1e-6)
   assert res["0"]["ID view"] == res["1"]["ID view"]  # the ID view never reads features
@@ -114,8 +118,8 @@ def test_noise_evaluation_at_zero_sigma_reproduces_the_clean_test_metrics(report
 
 def test_cost_mode_reuses_the_standard_runs_and_compares_bivrec_with_sasrec(report):
   root, data, out, _ = report
-  quality.main(["--data", str(data), "--mode", "cost", "--seeds", "1", "--out", str(out),
-                "--work-dir", str(root / "work"), *TINY_FLAGS])
+  cli.main(["--data", str(data), "--mode", "cost", "--seeds", "1", "--out", str(out),
+            "--work-dir", str(root / "work"), *TINY_FLAGS])
   section = out.read_text().split("<!-- BEGIN quality:cost:planted -->")[1]
   assert "| SASRec |" in section and "| BivRec |" in section
   assert "SASRec's best validation NDCG@20" in section
@@ -124,8 +128,8 @@ def test_cost_mode_reuses_the_standard_runs_and_compares_bivrec_with_sasrec(repo
 
 def test_cold_mode_reports_held_out_targets_per_view(report):
   root, data, out, _ = report
-  quality.main(["--data", str(data), "--mode", "cold", "--models", "bivrec", "--seeds", "1",
-                "--out", str(out), "--work-dir", str(root / "work"), *TINY_FLAGS])
+  cli.main(["--data", str(data), "--mode", "cold", "--models", "bivrec", "--seeds", "1",
+            "--out", str(out), "--work-dir", str(root / "work"), *TINY_FLAGS])
   section = out.read_text().split("<!-- BEGIN quality:cold:planted -->")[1]
   for rule in ("ID view", "MM view", "fused"):
     assert f"| BivRec | {rule} |" in section
@@ -138,9 +142,35 @@ def test_cold_mode_reports_held_out_targets_per_view(report):
 
 def test_two_benchmark_processes_sharing_a_store_keep_each_others_runs(tmp_path):
   path = tmp_path / "synthetic-standard.json"
-  first, second = quality.Store(path), quality.Store(path)  # both opened before either writes
+  first, second = Store(path), Store(path)  # both opened before either writes
   first.add({"model": "sasrec", "seed": 42, "test": {}})
   second.add({"model": "mm_seq", "seed": 42, "test": {}})
   first.add({"model": "sasrec", "seed": 43, "test": {}})
   stored = {(r["model"], r["seed"]) for r in json.loads(path.read_text())}
   assert stored == {("sasrec", 42), ("mm_seq", 42), ("sasrec", 43)}
+
+
+# The flags of `python -m benchmarks.quality` before it became a package (commit 959d2c2).
+QUALITY_FLAGS = ["--cold-share", "--data", "--fresh", "--help", "--mode", "--models",
+                 "--noise-sigmas", "--out", "--quick", "--seeds", "--tag", "--threads",
+                 "--work-dir"]
+
+
+def test_command_line_keeps_every_flag_and_the_mode_choices(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.parse_args(["--help"])
+  assert exit_info.value.code == 0
+  text = capsys.readouterr().out
+  options = text[text.index("\noptions:"):]
+  assert sorted(set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", options))) == QUALITY_FLAGS
+  assert "--mode {standard,cold,noise,cost}" in options
+  assert text.startswith("usage: python -m benchmarks.quality")
+
+
+def test_train_flags_override_every_models_preset_and_quick_means_one_seed(tmp_path):
+  args, models, overrides = cli.parse_args(["--quick", "--models", "bivrec,sasrec",
+                                            "--max-len", "20", "--lambda-sem", "0.5"])
+  assert args.seeds == 1 and models == ("bivrec", "sasrec")
+  cfg = runs.model_config("bivrec", "synthetic", 42, tmp_path, overrides)
+  assert cfg.data.max_len == 20 and cfg.loss.lambda_sem == 0.5
+  assert cfg.train.seed == 42 and not cfg.export.export

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from bivrec_tf import export as export_lib
+from bivrec_tf.evaluate import Ranker
 from bivrec_tf.model import FIRST_ITEM
 from tests.serving import models as tiny
 
@@ -104,12 +105,71 @@ def test_history_items_are_never_recommended(exported):
     assert not set(row) & {"[PAD]", "[OOV]", ""}
 
 
-def test_history_longer_than_max_len_keeps_the_most_recent_items(exported):
-  _, _, loaded = exported
+@pytest.fixture(scope="module")
+def exported_kept(exported, tmp_path_factory):
+  """The same model exported with history exclusion off."""
+  model, _, _ = exported
+  path = export_lib.export_model(model, tiny.vocab(), W, str(tmp_path_factory.mktemp("kept")),
+                                 "bivrec", tiny.TOP_K, exclude_history=False)
+  return model, path, tf.saved_model.load(str(path))
+
+
+def test_history_longer_than_max_len_keeps_the_most_recent_items(exported_kept):
+  # Without exclusion the older items can change nothing: the model reads the last max_len.
+  _, _, loaded = exported_kept
   recent = [f"item-{i}" for i in range(10, 10 + tiny.MAX_LEN)]
   long = _serve(loaded, [["item-30", "item-31", "item-32"] + recent])
   short = _serve(loaded, [recent])
+  np.testing.assert_array_equal(long["item_ids"], short["item_ids"])
   np.testing.assert_allclose(long["scores"], short["scores"], rtol=1e-6)
+
+
+def test_exclusion_covers_the_request_history_older_than_max_len(exported, exported_kept):
+  # 35 of the 40 items in the history (max_len 8): with exclusion the top 5 are exactly the 5
+  # others; masking only the last max_len items would let older history items in.
+  history = [f"item-{i}" for i in range(35)]
+  rest = {f"item-{i}" for i in range(35, 40)}
+  excluded = _serve(exported[2], [history])
+  assert set(excluded["item_ids"][0].astype(str)) == rest
+  assert np.all(np.isfinite(excluded["scores"]))
+  kept = _serve(exported_kept[2], [history])
+  assert set(kept["item_ids"][0].astype(str)) - rest  # a repeat can be recommended
+
+
+def _offline_top_k(model, histories, exclude):
+  """The evaluation Ranker on the same string histories: the model reads the last max_len known
+  items, exclusion masks every known item of the history."""
+  index = {item: i for i, item in enumerate(tiny.vocab())}
+  known = [[index[x] for x in h if index.get(x, 0) >= FIRST_ITEM] for h in histories]
+  rows = np.array([[0] * max(0, tiny.MAX_LEN - len(k)) + k[-tiny.MAX_LEN:] for k in known])
+  width = max(len(k) for k in known)
+  seen = np.array([k + [0] * (width - len(k)) for k in known])
+  ranker = Ranker(model, tiny.TOP_K, exclude_history=exclude)
+  return tiny.vocab()[ranker.topk(rows, [W], seen=seen)[f"fused@{W:.2f}"]]
+
+
+@pytest.mark.parametrize("exclude", [True, False])
+def test_offline_ranker_and_serving_rank_identically(exported, exported_kept, exclude):
+  model, _, loaded = exported if exclude else exported_kept
+  rows = [[f"item-{i}" for i in range(5, 17)],                           # longer than max_len
+          [f"item-{i}" for i in range(35)],                               # all but 5 items
+          ["item-3", "", "nope", "item-9", "item-12", "item-3", "item-30", "item-31"],
+          ["item-39"]]
+  histories = [[""] * (35 - len(h)) + h for h in rows]                    # "" = padding
+  offline = _offline_top_k(model, histories, exclude)
+  served = _serve(loaded, histories)["item_ids"].astype(str)
+  np.testing.assert_array_equal(served, offline)
+  examples = [tf.train.Example(features=tf.train.Features(feature={
+      "history": tf.train.Feature(bytes_list=tf.train.BytesList(
+          value=[x.encode() for x in h if x]))})).SerializeToString() for h in histories]
+  by_example = loaded.signatures["predict_examples"](examples=tf.constant(examples))
+  np.testing.assert_array_equal(by_example["item_ids"].numpy().astype(str), offline)
+
+
+def test_metadata_records_the_history_setting(exported, exported_kept):
+  for (_, path, _), expected in ((exported, True), (exported_kept, False)):
+    meta = json.loads((path / "assets.extra" / export_lib.METADATA_FILE).read_text())
+    assert meta["exclude_history"] is expected
 
 
 def test_history_without_known_items_gets_the_most_popular(exported):

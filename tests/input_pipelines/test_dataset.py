@@ -173,3 +173,33 @@ def test_loading_an_unknown_schema_version_is_rejected(tiny):
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="schema_version"):
         PreparedDataset.load(tiny.path)
+
+
+def test_eval_full_history_keeps_items_older_than_max_len(tiny):
+    (batch,) = list(eval_dataset(tiny, "valid", max_len=2, batch_size=3).as_numpy_iterator())
+    assert batch["history"].tolist() == [expected_history(h, 2) for h, _ in VALID]
+    width = max(len(h) for h, _ in VALID)
+    assert batch["full_history"].tolist() == [list(h) + [0] * (width - len(h)) for h, _ in VALID]
+
+
+def _share_of_repeats(examples):
+    repeats = sum(t in set(h) for h, targets in examples for t in targets)
+    return repeats / sum(len(targets) for _, targets in examples)
+
+
+def test_repeat_rate_is_the_share_of_targets_already_in_the_history(tiny):
+    assert tiny.repeat_rate("train") == pytest.approx(_share_of_repeats(TRAIN))  # 1 of 9
+    assert tiny.repeat_rate("valid") == pytest.approx(_share_of_repeats(VALID))  # 2 of 6
+    assert tiny.repeat_rate("test") == 0.0
+
+
+def test_history_cut_at_reports_a_max_history_that_cut_stored_histories(tmp_path):
+    longest = max(len(h) for h, _ in TRAIN + VALID + TEST)
+
+    def prepared(name, max_history):
+        return PreparedDataset.load(write_prepared(
+            tmp_path / name, [f"i{k}" for k in range(N)], {},
+            {"train": TRAIN, "valid": VALID, "test": TEST}, {"max_history": max_history}))
+
+    assert prepared("cut", longest).history_cut_at() == longest
+    assert prepared("whole", longest + 1).history_cut_at() is None
