@@ -112,8 +112,8 @@ class ModelConfig:
       _fail("readout", self.readout, "must be 'interests' or 'last'")
     if self.readout == "last" and (self.num_interests != 1 or 1 not in self.patch_sizes):
       _fail("readout", self.readout, "'last' needs num_interests=1 and patch size 1 in P")
-    if self.routing not in ("max", "target"):
-      _fail("routing", self.routing, "must be 'max' or 'target'")
+    if self.routing not in ("max", "target", "max+target"):
+      _fail("routing", self.routing, "must be 'max', 'target' or 'max+target'")
     if self.similarity not in ("cosine", "dot"):
       _fail("similarity", self.similarity, "must be 'cosine' or 'dot'")
     if not self.tau_rec > 0:

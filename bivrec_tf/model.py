@@ -204,12 +204,13 @@ class BivRecModel(tfrs.Model):
     vectors = self.views[view].item_vectors(candidates, table)
     return self._route(u, vectors, self.config.model.tau_rec)
 
-  def _route(self, u, vectors, tau):
+  def _route(self, u, vectors, tau, routing=None):
     """Training scores `[B, C]` of queries u `[B, K, d]` against candidate vectors `[C, d]`
     (row i's positive is candidate i). routing "max": max over interests for every candidate;
     "target": the interest closest to the row's target scores every candidate (ComiRec/MIND's
     label-aware read-out; inference keeps the max)."""
-    if self.config.model.routing == "max":
+    routing = routing or self.config.model.routing
+    if routing in ("max", "max+target"):
       return view_scores(u, vectors, tau)
     target = vectors[:tf.shape(u)[0]]                                   # [B, d]
     pick = tf.argmax(tf.einsum("bkd,bd->bk", u, target), axis=-1)       # [B]
@@ -240,6 +241,10 @@ class BivRecModel(tfrs.Model):
       # Formed once per view; the cross-view terms reuse them (scoring is the step's main cost).
       logits[v] = self._logits(self._scores(v, u, candidates, tables[v]), candidates, probs)
       terms[f"rec_{v}"] = parts[f"rec_{v}"] = self._retrieval_loss(logits[v])
+      if self.config.model.routing == "max+target":  # + the label-aware term (ComiRec/MIND)
+        vectors = self.views[v].item_vectors(candidates, tables[v])
+        parts[f"route_{v}"] = self._retrieval_loss(self._logits(
+            self._route(u, vectors, self.config.model.tau_rec, "target"), candidates, probs))
       stats = AllocationStats(a, valid)
       terms[f"entropy_{v}"] = stats.token_entropy
       terms[f"interests_{v}"] = stats.effective_interests
