@@ -33,6 +33,7 @@ from bivrec_tf.layers.patching import NEG_INF
 EPS = 1e-6
 
 
+@tf.keras.utils.register_keras_serializable(package="bivrec_tf")
 class GaussianAttention(tf.keras.layers.Layer):
   """Seeds K interests from tokens with a learned temporal (recency) prior per interest.
 
@@ -117,6 +118,7 @@ class GaussianAttention(tf.keras.layers.Layer):
             "prior_mode": self.prior_mode, "interest_init": self.interest_init}
 
 
+@tf.keras.utils.register_keras_serializable(package="bivrec_tf")
 class ClusterAttention(tf.keras.layers.Layer):
   """Refines interest seeds into a soft clustering of the tokens, `rounds` rounds, shared weights.
 
@@ -166,6 +168,7 @@ def seed_allocation(alpha, valid):
   return a * tf.cast(valid, a.dtype)[..., None]
 
 
+@tf.keras.utils.register_keras_serializable(package="bivrec_tf")
 class InterestDecomposition(tf.keras.layers.Layer):
   """Gaussian attention seeds followed by cluster-attention rounds.
 
@@ -176,13 +179,11 @@ class InterestDecomposition(tf.keras.layers.Layer):
                sigma_init: float = 0.25, cluster_rounds: int = 2, prior_mode: str = "fixed",
                interest_init: str = "normal", **kwargs):
     super().__init__(**kwargs)
+    self.dim, self.num_interests, self.cluster_rounds = dim, num_interests, cluster_rounds
     self.gaussian = GaussianAttention(dim, num_interests, gaussian_prior, sigma_init, prior_mode,
                                       interest_init, name="gaussian")
     # With R = 0 no cluster-attention weights exist (nothing would train or use them).
     self.cluster = ClusterAttention(dim, cluster_rounds, name="cluster") if cluster_rounds else None
-    self._config = {"dim": dim, "num_interests": num_interests, "gaussian_prior": gaussian_prior,
-                    "sigma_init": sigma_init, "cluster_rounds": cluster_rounds,
-                    "prior_mode": prior_mode, "interest_init": interest_init}
 
   def call(self, h, tau, valid):
     seeds, alpha = self.gaussian(h, tau, valid, return_attention=True)
@@ -191,7 +192,11 @@ class InterestDecomposition(tf.keras.layers.Layer):
     return self.cluster(h, seeds, valid)
 
   def get_config(self):
-    return {**super().get_config(), **self._config}
+    g = self.gaussian
+    return {**super().get_config(), "dim": self.dim, "num_interests": self.num_interests,
+            "gaussian_prior": g.gaussian_prior, "sigma_init": g.sigma_init,
+            "cluster_rounds": self.cluster_rounds, "prior_mode": g.prior_mode,
+            "interest_init": g.interest_init}
 
 
 def interest_similarity(interests, margin: float = 0.0):
