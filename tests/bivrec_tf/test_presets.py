@@ -88,7 +88,7 @@ def test_sasrec_is_two_causal_single_head_blocks_read_at_the_most_recent_item():
   assert (s["blocks"], s["causal"], s["queries"], s["scales"]) == (2, True, None, [1])
   enc = model.views["id"]
   assert [b.num_heads for b in enc.interest_embedding.blocks] == [1, 1]
-  assert enc.interest_embedding.dropout == pytest.approx(0.2)
+  assert enc.interest_embedding.dropout == pytest.approx(0.5)
   assert not any("interest_decomposition" in n for n in _weight_names(model, "id"))
   # mm_seq: the same encoder over the multimodal tower, and nothing of the ID view.
   mm = _model("mm_seq")
