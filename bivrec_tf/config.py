@@ -52,8 +52,12 @@ class ModelConfig:
   # Module 1: Multi-scale Interest Embedding.
   patch_sizes: Tuple[int, ...] = (1,)  # P, e.g. (1, 2, 4); (1,) = single scale
   encoder_layers: int = 0           # pre-LN Transformer blocks over the tokens
+  causal: bool = False              # causal self-attention in those blocks: token t sees tokens
+                                    # <= t only (SASRec); needs patch_sizes (1,), encoder_layers>=1
   num_heads: int = 2
-  dropout: float = 0.1              # inside the Transformer blocks
+  dropout: float = 0.1              # acts only in the Transformer blocks (on the attention and FFN
+                                    # outputs of each block): no effect with encoder_layers = 0,
+                                    # the default
   # Module 2: Intra-View Interest Decomposition.
   num_interests: int = 4            # K
   gaussian_prior: bool = False      # the Gaussian temporal prior of each interest's attention
@@ -63,19 +67,19 @@ class ModelConfig:
                                     # prior scaled by a learned gate softplus(beta_k) (starts ~0.1)
   interest_init: str = "normal"     # interest queries: "normal" (stddev 0.05) or "orthogonal"
                                     # (orthonormal rows at unit scale: distinct from the start)
-  competition: bool = False         # module 2 seeding: interests compete for each token
-                                    # (softmax over K, then each interest's weights normalised
-                                    # over tokens: slot attention) instead of softmax over tokens
   patch_mode: str = "tokens"        # module 1: "tokens" (every scale's patches are tokens) or
                                     # "context" (item tokens only, each enriched with the patches
                                     # that contain it: same T as one scale)
   cluster_rounds: int = 0           # R cluster-attention refinement rounds (with R = 0 the
                                     # allocation A for L_alloc is the seeding attention)
   readout: str = "interests"        # "interests" (module 2) or "last": the most recent item's
-                                    # encoder output as the single interest (SASRec-style)
-  routing: str = "max"              # training read-out: "max" over interests per candidate, or
+                                    # encoder output as the single interest (SASRec's read-out;
+                                    # needs patch_sizes (1,) and num_interests 1, builds no
+                                    # module-2 weights)
+  routing: str = "max"              # training read-out: "max" over interests per candidate,
                                     # "target": the interest nearest the target scores all
-                                    # candidates (label-aware, ComiRec); inference uses the max
+                                    # candidates (label-aware, ComiRec), or "max+target": both
+                                    # retrieval losses; inference uses the max
   # Recommendation similarity.
   similarity: str = "cosine"        # "cosine" or "dot"
   tau_rec: float = 0.07
@@ -110,8 +114,12 @@ class ModelConfig:
       _fail("cluster_rounds", self.cluster_rounds, "R must be >= 0")
     if self.readout not in ("interests", "last"):
       _fail("readout", self.readout, "must be 'interests' or 'last'")
-    if self.readout == "last" and (self.num_interests != 1 or 1 not in self.patch_sizes):
-      _fail("readout", self.readout, "'last' needs num_interests=1 and patch size 1 in P")
+    if self.readout == "last" and (self.num_interests != 1 or tuple(self.patch_sizes) != (1,)):
+      _fail("readout", self.readout, "'last' needs num_interests=1 and patch_sizes (1,) (one "
+            "token per item, the most recent last)")
+    if self.causal and (tuple(self.patch_sizes) != (1,) or self.encoder_layers < 1):
+      _fail("causal", self.causal, "causal attention needs patch_sizes (1,) (one token per item) "
+            "and encoder_layers >= 1 (it acts in the Transformer blocks)")
     if self.routing not in ("max", "target", "max+target"):
       _fail("routing", self.routing, "must be 'max', 'target' or 'max+target'")
     if self.similarity not in ("cosine", "dot"):
@@ -127,7 +135,6 @@ class LossConfig:
   num_negatives: int = 256          # items sampled per batch from the catalogue
   lambda_sem: float = 1.0           # coarse semantic-similarity loss weight; 0 = ablation
   lambda_alloc: float = 1.0         # fine allocation-similarity loss weight; 0 = ablation
-  lambda_balance: float = 0.0       # interest-balance term (use if interests collapse)
   lambda_div: float = 0.0           # interest-diversity penalty: mean of relu(cos - div_margin)^2
                                     # over pairs of a user's K interests (off-diagonal of U U^T)
   div_margin: float = 0.0           # cosines below the margin are free (0 = plain squared cosine)
@@ -160,7 +167,7 @@ class LossConfig:
       _fail("alloc_mode", self.alloc_mode, "must be 'mse' or 'cka'")
     if not self.tau_kd > 0:
       _fail("tau_kd", self.tau_kd, "temperature must be > 0")
-    for name in ("lambda_sem", "lambda_alloc", "lambda_balance", "lambda_div"):
+    for name in ("lambda_sem", "lambda_alloc", "lambda_div"):
       value = getattr(self, name)
       if not (value >= 0 and math.isfinite(value)):
         _fail(name, value, "must be a finite number >= 0")

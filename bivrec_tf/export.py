@@ -49,6 +49,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from bivrec_tf.builders import build_model
 from bivrec_tf.evaluate import history_mask, resolve_history_exclusion
 from bivrec_tf.model import FIRST_ITEM, BivRecModel, fuse_scores, view_scores
 
@@ -346,7 +347,6 @@ def export_run(run_dir: str, export_base: Optional[str] = None, model_name: Opti
   resolved again from the run's config and dataset.
   """
   from bivrec_tf import config as config_lib  # pylint: disable=import-outside-toplevel
-  from bivrec_tf.train import build_model  # pylint: disable=import-outside-toplevel
   from input_pipelines.dataset import PreparedDataset  # pylint: disable=import-outside-toplevel
 
   run = Path(run_dir)

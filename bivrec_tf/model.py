@@ -7,8 +7,7 @@ once per view, as that task forms them, with TFRS's logQ-correction and accident
 the cross-view terms can reuse them; a test checks the loss equals the task's). Cross-View
 Interest Learning (module 3) couples the views:
 
-    L = L_rec_id + L_rec_mm + lambda_sem L_sem + lambda_alloc L_alloc
-        (+ lambda_div L_div + lambda_balance L_balance)
+    L = L_rec_id + L_rec_mm + lambda_sem L_sem + lambda_alloc L_alloc (+ lambda_div L_div)
 
 L_div is the mean of relu(cos - div_margin)^2 over pairs of a user's K interests (keeps them
 distinct). Logged per view every step: `cos_<view>` (mean pairwise cosine of a user's interests,
@@ -16,17 +15,22 @@ distinct). Logged per view every step: `cos_<view>` (mean pairwise cosine of a u
 allocation diagnostics `entropy_<view>`, `interests_<view>`.
 
 Every term is averaged per example over the *global* batch, so the loss does not depend on the
-number of replicas. Inference: s_v(i) = max_k sim(U_v[k], e_v(i)) / tau_rec and
-s(i) = w s_id(i) + (1 - w) s_mm(i), except items never seen in training (cold), scored s_mm(i).
+number of replicas. Training uses `tfrs.Model` as intended: `compute_loss` returns the loss and
+updates the per-term metrics; TFRS's `train_step` / `test_step` differentiate it and log `loss`
+(the step's loss) next to the epoch means of the terms.
+
+Inference: s_v(i) = max_k sim(U_v[k], e_v(i)) / tau_rec and s(i) = w s_id(i) + (1 - w) s_mm(i),
+except items never seen in training (cold), scored s_mm(i).
 """
 
+import dataclasses
 from typing import Dict, Optional
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from bivrec_tf.config import Config
+from bivrec_tf.config import Config, ModelConfig
 from bivrec_tf.layers import (AllocationStats, IdTower, InterestDecomposition,
                               MultiScaleInterestEmbedding, MultimodalTower, SemanticHead,
                               allocation_cka_loss, allocation_loss, interest_similarity,
@@ -36,28 +40,38 @@ from bivrec_tf.layers.patching import padded_length
 FIRST_ITEM = 2  # 0 = padding, 1 = out-of-vocabulary
 
 
+@tf.keras.utils.register_keras_serializable(package="bivrec_tf")
 class ViewEncoder(tf.keras.layers.Layer):
-  """One view: item tower, module 1, module 2.
+  """One view: item tower, module 1, then module 2 or the most-recent-item read-out.
 
+  Args:
+    tower: the view's item tower (`IdTower` or `MultimodalTower`).
+    model_config: the run's ModelConfig (modules 1-2 and the read-out are built from it).
+    max_len: history length L.
   Call: `history` int `[B, L']` (right-aligned, 0 = padding; ids < 2 are ignored)
     -> (U `[B, K, d]` (unit-norm for cosine similarity), A `[B, T, K]`, valid bool `[B, T]`).
-  Histories longer than `max_len` keep their most recent `max_len` items.
+  Histories longer than `max_len` keep their most recent `max_len` items. With
+  `readout="last"` (one token per item) U is the last token's encoding, the most recent item's
+  (K = 1), and A gives every valid token to that one interest.
   """
 
-  def __init__(self, tower: tf.keras.layers.Layer, config: Config, max_len: int, **kwargs):
+  def __init__(self, tower: tf.keras.layers.Layer, model_config: ModelConfig, max_len: int,
+               **kwargs):
     super().__init__(**kwargs)
-    m = config.model
+    m = model_config
     self.tower = tower
+    self.model_config = m
     self.max_len = max_len
     self.patch_sizes = m.patch_sizes
     self.normalize = m.similarity == "cosine"
     self.readout = m.readout
-    self.embedding = MultiScaleInterestEmbedding(
+    self.interest_embedding = MultiScaleInterestEmbedding(
         m.dim, m.patch_sizes, max_len, m.encoder_layers, m.num_heads, m.dropout, m.patch_mode,
-        name="module1")
-    self.interests = InterestDecomposition(
+        m.causal, name="interest_embedding")
+    # The "last" read-out replaces module 2: no interest weights that nothing would use.
+    self.interest_decomposition = None if m.readout == "last" else InterestDecomposition(
         m.dim, m.num_interests, m.gaussian_prior, m.sigma_init, m.cluster_rounds, m.prior_mode,
-        m.interest_init, m.competition, name="module2")
+        m.interest_init, name="interest_decomposition")
 
   def _align(self, history):
     """Keeps the last max_len items; left-pads to a multiple of max(patch_sizes)."""
@@ -83,17 +97,26 @@ class ViewEncoder(tf.keras.layers.Layer):
   def call(self, history, training=False, table=None):
     history = self._align(tf.cast(history, tf.int64))
     mask = history >= FIRST_ITEM
-    h, tau, valid = self.embedding(self.embed(history, table), mask, training=training)
-    if self.readout == "last":
-      # Tokens of patch size 1 come first (sizes sorted), one per position: the most recent item
-      # is token L'-1. A single interest owns every valid token.
-      u = h[:, tf.shape(history)[1] - 1][:, None]
-      a = tf.cast(valid, h.dtype)[..., None]
+    h, tau, valid = self.interest_embedding(self.embed(history, table), mask, training=training)
+    if self.interest_decomposition is None:  # readout "last": T = L', the most recent item last
+      u, a = h[:, -1:], tf.cast(valid, h.dtype)[..., None]
     else:
-      u, a = self.interests(h, tau, valid)
+      u, a = self.interest_decomposition(h, tau, valid)
     if self.normalize:
       u = tf.math.l2_normalize(u, axis=-1)
     return u, a, valid
+
+  def get_config(self):
+    return {**super().get_config(), "tower": tf.keras.layers.serialize(self.tower),
+            "model_config": dataclasses.asdict(self.model_config), "max_len": self.max_len}
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    tower = tf.keras.layers.deserialize(config.pop("tower"))
+    fields = {k: tuple(v) if isinstance(v, list) else v
+              for k, v in config.pop("model_config").items()}
+    return cls(tower, ModelConfig(**fields), **config)
 
 
 class BivRecModel(tfrs.Model):
@@ -122,8 +145,8 @@ class BivRecModel(tfrs.Model):
     self.views = {}
     for v in self.view_names:
       tower = (IdTower(vocab_size, m.dim, name="id_tower") if v == "id" else
-               MultimodalTower(features, present, m.dim, name="mm_tower"))
-      self.views[v] = ViewEncoder(tower, config, max_len, name=f"{v}_view")
+               MultimodalTower.from_tables(features, present, m.dim, name="mm_tower"))
+      self.views[v] = ViewEncoder(tower, m, max_len, name=f"{v}_view")
     self.cross_view = len(self.view_names) == 2
     lc = config.loss
     # The contrastive L_sem's heads exist only when that loss trains them.
@@ -140,7 +163,7 @@ class BivRecModel(tfrs.Model):
     self.trackers = {name: tf.keras.metrics.Mean(name=name) for name in self._metric_names()}
 
   def _metric_names(self):
-    names = ["loss"] + [f"rec_{v}" for v in self.view_names]
+    names = [f"rec_{v}" for v in self.view_names]
     if self.cross_view:
       names += (["sem"] if self.contrast_heads or self.config.loss.sem_mode != "contrast" else [])
       names += ["alloc"]
@@ -251,8 +274,6 @@ class BivRecModel(tfrs.Model):
       terms[f"cos_{v}"], cos_sq = interest_similarity(u, lc.div_margin)
       if lc.lambda_div > 0:
         parts[f"div_{v}"] = lc.lambda_div * cos_sq
-      if lc.lambda_balance > 0:
-        parts[f"balance_{v}"] = lc.lambda_balance * stats.balance_loss
     if self.cross_view:
       (u_id, a_id, valid), (u_mm, a_mm, _) = outputs["id"], outputs["mm"]
       sem = [self._semantic_term(mode, u_id, u_mm, target, candidates, probs, logits)
@@ -318,27 +339,14 @@ class BivRecModel(tfrs.Model):
     return out
 
   def compute_loss(self, inputs, training=False):
-    total, _ = self.compute_losses(inputs, training=training)
-    return tf.nn.compute_average_loss(total)
-
-  def _step(self, batch, training):
-    total, terms = self.compute_losses(batch, training=training)
-    loss = tf.nn.compute_average_loss(total)  # sum / global batch size
-    self.trackers["loss"].update_state(total)
+    """The loss TFRS's train_step / test_step differentiate and log: the per-example total
+    summed over this replica's examples and divided by the *global* batch size (the replicas'
+    gradients are summed), so the loss does not change with the number of replicas. Updates the
+    per-term metrics (epoch means of each term and diagnostic `[B]`)."""
+    total, terms = self.compute_losses(inputs, training=training)
     for name, value in terms.items():
       self.trackers[name].update_state(value)
-    return loss
-
-  def train_step(self, batch):
-    with tf.GradientTape() as tape:
-      loss = self._step(batch, training=True)
-    grads = tape.gradient(loss, self.trainable_variables)
-    self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-    return {name: t.result() for name, t in self.trackers.items()}
-
-  def test_step(self, batch):
-    self._step(batch, training=False)
-    return {name: t.result() for name, t in self.trackers.items()}
+    return tf.nn.compute_average_loss(total)
 
   # --- inference -----------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from bivrec_tf import config as config_lib
+from bivrec_tf.builders import build_model
 from bivrec_tf.distribute import is_chief, make_strategy
 from bivrec_tf.callbacks import ValidationCallback
 from bivrec_tf.diagnostics import interest_diagnostics
@@ -26,24 +27,11 @@ from bivrec_tf.evaluate import (Ranker, best_fusion, describe_history_exclusion,
                                 popularity_metrics, resolve_history_exclusion)
 from bivrec_tf.export import export_model
 from bivrec_tf.io_utils import write_text_atomic
-from bivrec_tf.model import BivRecModel
 from bivrec_tf.presets import PRESETS, apply_preset
 from input_pipelines.dataset import PreparedDataset, eval_dataset, train_dataset
 from input_pipelines.synthetic import ensure_synthetic, is_synthetic_spec, parse_synthetic_spec
 
 DEFAULT_MAX_LEN = 50
-
-
-def select_modalities(cfg: config_lib.Config, ds: PreparedDataset):
-  available = sorted(ds.features)
-  wanted = list(cfg.data.modalities or available)
-  unknown = [m for m in wanted if m not in available]
-  if unknown:
-    raise ValueError(f"config field `modalities` = {tuple(wanted)!r}: unknown modality "
-                     f"{unknown[0]!r}; the dataset at {ds.path} has {available}")
-  if "mm" in cfg.model.views and not wanted:
-    raise ValueError(f"the MM view needs item features, but {ds.path} has no modality")
-  return ({m: ds.features[m] for m in wanted}, {m: ds.present[m] for m in wanted})
 
 
 def load_data(cfg: config_lib.Config) -> PreparedDataset:
@@ -100,29 +88,6 @@ class NonFiniteBatchLossStop(NonFiniteLossStop):
 def non_finite_loss_stop(strategy: tf.distribute.Strategy) -> NonFiniteLossStop:
   ps = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
   return NonFiniteLossStop() if ps else NonFiniteBatchLossStop()
-
-
-def use_xla(cfg: config_lib.Config, strategy: Optional[tf.distribute.Strategy] = None) -> bool:
-  """XLA unless the step's variables live on another device than its computation (replicas on
-  one split CPU, parameter servers): XLA cannot compile that
-  (https://www.tensorflow.org/xla/known_issues#tfvariable_on_a_different_device)."""
-  strategy = strategy or tf.distribute.get_strategy()
-  split_cpu = strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU")
-  ps = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
-  return cfg.train.jit_compile and not (split_cpu or ps)
-
-
-def build_model(cfg: config_lib.Config, ds: PreparedDataset, max_len: int,
-                strategy: Optional[tf.distribute.Strategy] = None) -> BivRecModel:
-  """The compiled model (call inside `strategy.scope()`)."""
-  features, present = select_modalities(cfg, ds) if "mm" in cfg.model.views else ({}, {})
-  model = BivRecModel(cfg, ds.vocab_size, max_len, features, present,
-                      item_counts=ds.item_counts, seen_in_train=ds.seen_in_train)
-  model.build_all()
-  model.compile(optimizer=tf.keras.optimizers.Adam(cfg.train.learning_rate),
-                jit_compile=use_xla(cfg, strategy),
-                steps_per_execution=cfg.train.steps_per_execution)
-  return model
 
 
 def format_table(rows: Dict[str, Dict[str, float]], ks: Sequence[int]) -> str:

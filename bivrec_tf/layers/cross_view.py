@@ -28,13 +28,12 @@ Measured alternatives (config `sem_mode`, `alloc_mode`; docs/model.md has the nu
 Both losses are returned per example (`[B]`) so the caller can average over the global batch.
 """
 
-import math
-
 import tensorflow as tf
 
 EPS = 1e-9
 
 
+@tf.keras.utils.register_keras_serializable(package="bivrec_tf")
 class SemanticHead(tf.keras.layers.Layer):
   """`g_v = normalize(MLP_v(mean_k U_v[k]))`. Call: U `[B, K, d]` -> g `[B, d]`."""
 
@@ -107,7 +106,6 @@ class AllocationStats:
     log K = uniform allocation).
   - `effective_interests` `[B]`: exp(entropy of the user's mean allocation over tokens), in [1, K];
     1 means every token went to one interest.
-  - `balance_loss` `[B]`: log K - entropy of the mean allocation (>= 0; the optional balance term).
   """
 
   def __init__(self, allocation, valid):
@@ -118,7 +116,6 @@ class AllocationStats:
     usage = tf.reduce_sum(allocation, axis=1) / count[:, None]            # [B, K]
     usage_entropy = -tf.reduce_sum(usage * tf.math.log(usage + EPS), axis=-1)
     self.effective_interests = tf.exp(usage_entropy)
-    self.balance_loss = math.log(allocation.shape[-1]) - usage_entropy   # K is static
 
 
 def mutual_distillation_loss(logits_id, logits_mm, temperature: float = 1.0):

@@ -33,6 +33,7 @@ from bivrec_tf.layers.patching import NEG_INF
 EPS = 1e-6
 
 
+@tf.keras.utils.register_keras_serializable(package="bivrec_tf")
 class GaussianAttention(tf.keras.layers.Layer):
   """Seeds K interests from tokens with a learned temporal (recency) prior per interest.
 
@@ -46,12 +47,11 @@ class GaussianAttention(tf.keras.layers.Layer):
 
   def __init__(self, dim: int, num_interests: int, gaussian_prior: bool = True,
                sigma_init: float = 0.25, prior_mode: str = "fixed",
-               interest_init: str = "normal", competition: bool = False, **kwargs):
+               interest_init: str = "normal", **kwargs):
     super().__init__(**kwargs)
     self.dim, self.num_interests = dim, num_interests
     self.gaussian_prior, self.sigma_init = gaussian_prior, sigma_init
     self.prior_mode, self.interest_init = prior_mode, interest_init
-    self.competition = competition
     self.w_q = tf.keras.layers.Dense(dim, use_bias=False, name="w_q")
     self.w_k = tf.keras.layers.Dense(dim, use_bias=False, name="w_k")
     self.w_v = tf.keras.layers.Dense(dim, use_bias=False, name="w_v")
@@ -107,25 +107,18 @@ class GaussianAttention(tf.keras.layers.Layer):
                    (2.0 * tf.square(sigma))[None, :, None])
       else:
         logits -= tf.square(tau[None, :] - mu[:, None]) / (2.0 * tf.square(sigma))[:, None]
-    if self.competition:
-      # Slot-attention normalisation: interests compete for each token (softmax over K), then
-      # each interest averages the tokens it won.
-      fvalid = tf.cast(valid, h.dtype)[:, None, :]
-      share = tf.nn.softmax(logits, axis=1) * fvalid                    # [B, K, T]
-      alpha = share / (tf.reduce_sum(share, axis=-1, keepdims=True) + EPS)
-    else:
-      logits += (1.0 - tf.cast(valid, h.dtype))[:, None, :] * NEG_INF
-      alpha = tf.nn.softmax(logits, axis=-1)                             # [B, K, T]
+    logits += (1.0 - tf.cast(valid, h.dtype))[:, None, :] * NEG_INF
+    alpha = tf.nn.softmax(logits, axis=-1)                               # [B, K, T]
     seeds = tf.einsum("bkt,btd->bkd", alpha, self.w_v(h))
     return (seeds, alpha) if return_attention else seeds
 
   def get_config(self):
     return {**super().get_config(), "dim": self.dim, "num_interests": self.num_interests,
             "gaussian_prior": self.gaussian_prior, "sigma_init": self.sigma_init,
-            "prior_mode": self.prior_mode, "interest_init": self.interest_init,
-            "competition": self.competition}
+            "prior_mode": self.prior_mode, "interest_init": self.interest_init}
 
 
+@tf.keras.utils.register_keras_serializable(package="bivrec_tf")
 class ClusterAttention(tf.keras.layers.Layer):
   """Refines interest seeds into a soft clustering of the tokens, `rounds` rounds, shared weights.
 
@@ -175,6 +168,7 @@ def seed_allocation(alpha, valid):
   return a * tf.cast(valid, a.dtype)[..., None]
 
 
+@tf.keras.utils.register_keras_serializable(package="bivrec_tf")
 class InterestDecomposition(tf.keras.layers.Layer):
   """Gaussian attention seeds followed by cluster-attention rounds.
 
@@ -183,16 +177,13 @@ class InterestDecomposition(tf.keras.layers.Layer):
 
   def __init__(self, dim: int, num_interests: int, gaussian_prior: bool = True,
                sigma_init: float = 0.25, cluster_rounds: int = 2, prior_mode: str = "fixed",
-               interest_init: str = "normal", competition: bool = False, **kwargs):
+               interest_init: str = "normal", **kwargs):
     super().__init__(**kwargs)
+    self.dim, self.num_interests, self.cluster_rounds = dim, num_interests, cluster_rounds
     self.gaussian = GaussianAttention(dim, num_interests, gaussian_prior, sigma_init, prior_mode,
-                                      interest_init, competition, name="gaussian")
+                                      interest_init, name="gaussian")
     # With R = 0 no cluster-attention weights exist (nothing would train or use them).
     self.cluster = ClusterAttention(dim, cluster_rounds, name="cluster") if cluster_rounds else None
-    self._config = {"dim": dim, "num_interests": num_interests, "gaussian_prior": gaussian_prior,
-                    "sigma_init": sigma_init, "cluster_rounds": cluster_rounds,
-                    "prior_mode": prior_mode, "interest_init": interest_init,
-                    "competition": competition}
 
   def call(self, h, tau, valid):
     seeds, alpha = self.gaussian(h, tau, valid, return_attention=True)
@@ -201,7 +192,11 @@ class InterestDecomposition(tf.keras.layers.Layer):
     return self.cluster(h, seeds, valid)
 
   def get_config(self):
-    return {**super().get_config(), **self._config}
+    g = self.gaussian
+    return {**super().get_config(), "dim": self.dim, "num_interests": self.num_interests,
+            "gaussian_prior": g.gaussian_prior, "sigma_init": g.sigma_init,
+            "cluster_rounds": self.cluster_rounds, "prior_mode": g.prior_mode,
+            "interest_init": g.interest_init}
 
 
 def interest_similarity(interests, margin: float = 0.0):

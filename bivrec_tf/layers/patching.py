@@ -10,7 +10,14 @@ with a learned scale embedding `s_p` and recency embedding `r_{p,j}`. A token is
 its window is, and carries its recency position `tau = (j p + (p - 1) / 2) / max_len` (distance of
 the window centre from the end, over the model's history length). The tokens of all scales are
 concatenated (T = sum_p L/p) and passed through `encoder_layers` pre-LN Transformer blocks that
-attend only to valid tokens.
+attend only to valid tokens,
+
+    h <- h + Dropout(Attention(LN(h))),   h <- h + Dropout(FFN(LN(h))),   output LN(h).
+
+With `causal=True` (one token per item, P = {1}) token t attends only to tokens <= t, as in SASRec
+(Kang & McAuley, ICDM 2018): the encoding at position t depends on the items up to t only, and the
+recency embeddings r_{1,j} are SASRec's learned positional embeddings, counted from the most
+recent end.
 
 With `patch_mode="context"` (a measured alternative, docs/model.md) the tokens are the items
 themselves (T = L): each position t sums its own item term and the terms of the windows that contain
@@ -34,15 +41,35 @@ def padded_length(length: int, patch_sizes: Sequence[int]) -> int:
   return -(-length // step) * step
 
 
+def attention_mask(valid, causal: bool = False):
+  """Which keys each query may attend to: bool `[B, T, T]` (query, key) from `valid` `[B, T]`.
+
+  Valid keys only; with `causal`, also only keys at or before the query, and every query may see
+  itself (a padded query has no valid key before it: it attends to itself instead of to the
+  future).
+  """
+  allowed = tf.broadcast_to(valid[:, None, :], [tf.shape(valid)[0]] + [tf.shape(valid)[1]] * 2)
+  if not causal:
+    return allowed
+  t = tf.shape(valid)[1]
+  lower = tf.linalg.band_part(tf.ones([t, t], tf.bool), -1, 0)            # key <= query
+  return (allowed & lower[None]) | tf.eye(t, dtype=tf.bool)[None]
+
+
+@tf.keras.utils.register_keras_serializable(package="bivrec_tf")
 class TransformerBlock(tf.keras.layers.Layer):
-  """Pre-LN self-attention block with a key padding mask.
+  """Pre-LN self-attention block, `h + Dropout(MHA(LN(h)))` then `h + Dropout(FFN(LN(h)))`
+  (FFN = Dense_d(GELU(Dense_{ffn_mult d}))), with a key padding mask and an optional causal mask
+  (`attention_mask`).
 
   Call: `h` float `[B, T, d]`, `valid` bool `[B, T]` -> float `[B, T, d]`.
   """
 
-  def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, ffn_mult: int = 2, **kwargs):
+  def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, ffn_mult: int = 2,
+               causal: bool = False, **kwargs):
     super().__init__(**kwargs)
     self.dim, self.num_heads, self.dropout, self.ffn_mult = dim, num_heads, dropout, ffn_mult
+    self.causal = causal
     self.norm1 = tf.keras.layers.LayerNormalization(name="norm1")
     self.qkv = tf.keras.layers.Dense(3 * dim, name="qkv")
     self.out = tf.keras.layers.Dense(dim, name="out")
@@ -57,7 +84,8 @@ class TransformerBlock(tf.keras.layers.Layer):
     qkv = tf.reshape(self.qkv(self.norm1(h)), [b, t, 3, self.num_heads, head_dim])
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]                 # [B, T, H, dh]
     logits = tf.einsum("bqhc,bkhc->bhqk", q, k) / (head_dim ** 0.5)
-    logits += (1.0 - tf.cast(valid, h.dtype))[:, None, None, :] * NEG_INF
+    allowed = attention_mask(valid, self.causal)                          # [B, T, T]
+    logits += (1.0 - tf.cast(allowed, h.dtype))[:, None] * NEG_INF
     attn = tf.nn.softmax(logits, axis=-1)
     mixed = tf.reshape(tf.einsum("bhqk,bkhc->bqhc", attn, v), [b, t, self.dim])
     h = h + self.drop(self.out(mixed), training=training)
@@ -65,9 +93,10 @@ class TransformerBlock(tf.keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "dim": self.dim, "num_heads": self.num_heads,
-            "dropout": self.dropout, "ffn_mult": self.ffn_mult}
+            "dropout": self.dropout, "ffn_mult": self.ffn_mult, "causal": self.causal}
 
 
+@tf.keras.utils.register_keras_serializable(package="bivrec_tf")
 class MultiScaleInterestEmbedding(tf.keras.layers.Layer):
   """Patch tokens at several scales, then a small Transformer encoder.
 
@@ -75,17 +104,24 @@ class MultiScaleInterestEmbedding(tf.keras.layers.Layer):
     dim: d.
     patch_sizes: P, e.g. (1, 2, 4).
     max_len: the model's history length L (sets the recency tables and the tau scale).
-    encoder_layers, num_heads, dropout: the Transformer encoder.
+    encoder_layers, num_heads, dropout: the Transformer encoder (dropout acts in its blocks only).
+    patch_mode: "tokens" or "context" (module docstring).
+    causal: causal self-attention (SASRec); needs P = {1}, one token per item.
   Call: `item_emb` float `[B, L', d]`, `mask` bool `[B, L']` with L' <= padded max_len and L' a
     multiple of max(P) -> (`h` float `[B, T, d]`, `tau` float `[T]`, `valid` bool `[B, T]`).
   """
 
   def __init__(self, dim: int, patch_sizes: Sequence[int], max_len: int, encoder_layers: int = 1,
-               num_heads: int = 2, dropout: float = 0.0, patch_mode: str = "tokens", **kwargs):
+               num_heads: int = 2, dropout: float = 0.0, patch_mode: str = "tokens",
+               causal: bool = False, **kwargs):
     super().__init__(**kwargs)
     self.dim = dim
     self.patch_mode = patch_mode
     self.patch_sizes = tuple(sorted(patch_sizes))
+    if causal and self.patch_sizes != (1,):
+      # A patch token averages items up to p - 1 positions after its first one: no causal order.
+      raise ValueError(f"causal attention needs patch_sizes (1,), got {self.patch_sizes}")
+    self.causal = causal
     self.max_len = max_len
     self.encoder_layers, self.num_heads, self.dropout = encoder_layers, num_heads, dropout
     self.padded_max_len = padded_length(max_len, self.patch_sizes)
@@ -93,7 +129,7 @@ class MultiScaleInterestEmbedding(tf.keras.layers.Layer):
     self.patch_proj = [tf.keras.layers.Dense(dim, name=f"patch_proj_{p}") for p in self.patch_sizes]
     norms = self.patch_sizes if patch_mode == "tokens" else self.patch_sizes[:1]
     self.patch_norm = [tf.keras.layers.LayerNormalization(name=f"patch_norm_{p}") for p in norms]
-    self.blocks = [TransformerBlock(dim, num_heads, dropout, name=f"block_{i}")
+    self.blocks = [TransformerBlock(dim, num_heads, dropout, causal=causal, name=f"block_{i}")
                    for i in range(encoder_layers)]
     self.final_norm = tf.keras.layers.LayerNormalization(name="final_norm")
 
@@ -148,4 +184,5 @@ class MultiScaleInterestEmbedding(tf.keras.layers.Layer):
   def get_config(self):
     return {**super().get_config(), "dim": self.dim, "patch_sizes": self.patch_sizes,
             "max_len": self.max_len, "encoder_layers": self.encoder_layers,
-            "num_heads": self.num_heads, "dropout": self.dropout, "patch_mode": self.patch_mode}
+            "num_heads": self.num_heads, "dropout": self.dropout, "patch_mode": self.patch_mode,
+            "causal": self.causal}

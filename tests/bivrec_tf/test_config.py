@@ -18,6 +18,7 @@ def test_json_round_trip_preserves_every_field():
     ("model", "num_interests", 0), ("model", "tau_rec", 0.0), ("loss", "tau_c", -1.0),
     ("model", "patch_sizes", (1, 0)), ("model", "views", ("id", "text")),
     ("train", "batch_size", 1), ("eval", "monitor_k", 7),
+    ("model", "causal", True),       # with encoder_layers 0: a switch that would do nothing
 ])
 def test_invalid_values_are_rejected_naming_the_field(section, field, value):
   with pytest.raises(ValueError, match=f"`{field}`"):
@@ -48,7 +49,7 @@ def test_config_is_frozen():
 def test_unknown_modality_is_rejected_naming_the_field(tmp_path):
   from types import SimpleNamespace
 
-  from bivrec_tf.train import select_modalities
+  from bivrec_tf.builders import select_modalities
   ds = SimpleNamespace(features={"text": None}, present={"text": None}, path=tmp_path)
   cfg = Config().replace(data={"modalities": ("audio",)})
   with pytest.raises(ValueError, match="`modalities`.*'audio'"):
@@ -66,3 +67,20 @@ def test_importing_after_keras3_tensorflow_is_a_clear_error():
                         check=False)
   assert proc.returncode != 0
   assert "needs Keras 2" in proc.stderr
+
+
+@pytest.mark.parametrize("fields,field", [
+    ({"causal": True, "encoder_layers": 2, "patch_sizes": (1, 2)}, "causal"),
+    ({"readout": "last", "num_interests": 1, "patch_sizes": (1, 2)}, "readout"),
+    ({"readout": "last", "num_interests": 4}, "readout"),
+])
+def test_switches_that_cannot_act_on_the_model_are_rejected_naming_the_field(fields, field):
+  with pytest.raises(ValueError, match=f"`{field}`"):
+    Config().replace(model=fields)
+
+
+def test_removed_fields_are_rejected_when_loading_an_old_config():
+  raw = Config().to_dict()
+  raw["loss"]["lambda_balance"] = 0.0
+  with pytest.raises(ValueError, match="`loss.lambda_balance` is unknown"):
+    Config.from_dict(raw)

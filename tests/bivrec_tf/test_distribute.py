@@ -1,6 +1,8 @@
 """Distribution and fault tolerance, exercised for real: logical CPUs for Mirrored, two local worker
-processes for MultiWorkerMirrored, SIGKILL for preemption. Each test runs the training CLI in
-subprocesses (device splitting must happen before TensorFlow initializes)."""
+processes for MultiWorkerMirrored, in-process parameter servers, SIGKILL for preemption. Each test
+runs in subprocesses (device splitting must happen before TensorFlow initializes) and compares the
+distributed run with one device on the same data, seed and global batch.
+"""
 
 import json
 import os
@@ -19,14 +21,65 @@ from input_pipelines.synthetic import generate
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMON = ["--epochs", "1", "--batch-size", "128", "--num-negatives", "64", "--dim", "32",
+# d = 64: the ID table (402 x 64 floats, 103 KB) is above the 64 KiB minimum shard size, so
+# parameter servers shard it.
+COMMON = ["--epochs", "1", "--batch-size", "128", "--num-negatives", "64", "--dim", "64",
           "--dropout", "0", "--seed", "7", "--no-export"]
+
+# Trains one model per strategy from the same initial weights on the same batches and prints
+# per-step logs and the trained weights. Plain SGD, so that the weight updates are the gradients
+# themselves (Adam's per-weight normalisation would hide, e.g., a gradient scaled by the number of
+# replicas). Arguments: data directory, steps, learning rate.
+STEPS_SCRIPT = """
+import dataclasses, json, sys
+import bivrec_tf
+import tensorflow as tf
+from bivrec_tf import train
+from bivrec_tf.config import Config
+from bivrec_tf.distribute import make_strategy
+from input_pipelines.dataset import train_dataset
+
+data, steps, learning_rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+mirrored = make_strategy("mirrored", logical_cpus=2)  # splits the CPU: before anything else
+single = make_strategy("default")
+model_fields = {f.name for f in dataclasses.fields(type(Config().model))}
+no_dropout = {"dropout": 0.0} if "dropout" in model_fields else {}  # replicas draw other masks
+cfg = Config().replace(data={"data": data}, model={"dim": 32, **no_dropout},
+                       loss={"num_negatives": 64},
+                       train={"batch_size": 128, "seed": 7, "jit_compile": False})
+ds = train.load_data(cfg)
+max_len = int(ds.meta.get("recommended_max_len", 50))
+out, init = {}, None
+for name, strategy in (("single", single), ("mirrored", mirrored)):
+  tf.keras.utils.set_random_seed(7)
+  with strategy.scope():
+    model = train.build_model(cfg, ds, max_len, strategy)
+    model.compile(optimizer=tf.keras.optimizers.SGD(learning_rate), jit_compile=False)
+  if init is None:
+    init = [w.numpy() for w in model.trainable_weights]
+  for w, value in zip(model.trainable_weights, init):
+    w.assign(value)
+  batches = train_dataset(ds, max_len, 128, 64, seed=7).take(steps)
+  history = model.fit(batches, epochs=steps, steps_per_epoch=1, verbose=0)  # one step per epoch
+  out[name] = {"replicas": strategy.num_replicas_in_sync, "logs": history.history,
+               "weights": [w.numpy().tolist() for w in model.trainable_weights]}
+out["init"] = [w.tolist() for w in init]
+print("RESULT " + json.dumps(out))
+"""
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
   return generate(tmp_path_factory.mktemp("dist") / "data", seed=5, num_items=400,
                   num_users=500, num_topics=10)
+
+
+@pytest.fixture(scope="module")
+def one_device(data, tmp_path_factory):
+  """The single-device reference run (`--strategy default`): (epoch logs, metrics.json)."""
+  run_dir = tmp_path_factory.mktemp("one_device") / "run"
+  _run(_train_cmd(data, run_dir, "--strategy", "default"))
+  return _epoch_logs(run_dir), json.loads((run_dir / "metrics.json").read_text())
 
 
 def _train_cmd(data, run_dir, *extra):
@@ -45,18 +98,28 @@ def _epoch_logs(run_dir):
   return json.loads((Path(run_dir) / "epoch_logs.json").read_text())
 
 
-def test_mirrored_on_two_logical_cpus_matches_default_strategy_loss(data, tmp_path):
-  _run(_train_cmd(data, tmp_path / "default", "--strategy", "default"))
-  _run(_train_cmd(data, tmp_path / "mirrored", "--strategy", "mirrored", "--logical-cpus", "2"))
-  single, mirrored = _epoch_logs(tmp_path / "default")[0], _epoch_logs(tmp_path / "mirrored")[0]
-  print("first-epoch loss: default", single["loss"], "mirrored x2", mirrored["loss"])
-  # Same global batch, candidates gathered across replicas: the loss is the same computation up
-  # to float summation order. Stated tolerance: 0.1 % relative.
+def test_mirrored_on_two_logical_cpus_takes_the_same_steps_as_one_device(data):
+  proc = _run([sys.executable, "-c", STEPS_SCRIPT, str(data), "4", "0.1"])
+  result = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[7:])
+  single, mirrored = result["single"], result["mirrored"]
+  assert (single["replicas"], mirrored["replicas"]) == (1, 2)
+  # Same global batch, candidates gathered across replicas: every step's loss and loss terms are
+  # the same computation up to float summation order (measured: 3e-7 relative at most).
   for key in ("loss", "rec_id", "rec_mm", "sem"):
-    assert mirrored[key] == pytest.approx(single[key], rel=1e-3), key
+    np.testing.assert_allclose(mirrored["logs"][key], single["logs"][key], rtol=1e-5,
+                               err_msg=key)
+  # Gradients summed over replicas equal the one-device gradient: after 4 SGD steps every
+  # weight agrees to 0.1 % of how far that variable moved (measured: 1e-4 at most).
+  moved = 0
+  for w0, w1, w2 in zip(result["init"], single["weights"], mirrored["weights"]):
+    w0, w1, w2 = np.asarray(w0), np.asarray(w1), np.asarray(w2)
+    step = np.abs(w1 - w0).max()
+    moved += step > 0
+    assert np.abs(w2 - w1).max() <= 1e-3 * step + 1e-7, (w0.shape, step, np.abs(w2 - w1).max())
+  assert moved >= len(result["init"]) - 2  # (a bias or two may get no gradient at all)
 
 
-def test_multi_worker_trains_and_only_the_chief_exports(data, tmp_path):
+def test_multi_worker_matches_one_device_and_only_the_chief_exports(data, one_device, tmp_path):
   ports = free_ports(2)
   cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
   export_base = tmp_path / "saved_models"
@@ -73,7 +136,13 @@ def test_multi_worker_trains_and_only_the_chief_exports(data, tmp_path):
   assert [d.name for d in (export_base / "bivrec").iterdir()] == ["1"]  # one export, by chief
   assert (tmp_path / "run0" / "metrics.json").exists()
   assert not (tmp_path / "run1").exists()  # the non-chief wrote to a temporary directory
-  assert _epoch_logs(tmp_path / "run0")[0]["loss"] > 0
+  # Two workers split each global batch of 128 and gather the candidates: the same epoch as one
+  # device (measured: loss equal to 1e-7 relative, validation NDCG@20 equal to 1e-4).
+  (single,), (workers,) = one_device[0], _epoch_logs(tmp_path / "run0")
+  for key in ("loss", "rec_id", "rec_mm", "sem"):
+    assert workers[key] == pytest.approx(single[key], rel=1e-4), key
+  for key in ("val_ndcg20", "val_ndcg20_id", "val_ndcg20_mm"):
+    assert workers[key] == pytest.approx(single[key], abs=1e-3), key
 
 
 def test_killed_run_resumes_from_its_last_completed_epoch(data, tmp_path):
@@ -105,17 +174,28 @@ def test_killed_run_resumes_from_its_last_completed_epoch(data, tmp_path):
   print(f"killed after {len(before)} completed epochs; resumed run logged "
         f"{[round(h['val_ndcg20'], 4) for h in after]}, uninterrupted "
         f"{[round(h['val_ndcg20'], 4) for h in clean]} (val NDCG@20 per epoch)")
-  # Same data, seed and number of epochs: final validation quality agrees within noise.
-  assert after[-1]["val_ndcg20"] == pytest.approx(clean[-1]["val_ndcg20"], abs=0.03)
-  assert np.isfinite(after[-1]["loss"])
+  # The resumed epochs start from the restored weights: their losses continue the uninterrupted
+  # run's (restarting from scratch would repeat epoch 1's, rec_id 41 % above epoch 3's). They are
+  # not bit-identical: the input pipeline restarts its shuffle and negative sampling. Measured:
+  # epoch 3-4 loss terms within 0.4 %, final val NDCG@20 0.2698 vs 0.2769.
+  for resumed, uninterrupted in zip(after[len(before):], clean[len(before):]):
+    for key in ("rec_id", "rec_mm", "sem"):  # epoch means of the loss terms
+      assert resumed[key] == pytest.approx(uninterrupted[key], rel=0.01), key
+  assert after[-1]["val_ndcg20"] == pytest.approx(clean[-1]["val_ndcg20"], abs=0.02)
 
 
-def test_parameter_server_strategy_shards_the_id_table_and_trains(data, tmp_path):
+def test_parameter_server_strategy_shards_the_id_table_and_trains_as_well_as_one_device(
+    data, one_device, tmp_path):
   run_dir = tmp_path / "ps"
-  _run(_train_cmd(data, run_dir, "--strategy", "parameter_server", "--local-cluster", "2,2",
-                  "--dim", "64"))  # a 102 KB table: above the 64 KiB minimum shard size
+  _run(_train_cmd(data, run_dir, "--strategy", "parameter_server", "--local-cluster", "2,2"))
   metrics = json.loads((run_dir / "metrics.json").read_text())
   assert metrics["strategy"].startswith("ParameterServerStrategy")
   assert metrics["id_embedding_shards"] == 2
-  assert np.isfinite(metrics["epoch_logs"][0]["loss"])
-  assert metrics["test"]["MM view"]["recall@50"] > metrics["test"]["Popularity"]["recall@50"]
+  # Each worker trains on its own batches (its own negatives), so the epoch is not the one-device
+  # epoch, but it trains as well: measured after one epoch, validation NDCG@20 fused 0.1285 vs
+  # 0.1289 on one device, ID view 0.0886 vs 0.0602, MM view 0.1232 vs 0.1289. A sharded table
+  # that never received its updates would leave the ID view at chance (about 0.02).
+  (single,), (ps,) = one_device[0], metrics["epoch_logs"]
+  assert ps["val_ndcg20"] == pytest.approx(single["val_ndcg20"], rel=0.10)
+  for view in ("id", "mm"):
+    assert ps[f"val_ndcg20_{view}"] >= 0.8 * single[f"val_ndcg20_{view}"], view

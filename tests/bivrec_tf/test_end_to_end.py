@@ -36,12 +36,41 @@ def trained(tmp_path_factory):
   return cfg, summary, root
 
 
-def test_fused_bivrec_recall_is_at_least_twice_popularity(trained):
-  _, summary, _ = trained
+# Measured with this fixture (data seed 3, training seed 7; commit 629e293), test Recall@20 /
+# NDCG@20: Popularity 0.107 / 0.045, ID view 0.490 / 0.219, MM view 0.456 / 0.186, fused
+# (w = 1.0) 0.490 / 0.219, i.e. 4.6x / 4.8x popularity (training seed 8: 4.8x / 5.3x). A view
+# that learns nothing ranks at chance (Recall@20 = 20 / 600 = 0.033), below popularity.
+MIN_GAIN_OVER_POPULARITY = 3.5
+MIN_VIEW_GAIN_OVER_POPULARITY = 3.0
+FUSION_SLACK = 0.005  # NDCG@20: w is tuned on validation, so on test the fused score may trail
+
+
+def _test_rows(summary):
   rows = summary["test"]
   fused = next(v for k, v in rows.items() if k.startswith("BivRec"))
-  pop = rows["Popularity"]
-  assert fused["recall@20"] >= 2.0 * pop["recall@20"], (fused, pop)
+  return rows["Popularity"], rows["ID view"], rows["MM view"], fused
+
+
+def test_fused_bivrec_beats_popularity_by_the_measured_margin(trained):
+  _, summary, _ = trained
+  pop, _, _, fused = _test_rows(summary)
+  for metric in ("recall@20", "ndcg@20"):
+    assert fused[metric] >= MIN_GAIN_OVER_POPULARITY * pop[metric], (metric, fused, pop)
+
+
+def test_each_view_alone_beats_popularity_by_the_measured_margin(trained):
+  _, summary, _ = trained
+  pop, id_view, mm_view, _ = _test_rows(summary)
+  for name, view in (("ID", id_view), ("MM", mm_view)):
+    assert view["recall@20"] >= MIN_VIEW_GAIN_OVER_POPULARITY * pop["recall@20"], (name, view, pop)
+
+
+def test_fused_bivrec_is_at_least_as_good_as_its_best_single_view(trained):
+  _, summary, _ = trained
+  _, id_view, mm_view, fused = _test_rows(summary)
+  best = max(id_view["ndcg@20"], mm_view["ndcg@20"])
+  assert fused["ndcg@20"] >= best - FUSION_SLACK, (fused["ndcg@20"], id_view["ndcg@20"],
+                                                    mm_view["ndcg@20"])
 
 
 def test_training_loss_decreases(trained):

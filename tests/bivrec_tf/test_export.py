@@ -314,7 +314,7 @@ def test_interrupted_export_leaves_no_version_directory(exported, tmp_path, monk
 
 
 def test_reexport_from_a_run_directory(tmp_path):
-  from bivrec_tf import train  # pylint: disable=import-outside-toplevel
+  from bivrec_tf.builders import build_model  # pylint: disable=import-outside-toplevel
   from bivrec_tf.config import Config  # pylint: disable=import-outside-toplevel
   from input_pipelines.dataset import PreparedDataset  # pylint: disable=import-outside-toplevel
   from input_pipelines.synthetic import generate  # pylint: disable=import-outside-toplevel
@@ -323,7 +323,7 @@ def test_reexport_from_a_run_directory(tmp_path):
   cfg = Config().replace(data={"data": str(data)}, model=dict(tiny.MODEL_FIELDS),
                          export={"export_base": str(tmp_path / "exports"), "top_k": 4})
   ds = PreparedDataset.load(data)
-  model = train.build_model(cfg, ds, 6)
+  model = build_model(cfg, ds, 6)
   model.queries(tf.zeros([1, 6], tf.int64))
   run = tmp_path / "run"
   model.save_weights(str(run / "checkpoints" / "best"))

@@ -1,4 +1,7 @@
-"""Properties of the three BivRec modules and the item towers (DESIGN.md section 3)."""
+"""Properties of the three BivRec modules and the item towers (DESIGN.md section 3), and the Keras
+contract of every layer (config round trip)."""
+
+import json
 
 import numpy as np
 import pytest
@@ -6,8 +9,9 @@ import tensorflow as tf
 
 from bivrec_tf.config import Config
 from bivrec_tf.layers import (ClusterAttention, GaussianAttention, IdTower, InterestDecomposition,
-                              MultiScaleInterestEmbedding, MultimodalTower)
-from bivrec_tf.model import BivRecModel
+                              MultiScaleInterestEmbedding, MultimodalTower, SemanticHead,
+                              TransformerBlock)
+from bivrec_tf.model import BivRecModel, ViewEncoder
 from bivrec_tf.presets import apply_preset
 
 B, D, K, V = 3, 16, 4, 40
@@ -138,7 +142,7 @@ def test_mm_tower_output_does_not_depend_on_item_ids():
   feats = np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32)
   feats[5] = feats[3]  # two different ids with the same features
   present = np.ones(6, bool)
-  tower = MultimodalTower({"text": feats}, {"text": present}, D)
+  tower = MultimodalTower.from_tables({"text": feats}, {"text": present}, D)
   out = tower(tf.constant([3, 5])).numpy()
   np.testing.assert_allclose(out[0], out[1], atol=1e-6)
   # ...while the ID tower tells them apart.
@@ -150,7 +154,7 @@ def test_mm_tower_output_does_not_depend_on_item_ids():
 def test_mm_tower_uses_learned_missing_vector_for_absent_modality():
   feats = np.random.default_rng(2).normal(size=(5, 4)).astype(np.float32)
   present = np.array([False, False, True, False, True])
-  tower = MultimodalTower({"image": feats}, {"image": present}, D)
+  tower = MultimodalTower.from_tables({"image": feats}, {"image": present}, D)
   tower(tf.constant([2]))
   tower.missing["image"].assign(tf.fill([D], 7.0))
   # Items lacking the modality (1 and 3, different feature rows) share the missing vector's output.
@@ -184,3 +188,103 @@ def test_allocation_loss_trains_the_attention_that_forms_the_interests_when_roun
   grads = tape.gradient(loss, [views[0].gaussian.queries, views[1].gaussian.queries])
   assert float(loss) > 0
   assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+
+
+def test_causal_encoding_at_a_position_ignores_every_later_item():
+  layer = MultiScaleInterestEmbedding(D, (1,), max_len=8, encoder_layers=2, causal=True)
+  bidirectional = MultiScaleInterestEmbedding(D, (1,), max_len=8, encoder_layers=2)
+  emb = tf.random.stateless_normal([2, 8, D], seed=[1, 1])
+  later = tf.concat([emb[:, :5], tf.random.stateless_normal([2, 3, D], seed=[2, 2])], axis=1)
+  mask = tf.constant([[False, False] + [True] * 6, [True] * 8])
+  h, _, _ = layer(emb, mask)
+  h_later, _, _ = layer(later, mask)
+  # Positions 0..4 (padding included) are unchanged; the changed positions 5..7 are not.
+  np.testing.assert_allclose(h[:, :5], h_later[:, :5], atol=1e-5)
+  assert not np.allclose(h[:, 5:], h_later[:, 5:], atol=1e-3)
+  # The same change reaches every position of the bidirectional encoder: the test can fail.
+  h, _, _ = bidirectional(emb, mask)
+  h_later, _, _ = bidirectional(later, mask)
+  assert not np.allclose(h[:, 2:5], h_later[:, 2:5], atol=1e-3)
+
+
+def test_causal_attention_is_refused_over_multi_item_patches():
+  with pytest.raises(ValueError, match="patch_sizes"):
+    MultiScaleInterestEmbedding(D, (1, 2), max_len=8, encoder_layers=1, causal=True)
+
+
+def _config_cases():
+  """(name, layer factory, call inputs) for every layer of bivrec_tf/layers and ViewEncoder, with
+  their non-default switches on."""
+  rng = np.random.default_rng(7)
+  feats = {"text": rng.normal(size=(V, 6)).astype(np.float32),
+           "image": rng.normal(size=(V, 5)).astype(np.float32)}
+  present = {"text": np.ones(V, bool), "image": rng.random(V) > 0.3}
+  ids = tf.constant([[0, 3, 7, 9], [2, 2, 30, 39]], tf.int64)
+  h = tf.random.stateless_normal([2, 8, D], seed=[3, 3])
+  valid = tf.constant([[False] * 3 + [True] * 5, [True] * 8])
+  tau = tf.linspace(7.0 / 8.0, 0.0, 8)
+  seeds = tf.random.stateless_normal([2, K, D], seed=[4, 4])
+  design = apply_preset(Config().replace(model={"dim": D, "num_interests": K}),
+                        "bivrec_design").model
+  sasrec = apply_preset(Config().replace(model={"dim": D}), "sasrec").model
+  history = np.zeros((2, 12), np.int64)
+  history[0, -5:] = [3, 7, 9, 2, 30]
+  history[1] = np.arange(10, 22)
+  return [
+      ("IdTower", lambda: IdTower(V, D), (ids,)),
+      ("MultimodalTower", lambda: MultimodalTower.from_tables(feats, present, D), (ids,)),
+      ("TransformerBlock", lambda: TransformerBlock(D, 2, dropout=0.1, ffn_mult=3, causal=True),
+       (h, valid)),
+      ("MultiScaleInterestEmbedding", lambda: MultiScaleInterestEmbedding(
+          D, (1, 2, 4), max_len=8, encoder_layers=1, num_heads=4, dropout=0.1,
+          patch_mode="context"), (h, valid)),
+      ("MultiScaleInterestEmbedding-causal", lambda: MultiScaleInterestEmbedding(
+          D, (1,), max_len=8, encoder_layers=2, causal=True), (h, valid)),
+      ("GaussianAttention", lambda: GaussianAttention(
+          D, K, sigma_init=0.3, prior_mode="gated", interest_init="orthogonal"), (h, tau, valid)),
+      ("ClusterAttention", lambda: ClusterAttention(D, rounds=3), (h, seeds, valid)),
+      ("InterestDecomposition", lambda: InterestDecomposition(
+          D, K, True, 0.3, 2, "gated", "orthogonal"), (h, tau, valid)),
+      ("InterestDecomposition-R0", lambda: InterestDecomposition(
+          D, K, False, cluster_rounds=0), (h, tau, valid)),
+      ("SemanticHead", lambda: SemanticHead(D), (seeds,)),
+      ("ViewEncoder-id", lambda: ViewEncoder(IdTower(V, D), design, 12), (history,)),
+      ("ViewEncoder-mm", lambda: ViewEncoder(MultimodalTower.from_tables(feats, present, D),
+                                             design, 12), (history,)),
+      ("ViewEncoder-sasrec", lambda: ViewEncoder(IdTower(V, D), sasrec, 12), (history,)),
+  ]
+
+
+@pytest.mark.parametrize("case", range(len(_config_cases())),
+                         ids=[c[0] for c in _config_cases()])
+def test_every_layer_config_round_trips_through_json_to_an_identical_layer(case):
+  _, make, inputs = _config_cases()[case]
+  layer = make()
+  out = layer(*inputs)
+  config = layer.get_config()
+  clone = type(layer).from_config(json.loads(json.dumps(config)))  # JSON: what Keras stores
+  assert json.dumps(clone.get_config(), sort_keys=True) == json.dumps(config, sort_keys=True)
+  clone(*inputs)
+  assert [w.shape for w in clone.weights] == [w.shape for w in layer.weights]
+  assert len(layer.weights) > 0
+  clone.set_weights(layer.get_weights())
+  for a, b in zip(tf.nest.flatten(out), tf.nest.flatten(clone(*inputs))):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_mm_tower_tables_are_weights_so_a_clone_scores_items_only_after_copying_them():
+  feats = np.random.default_rng(3).normal(size=(6, 4)).astype(np.float32)
+  tower = MultimodalTower.from_tables({"text": feats}, {"text": np.ones(6, bool)}, D)
+  ids = tf.constant([2, 3, 4])
+  out = tower(ids).numpy()
+  clone = MultimodalTower.from_config(tower.get_config())
+  clone(ids)
+  names = [w.name.split("/")[-1].split(":")[0] for w in clone.non_trainable_weights]
+  assert {"features_text", "present_text"} <= set(names)
+  # A clone from the config has zero tables: every item looks alike until the weights arrive.
+  before = clone(ids).numpy()
+  np.testing.assert_allclose(before[0], before[1], atol=1e-6)
+  clone.set_weights(tower.get_weights())
+  np.testing.assert_allclose(clone(ids).numpy(), out, atol=1e-6)
+  with pytest.raises(ValueError, match="features_text"):
+    MultimodalTower(6, {"text": 5}, D, features={"text": feats})

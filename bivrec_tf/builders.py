@@ -1,0 +1,53 @@
+"""Builders shared by the training job and the re-export: the compiled model from a Config and a
+prepared dataset.
+
+`train.py` (fit, evaluate, export) and `export.py` (re-export a run's checkpoint) both build the
+model here, so neither imports the other.
+"""
+
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from bivrec_tf import config as config_lib
+from bivrec_tf.model import BivRecModel
+from input_pipelines.dataset import PreparedDataset
+
+
+def select_modalities(cfg: config_lib.Config, ds: PreparedDataset
+                      ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+  """The MM view's feature tables: ({modality: float `[V, D_m]`}, {modality: bool `[V]`}), the
+  config's `modalities` (default: all of the dataset's)."""
+  available = sorted(ds.features)
+  wanted = list(cfg.data.modalities or available)
+  unknown = [m for m in wanted if m not in available]
+  if unknown:
+    raise ValueError(f"config field `modalities` = {tuple(wanted)!r}: unknown modality "
+                     f"{unknown[0]!r}; the dataset at {ds.path} has {available}")
+  if "mm" in cfg.model.views and not wanted:
+    raise ValueError(f"the MM view needs item features, but {ds.path} has no modality")
+  return ({m: ds.features[m] for m in wanted}, {m: ds.present[m] for m in wanted})
+
+
+def use_xla(cfg: config_lib.Config, strategy: Optional[tf.distribute.Strategy] = None) -> bool:
+  """XLA unless the step's variables live on another device than its computation (replicas on
+  one split CPU, parameter servers): XLA cannot compile that
+  (https://www.tensorflow.org/xla/known_issues#tfvariable_on_a_different_device)."""
+  strategy = strategy or tf.distribute.get_strategy()
+  split_cpu = strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU")
+  ps = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
+  return cfg.train.jit_compile and not (split_cpu or ps)
+
+
+def build_model(cfg: config_lib.Config, ds: PreparedDataset, max_len: int,
+                strategy: Optional[tf.distribute.Strategy] = None) -> BivRecModel:
+  """The compiled model with every variable created (call inside `strategy.scope()`)."""
+  features, present = select_modalities(cfg, ds) if "mm" in cfg.model.views else ({}, {})
+  model = BivRecModel(cfg, ds.vocab_size, max_len, features, present,
+                      item_counts=ds.item_counts, seen_in_train=ds.seen_in_train)
+  model.build_all()
+  model.compile(optimizer=tf.keras.optimizers.Adam(cfg.train.learning_rate),
+                jit_compile=use_xla(cfg, strategy),
+                steps_per_execution=cfg.train.steps_per_execution)
+  return model
