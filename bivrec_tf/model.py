@@ -15,9 +15,11 @@ distinct). Logged per view every step: `cos_<view>` (mean pairwise cosine of a u
 allocation diagnostics `entropy_<view>`, `interests_<view>`.
 
 Every term is averaged per example over the *global* batch, so the loss does not depend on the
-number of replicas. Training uses `tfrs.Model` as intended: `compute_loss` returns the loss and
-updates the per-term metrics; TFRS's `train_step` / `test_step` differentiate it and log `loss`
-(the step's loss) next to the epoch means of the terms.
+number of replicas. `compute_loss` is the one loss entry point: it returns the loss and updates
+the epoch means logged for the total (`loss`) and for each term; `train_step` differentiates it,
+`test_step` evaluates it. (A plain `tf.keras.Model`: the train step of `tfrs.Model` logs only the
+last step's loss, and under MultiWorkerMirroredStrategy it reported every other metric summed
+over the workers, twice its value.)
 
 Inference: s_v(i) = max_k sim(U_v[k], e_v(i)) / tau_rec and s(i) = w s_id(i) + (1 - w) s_mm(i),
 except items never seen in training (cold), scored s_mm(i).
@@ -119,7 +121,7 @@ class ViewEncoder(tf.keras.layers.Layer):
     return cls(tower, ModelConfig(**fields), **config)
 
 
-class BivRecModel(tfrs.Model):
+class BivRecModel(tf.keras.Model):
   """The full model. Training batches: {"history" `[B, L]`, "target" `[B]`, "negatives" `[S]`}.
 
   Args:
@@ -163,7 +165,7 @@ class BivRecModel(tfrs.Model):
     self.trackers = {name: tf.keras.metrics.Mean(name=name) for name in self._metric_names()}
 
   def _metric_names(self):
-    names = [f"rec_{v}" for v in self.view_names]
+    names = ["loss"] + [f"rec_{v}" for v in self.view_names]
     if self.cross_view:
       names += (["sem"] if self.contrast_heads or self.config.loss.sem_mode != "contrast" else [])
       names += ["alloc"]
@@ -338,15 +340,30 @@ class BivRecModel(tfrs.Model):
     del tape
     return out
 
-  def compute_loss(self, inputs, training=False):
-    """The loss TFRS's train_step / test_step differentiate and log: the per-example total
-    summed over this replica's examples and divided by the *global* batch size (the replicas'
-    gradients are summed), so the loss does not change with the number of replicas. Updates the
-    per-term metrics (epoch means of each term and diagnostic `[B]`)."""
-    total, terms = self.compute_losses(inputs, training=training)
+  def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=False):
+    """The training loss of batch `x` ({"history", "target", "negatives"}; the model reads the
+    whole batch, so `y`, `y_pred` and `sample_weight` of Keras's signature are unused): the
+    per-example total summed over this replica's examples and divided by the *global* batch
+    size (the replicas' gradients are summed), so the loss does not change with the number of
+    replicas. Updates the metrics: epoch means of the total (`loss`) and of each term and
+    diagnostic."""
+    del y, y_pred, sample_weight
+    total, terms = self.compute_losses(x, training=training)
+    self.trackers["loss"].update_state(total)
     for name, value in terms.items():
       self.trackers[name].update_state(value)
     return tf.nn.compute_average_loss(total)
+
+  def train_step(self, data):
+    with tf.GradientTape() as tape:
+      loss = self.compute_loss(data, training=True)
+    grads = tape.gradient(loss, self.trainable_variables)
+    self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+    return {m.name: m.result() for m in self.metrics}
+
+  def test_step(self, data):
+    self.compute_loss(data)
+    return {m.name: m.result() for m in self.metrics}
 
   # --- inference -----------------------------------------------------------------------------
 

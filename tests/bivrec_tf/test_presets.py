@@ -149,8 +149,8 @@ def test_no_cross_view_sends_no_gradient_from_one_view_into_the_other():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_weight_of_a_preset_is_trained_and_training_steps_lower_the_loss(name):
   """Switched-off parts build no weights: nothing trainable is left without a gradient (the
-  'Gradients do not exist for variables' warning of Keras); two steps of tfrs.Model's train_step
-  around BivRecModel.compute_loss lower the loss on their batch and log every term."""
+  'Gradients do not exist for variables' warning of Keras); two steps of train_step (around
+  BivRecModel.compute_loss) lower the loss on their batch and log every term."""
   model = _model(name)
   batch = _batch()
   with tf.GradientTape() as tape:
