@@ -51,3 +51,24 @@ def build_model(cfg: config_lib.Config, ds: PreparedDataset, max_len: int,
                 jit_compile=use_xla(cfg, strategy),
                 steps_per_execution=cfg.train.steps_per_execution)
   return model
+
+
+def restore_trained(model: tf.keras.Model, path: str) -> None:
+  """Loads a training run's checkpoint into `model` (variables already built) and checks that
+  every trainable weight got a value from it.
+
+  `load_weights(...).expect_partial()` alone silently keeps the initial value of a weight the
+  checkpoint does not name (a layer renamed since the run): the model would evaluate or export
+  untrained parts. Every trainable weight of a trained run has moved from its initial value, so a
+  weight still equal to it was not restored. Raises ValueError naming those weights and `path`.
+  """
+  before = [v.numpy() for v in model.trainable_weights]
+  model.load_weights(path).expect_partial()
+  missed = [v.name for v, old in zip(model.trainable_weights, before)
+            if np.array_equal(v.numpy(), old)]
+  if missed:
+    raise ValueError(f"checkpoint {path} has no value for {len(missed)} of the model's "
+                     f"{len(before)} trainable weights ({', '.join(missed[:4])}"
+                     f"{', ...' if len(missed) > 4 else ''}): it was written by another version "
+                     "of the model code (renamed or added layers); retrain, or restore with that "
+                     "version")

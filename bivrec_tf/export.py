@@ -49,7 +49,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from bivrec_tf.builders import build_model
+from bivrec_tf.builders import build_model, restore_trained
 from bivrec_tf.evaluate import history_mask, resolve_history_exclusion
 from bivrec_tf.model import FIRST_ITEM, BivRecModel, fuse_scores, view_scores
 
@@ -362,7 +362,7 @@ def export_run(run_dir: str, export_base: Optional[str] = None, model_name: Opti
   max_len = int(metrics["max_len"])
   model = build_model(cfg, ds, max_len)
   model.queries(tf.zeros([1, max_len], tf.int64))  # create the variables before restoring
-  model.load_weights(str(best)).expect_partial()
+  restore_trained(model, str(best))
   exclusion = metrics.get("history_exclusion")
   if not isinstance(metrics.get("exclude_history"), bool):
     exclusion = resolve_history_exclusion(cfg.eval, ds)

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from bivrec_tf import config as config_lib
 from bivrec_tf import train as train_lib
+from bivrec_tf.builders import restore_trained
 from bivrec_tf.presets import apply_preset
 
 from benchmarks.quality.store import Store
@@ -89,7 +90,7 @@ def load_trained(record: dict, clear: bool = True):
   if clear:
     tf.keras.backend.clear_session()
   model = train_lib.build_model(cfg, ds, record["max_len"])
-  model.load_weights(str(Path(record["run_dir"]) / "checkpoints" / "best")).expect_partial()
+  restore_trained(model, str(Path(record["run_dir"]) / "checkpoints" / "best"))
   return model, ds, cfg
 
 

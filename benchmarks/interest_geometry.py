@@ -1,0 +1,86 @@
+"""Why a trained model's K interests are alike: item anisotropy against interest similarity.
+
+    python -m benchmarks.interest_geometry RUN_DIR [RUN_DIR ...]
+
+For each view of the run's best checkpoint, on one batch (512 users) of its test split, prints the
+popularity-weighted mean cosine between two items' candidate vectors, the norm of the mean item
+direction, the mean pairwise cosine of a user's K interests, and that cosine after removing the
+mean item direction from every interest. Interests that stay alike after the mean direction is
+removed read the same items (docs/model.md, "Module 2: competing interests and label-aware
+routing"). Writes nothing.
+"""
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import bivrec_tf  # noqa: F401  (Keras-2 guard before TensorFlow)
+import numpy as np
+
+from bivrec_tf import config as config_lib
+from bivrec_tf.builders import build_model, restore_trained
+from bivrec_tf.train import DEFAULT_MAX_LEN, load_data
+from input_pipelines.dataset import eval_dataset
+
+
+def _mean_pairwise_cosine(u):
+  """u `[B, K, d]` -> mean cosine over the K (K - 1) ordered pairs of each row (NaN for K = 1)."""
+  u = u / np.linalg.norm(u, axis=-1, keepdims=True)
+  k = u.shape[1]
+  if k < 2:
+    return float("nan")
+  return float(np.einsum("bkd,bjd->bkj", u, u)[:, ~np.eye(k, dtype=bool)].mean())
+
+
+def _load_config(run_dir: Path) -> config_lib.Config:
+  """The run's Config; fields this version no longer has (switches removed after the run, at
+  their default values) are dropped with a note."""
+  raw = json.loads((run_dir / "config.json").read_text())
+  for section in dataclasses.fields(config_lib.Config):
+    known = {f.name for f in dataclasses.fields(section.default.__class__)}
+    for key in sorted(set(raw.get(section.name, {})) - known):
+      print(f"note: {run_dir}: dropping removed config field {section.name}.{key} = "
+            f"{raw[section.name].pop(key)!r}")
+  return config_lib.Config.from_dict(raw)
+
+
+def geometry(run_dir: Path, pairs: int = 20_000, seed: int = 0) -> dict:
+  cfg = _load_config(run_dir)
+  ds = load_data(cfg)
+  max_len = cfg.data.max_len or int(ds.meta.get("recommended_max_len", DEFAULT_MAX_LEN))
+  model = build_model(cfg, ds, max_len)
+  restore_trained(model, str(run_dir / "checkpoints" / "best"))
+  counts = np.asarray(ds.item_counts, np.float64).copy()
+  counts[:2] = 0.0
+  p = counts / counts.sum()
+  rng = np.random.default_rng(seed)
+  batch = next(iter(eval_dataset(ds, "test", max_len, 512)))
+  out = {}
+  for v, u in model.queries(batch["history"]).items():
+    table = model.item_table(v).numpy()
+    table /= np.linalg.norm(table, axis=1, keepdims=True)
+    a, b = rng.choice(len(p), pairs, p=p), rng.choice(len(p), pairs, p=p)
+    mean_dir = (p[:, None] * table).sum(0)
+    u = u.numpy()
+    out[v] = {"item_cosine": float(np.mean(np.sum(table[a] * table[b], 1))),
+              "mean_direction_norm": float(np.linalg.norm(mean_dir)),
+              "interest_cosine": _mean_pairwise_cosine(u),
+              "centred_interest_cosine": _mean_pairwise_cosine(u - mean_dir)}
+  return out
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("run_dirs", nargs="+", type=Path)
+  args = parser.parse_args(argv)
+  print("| run | view | item cosine | mean direction norm | interest cosine | centred |")
+  print("|---|---|---|---|---|---|")
+  for run in args.run_dirs:
+    for v, g in geometry(run).items():
+      print(f"| {run.name} | {v} | {g['item_cosine']:.3f} | {g['mean_direction_norm']:.3f} | "
+            f"{g['interest_cosine']:.3f} | {g['centred_interest_cosine']:.3f} |")
+
+
+if __name__ == "__main__":
+  main()
