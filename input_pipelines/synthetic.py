@@ -506,12 +506,25 @@ def structure_report(path, k: int = 20) -> dict:
     return report
 
 
-if __name__ == "__main__":  # python -m input_pipelines.synthetic [root] [spec]
-    import sys
+def main(argv=None):
+    """`python -m input_pipelines.synthetic [ROOT] [SPEC]`: generates (or finds) a dataset."""
+    import argparse
 
+    parser = argparse.ArgumentParser(
+        prog="python -m input_pipelines.synthetic",
+        description="Generate the embedded synthetic dataset (cached by its parameters) and "
+                    "print its statistics and planted-structure report.")
+    parser.add_argument("root", nargs="?", default="data_cache",
+                        help="cache directory (default: data_cache)")
+    parser.add_argument("spec", nargs="?", default="synthetic",
+                        help="'synthetic', 'synthetic:long', 'synthetic?mean_len=60&switch=0.3', ...")
+    args = parser.parse_args(argv)
     t0 = time.time()
-    out = ensure_synthetic(sys.argv[1] if len(sys.argv) > 1 else "data_cache",
-                           **parse_synthetic_spec(sys.argv[2] if len(sys.argv) > 2 else "synthetic"))
+    out = ensure_synthetic(args.root, **parse_synthetic_spec(args.spec))
     print(f"dataset: {out} ({time.time() - t0:.1f}s)")
     print(json.dumps(json.load(open(out / "dataset.json"))["statistics"], indent=2))
     print(json.dumps(structure_report(out), indent=2))
+
+
+if __name__ == "__main__":
+    main()
