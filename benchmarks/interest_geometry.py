@@ -40,8 +40,10 @@ def _load_config(run_dir: Path) -> config_lib.Config:
   for section in dataclasses.fields(config_lib.Config):
     known = {f.name for f in dataclasses.fields(section.default.__class__)}
     for key in sorted(set(raw.get(section.name, {})) - known):
-      print(f"note: {run_dir}: dropping removed config field {section.name}.{key} = "
-            f"{raw[section.name].pop(key)!r}")
+      print(
+        f"note: {run_dir}: dropping removed config field {section.name}.{key} = "
+        f"{raw[section.name].pop(key)!r}"
+      )
   return config_lib.Config.from_dict(raw)
 
 
@@ -63,10 +65,12 @@ def geometry(run_dir: Path, pairs: int = 20_000, seed: int = 0) -> dict:
     a, b = rng.choice(len(p), pairs, p=p), rng.choice(len(p), pairs, p=p)
     mean_dir = (p[:, None] * table).sum(0)
     u = u.numpy()
-    out[v] = {"item_cosine": float(np.mean(np.sum(table[a] * table[b], 1))),
-              "mean_direction_norm": float(np.linalg.norm(mean_dir)),
-              "interest_cosine": _mean_pairwise_cosine(u),
-              "centred_interest_cosine": _mean_pairwise_cosine(u - mean_dir)}
+    out[v] = {
+      "item_cosine": float(np.mean(np.sum(table[a] * table[b], 1))),
+      "mean_direction_norm": float(np.linalg.norm(mean_dir)),
+      "interest_cosine": _mean_pairwise_cosine(u),
+      "centred_interest_cosine": _mean_pairwise_cosine(u - mean_dir),
+    }
   return out
 
 
@@ -78,8 +82,10 @@ def main(argv=None):
   print("|---|---|---|---|---|---|")
   for run in args.run_dirs:
     for v, g in geometry(run).items():
-      print(f"| {run.name} | {v} | {g['item_cosine']:.3f} | {g['mean_direction_norm']:.3f} | "
-            f"{g['interest_cosine']:.3f} | {g['centred_interest_cosine']:.3f} |")
+      print(
+        f"| {run.name} | {v} | {g['item_cosine']:.3f} | {g['mean_direction_norm']:.3f} | "
+        f"{g['interest_cosine']:.3f} | {g['centred_interest_cosine']:.3f} |"
+      )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ def changed_fields(config: dict) -> str:
   for section in ("model", "loss", "train"):
     for key, value in config[section].items():
       if key in ("seed", "run_dir") or default[section].get(key) == (
-          tuple(value) if isinstance(value, list) else value):
+        tuple(value) if isinstance(value, list) else value
+      ):
         continue
       value = ",".join(map(str, value)) if isinstance(value, list) else value
       out.append(f"{key}={value}")
@@ -43,19 +44,26 @@ def row(store: Path, rec: dict) -> str:
   def g(key):
     return d.get(key, NAN)
 
-  shares = ", ".join(f"{k[len('gshare_'):]} {v:.0%}" for k, v in d.items()
-                     if k.startswith(("gshare_sem", "gshare_alloc", "gshare_div")) and v > 0)
+  shares = ", ".join(
+    f"{k[len('gshare_') :]} {v:.0%}"
+    for k, v in d.items()
+    if k.startswith(("gshare_sem", "gshare_alloc", "gshare_div")) and v > 0
+  )
   name = store.name.replace("-standard.json", "")
-  return (f"| {name} | {rec['model']} | {changed_fields(rec['config'])} | {val:.4f} | "
-          f"{rec['test']['ndcg@20']:.4f} | {t.get('ID view', {}).get('ndcg@20', NAN):.4f} | "
-          f"{t.get('MM view', {}).get('ndcg@20', NAN):.4f} | {rec['fusion_weight']:.1f} | "
-          f"{rec['best_epoch']}/{rec['epochs_run']} | {g('cos_id'):.2f} / {g('cos_mm'):.2f} | "
-          f"{g('maxwin_id'):.2f} / {g('maxwin_mm'):.2f} | {shares} |")
+  return (
+    f"| {name} | {rec['model']} | {changed_fields(rec['config'])} | {val:.4f} | "
+    f"{rec['test']['ndcg@20']:.4f} | {t.get('ID view', {}).get('ndcg@20', NAN):.4f} | "
+    f"{t.get('MM view', {}).get('ndcg@20', NAN):.4f} | {rec['fusion_weight']:.1f} | "
+    f"{rec['best_epoch']}/{rec['epochs_run']} | {g('cos_id'):.2f} / {g('cos_mm'):.2f} | "
+    f"{g('maxwin_id'):.2f} / {g('maxwin_mm'):.2f} | {shares} |"
+  )
 
 
 def main(argv: List[str]) -> int:
-  print("| store | model | flags | val NDCG@20 | test NDCG@20 | ID view | MM view | w | best epoch "
-        "| cosine id / mm | max win id / mm | cross-view and diversity gradient shares |")
+  print(
+    "| store | model | flags | val NDCG@20 | test NDCG@20 | ID view | MM view | w | best epoch "
+    "| cosine id / mm | max win id / mm | cross-view and diversity gradient shares |"
+  )
   print("|---" * 12 + "|")
   for path in map(Path, argv):
     for rec in json.loads(path.read_text()):

@@ -42,21 +42,33 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 20) -> float:
   for _ in range(repeats):
     c = f(a, b)
   c.numpy()
-  return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+  return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def make_model(length, interests, dim, items, batch, negatives, jit, text_dim=48, image_dim=32,
-               preset="bivrec"):
-  cfg = apply_preset(Config(), preset).replace(model={"num_interests": interests, "dim": dim},
-                         loss={"num_negatives": negatives},
-                         train={"batch_size": batch, "jit_compile": jit})
+def make_model(
+  length, interests, dim, items, batch, negatives, jit, text_dim=48, image_dim=32, preset="bivrec"
+):
+  cfg = apply_preset(Config(), preset).replace(
+    model={"num_interests": interests, "dim": dim},
+    loss={"num_negatives": negatives},
+    train={"batch_size": batch, "jit_compile": jit},
+  )
   rng = np.random.default_rng(0)
   v = items + 2
-  feats = {"text": rng.normal(size=(v, text_dim)).astype(np.float32),
-           "image": rng.normal(size=(v, image_dim)).astype(np.float32)}
+  feats = {
+    "text": rng.normal(size=(v, text_dim)).astype(np.float32),
+    "image": rng.normal(size=(v, image_dim)).astype(np.float32),
+  }
   present = {m: np.ones(v, bool) for m in feats}
-  model = BivRecModel(cfg, v, length, feats, present, item_counts=rng.integers(1, 100, v),
-                      seen_in_train=np.ones(v, bool))
+  model = BivRecModel(
+    cfg,
+    v,
+    length,
+    feats,
+    present,
+    item_counts=rng.integers(1, 100, v),
+    seen_in_train=np.ones(v, bool),
+  )
   model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), jit_compile=jit)
   return model
 
@@ -67,8 +79,11 @@ def random_batches(length, items, batch, negatives, seed=0):
   hist = rng.integers(2, items + 2, (n, batch, length))
   lengths = rng.integers(1, length + 1, (n, batch))
   hist[np.arange(length)[None, None, :] < (length - lengths)[..., None]] = 0
-  data = {"history": hist, "target": rng.integers(2, items + 2, (n, batch)),
-          "negatives": rng.integers(2, items + 2, (n, negatives))}
+  data = {
+    "history": hist,
+    "target": rng.integers(2, items + 2, (n, batch)),
+    "negatives": rng.integers(2, items + 2, (n, negatives)),
+  }
   return tf.data.Dataset.from_tensor_slices(data).cache().repeat()
 
 
@@ -78,6 +93,7 @@ def _register_einsum_flops():
   from tensorflow.python.framework import graph_util, ops  # pylint: disable=import-outside-toplevel
 
   try:
+
     @ops.RegisterStatistics("Einsum", "flops")
     def _einsum_flops(graph, node):  # pylint: disable=unused-variable
       terms = node.attr["equation"].s.decode().split("->")[0].split(",")
@@ -96,7 +112,8 @@ def train_step_flops(model, batch_example) -> float:
 
   _register_einsum_flops()
   fn = tf.function(model.train_step).get_concrete_function(
-      {k: tf.TensorSpec(v.shape, v.dtype) for k, v in batch_example.items()})
+    {k: tf.TensorSpec(v.shape, v.dtype) for k, v in batch_example.items()}
+  )
   opts = option_builder.ProfileOptionBuilder.float_operation()
   opts["output"] = "none"
   info = model_analyzer.profile(fn.graph, options=opts)
@@ -118,12 +135,24 @@ def measure(length, interests, dim, items, batch, negatives, jit, steps, preset=
     logs = train_function(iterator)
   float(logs["loss"])
   seconds = time.perf_counter() - start
-  flops = train_step_flops(make_model(length, interests, dim, items, batch, negatives, False,
-                                      preset=preset), example)
-  return {"preset": preset, "L": length, "K": interests, "d": dim, "items": items, "batch": batch,
-          "negatives": negatives, "xla": jit, "steps": steps,
-          "seq_per_s": steps * batch / seconds, "step_ms": 1000 * seconds / steps,
-          "gflop_per_step": flops / 1e9, "gflops": flops * steps / seconds / 1e9}
+  flops = train_step_flops(
+    make_model(length, interests, dim, items, batch, negatives, False, preset=preset), example
+  )
+  return {
+    "preset": preset,
+    "L": length,
+    "K": interests,
+    "d": dim,
+    "items": items,
+    "batch": batch,
+    "negatives": negatives,
+    "xla": jit,
+    "steps": steps,
+    "seq_per_s": steps * batch / seconds,
+    "step_ms": 1000 * seconds / steps,
+    "gflop_per_step": flops / 1e9,
+    "gflops": flops * steps / seconds / 1e9,
+  }
 
 
 def pipeline_rate(data_dir, length, batch, negatives, steps=200):
@@ -152,18 +181,28 @@ def eval_users_per_s(length, interests, dim, items, users=2048, batch=512, prese
   ranker.topk(hist[:batch], [0.5])
   start = time.perf_counter()
   for i in range(0, users, batch):
-    ranker.topk(hist[i:i + batch], [0.5])
+    ranker.topk(hist[i : i + batch], [0.5])
   return users / (time.perf_counter() - start)
 
 
 def run_one(spec: dict) -> dict:
   """One configuration (in this process)."""
   preset = spec.get("preset", "bivrec")
-  row = measure(spec["L"], spec["K"], spec["d"], spec["items"], spec["batch"],
-                spec["negatives"], spec["xla"], spec["steps"], preset)
+  row = measure(
+    spec["L"],
+    spec["K"],
+    spec["d"],
+    spec["items"],
+    spec["batch"],
+    spec["negatives"],
+    spec["xla"],
+    spec["steps"],
+    preset,
+  )
   if spec.get("eval"):
-    row["eval_users_per_s"] = eval_users_per_s(spec["L"], spec["K"], spec["d"], spec["items"],
-                                               preset=preset)
+    row["eval_users_per_s"] = eval_users_per_s(
+      spec["L"], spec["K"], spec["d"], spec["items"], preset=preset
+    )
   row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   return row
 
@@ -183,18 +222,28 @@ def sweep(base: dict, quick: bool):
 
 def plot(rows, path):
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  by_items = sorted((r for r in rows if r["L"] == 20 and r["K"] == 4 and r["xla"]),
-                    key=lambda r: r["items"])
+  by_items = sorted(
+    (r for r in rows if r["L"] == 20 and r["K"] == 4 and r["xla"]), key=lambda r: r["items"]
+  )
   ax = axes[0]
-  ax.plot([r["items"] for r in by_items], [r["step_ms"] / r["batch"] * 1000 for r in by_items],
-          "o-", label="training (µs / sequence)")
+  ax.plot(
+    [r["items"] for r in by_items],
+    [r["step_ms"] / r["batch"] * 1000 for r in by_items],
+    "o-",
+    label="training (µs / sequence)",
+  )
   ev = [r for r in by_items if "eval_users_per_s" in r]
-  ax.plot([r["items"] for r in ev], [1e6 / r["eval_users_per_s"] for r in ev], "s--",
-          label="full-ranking evaluation (µs / user)")
+  ax.plot(
+    [r["items"] for r in ev],
+    [1e6 / r["eval_users_per_s"] for r in ev],
+    "s--",
+    label="full-ranking evaluation (µs / user)",
+  )
   ax.set_xscale("log")
   ax.set_yscale("log")
   ax.set_xlabel("catalogue size (items)")
@@ -204,8 +253,12 @@ def plot(rows, path):
   ax = axes[1]
   for xla in (True, False):
     pts = [r for r in by_len if r["xla"] == xla]
-    ax.plot([r["L"] for r in pts], [r["step_ms"] / r["batch"] * 1000 for r in pts], "o-",
-            label=f"training, XLA {'on' if xla else 'off'} (µs / sequence)")
+    ax.plot(
+      [r["L"] for r in pts],
+      [r["step_ms"] / r["batch"] * 1000 for r in pts],
+      "o-",
+      label=f"training, XLA {'on' if xla else 'off'} (µs / sequence)",
+    )
   ax.set_xlabel("history length L")
   ax.set_title("cost vs history length (10k items, K=4)")
   ax.legend()
@@ -214,11 +267,13 @@ def plot(rows, path):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--quick", action="store_true", help="only the two target rows")
-  parser.add_argument("--preset", default="bivrec",
-                      help="model preset (bivrec_tf/presets.py), e.g. bivrec_design")
+  parser.add_argument(
+    "--preset", default="bivrec", help="model preset (bivrec_tf/presets.py), e.g. bivrec_design"
+  )
   parser.add_argument("--dim", type=int, default=64)
   parser.add_argument("--batch", type=int, default=2048)
   parser.add_argument("--negatives", type=int, default=256)
@@ -226,16 +281,28 @@ def main(argv=None):
   parser.add_argument("--pipeline", metavar="DATA_DIR", help="also time tf.data on this dataset")
   parser.add_argument("--out", default="benchmarks/results/train_throughput.json")
   parser.add_argument("--only", help="comma list of sweep row numbers to run (0-based)")
-  parser.add_argument("--reference", metavar="PRESET",
-                      help="also time this preset on every row, interleaved, and print the "
-                           "ratio of sequences/s (e.g. comirec_sa, the one-view baseline)")
+  parser.add_argument(
+    "--reference",
+    metavar="PRESET",
+    help="also time this preset on every row, interleaved, and print the "
+    "ratio of sequences/s (e.g. comirec_sa, the one-view baseline)",
+  )
   parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one spec (JSON)
   args = parser.parse_args(argv)
   if args.one:
     print("RESULT " + json.dumps(run_one(json.loads(args.one))))
     return
-  base = dict(preset=args.preset, L=20, K=4, d=args.dim, items=10_000, batch=args.batch,
-              negatives=args.negatives, xla=True, steps=args.steps)
+  base = dict(
+    preset=args.preset,
+    L=20,
+    K=4,
+    d=args.dim,
+    items=10_000,
+    batch=args.batch,
+    negatives=args.negatives,
+    xla=True,
+    steps=args.steps,
+  )
   peak = matmul_peak_gflops()
   rows = []
   specs = sweep(base, args.quick)
@@ -244,43 +311,67 @@ def main(argv=None):
   if args.reference:  # interleaved, so both see the same machine load
     specs = [s for spec in specs for s in (spec, dict(spec, preset=args.reference))]
   for spec in specs:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.train_throughput", "--one",
-                           json.dumps(spec)], capture_output=True, text=True, check=False)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.train_throughput", "--one", json.dumps(spec)],
+      capture_output=True,
+      text=True,
+      check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
       print(f"failed: {spec}\n{proc.stderr[-2000:]}", file=sys.stderr)
       continue
     row = json.loads(lines[-1][7:])
     row["peak_share"] = row["gflops"] / peak
     rows.append(row)
-    print(f"{row['preset']} L={row['L']} K={row['K']} items={row['items']} xla={row['xla']}: "
-          f"{row['seq_per_s']:.0f} seq/s", flush=True)
-  result = {"command": "python -m benchmarks.train_throughput " + " ".join(
-      sys.argv[1:] if argv is None else argv),
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "tensorflow": tf.__version__, "matmul_peak_gflops": peak},
-            "rows": rows}
+    print(
+      f"{row['preset']} L={row['L']} K={row['K']} items={row['items']} xla={row['xla']}: "
+      f"{row['seq_per_s']:.0f} seq/s",
+      flush=True,
+    )
+  result = {
+    "command": "python -m benchmarks.train_throughput "
+    + " ".join(sys.argv[1:] if argv is None else argv),
+    "machine": {
+      "cpus": os.cpu_count(),
+      "platform": platform.platform(),
+      "tensorflow": tf.__version__,
+      "matmul_peak_gflops": peak,
+    },
+    "rows": rows,
+  }
   if args.pipeline:
     result["pipeline_seq_per_s"] = pipeline_rate(args.pipeline, 20, args.batch, args.negatives)
   print(f"\nfp32 matmul peak measured: {peak:.0f} GFLOP/s\n")
   print(f"preset: {args.preset}" + (f", reference {args.reference}" if args.reference else ""))
-  print("| preset | L | K | items | batch | XLA | train seq/s | ms/step | GFLOP/step | GFLOP/s | "
-        "share of peak | peak RSS MB | eval users/s |")
+  print(
+    "| preset | L | K | items | batch | XLA | train seq/s | ms/step | GFLOP/step | GFLOP/s | "
+    "share of peak | peak RSS MB | eval users/s |"
+  )
   print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     ev = f"{r['eval_users_per_s']:.0f}" if "eval_users_per_s" in r else "-"
-    print(f"| {r['preset']} | {r['L']} | {r['K']} | {r['items']} | {r['batch']} "
-          f"| {'yes' if r['xla'] else 'no'} "
-          f"| {r['seq_per_s']:.0f} | {r['step_ms']:.0f} | {r['gflop_per_step']:.2f} "
-          f"| {r['gflops']:.1f} | {100 * r['peak_share']:.1f} % | {r['peak_rss_mb']:.0f} | {ev} |")
+    print(
+      f"| {r['preset']} | {r['L']} | {r['K']} | {r['items']} | {r['batch']} "
+      f"| {'yes' if r['xla'] else 'no'} "
+      f"| {r['seq_per_s']:.0f} | {r['step_ms']:.0f} | {r['gflop_per_step']:.2f} "
+      f"| {r['gflops']:.1f} | {100 * r['peak_share']:.1f} % | {r['peak_rss_mb']:.0f} | {ev} |"
+    )
   if args.reference:
     result["ratios"] = []
     print(f"\n| L | {args.preset} seq/s | {args.reference} seq/s | ratio |\n|---|---|---|---|")
     for r in rows:
       if r["preset"] != args.preset:
         continue
-      ref = [x for x in rows if x["preset"] == args.reference and x["L"] == r["L"] and
-             x["K"] == r["K"] and x["items"] == r["items"] and x["xla"] == r["xla"]]
+      ref = [
+        x
+        for x in rows
+        if x["preset"] == args.reference
+        and x["L"] == r["L"]
+        and x["K"] == r["K"]
+        and x["items"] == r["items"]
+        and x["xla"] == r["xla"]
+      ]
       if ref:
         ratio = r["seq_per_s"] / ref[0]["seq_per_s"]
         result["ratios"].append({"L": r["L"], "ratio": ratio})

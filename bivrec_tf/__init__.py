@@ -22,9 +22,10 @@ def _check_keras_version() -> None:
   # (or imported keras 3 into it) before the environment variable was set.
   if not tf.keras.__name__.startswith("tf_keras"):
     raise ImportError(
-        "bivrec_tf needs Keras 2 (tf_keras) behind tf.keras, but TensorFlow was already imported "
-        f"with {tf.keras.__name__} (Keras 3). Import bivrec_tf before tensorflow, or set the "
-        "environment variable TF_USE_LEGACY_KERAS=1 before starting Python.")
+      "bivrec_tf needs Keras 2 (tf_keras) behind tf.keras, but TensorFlow was already imported "
+      f"with {tf.keras.__name__} (Keras 3). Import bivrec_tf before tensorflow, or set the "
+      "environment variable TF_USE_LEGACY_KERAS=1 before starting Python."
+    )
 
 
 if _ALREADY_IMPORTED:

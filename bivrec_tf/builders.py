@@ -15,16 +15,19 @@ from bivrec_tf.model import BivRecModel
 from input_pipelines.dataset import PreparedDataset
 
 
-def select_modalities(cfg: config_lib.Config, ds: PreparedDataset
-                      ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+def select_modalities(
+  cfg: config_lib.Config, ds: PreparedDataset
+) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
   """The MM view's feature tables: ({modality: float `[V, D_m]`}, {modality: bool `[V]`}), the
   config's `modalities` (default: all of the dataset's)."""
   available = sorted(ds.features)
   wanted = list(cfg.data.modalities or available)
   unknown = [m for m in wanted if m not in available]
   if unknown:
-    raise ValueError(f"config field `modalities` = {tuple(wanted)!r}: unknown modality "
-                     f"{unknown[0]!r}; the dataset at {ds.path} has {available}")
+    raise ValueError(
+      f"config field `modalities` = {tuple(wanted)!r}: unknown modality "
+      f"{unknown[0]!r}; the dataset at {ds.path} has {available}"
+    )
   if "mm" in cfg.model.views and not wanted:
     raise ValueError(f"the MM view needs item features, but {ds.path} has no modality")
   return ({m: ds.features[m] for m in wanted}, {m: ds.present[m] for m in wanted})
@@ -40,16 +43,29 @@ def use_xla(cfg: config_lib.Config, strategy: Optional[tf.distribute.Strategy] =
   return cfg.train.jit_compile and not (split_cpu or ps)
 
 
-def build_model(cfg: config_lib.Config, ds: PreparedDataset, max_len: int,
-                strategy: Optional[tf.distribute.Strategy] = None) -> BivRecModel:
+def build_model(
+  cfg: config_lib.Config,
+  ds: PreparedDataset,
+  max_len: int,
+  strategy: Optional[tf.distribute.Strategy] = None,
+) -> BivRecModel:
   """The compiled model with every variable created (call inside `strategy.scope()`)."""
   features, present = select_modalities(cfg, ds) if "mm" in cfg.model.views else ({}, {})
-  model = BivRecModel(cfg, ds.vocab_size, max_len, features, present,
-                      item_counts=ds.item_counts, seen_in_train=ds.seen_in_train)
+  model = BivRecModel(
+    cfg,
+    ds.vocab_size,
+    max_len,
+    features,
+    present,
+    item_counts=ds.item_counts,
+    seen_in_train=ds.seen_in_train,
+  )
   model.build_all()
-  model.compile(optimizer=tf.keras.optimizers.Adam(cfg.train.learning_rate),
-                jit_compile=use_xla(cfg, strategy),
-                steps_per_execution=cfg.train.steps_per_execution)
+  model.compile(
+    optimizer=tf.keras.optimizers.Adam(cfg.train.learning_rate),
+    jit_compile=use_xla(cfg, strategy),
+    steps_per_execution=cfg.train.steps_per_execution,
+  )
   return model
 
 
@@ -64,11 +80,14 @@ def restore_trained(model: tf.keras.Model, path: str) -> None:
   """
   before = [v.numpy() for v in model.trainable_weights]
   model.load_weights(path).expect_partial()
-  missed = [v.name for v, old in zip(model.trainable_weights, before)
-            if np.array_equal(v.numpy(), old)]
+  missed = [
+    v.name for v, old in zip(model.trainable_weights, before) if np.array_equal(v.numpy(), old)
+  ]
   if missed:
-    raise ValueError(f"checkpoint {path} has no value for {len(missed)} of the model's "
-                     f"{len(before)} trainable weights ({', '.join(missed[:4])}"
-                     f"{', ...' if len(missed) > 4 else ''}): it was written by another version "
-                     "of the model code (renamed or added layers); retrain, or restore with that "
-                     "version")
+    raise ValueError(
+      f"checkpoint {path} has no value for {len(missed)} of the model's "
+      f"{len(before)} trainable weights ({', '.join(missed[:4])}"
+      f"{', ...' if len(missed) > 4 else ''}): it was written by another version "
+      "of the model code (renamed or added layers); retrain, or restore with that "
+      "version"
+    )

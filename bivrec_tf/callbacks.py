@@ -29,10 +29,19 @@ class ValidationCallback(tf.keras.callbacks.Callback):
   epoch and read back when the run resumes.
   """
 
-  def __init__(self, ranker: Ranker, data: tf.data.Dataset, ks: Sequence[int], monitor_k: int,
-               fusion_weights: Sequence[float], best_path: Optional[Path] = None,
-               patience: int = 3, history_path: Optional[Path] = None, verbose: int = 1,
-               probe: Optional[dict] = None):
+  def __init__(
+    self,
+    ranker: Ranker,
+    data: tf.data.Dataset,
+    ks: Sequence[int],
+    monitor_k: int,
+    fusion_weights: Sequence[float],
+    best_path: Optional[Path] = None,
+    patience: int = 3,
+    history_path: Optional[Path] = None,
+    verbose: int = 1,
+    probe: Optional[dict] = None,
+  ):
     super().__init__()
     self.probe = probe
     self.ranker, self.data, self.ks = ranker, data, ks
@@ -71,8 +80,11 @@ class ValidationCallback(tf.keras.callbacks.Callback):
       if not name.startswith("win_"):
         logs[f"val_{name}"] = value
     strategy = self.model.distribute_strategy
-    if self.probe is not None and strategy.num_replicas_in_sync == 1 and not isinstance(
-        strategy, tf.distribute.experimental.ParameterServerStrategy):
+    if (
+      self.probe is not None
+      and strategy.num_replicas_in_sync == 1
+      and not isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
+    ):
       # Distributed variables cannot be differentiated outside a replica context: the shares
       # are measured on single-device runs only.
       logs.update(self.model.gradient_shares(self.probe))
@@ -83,8 +95,9 @@ class ValidationCallback(tf.keras.callbacks.Callback):
     if self.history_path is not None:
       write_text_atomic(self.history_path, json.dumps(self.history, indent=1))
     if self.verbose:
-      print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()
-                       if k.startswith(("val_", "gshare_"))) +
-            (" (best)" if improved else ""))
+      print(
+        " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k.startswith(("val_", "gshare_")))
+        + (" (best)" if improved else "")
+      )
     if self.patience and len(self.history) - self.best_epoch >= self.patience:
       self.model.stop_training = True

@@ -26,11 +26,11 @@ def _fail(field: str, value: Any, why: str) -> None:
 class DataConfig:
   """Where the data comes from and how histories are cut."""
 
-  data: str = "synthetic"           # "synthetic" (embedded default) or a prepared dataset directory
-  data_cache: str = "data_cache"    # where the embedded default dataset is generated and cached
-  max_len: Optional[int] = None     # history length L; None = dataset's recommended_max_len, else 50
+  data: str = "synthetic"  # "synthetic" (embedded default) or a prepared dataset directory
+  data_cache: str = "data_cache"  # where the embedded default dataset is generated and cached
+  max_len: Optional[int] = None  # history length L; None = dataset's recommended_max_len, else 50
   modalities: Optional[Tuple[str, ...]] = None  # MM-view modalities; None = all in the dataset
-  data_seed: int = 0                # seed of the embedded default dataset
+  data_seed: int = 0  # seed of the embedded default dataset
 
   def validate(self) -> None:
     if self.max_len is not None and self.max_len < 1:
@@ -43,50 +43,53 @@ class DataConfig:
 class ModelConfig:
   """The two views and the three BivRec modules."""
 
-  views: Tuple[str, ...] = VIEWS    # ablations: ("id",) = id-only, ("mm",) = mm-only
-  dim: int = 64                     # d
+  views: Tuple[str, ...] = VIEWS  # ablations: ("id",) = id-only, ("mm",) = mm-only
+  dim: int = 64  # d
   # The defaults of modules 1 and 2 are the formulation that won on validation data on both
   # datasets (docs/results.md, "Choosing the default formulation"): K attention queries over
   # single-item tokens. DESIGN.md section 3 in full (preset `bivrec_design`): patch_sizes 1,2,4,
   # encoder_layers 1, gaussian_prior, cluster_rounds 2.
   # Module 1: Multi-scale Interest Embedding.
   patch_sizes: Tuple[int, ...] = (1,)  # P, e.g. (1, 2, 4); (1,) = single scale
-  encoder_layers: int = 0           # pre-LN Transformer blocks over the tokens
-  causal: bool = False              # causal self-attention in those blocks: token t sees tokens
-                                    # <= t only (SASRec); needs patch_sizes (1,), encoder_layers>=1
+  encoder_layers: int = 0  # pre-LN Transformer blocks over the tokens
+  causal: bool = False  # causal self-attention in those blocks: token t sees tokens
+  # <= t only (SASRec); needs patch_sizes (1,), encoder_layers>=1
   num_heads: int = 2
-  dropout: float = 0.1              # acts only in the Transformer blocks (on the attention and FFN
-                                    # outputs of each block): no effect with encoder_layers = 0,
-                                    # the default
+  dropout: float = 0.1  # acts only in the Transformer blocks (on the attention and FFN
+  # outputs of each block): no effect with encoder_layers = 0,
+  # the default
   # Module 2: Intra-View Interest Decomposition.
-  num_interests: int = 4            # K
-  gaussian_prior: bool = False      # the Gaussian temporal prior of each interest's attention
-  sigma_init: float = 0.25          # initial Gaussian width sigma_k
-  prior_mode: str = "fixed"         # "fixed": DESIGN.md's prior on tau = distance / max_len;
-                                    # "gated": tau relative to the user's own history span and the
-                                    # prior scaled by a learned gate softplus(beta_k) (starts ~0.1)
-  interest_init: str = "normal"     # interest queries: "normal" (stddev 0.05) or "orthogonal"
-                                    # (orthonormal rows at unit scale: distinct from the start)
-  patch_mode: str = "tokens"        # module 1: "tokens" (every scale's patches are tokens) or
-                                    # "context" (item tokens only, each enriched with the patches
-                                    # that contain it: same T as one scale)
-  cluster_rounds: int = 0           # R cluster-attention refinement rounds (with R = 0 the
-                                    # allocation A for L_alloc is the seeding attention)
-  readout: str = "interests"        # "interests" (module 2) or "last": the most recent item's
-                                    # encoder output as the single interest (SASRec's read-out;
-                                    # needs patch_sizes (1,) and num_interests 1, builds no
-                                    # module-2 weights)
-  routing: str = "max"              # training read-out: "max" over interests per candidate,
-                                    # "target": the interest nearest the target scores all
-                                    # candidates (label-aware, ComiRec), or "max+target": both
-                                    # retrieval losses; inference uses the max
+  num_interests: int = 4  # K
+  gaussian_prior: bool = False  # the Gaussian temporal prior of each interest's attention
+  sigma_init: float = 0.25  # initial Gaussian width sigma_k
+  prior_mode: str = "fixed"  # "fixed": DESIGN.md's prior on tau = distance / max_len;
+  # "gated": tau relative to the user's own history span and the
+  # prior scaled by a learned gate softplus(beta_k) (starts ~0.1)
+  interest_init: str = "normal"  # interest queries: "normal" (stddev 0.05) or "orthogonal"
+  # (orthonormal rows at unit scale: distinct from the start)
+  patch_mode: str = "tokens"  # module 1: "tokens" (every scale's patches are tokens) or
+  # "context" (item tokens only, each enriched with the patches
+  # that contain it: same T as one scale)
+  cluster_rounds: int = 0  # R cluster-attention refinement rounds (with R = 0 the
+  # allocation A for L_alloc is the seeding attention)
+  readout: str = "interests"  # "interests" (module 2) or "last": the most recent item's
+  # encoder output as the single interest (SASRec's read-out;
+  # needs patch_sizes (1,) and num_interests 1, builds no
+  # module-2 weights)
+  routing: str = "max"  # training read-out: "max" over interests per candidate,
+  # "target": the interest nearest the target scores all
+  # candidates (label-aware, ComiRec), or "max+target": both
+  # retrieval losses; inference uses the max
   # Recommendation similarity.
-  similarity: str = "cosine"        # "cosine" or "dot"
+  similarity: str = "cosine"  # "cosine" or "dot"
   tau_rec: float = 0.07
 
   def validate(self) -> None:
-    if not self.views or any(v not in VIEWS for v in self.views) or len(set(self.views)) != len(
-        self.views):
+    if (
+      not self.views
+      or any(v not in VIEWS for v in self.views)
+      or len(set(self.views)) != len(self.views)
+    ):
       _fail("views", self.views, f"must be a non-empty subset of {VIEWS}")
     if self.dim < 1:
       _fail("dim", self.dim, "must be a positive integer")
@@ -115,11 +118,19 @@ class ModelConfig:
     if self.readout not in ("interests", "last"):
       _fail("readout", self.readout, "must be 'interests' or 'last'")
     if self.readout == "last" and (self.num_interests != 1 or tuple(self.patch_sizes) != (1,)):
-      _fail("readout", self.readout, "'last' needs num_interests=1 and patch_sizes (1,) (one "
-            "token per item, the most recent last)")
+      _fail(
+        "readout",
+        self.readout,
+        "'last' needs num_interests=1 and patch_sizes (1,) (one "
+        "token per item, the most recent last)",
+      )
     if self.causal and (tuple(self.patch_sizes) != (1,) or self.encoder_layers < 1):
-      _fail("causal", self.causal, "causal attention needs patch_sizes (1,) (one token per item) "
-            "and encoder_layers >= 1 (it acts in the Transformer blocks)")
+      _fail(
+        "causal",
+        self.causal,
+        "causal attention needs patch_sizes (1,) (one token per item) "
+        "and encoder_layers >= 1 (it acts in the Transformer blocks)",
+      )
     if self.routing not in ("max", "target", "max+target"):
       _fail("routing", self.routing, "must be 'max', 'target' or 'max+target'")
     if self.similarity not in ("cosine", "dot"):
@@ -132,26 +143,26 @@ class ModelConfig:
 class LossConfig:
   """Retrieval and cross-view losses."""
 
-  num_negatives: int = 256          # items sampled per batch from the catalogue
-  lambda_sem: float = 1.0           # coarse semantic-similarity loss weight; 0 = ablation
-  lambda_alloc: float = 1.0         # fine allocation-similarity loss weight; 0 = ablation
-  lambda_div: float = 0.0           # interest-diversity penalty: mean of relu(cos - div_margin)^2
-                                    # over pairs of a user's K interests (off-diagonal of U U^T)
-  div_margin: float = 0.0           # cosines below the margin are free (0 = plain squared cosine)
-  tau_c: float = 0.1                # semantic contrastive temperature
+  num_negatives: int = 256  # items sampled per batch from the catalogue
+  lambda_sem: float = 1.0  # coarse semantic-similarity loss weight; 0 = ablation
+  lambda_alloc: float = 1.0  # fine allocation-similarity loss weight; 0 = ablation
+  lambda_div: float = 0.0  # interest-diversity penalty: mean of relu(cos - div_margin)^2
+  # over pairs of a user's K interests (off-diagonal of U U^T)
+  div_margin: float = 0.0  # cosines below the margin are free (0 = plain squared cosine)
+  tau_c: float = 0.1  # semantic contrastive temperature
   # The default L_sem is "mutual" at weight 1 (docs/results.md, "Interests, module 3 and late
   # fusion": both views beat their separately trained twins); DESIGN.md's is "contrast", 0.1.
-  sem_mode: str = "mutual"          # L_sem: "contrast" (DESIGN.md: InfoNCE between the views'
-                                    # pooled interests), "mutual" (each view's next-item
-                                    # distribution over the candidates distils into the other's)
-                                    # "cross" (each view's interests predict the target in the
-                                    # other view's item space) or "fused" (the retrieval loss on
-                                    # the fused score 1/2 (s_id + s_mm): each view learns what the
-                                    # other misses) or "item" (each candidate item's ID vector
-                                    # contrasted with its MM vector); "mutual+item" sums both
-  alloc_mode: str = "mse"           # L_alloc: "mse" (DESIGN.md) or "cka" (1 - centred kernel
-                                    # alignment of the co-allocations: scale-free, uniform != 0)
-  tau_kd: float = 1.0               # temperature of the "mutual" distillation
+  sem_mode: str = "mutual"  # L_sem: "contrast" (DESIGN.md: InfoNCE between the views'
+  # pooled interests), "mutual" (each view's next-item
+  # distribution over the candidates distils into the other's)
+  # "cross" (each view's interests predict the target in the
+  # other view's item space) or "fused" (the retrieval loss on
+  # the fused score 1/2 (s_id + s_mm): each view learns what the
+  # other misses) or "item" (each candidate item's ID vector
+  # contrasted with its MM vector); "mutual+item" sums both
+  alloc_mode: str = "mse"  # L_alloc: "mse" (DESIGN.md) or "cka" (1 - centred kernel
+  # alignment of the co-allocations: scale-free, uniform != 0)
+  tau_kd: float = 1.0  # temperature of the "mutual" distillation
 
   def validate(self) -> None:
     if self.num_negatives < 0:
@@ -160,9 +171,14 @@ class LossConfig:
       _fail("div_margin", self.div_margin, "must be in [-1, 1)")
     modes = self.sem_mode.split("+")
     if not all(m in ("contrast", "mutual", "cross", "fused", "item") for m in modes) or len(
-        set(modes)) != len(modes):
-      _fail("sem_mode", self.sem_mode, "must be 'contrast', 'mutual', 'cross', 'fused' or "
-            "'item', or several of them joined by '+' (summed)")
+      set(modes)
+    ) != len(modes):
+      _fail(
+        "sem_mode",
+        self.sem_mode,
+        "must be 'contrast', 'mutual', 'cross', 'fused' or "
+        "'item', or several of them joined by '+' (summed)",
+      )
     if self.alloc_mode not in ("mse", "cka"):
       _fail("alloc_mode", self.alloc_mode, "must be 'mse' or 'cka'")
     if not self.tau_kd > 0:
@@ -180,15 +196,15 @@ class TrainConfig:
   """Optimisation, early stopping, distribution and run outputs."""
 
   epochs: int = 20
-  batch_size: int = 256             # global batch size (all replicas together)
+  batch_size: int = 256  # global batch size (all replicas together)
   learning_rate: float = 2e-3
-  patience: int = 3                 # epochs without val NDCG@20 gain before stopping; 0 = never
+  patience: int = 3  # epochs without val NDCG@20 gain before stopping; 0 = never
   jit_compile: bool = True
-  strategy: str = "auto"            # auto|default|mirrored|multi_worker|parameter_server
-  logical_cpus: int = 0             # >1: split the CPU into logical devices (try `mirrored`)
-  local_cluster: str = ""           # "WORKERS,PS": in-process cluster (try `parameter_server`)
+  strategy: str = "auto"  # auto|default|mirrored|multi_worker|parameter_server
+  logical_cpus: int = 0  # >1: split the CPU into logical devices (try `mirrored`)
+  local_cluster: str = ""  # "WORKERS,PS": in-process cluster (try `parameter_server`)
   seed: int = 42
-  run_dir: Optional[str] = None     # default runs/<timestamp>
+  run_dir: Optional[str] = None  # default runs/<timestamp>
   steps_per_execution: int = 1
 
   def validate(self) -> None:
@@ -217,16 +233,16 @@ class EvalConfig:
   """Full-ranking evaluation (DESIGN.md section 5)."""
 
   ks: Tuple[int, ...] = (10, 20, 50)
-  monitor_k: int = 20               # early stopping / fusion tuning on NDCG@monitor_k
-  fusion_grid: int = 11             # w in linspace(0, 1, fusion_grid)
+  monitor_k: int = 20  # early stopping / fusion tuning on NDCG@monitor_k
+  fusion_grid: int = 11  # w in linspace(0, 1, fusion_grid)
   # One setting for offline metrics, fusion tuning and serving: never rank an item of the user's
   # whole earlier history. None = auto: exclude when fewer than `repeat_threshold` of the train
   # targets are repeats of the user's history (evaluate.resolve_history_exclusion; flags
   # --exclude-history / --no-exclude-history force it). docs/data.md, "Repeat items".
   exclude_history: Optional[bool] = None
-  repeat_threshold: float = 0.05    # auto: exclude when the train repeat rate is below this
-  eval_batch_size: int = 512        # users per evaluation batch
-  item_chunk: int = 20_000          # items scored at once (full ranking in chunks)
+  repeat_threshold: float = 0.05  # auto: exclude when the train repeat rate is below this
+  eval_batch_size: int = 512  # users per evaluation batch
+  item_chunk: int = 20_000  # items scored at once (full ranking in chunks)
 
   def validate(self) -> None:
     if not self.ks or any(k < 1 for k in self.ks):
@@ -310,6 +326,7 @@ class Config:
 
 # --- command-line flags -----------------------------------------------------------------------
 
+
 def _flag(name: str) -> str:
   return "--" + name.replace("_", "-")
 
@@ -346,11 +363,22 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
       shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
       dest = f"{section.name}__{field.name}"
       if is_bool:
-        group.add_argument(_flag(field.name), dest=dest, action=argparse.BooleanOptionalAction,
-                           default=None, help=f"(default: {shown})")
+        group.add_argument(
+          _flag(field.name),
+          dest=dest,
+          action=argparse.BooleanOptionalAction,
+          default=None,
+          help=f"(default: {shown})",
+        )
       else:
-        group.add_argument(_flag(field.name), dest=dest, type=parse, default=None,
-                           metavar=field.name.upper(), help=f"(default: {shown})")
+        group.add_argument(
+          _flag(field.name),
+          dest=dest,
+          type=parse,
+          default=None,
+          metavar=field.name.upper(),
+          help=f"(default: {shown})",
+        )
 
 
 def from_flags(args: argparse.Namespace, base: Optional[Config] = None) -> Config:

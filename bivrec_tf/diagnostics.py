@@ -29,17 +29,21 @@ def interest_diagnostics(model, dataset: tf.data.Dataset) -> Dict[str, object]:
   for batch in dataset:
     history = tf.convert_to_tensor(batch["history"], tf.int64)
     targets = tf.convert_to_tensor(batch["targets"], tf.int64)
-    valid = targets >= FIRST_ITEM                                            # [B, T]
+    valid = targets >= FIRST_ITEM  # [B, T]
     queries = model.queries(history)
     users += int(history.shape[0])
     for v, u in queries.items():
       cos, _ = interest_similarity(u)
       cos_sum[v] += float(tf.reduce_sum(cos))
-      e = model.views[v].item_vectors(tf.maximum(targets, FIRST_ITEM))       # [B, T, d]
-      winner = tf.argmax(tf.einsum("bkd,btd->btk", u, e), axis=-1)         # [B, T]
+      e = model.views[v].item_vectors(tf.maximum(targets, FIRST_ITEM))  # [B, T, d]
+      winner = tf.argmax(tf.einsum("bkd,btd->btk", u, e), axis=-1)  # [B, T]
       k = u.shape[1]
-      counts = tf.math.bincount(tf.cast(tf.boolean_mask(winner, valid), tf.int32),
-                                minlength=k, maxlength=k, dtype=tf.float64).numpy()
+      counts = tf.math.bincount(
+        tf.cast(tf.boolean_mask(winner, valid), tf.int32),
+        minlength=k,
+        maxlength=k,
+        dtype=tf.float64,
+      ).numpy()
       wins[v] = counts if wins[v] is None else wins[v] + counts
   if not users:
     raise ValueError("interest diagnostics: the evaluation dataset is empty")

@@ -18,7 +18,8 @@ def split_cpu(n: int) -> None:
     return
   cpus = tf.config.list_physical_devices("CPU")
   tf.config.set_logical_device_configuration(
-      cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
+    cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(n)]
+  )
 
 
 def _num_workers() -> int:
@@ -49,8 +50,14 @@ def local_cluster(num_workers: int, num_ps: int):
   config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=num_workers + 1)
   for job, job_ports in ports.items():
     for index in range(len(job_ports)):
-      tf.distribute.Server(spec, job_name=job, task_index=index, protocol="grpc",
-                           config=config if job == "worker" else None, start=True)
+      tf.distribute.Server(
+        spec,
+        job_name=job,
+        task_index=index,
+        protocol="grpc",
+        config=config if job == "worker" else None,
+        start=True,
+      )
   return tf.distribute.cluster_resolver.SimpleClusterResolver(spec, rpc_layer="grpc")
 
 
@@ -64,16 +71,20 @@ def parameter_server_strategy(cluster: str = "") -> tf.distribute.Strategy:
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
   num_ps = len(resolver.cluster_spec().as_dict().get("ps", []))
   if num_ps < 1:
-    raise ValueError("--strategy parameter_server needs `ps` tasks in TF_CONFIG "
-                     "(or --local-cluster WORKERS,PS)")
+    raise ValueError(
+      "--strategy parameter_server needs `ps` tasks in TF_CONFIG (or --local-cluster WORKERS,PS)"
+    )
   partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
-      min_shard_bytes=64 << 10, max_shards=num_ps)
+    min_shard_bytes=64 << 10, max_shards=num_ps
+  )
   return tf.distribute.experimental.ParameterServerStrategy(
-      resolver, variable_partitioner=partitioner)
+    resolver, variable_partitioner=partitioner
+  )
 
 
-def make_strategy(name: str = "auto", logical_cpus: int = 0,
-                  cluster: str = "") -> tf.distribute.Strategy:
+def make_strategy(
+  name: str = "auto", logical_cpus: int = 0, cluster: str = ""
+) -> tf.distribute.Strategy:
   """The tf.distribute strategy for `--strategy name`."""
   split_cpu(logical_cpus)
   if name == "auto":
@@ -104,5 +115,7 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
   if resolver is None or not resolver.task_type:
     return True
   return resolver.task_type == "chief" or (
-      resolver.task_type == "worker" and resolver.task_id == 0 and
-      "chief" not in resolver.cluster_spec().as_dict())
+    resolver.task_type == "worker"
+    and resolver.task_id == 0
+    and "chief" not in resolver.cluster_spec().as_dict()
+  )

@@ -37,8 +37,9 @@ def rank_metrics(topk: np.ndarray, targets: np.ndarray, ks: Sequence[int]) -> Di
     ks: cut-offs.
   Returns: {"recall@10": ..., "ndcg@10": ..., "hitrate@10": ..., "mrr@10": ..., ...}.
   """
-  return {k: float(v.mean()) if len(v) else 0.0 for k, v in per_user_metrics(
-      topk, targets, ks).items()}
+  return {
+    k: float(v.mean()) if len(v) else 0.0 for k, v in per_user_metrics(topk, targets, ks).items()
+  }
 
 
 def per_user_metrics(topk, targets, ks) -> Dict[str, np.ndarray]:
@@ -102,23 +103,28 @@ def resolve_history_exclusion(ev, ds) -> Dict[str, object]:
   rate = float(ds.repeat_rate("train"))
   setting = ev.exclude_history
   return {
-      "exclude_history": exclusion_decision(setting, rate, ev.repeat_threshold),
-      "setting": "auto" if setting is None else ("on" if setting else "off"),
-      "train_repeat_rate": rate,
-      "repeat_threshold": float(ev.repeat_threshold),
-      "history_cut_at": ds.history_cut_at(),
+    "exclude_history": exclusion_decision(setting, rate, ev.repeat_threshold),
+    "setting": "auto" if setting is None else ("on" if setting else "off"),
+    "train_repeat_rate": rate,
+    "repeat_threshold": float(ev.repeat_threshold),
+    "history_cut_at": ds.history_cut_at(),
   }
 
 
 def describe_history_exclusion(info: Dict[str, object]) -> str:
   """One line for logs: the resolved value and why."""
   verdict = "excluded" if info["exclude_history"] else "not excluded"
-  why = (f"auto: train repeat rate {info['train_repeat_rate']:.2%} "
-         f"{'<' if info['exclude_history'] else '>='} threshold {info['repeat_threshold']:.0%}"
-         if info["setting"] == "auto" else
-         f"set {info['setting']}; train repeat rate {info['train_repeat_rate']:.2%}")
-  cut = (f"; stored histories are cut at {info['history_cut_at']} items (prepare --max-history)"
-         if info.get("history_cut_at") else "")
+  why = (
+    f"auto: train repeat rate {info['train_repeat_rate']:.2%} "
+    f"{'<' if info['exclude_history'] else '>='} threshold {info['repeat_threshold']:.0%}"
+    if info["setting"] == "auto"
+    else f"set {info['setting']}; train repeat rate {info['train_repeat_rate']:.2%}"
+  )
+  cut = (
+    f"; stored histories are cut at {info['history_cut_at']} items (prepare --max-history)"
+    if info.get("history_cut_at")
+    else ""
+  )
   return f"history items {verdict} in metrics, fusion tuning and serving ({why}){cut}"
 
 
@@ -137,10 +143,13 @@ def history_mask(items, start, size) -> tf.Tensor:
   size = tf.cast(size, tf.int64)
   local = items - start
   inside = (items >= FIRST_ITEM) & (local >= 0) & (local < size)
-  where = tf.where(inside)                                                  # [M, 2] (row, h)
+  where = tf.where(inside)  # [M, 2] (row, h)
   index = tf.stack([where[:, 0], tf.gather_nd(local, where)], axis=1)
-  hits = tf.scatter_nd(index, tf.ones([tf.shape(index)[0]], tf.int32),
-                       tf.stack([tf.shape(items, out_type=tf.int64)[0], size]))
+  hits = tf.scatter_nd(
+    index,
+    tf.ones([tf.shape(index)[0]], tf.int32),
+    tf.stack([tf.shape(items, out_type=tf.int64)[0], size]),
+  )
   return hits > 0
 
 
@@ -156,9 +165,11 @@ class Ranker:
 
   def __init__(self, model, kmax: int, item_chunk: int = 20_000, exclude_history: bool = False):
     if not isinstance(exclude_history, (bool, np.bool_)):
-      raise ValueError(f"Ranker: exclude_history = {exclude_history!r} must be True or False; "
-                       "resolve the 'auto' setting (None) with "
-                       "bivrec_tf.evaluate.resolve_history_exclusion(cfg.eval, dataset) first")
+      raise ValueError(
+        f"Ranker: exclude_history = {exclude_history!r} must be True or False; "
+        "resolve the 'auto' setting (None) with "
+        "bivrec_tf.evaluate.resolve_history_exclusion(cfg.eval, dataset) first"
+      )
     self.model = model
     self.kmax = kmax
     self.item_chunk = item_chunk
@@ -173,7 +184,8 @@ class Ranker:
     if len(names) == 1:
       return [(names[0], 1.0 if names[0] == "id" else 0.0, False)]
     return [("id", 1.0, False), ("mm", 0.0, False)] + [
-        (f"fused@{w:.2f}", float(w), True) for w in fusion_weights]
+      (f"fused@{w:.2f}", float(w), True) for w in fusion_weights
+    ]
 
   @tf.function(reduce_retracing=True)
   def _topk_chunk(self, queries, tables, seen, ids, weights, cold_rule):
@@ -186,13 +198,13 @@ class Ranker:
     s_mm = scores.get("mm", s_id)
     cold = tf.gather(self.model.cold, ids)
     w = weights[:, None, None]
-    plain = w * s_id[None] + (1.0 - w) * s_mm[None]                       # [G, B, n]
+    plain = w * s_id[None] + (1.0 - w) * s_mm[None]  # [G, B, n]
     use_mm = cold_rule[:, None, None] & cold[None, None, :]
     s = tf.where(use_mm, s_mm[None], plain)
     banned = ids < FIRST_ITEM
     s = tf.where(banned[None, None, :], -np.inf, s)
     if self.exclude_history:
-      in_hist = history_mask(seen, ids[0], tf.shape(ids)[0])                     # [B, n]
+      in_hist = history_mask(seen, ids[0], tf.shape(ids)[0])  # [B, n]
       s = tf.where(in_hist[None], -np.inf, s)
     top_s, top_i = tf.math.top_k(s, k=tf.minimum(self.kmax, tf.shape(ids)[0]))
     return top_s, tf.gather(ids, top_i)
@@ -231,9 +243,13 @@ class Ranker:
     return {name: best_i[g] for g, (name, _, _) in enumerate(rules)}
 
 
-def evaluate(ranker: Ranker, dataset: tf.data.Dataset, ks: Sequence[int],
-             fusion_weights: Sequence[float] = (0.5,),
-             progress: Optional[str] = None) -> Dict[str, Dict[str, float]]:
+def evaluate(
+  ranker: Ranker,
+  dataset: tf.data.Dataset,
+  ks: Sequence[int],
+  fusion_weights: Sequence[float] = (0.5,),
+  progress: Optional[str] = None,
+) -> Dict[str, Dict[str, float]]:
   """Mean metrics per scoring rule over an eval dataset of {"history", "targets"} batches; with
   the ranker's history exclusion, each batch's "full_history" (the whole history) is excluded
   when present, else "history"."""
@@ -243,21 +259,28 @@ def evaluate(ranker: Ranker, dataset: tf.data.Dataset, ks: Sequence[int],
   batches = dataset
   if progress:
     from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+
     batches = tqdm(dataset, desc=progress, unit="batch", leave=False)
   for batch in batches:
-    for name, top in ranker.topk(batch["history"], fusion_weights,
-                                 batch.get("full_history")).items():
+    for name, top in ranker.topk(
+      batch["history"], fusion_weights, batch.get("full_history")
+    ).items():
       collected.setdefault(name, []).append(top)
     targets.append(batch["targets"].numpy())
   if not targets:
     raise ValueError("evaluation dataset is empty")
   all_targets = stack_targets(targets)
-  return {name: rank_metrics(np.concatenate(tops), all_targets, ks)
-          for name, tops in collected.items()}
+  return {
+    name: rank_metrics(np.concatenate(tops), all_targets, ks) for name, tops in collected.items()
+  }
 
 
-def popularity_metrics(item_counts: np.ndarray, dataset: tf.data.Dataset, ks: Sequence[int],
-                       exclude_history: bool = False) -> Dict[str, float]:
+def popularity_metrics(
+  item_counts: np.ndarray,
+  dataset: tf.data.Dataset,
+  ks: Sequence[int],
+  exclude_history: bool = False,
+) -> Dict[str, float]:
   """The Popularity baseline: every user gets the most frequent train targets (with
   `exclude_history`, those not in the user's whole history: "full_history" when the batches
   carry it)."""
@@ -272,7 +295,7 @@ def popularity_metrics(item_counts: np.ndarray, dataset: tf.data.Dataset, ks: Se
       rows = []
       for h in hist:
         seen = set(h[h >= FIRST_ITEM].tolist())
-        rows.append([i for i in order[:kmax + len(seen)] if i not in seen][:kmax])
+        rows.append([i for i in order[: kmax + len(seen)] if i not in seen][:kmax])
       tops.append(np.asarray(rows))
     else:
       tops.append(np.tile(order[:kmax], (len(hist), 1)))

@@ -76,18 +76,28 @@ class ServingModule(tf.Module):
       `EvalConfig.exclude_history` of the run, so serving ranks as evaluation did).
   """
 
-  def __init__(self, model: BivRecModel, vocab: np.ndarray, fusion_weight: float, top_k: int,
-               item_chunk: int = DEFAULT_ITEM_CHUNK, jit_compile: bool = False,
-               exclude_history: bool = True):
+  def __init__(
+    self,
+    model: BivRecModel,
+    vocab: np.ndarray,
+    fusion_weight: float,
+    top_k: int,
+    item_chunk: int = DEFAULT_ITEM_CHUNK,
+    jit_compile: bool = False,
+    exclude_history: bool = True,
+  ):
     super().__init__(name="bivrec_serving")
     if not isinstance(exclude_history, (bool, np.bool_)):
-      raise ValueError(f"export: exclude_history = {exclude_history!r} must be True or False "
-                       "(the run's resolved setting, not 'auto')")
+      raise ValueError(
+        f"export: exclude_history = {exclude_history!r} must be True or False "
+        "(the run's resolved setting, not 'auto')"
+      )
     self.exclude_history = bool(exclude_history)
     vocab = np.asarray(vocab).astype(str)
     if len(vocab) != model.vocab_size:
-      raise ValueError(f"vocab has {len(vocab)} rows but the model has vocab_size "
-                       f"{model.vocab_size}")
+      raise ValueError(
+        f"vocab has {len(vocab)} rows but the model has vocab_size {model.vocab_size}"
+      )
     num_items = len(vocab) - FIRST_ITEM
     if num_items < 1:
       raise ValueError("cannot export a model without items")
@@ -102,26 +112,30 @@ class ServingModule(tf.Module):
     self.tau_rec = float(model.config.model.tau_rec)
     self.num_items = num_items
     self.id_lookup = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(
-            tf.constant(vocab[FIRST_ITEM:]),
-            tf.range(FIRST_ITEM, len(vocab), dtype=tf.int64)),
-        default_value=1)
+      tf.lookup.KeyValueTensorInitializer(
+        tf.constant(vocab[FIRST_ITEM:]), tf.range(FIRST_ITEM, len(vocab), dtype=tf.int64)
+      ),
+      default_value=1,
+    )
     self.vocab = tf.Variable(vocab, trainable=False, name="vocab")
     # Candidate tables over real items only (row r = item index r + FIRST_ITEM).
-    self.tables = {v: tf.Variable(model.item_table(v)[FIRST_ITEM:], trainable=False,
-                                  name=f"{v}_items") for v in self.view_names}
+    self.tables = {
+      v: tf.Variable(model.item_table(v)[FIRST_ITEM:], trainable=False, name=f"{v}_items")
+      for v in self.view_names
+    }
     self.fusion_weight = tf.Variable(float(fusion_weight), trainable=False, name="fusion_weight")
-    self.cold = tf.Variable(np.asarray(model.cold)[FIRST_ITEM:], trainable=False,
-                            name="cold_items")
+    self.cold = tf.Variable(np.asarray(model.cold)[FIRST_ITEM:], trainable=False, name="cold_items")
     popularity = np.asarray(model.popularity, np.float32)[FIRST_ITEM:]
-    order = np.argsort(-popularity, kind="stable")[:self.top_k]
-    self.popular_ids = tf.Variable(order.astype(np.int64) + FIRST_ITEM, trainable=False,
-                                   name="popular_ids")
+    order = np.argsort(-popularity, kind="stable")[: self.top_k]
+    self.popular_ids = tf.Variable(
+      order.astype(np.int64) + FIRST_ITEM, trainable=False, name="popular_ids"
+    )
     self.popular_scores = tf.Variable(popularity[order], trainable=False, name="popular_scores")
     # XLA pays off for the many small ops of the interest extractor; scoring and top-k stay
     # plain TensorFlow ops (XLA's CPU top-k sorts the whole row).
-    self._jit_queries = (tf.function(self._queries_fn, jit_compile=True, autograph=False)
-                         if jit_compile else None)
+    self._jit_queries = (
+      tf.function(self._queries_fn, jit_compile=True, autograph=False) if jit_compile else None
+    )
 
   # --- graph pieces ----------------------------------------------------------------------------
 
@@ -134,7 +148,7 @@ class ServingModule(tf.Module):
     order = tf.argsort(tf.where(known, pos, 0), axis=1, stable=True)
     ids = tf.gather(ids, order, batch_dims=1)
     ids = tf.where(tf.gather(known, order, batch_dims=1), ids, tf.zeros_like(ids))
-    ids = ids[:, -self.max_len:]
+    ids = ids[:, -self.max_len :]
     ids = tf.pad(ids, [[0, 0], [self.max_len - tf.shape(ids)[1], 0]])
     return tf.ensure_shape(ids, [None, self.max_len])
 
@@ -155,8 +169,9 @@ class ServingModule(tf.Module):
     best_s, best_i = None, None
     for start in range(0, self.num_items, self.item_chunk):
       end = min(start + self.item_chunk, self.num_items)
-      scores = {v: view_scores(q, self.tables[v][start:end], self.tau_rec)
-                for v, q in queries.items()}
+      scores = {
+        v: view_scores(q, self.tables[v][start:end], self.tau_rec) for v, q in queries.items()
+      }
       if len(scores) == 2:
         s = fuse_scores(scores["id"], scores["mm"], self.fusion_weight, self.cold[start:end])
       else:
@@ -217,6 +232,7 @@ class ServingModule(tf.Module):
 
 # --- writing versions -----------------------------------------------------------------------------
 
+
 def _needs_plain_copy(model: BivRecModel) -> bool:
   """Variables placed on parameter servers (possibly sharded) do not survive tf.saved_model.save
   loadably (TF 2.21 restores a sharded table as an empty tensor), so such models are copied."""
@@ -232,11 +248,18 @@ def plain_copy(model: BivRecModel) -> BivRecModel:
   if "mm" in model.view_names:
     tower = model.views["mm"].tower
     features = {m: tf.convert_to_tensor(tower.tables[m]).numpy() for m in tower.modalities}
-    present = {m: tf.convert_to_tensor(tower.present_masks[m]).numpy() > 0.5
-               for m in tower.modalities}
-  copy = BivRecModel(model.config, model.vocab_size, model.max_len, features, present,
-                     item_counts=np.asarray(model.popularity),
-                     seen_in_train=~np.asarray(model.cold))
+    present = {
+      m: tf.convert_to_tensor(tower.present_masks[m]).numpy() > 0.5 for m in tower.modalities
+    }
+  copy = BivRecModel(
+    model.config,
+    model.vocab_size,
+    model.max_len,
+    features,
+    present,
+    item_counts=np.asarray(model.popularity),
+    seen_in_train=~np.asarray(model.cold),
+  )
   copy.queries(tf.zeros([1, model.max_len], tf.int64))
   with tempfile.TemporaryDirectory() as tmp:
     model.save_weights(os.path.join(tmp, "weights"))
@@ -247,8 +270,11 @@ def plain_copy(model: BivRecModel) -> BivRecModel:
 def next_version(model_dir: Path) -> int:
   """1 + the largest integer version directory under model_dir (1 if none). Only plain ASCII
   digits count, as for the servers ("²".isdigit() is True)."""
-  versions = [int(p.name) for p in Path(model_dir).glob("*")
-              if p.is_dir() and p.name.isascii() and p.name.isdigit()]
+  versions = [
+    int(p.name)
+    for p in Path(model_dir).glob("*")
+    if p.is_dir() and p.name.isascii() and p.name.isdigit()
+  ]
   return max(versions, default=0) + 1
 
 
@@ -256,28 +282,38 @@ def warmup_requests(model_name: str, vocab: np.ndarray):
   """PredictionLog records replaying one request per signature (TF Serving warmup)."""
   from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2  # pylint: disable=import-outside-toplevel
 
-  known = [str(v) for v in np.asarray(vocab)[FIRST_ITEM:FIRST_ITEM + 3]]
+  known = [str(v) for v in np.asarray(vocab)[FIRST_ITEM : FIRST_ITEM + 3]]
   known += [""] * (3 - len(known))
   history = tf.make_tensor_proto([known, [known[0], "", "unknown-item"]], dtype=tf.string)
-  example = tf.train.Example(features=tf.train.Features(feature={
-      "history": tf.train.Feature(bytes_list=tf.train.BytesList(
-          value=[k.encode() for k in known]))}))
+  example = tf.train.Example(
+    features=tf.train.Features(
+      feature={
+        "history": tf.train.Feature(
+          bytes_list=tf.train.BytesList(value=[k.encode() for k in known])
+        )
+      }
+    )
+  )
   inputs = {
-      "serving_default": {"history": history},
-      "user_interests": {"history": history},
-      "item_embeddings": {"item_ids": tf.make_tensor_proto(known + ["unknown-item"],
-                                                           dtype=tf.string)},
-      "predict_examples": {"examples": tf.make_tensor_proto([example.SerializeToString()],
-                                                            dtype=tf.string)},
+    "serving_default": {"history": history},
+    "user_interests": {"history": history},
+    "item_embeddings": {
+      "item_ids": tf.make_tensor_proto(known + ["unknown-item"], dtype=tf.string)
+    },
+    "predict_examples": {
+      "examples": tf.make_tensor_proto([example.SerializeToString()], dtype=tf.string)
+    },
   }
   logs = []
   for signature, tensors in inputs.items():
     request = predict_pb2.PredictRequest(
-        model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+      model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature)
+    )
     for name, proto in tensors.items():
       request.inputs[name].CopyFrom(proto)
-    logs.append(prediction_log_pb2.PredictionLog(
-        predict_log=prediction_log_pb2.PredictLog(request=request)))
+    logs.append(
+      prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    )
   return logs
 
 
@@ -287,10 +323,19 @@ def _write_warmup(path: Path, model_name: str, vocab: np.ndarray) -> None:
       writer.write(log.SerializeToString())
 
 
-def export_model(model: BivRecModel, vocab: np.ndarray, fusion_weight: float, base_dir: str,
-                 model_name: str = "bivrec", top_k: int = 10, metadata: Optional[dict] = None,
-                 version: Optional[int] = None, item_chunk: int = DEFAULT_ITEM_CHUNK,
-                 jit_compile: bool = False, exclude_history: bool = True) -> Path:
+def export_model(
+  model: BivRecModel,
+  vocab: np.ndarray,
+  fusion_weight: float,
+  base_dir: str,
+  model_name: str = "bivrec",
+  top_k: int = 10,
+  metadata: Optional[dict] = None,
+  version: Optional[int] = None,
+  item_chunk: int = DEFAULT_ITEM_CHUNK,
+  jit_compile: bool = False,
+  exclude_history: bool = True,
+) -> Path:
   """Writes a new integer version atomically and returns its path.
 
   `exclude_history` (the run's resolved setting) decides whether serving_default and
@@ -311,21 +356,31 @@ def export_model(model: BivRecModel, vocab: np.ndarray, fusion_weight: float, ba
   if _needs_plain_copy(model):
     model = plain_copy(model)
   try:
-    module = ServingModule(model, vocab, fusion_weight, top_k, item_chunk, jit_compile,
-                           exclude_history)
+    module = ServingModule(
+      model, vocab, fusion_weight, top_k, item_chunk, jit_compile, exclude_history
+    )
     tf.saved_model.save(module, str(tmp), signatures=module.signatures())
     extra = tmp / "assets.extra"
     extra.mkdir(exist_ok=True)
     _write_warmup(extra / WARMUP_FILE, model_name, vocab)
-    meta = {"model_name": model_name, "version": version, "fusion_weight": float(fusion_weight),
-            "top_k": module.top_k, "views": list(model.view_names), "max_len": model.max_len,
-            "vocab_size": model.vocab_size, "num_items": module.num_items,
-            "item_chunk": module.item_chunk, "jit_compile": bool(jit_compile),
-            "exclude_history": module.exclude_history,
-            # tensorflow_model_server runs it only with --xla_cpu_compilation_enabled=true.
-            "requires_xla_cpu_compilation": bool(jit_compile),
-            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "signatures": list(SIGNATURES), **(metadata or {})}
+    meta = {
+      "model_name": model_name,
+      "version": version,
+      "fusion_weight": float(fusion_weight),
+      "top_k": module.top_k,
+      "views": list(model.view_names),
+      "max_len": model.max_len,
+      "vocab_size": model.vocab_size,
+      "num_items": module.num_items,
+      "item_chunk": module.item_chunk,
+      "jit_compile": bool(jit_compile),
+      "exclude_history": module.exclude_history,
+      # tensorflow_model_server runs it only with --xla_cpu_compilation_enabled=true.
+      "requires_xla_cpu_compilation": bool(jit_compile),
+      "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+      "signatures": list(SIGNATURES),
+      **(metadata or {}),
+    }
     (extra / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     os.rename(tmp, final)
   except BaseException:
@@ -336,9 +391,15 @@ def export_model(model: BivRecModel, vocab: np.ndarray, fusion_weight: float, ba
 
 # --- re-export from a run directory ----------------------------------------------------------------
 
-def export_run(run_dir: str, export_base: Optional[str] = None, model_name: Optional[str] = None,
-               top_k: Optional[int] = None, version: Optional[int] = None,
-               jit_compile: bool = False) -> Path:
+
+def export_run(
+  run_dir: str,
+  export_base: Optional[str] = None,
+  model_name: Optional[str] = None,
+  top_k: Optional[int] = None,
+  version: Optional[int] = None,
+  jit_compile: bool = False,
+) -> Path:
   """Rebuilds a training run's model, loads `checkpoints/best` and exports it.
 
   The run directory holds `config.json`, `metrics.json` (fusion weight, data path, max_len,
@@ -367,38 +428,63 @@ def export_run(run_dir: str, export_base: Optional[str] = None, model_name: Opti
   if not isinstance(metrics.get("exclude_history"), bool):
     exclusion = resolve_history_exclusion(cfg.eval, ds)
   exclude = (exclusion or {}).get("exclude_history", metrics.get("exclude_history"))
-  meta = {"config": cfg.to_dict(), "test_metrics": metrics.get("test"),
-          "valid_metrics": metrics.get("valid"), "dataset": ds.meta, "run_dir": str(run),
-          "history_exclusion": exclusion}
-  return export_model(model, ds.vocab, float(metrics["fusion_weight"]),
-                      export_base or cfg.export.export_base, model_name or cfg.export.model_name,
-                      top_k or cfg.export.top_k, metadata=meta, version=version,
-                      jit_compile=jit_compile, exclude_history=bool(exclude))
+  meta = {
+    "config": cfg.to_dict(),
+    "test_metrics": metrics.get("test"),
+    "valid_metrics": metrics.get("valid"),
+    "dataset": ds.meta,
+    "run_dir": str(run),
+    "history_exclusion": exclusion,
+  }
+  return export_model(
+    model,
+    ds.vocab,
+    float(metrics["fusion_weight"]),
+    export_base or cfg.export.export_base,
+    model_name or cfg.export.model_name,
+    top_k or cfg.export.top_k,
+    metadata=meta,
+    version=version,
+    jit_compile=jit_compile,
+    exclude_history=bool(exclude),
+  )
 
 
 JIT_REFUSAL = (
-    "--jit-compile refused: stock tensorflow_model_server disables XLA unless it is started with "
-    "--xla_cpu_compilation_enabled=true (a flag it marks EXPERIMENTAL); with its default flags "
-    "this export's warmup fails with 'INTERNAL: XLA compilation disabled' and the version never "
-    "becomes AVAILABLE (the previous version keeps serving). Add --xla-enabled-server if your "
-    "server runs with that flag; otherwise export without --jit-compile.")
+  "--jit-compile refused: stock tensorflow_model_server disables XLA unless it is started with "
+  "--xla_cpu_compilation_enabled=true (a flag it marks EXPERIMENTAL); with its default flags "
+  "this export's warmup fails with 'INTERNAL: XLA compilation disabled' and the version never "
+  "becomes AVAILABLE (the previous version keeps serving). Add --xla-enabled-server if your "
+  "server runs with that flag; otherwise export without --jit-compile."
+)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m bivrec_tf.export",
-      description="Re-export a training run's best checkpoint as a new SavedModel version.")
-  parser.add_argument("--run", required=True, metavar="RUN_DIR",
-                      help="training run directory (config.json, metrics.json, checkpoints/best)")
+    prog="python -m bivrec_tf.export",
+    description="Re-export a training run's best checkpoint as a new SavedModel version.",
+  )
+  parser.add_argument(
+    "--run",
+    required=True,
+    metavar="RUN_DIR",
+    help="training run directory (config.json, metrics.json, checkpoints/best)",
+  )
   parser.add_argument("--export-base", help="default: the run's export_base (saved_models)")
   parser.add_argument("--model-name", help="default: the run's model_name (bivrec)")
   parser.add_argument("--top-k", type=int, help="recommendations per row (default: the run's)")
   parser.add_argument("--version", type=int, help="default: next integer version")
-  parser.add_argument("--jit-compile", action="store_true",
-                      help="XLA-compile the interest extractor; needs --xla-enabled-server")
-  parser.add_argument("--xla-enabled-server", action="store_true",
-                      help="the export is for a tensorflow_model_server started with "
-                           "--xla_cpu_compilation_enabled=true (stock servers refuse XLA)")
+  parser.add_argument(
+    "--jit-compile",
+    action="store_true",
+    help="XLA-compile the interest extractor; needs --xla-enabled-server",
+  )
+  parser.add_argument(
+    "--xla-enabled-server",
+    action="store_true",
+    help="the export is for a tensorflow_model_server started with "
+    "--xla_cpu_compilation_enabled=true (stock servers refuse XLA)",
+  )
   args = parser.parse_args(argv)
   if args.top_k is not None and args.top_k < 1:
     parser.error("--top-k must be >= 1")
@@ -406,8 +492,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"error: {JIT_REFUSAL}", file=sys.stderr)
     return 2
   try:
-    path = export_run(args.run, args.export_base, args.model_name, args.top_k, args.version,
-                      args.jit_compile)
+    path = export_run(
+      args.run, args.export_base, args.model_name, args.top_k, args.version, args.jit_compile
+    )
   except (ValueError, FileNotFoundError, FileExistsError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2

@@ -21,8 +21,10 @@ class LateFusion:
 
   def __init__(self, id_model, mm_model):
     if id_model.view_names != ("id",) or mm_model.view_names != ("mm",):
-      raise ValueError("late fusion needs an ID-only and an MM-only model, got views "
-                       f"{id_model.view_names} and {mm_model.view_names}")
+      raise ValueError(
+        "late fusion needs an ID-only and an MM-only model, got views "
+        f"{id_model.view_names} and {mm_model.view_names}"
+      )
     if id_model.vocab_size != mm_model.vocab_size:
       raise ValueError(f"vocabulary sizes differ: {id_model.vocab_size} vs {mm_model.vocab_size}")
     if id_model.config.model.tau_rec != mm_model.config.model.tau_rec:

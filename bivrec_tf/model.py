@@ -33,10 +33,20 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from bivrec_tf.config import Config, ModelConfig
-from bivrec_tf.layers import (AllocationStats, IdTower, InterestDecomposition,
-                              MultiScaleInterestEmbedding, MultimodalTower, SemanticHead,
-                              allocation_cka_loss, allocation_loss, interest_similarity,
-                              item_alignment_loss, mutual_distillation_loss, semantic_loss)
+from bivrec_tf.layers import (
+  AllocationStats,
+  IdTower,
+  InterestDecomposition,
+  MultiScaleInterestEmbedding,
+  MultimodalTower,
+  SemanticHead,
+  allocation_cka_loss,
+  allocation_loss,
+  interest_similarity,
+  item_alignment_loss,
+  mutual_distillation_loss,
+  semantic_loss,
+)
 from bivrec_tf.layers.patching import padded_length
 
 FIRST_ITEM = 2  # 0 = padding, 1 = out-of-vocabulary
@@ -57,8 +67,9 @@ class ViewEncoder(tf.keras.layers.Layer):
   (K = 1), and A gives every valid token to that one interest.
   """
 
-  def __init__(self, tower: tf.keras.layers.Layer, model_config: ModelConfig, max_len: int,
-               **kwargs):
+  def __init__(
+    self, tower: tf.keras.layers.Layer, model_config: ModelConfig, max_len: int, **kwargs
+  ):
     super().__init__(**kwargs)
     m = model_config
     self.tower = tower
@@ -68,16 +79,35 @@ class ViewEncoder(tf.keras.layers.Layer):
     self.normalize = m.similarity == "cosine"
     self.readout = m.readout
     self.interest_embedding = MultiScaleInterestEmbedding(
-        m.dim, m.patch_sizes, max_len, m.encoder_layers, m.num_heads, m.dropout, m.patch_mode,
-        m.causal, name="interest_embedding")
+      m.dim,
+      m.patch_sizes,
+      max_len,
+      m.encoder_layers,
+      m.num_heads,
+      m.dropout,
+      m.patch_mode,
+      m.causal,
+      name="interest_embedding",
+    )
     # The "last" read-out replaces module 2: no interest weights that nothing would use.
-    self.interest_decomposition = None if m.readout == "last" else InterestDecomposition(
-        m.dim, m.num_interests, m.gaussian_prior, m.sigma_init, m.cluster_rounds, m.prior_mode,
-        m.interest_init, name="interest_decomposition")
+    self.interest_decomposition = (
+      None
+      if m.readout == "last"
+      else InterestDecomposition(
+        m.dim,
+        m.num_interests,
+        m.gaussian_prior,
+        m.sigma_init,
+        m.cluster_rounds,
+        m.prior_mode,
+        m.interest_init,
+        name="interest_decomposition",
+      )
+    )
 
   def _align(self, history):
     """Keeps the last max_len items; left-pads to a multiple of max(patch_sizes)."""
-    history = history[:, -self.max_len:]
+    history = history[:, -self.max_len :]
     length = history.shape[1]
     if length is not None:
       target = padded_length(length, self.patch_sizes)
@@ -109,15 +139,20 @@ class ViewEncoder(tf.keras.layers.Layer):
     return u, a, valid
 
   def get_config(self):
-    return {**super().get_config(), "tower": tf.keras.layers.serialize(self.tower),
-            "model_config": dataclasses.asdict(self.model_config), "max_len": self.max_len}
+    return {
+      **super().get_config(),
+      "tower": tf.keras.layers.serialize(self.tower),
+      "model_config": dataclasses.asdict(self.model_config),
+      "max_len": self.max_len,
+    }
 
   @classmethod
   def from_config(cls, config):
     config = dict(config)
     tower = tf.keras.layers.deserialize(config.pop("tower"))
-    fields = {k: tuple(v) if isinstance(v, list) else v
-              for k, v in config.pop("model_config").items()}
+    fields = {
+      k: tuple(v) if isinstance(v, list) else v for k, v in config.pop("model_config").items()
+    }
     return cls(tower, ModelConfig(**fields), **config)
 
 
@@ -133,11 +168,17 @@ class BivRecModel(tf.keras.Model):
     max_len: history length L.
   """
 
-  def __init__(self, config: Config, vocab_size: int, max_len: int,
-               features: Optional[Dict[str, np.ndarray]] = None,
-               present: Optional[Dict[str, np.ndarray]] = None,
-               item_counts: Optional[np.ndarray] = None,
-               seen_in_train: Optional[np.ndarray] = None, **kwargs):
+  def __init__(
+    self,
+    config: Config,
+    vocab_size: int,
+    max_len: int,
+    features: Optional[Dict[str, np.ndarray]] = None,
+    present: Optional[Dict[str, np.ndarray]] = None,
+    item_counts: Optional[np.ndarray] = None,
+    seen_in_train: Optional[np.ndarray] = None,
+    **kwargs,
+  ):
     super().__init__(**kwargs)
     self.config = config
     self.vocab_size = vocab_size
@@ -146,18 +187,25 @@ class BivRecModel(tf.keras.Model):
     m = config.model
     self.views = {}
     for v in self.view_names:
-      tower = (IdTower(vocab_size, m.dim, name="id_tower") if v == "id" else
-               MultimodalTower.from_tables(features, present, m.dim, name="mm_tower"))
+      tower = (
+        IdTower(vocab_size, m.dim, name="id_tower")
+        if v == "id"
+        else MultimodalTower.from_tables(features, present, m.dim, name="mm_tower")
+      )
       self.views[v] = ViewEncoder(tower, m, max_len, name=f"{v}_view")
     self.cross_view = len(self.view_names) == 2
     lc = config.loss
     # The contrastive L_sem's heads exist only when that loss trains them.
-    self.contrast_heads = (self.cross_view and "contrast" in lc.sem_mode.split("+") and
-                           lc.lambda_sem > 0)
+    self.contrast_heads = (
+      self.cross_view and "contrast" in lc.sem_mode.split("+") and lc.lambda_sem > 0
+    )
     if self.contrast_heads:
       self.semantic_heads = {v: SemanticHead(m.dim, name=f"semantic_{v}") for v in self.view_names}
-    counts = np.zeros(vocab_size, np.float64) if item_counts is None else np.asarray(
-        item_counts, np.float64)
+    counts = (
+      np.zeros(vocab_size, np.float64)
+      if item_counts is None
+      else np.asarray(item_counts, np.float64)
+    )
     popularity = counts / max(counts.sum(), 1.0)
     self.popularity = tf.constant(popularity, tf.float32)
     seen = np.ones(vocab_size, bool) if seen_in_train is None else np.asarray(seen_in_train, bool)
@@ -167,7 +215,7 @@ class BivRecModel(tf.keras.Model):
   def _metric_names(self):
     names = ["loss"] + [f"rec_{v}" for v in self.view_names]
     if self.cross_view:
-      names += (["sem"] if self.contrast_heads or self.config.loss.sem_mode != "contrast" else [])
+      names += ["sem"] if self.contrast_heads or self.config.loss.sem_mode != "contrast" else []
       names += ["alloc"]
     names += [f"{stat}_{v}" for v in self.view_names for stat in ("cos", "entropy", "interests")]
     return names
@@ -205,7 +253,8 @@ class BivRecModel(tf.keras.Model):
     equal the single-device gradients of the same global batch."""
     positives = gather_replicas(target)
     return tf.concat([positives, gather_replicas(negatives, local_first=False)], axis=0), (
-        tf.shape(positives)[0])
+      tf.shape(positives)[0]
+    )
 
   def compute_losses(self, batch, training=False):
     """Per-example loss terms `[B]` and diagnostics. Returns (total `[B]`, {name: `[B]`})."""
@@ -237,9 +286,9 @@ class BivRecModel(tf.keras.Model):
     routing = routing or self.config.model.routing
     if routing in ("max", "max+target"):
       return view_scores(u, vectors, tau)
-    target = vectors[:tf.shape(u)[0]]                                   # [B, d]
-    pick = tf.argmax(tf.einsum("bkd,bd->bk", u, target), axis=-1)       # [B]
-    chosen = tf.gather(u, pick, axis=1, batch_dims=1)                   # [B, d]
+    target = vectors[: tf.shape(u)[0]]  # [B, d]
+    pick = tf.argmax(tf.einsum("bkd,bd->bk", u, target), axis=-1)  # [B]
+    chosen = tf.gather(u, pick, axis=1, batch_dims=1)  # [B, d]
     return tf.matmul(chosen, vectors, transpose_b=True) / tau
 
   def loss_parts(self, batch, training=False):
@@ -249,16 +298,20 @@ class BivRecModel(tf.keras.Model):
     target = tf.cast(batch["target"], tf.int64)
     negatives = tf.cast(batch.get("negatives", tf.zeros([0], tf.int64)), tf.int64)
     candidates, num_positives = self.global_candidates(target, negatives)
-    probs = self._sampling_probability(candidates, num_positives,
-                                       tf.shape(candidates)[0] - num_positives)
+    probs = self._sampling_probability(
+      candidates, num_positives, tf.shape(candidates)[0] - num_positives
+    )
     # A tower that is more than a lookup (the MM view) is applied once to the whole catalogue when
     # that is fewer items than the batch's history slots and candidates, then read by index:
     # the same values, a fraction of the work (B L + C tower calls -> V).
     slots = int(history.shape[0] or 0) * int(history.shape[1] or 0)
-    tables = {v: self.views[v].tower(tf.range(self.vocab_size, dtype=tf.int64))
-              if v == "mm" and 0 < self.vocab_size <= slots else None for v in self.view_names}
-    outputs = {v: enc(history, training=training, table=tables[v])
-               for v, enc in self.views.items()}
+    tables = {
+      v: self.views[v].tower(tf.range(self.vocab_size, dtype=tf.int64))
+      if v == "mm" and 0 < self.vocab_size <= slots
+      else None
+      for v in self.view_names
+    }
+    outputs = {v: enc(history, training=training, table=tables[v]) for v, enc in self.views.items()}
     lc = self.config.loss
     terms, parts = {}, {}
     logits = {}
@@ -268,8 +321,11 @@ class BivRecModel(tf.keras.Model):
       terms[f"rec_{v}"] = parts[f"rec_{v}"] = self._retrieval_loss(logits[v])
       if self.config.model.routing == "max+target":  # + the label-aware term (ComiRec/MIND)
         vectors = self.views[v].item_vectors(candidates, tables[v])
-        parts[f"route_{v}"] = self._retrieval_loss(self._logits(
-            self._route(u, vectors, self.config.model.tau_rec, "target"), candidates, probs))
+        parts[f"route_{v}"] = self._retrieval_loss(
+          self._logits(
+            self._route(u, vectors, self.config.model.tau_rec, "target"), candidates, probs
+          )
+        )
       stats = AllocationStats(a, valid)
       terms[f"entropy_{v}"] = stats.token_entropy
       terms[f"interests_{v}"] = stats.effective_interests
@@ -278,9 +334,11 @@ class BivRecModel(tf.keras.Model):
         parts[f"div_{v}"] = lc.lambda_div * cos_sq
     if self.cross_view:
       (u_id, a_id, valid), (u_mm, a_mm, _) = outputs["id"], outputs["mm"]
-      sem = [self._semantic_term(mode, u_id, u_mm, target, candidates, probs, logits)
-             for mode in lc.sem_mode.split("+")
-             if mode != "contrast" or self.contrast_heads]  # lambda_sem = 0: no heads, no term
+      sem = [
+        self._semantic_term(mode, u_id, u_mm, target, candidates, probs, logits)
+        for mode in lc.sem_mode.split("+")
+        if mode != "contrast" or self.contrast_heads
+      ]  # lambda_sem = 0: no heads, no term
       if sem:
         terms["sem"] = tf.add_n(sem)
       alloc = allocation_cka_loss if lc.alloc_mode == "cka" else allocation_loss
@@ -304,9 +362,11 @@ class BivRecModel(tf.keras.Model):
     if mode == "item":
       # Per candidate [C]; averaged over the batch's rows so the term is per example [B].
       per_item = item_alignment_loss(
-          tf.math.l2_normalize(self.views["id"].tower(candidates), axis=-1),
-          tf.math.l2_normalize(self.views["mm"].tower(candidates), axis=-1), candidates,
-          lc.tau_c)
+        tf.math.l2_normalize(self.views["id"].tower(candidates), axis=-1),
+        tf.math.l2_normalize(self.views["mm"].tower(candidates), axis=-1),
+        candidates,
+        lc.tau_c,
+      )
       return tf.fill(tf.shape(target), tf.reduce_mean(per_item))
     if mode == "fused":  # the fusion rule's scores (w = 1/2) trained end to end
       fused = 0.5 * (self._scores("id", u_id, candidates) + self._scores("mm", u_mm, candidates))
@@ -315,8 +375,9 @@ class BivRecModel(tf.keras.Model):
     tau = self.config.model.tau_rec
     out = 0.0
     for u, other in ((u_id, "mm"), (u_mm, "id")):
-      cross = self._logits(self._route(u, self.views[other].item_vectors(candidates), tau),
-                           candidates, probs)
+      cross = self._logits(
+        self._route(u, self.views[other].item_vectors(candidates), tau), candidates, probs
+      )
       out += 0.5 * self._retrieval_loss(cross)
     return out
 
@@ -374,9 +435,10 @@ class BivRecModel(tf.keras.Model):
   def item_table(self, view: str, chunk: int = 200_000) -> tf.Tensor:
     """All items' candidate vectors for one view, `[V, d]` (computed in chunks)."""
     encoder = self.views[view]
-    parts = [encoder.item_vectors(tf.range(start, min(start + chunk, self.vocab_size),
-                                           dtype=tf.int64))
-             for start in range(0, self.vocab_size, chunk)]
+    parts = [
+      encoder.item_vectors(tf.range(start, min(start + chunk, self.vocab_size), dtype=tf.int64))
+      for start in range(0, self.vocab_size, chunk)
+    ]
     return tf.concat(parts, axis=0)
 
 

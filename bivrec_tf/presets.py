@@ -31,37 +31,50 @@ from bivrec_tf.config import Config
 # its sparse datasets (0.2 for the dense MovieLens-1M); the data here are sparse (17 actions per
 # user on the default data, 7 on Scientific) and on the default data 0.5 scored higher on
 # validation than 0.2 (docs/model.md).
-_SASREC = {"patch_sizes": (1,), "patch_mode": "tokens", "num_interests": 1, "readout": "last",
-           "encoder_layers": 2, "causal": True, "num_heads": 1, "dropout": 0.5,
-           "gaussian_prior": False, "cluster_rounds": 0}
-_DESIGN = {"patch_sizes": (1, 2, 4), "encoder_layers": 1, "gaussian_prior": True,
-           "cluster_rounds": 2}
+_SASREC = {
+  "patch_sizes": (1,),
+  "patch_mode": "tokens",
+  "num_interests": 1,
+  "readout": "last",
+  "encoder_layers": 2,
+  "causal": True,
+  "num_heads": 1,
+  "dropout": 0.5,
+  "gaussian_prior": False,
+  "cluster_rounds": 0,
+}
+_DESIGN = {
+  "patch_sizes": (1, 2, 4),
+  "encoder_layers": 1,
+  "gaussian_prior": True,
+  "cluster_rounds": 2,
+}
 _DESIGN_LOSS = {"sem_mode": "contrast", "lambda_sem": 0.1}  # DESIGN.md's L_sem and its weight
 
 # Switches, each a (section -> fields) override.
 _OFF = {
-    "id_only": {"model": {"views": ("id",)}},
-    "mm_only": {"model": {"views": ("mm",)}},
-    "no_sem": {"loss": {"lambda_sem": 0.0}},
-    "no_alloc": {"loss": {"lambda_alloc": 0.0}},
+  "id_only": {"model": {"views": ("id",)}},
+  "mm_only": {"model": {"views": ("mm",)}},
+  "no_sem": {"loss": {"lambda_sem": 0.0}},
+  "no_alloc": {"loss": {"lambda_alloc": 0.0}},
 }
 # Whole modules off: module 2 = one interest per view (no decomposition), module 3 = neither
 # cross-view loss (two independent encoders trained side by side, fused at inference).
 _MODULE_OFF = {
-    "single_interest": {"model": {"num_interests": 1}},
-    "no_cross_view": {"loss": {"lambda_sem": 0.0, "lambda_alloc": 0.0}},
+  "single_interest": {"model": {"num_interests": 1}},
+  "no_cross_view": {"loss": {"lambda_sem": 0.0, "lambda_alloc": 0.0}},
 }
 _DESIGN_OFF = {
-    **_OFF,
-    "single_scale": {"model": {"patch_sizes": (1,)}},
-    "no_gaussian": {"model": {"gaussian_prior": False}},
-    "no_cluster": {"model": {"cluster_rounds": 0}},
+  **_OFF,
+  "single_scale": {"model": {"patch_sizes": (1,)}},
+  "no_gaussian": {"model": {"gaussian_prior": False}},
+  "no_cluster": {"model": {"cluster_rounds": 0}},
 }
 _ON = {
-    "multi_scale": {"model": {"patch_sizes": _DESIGN["patch_sizes"]}},
-    "encoder": {"model": {"encoder_layers": _DESIGN["encoder_layers"]}},
-    "gaussian": {"model": {"gaussian_prior": True}},
-    "cluster": {"model": {"cluster_rounds": _DESIGN["cluster_rounds"]}},
+  "multi_scale": {"model": {"patch_sizes": _DESIGN["patch_sizes"]}},
+  "encoder": {"model": {"encoder_layers": _DESIGN["encoder_layers"]}},
+  "gaussian": {"model": {"gaussian_prior": True}},
+  "cluster": {"model": {"cluster_rounds": _DESIGN["cluster_rounds"]}},
 }
 
 
@@ -70,25 +83,54 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 PRESETS: Dict[str, dict] = {
-    "bivrec": {},
-    "bivrec_design": {"model": _DESIGN, "loss": _DESIGN_LOSS},
-    "sasrec": {"model": {"views": ("id",), **_SASREC}},
-    "comirec_sa": {"model": {"views": ("id",), "patch_sizes": (1,), "encoder_layers": 0,
-                             "gaussian_prior": False, "cluster_rounds": 0}},
-    "mm_seq": {"model": {"views": ("mm",), **_SASREC}},
-    **_OFF,
-    **_MODULE_OFF,
-    **_ON,
-    **{f"design_{name}": _merge({"model": _DESIGN, "loss": _DESIGN_LOSS}, o)
-       for name, o in _DESIGN_OFF.items()},
+  "bivrec": {},
+  "bivrec_design": {"model": _DESIGN, "loss": _DESIGN_LOSS},
+  "sasrec": {"model": {"views": ("id",), **_SASREC}},
+  "comirec_sa": {
+    "model": {
+      "views": ("id",),
+      "patch_sizes": (1,),
+      "encoder_layers": 0,
+      "gaussian_prior": False,
+      "cluster_rounds": 0,
+    }
+  },
+  "mm_seq": {"model": {"views": ("mm",), **_SASREC}},
+  **_OFF,
+  **_MODULE_OFF,
+  **_ON,
+  **{
+    f"design_{name}": _merge({"model": _DESIGN, "loss": _DESIGN_LOSS}, o)
+    for name, o in _DESIGN_OFF.items()
+  },
 }
 
 BASELINES = ("sasrec", "comirec_sa", "mm_seq")
-ABLATIONS = ("id_only", "mm_only", "single_interest", "no_cross_view", "multi_scale", "encoder",
-             "gaussian", "cluster", "no_sem", "no_alloc")
+ABLATIONS = (
+  "id_only",
+  "mm_only",
+  "single_interest",
+  "no_cross_view",
+  "multi_scale",
+  "encoder",
+  "gaussian",
+  "cluster",
+  "no_sem",
+  "no_alloc",
+)
 VARIANTS = ("bivrec_design",)
-DESIGN_ABLATIONS = tuple(f"design_{name}" for name in (
-    "id_only", "mm_only", "single_scale", "no_gaussian", "no_cluster", "no_sem", "no_alloc"))
+DESIGN_ABLATIONS = tuple(
+  f"design_{name}"
+  for name in (
+    "id_only",
+    "mm_only",
+    "single_scale",
+    "no_gaussian",
+    "no_cluster",
+    "no_sem",
+    "no_alloc",
+  )
+)
 
 
 def apply_preset(cfg: Config, name: str) -> Config:

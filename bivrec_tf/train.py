@@ -23,8 +23,14 @@ from bivrec_tf.builders import build_model
 from bivrec_tf.distribute import is_chief, make_strategy
 from bivrec_tf.callbacks import ValidationCallback
 from bivrec_tf.diagnostics import interest_diagnostics
-from bivrec_tf.evaluate import (Ranker, best_fusion, describe_history_exclusion, evaluate,
-                                popularity_metrics, resolve_history_exclusion)
+from bivrec_tf.evaluate import (
+  Ranker,
+  best_fusion,
+  describe_history_exclusion,
+  evaluate,
+  popularity_metrics,
+  resolve_history_exclusion,
+)
 from bivrec_tf.export import export_model
 from bivrec_tf.io_utils import write_text_atomic
 from bivrec_tf.presets import PRESETS, apply_preset
@@ -38,11 +44,13 @@ def load_data(cfg: config_lib.Config) -> PreparedDataset:
   """`synthetic[:variant][?key=value...]` (input_pipelines.synthetic), `tfds:<name>` (converted
   once into data_cache/) or a prepared directory."""
   if is_synthetic_spec(cfg.data.data):
-    path = ensure_synthetic(root=cfg.data.data_cache, seed=cfg.data.data_seed,
-                            **parse_synthetic_spec(cfg.data.data))
+    path = ensure_synthetic(
+      root=cfg.data.data_cache, seed=cfg.data.data_seed, **parse_synthetic_spec(cfg.data.data)
+    )
   elif cfg.data.data.startswith("tfds:"):
     from input_pipelines.tfds_movielens import prepare_tfds
-    path = prepare_tfds(cfg.data.data[len("tfds:"):], root=cfg.data.data_cache)
+
+    path = prepare_tfds(cfg.data.data[len("tfds:") :], root=cfg.data.data_cache)
   else:
     path = cfg.data.data
   return PreparedDataset.load(path)
@@ -70,9 +78,10 @@ class NonFiniteLossStop(tf.keras.callbacks.Callback):
       return  # no loss in these logs
     if not np.isfinite(loss):
       raise NonFiniteLossError(
-          f"training stopped: loss is {loss} at epoch {self.epoch + 1}{where}; nothing was "
-          "exported (check the data, e.g. with python -m input_pipelines.describe, and lower "
-          "--learning-rate)")
+        f"training stopped: loss is {loss} at epoch {self.epoch + 1}{where}; nothing was "
+        "exported (check the data, e.g. with python -m input_pipelines.describe, and lower "
+        "--learning-rate)"
+      )
 
   def on_epoch_end(self, epoch, logs=None):
     self._check(logs, "")
@@ -93,8 +102,14 @@ def non_finite_loss_stop(strategy: tf.distribute.Strategy) -> NonFiniteLossStop:
 def format_table(rows: Dict[str, Dict[str, float]], ks: Sequence[int]) -> str:
   """Markdown table: one row per model, Recall/NDCG/HitRate at each K."""
   cols = [f"{m}@{k}" for m in ("recall", "ndcg", "hitrate") for k in ks]
-  head = "| model | " + " | ".join(c.replace("recall", "Recall").replace("ndcg", "NDCG")
-                                   .replace("hitrate", "HitRate") for c in cols) + " |"
+  head = (
+    "| model | "
+    + " | ".join(
+      c.replace("recall", "Recall").replace("ndcg", "NDCG").replace("hitrate", "HitRate")
+      for c in cols
+    )
+    + " |"
+  )
   lines = [head, "|---" * (len(cols) + 1) + "|"]
   for name, metrics in rows.items():
     lines.append(f"| {name} | " + " | ".join(f"{metrics[c]:.4f}" for c in cols) + " |")
@@ -103,12 +118,17 @@ def format_table(rows: Dict[str, Dict[str, float]], ks: Sequence[int]) -> str:
 
 def format_diagnostics(diag: dict, views: Sequence[str]) -> str:
   """Interest diagnostics on test and gradient shares at the best epoch, one line per view."""
-  lines = ["Interests on test (mean pairwise cosine of a user's K interests; share of test targets "
-           "won by each interest) and each loss term's share of the gradient on the view's "
-           "encoder at the best epoch:"]
+  lines = [
+    "Interests on test (mean pairwise cosine of a user's K interests; share of test targets "
+    "won by each interest) and each loss term's share of the gradient on the view's "
+    "encoder at the best epoch:"
+  ]
   for v in views:
-    shares = ", ".join(f"{k[len('gshare_'):-len(v) - 1]} {val:.1%}" for k, val in diag.items()
-                       if k.startswith("gshare_") and k.endswith("_" + v) and val > 0)
+    shares = ", ".join(
+      f"{k[len('gshare_') : -len(v) - 1]} {val:.1%}"
+      for k, val in diag.items()
+      if k.startswith("gshare_") and k.endswith("_" + v) and val > 0
+    )
     wins = " / ".join(f"{w:.0%}" for w in diag[f"win_{v}"])
     shares = shares or "(measured on single-device runs only)"
     lines.append(f"  {v}: cosine {diag[f'cos_{v}']:.3f}; wins {wins}; gradient {shares}")
@@ -141,31 +161,56 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
   ranker = Ranker(model, max(ev.ks), ev.item_chunk, exclude)
   valid = eval_dataset(ds, "valid", max_len, ev.eval_batch_size)
   test = eval_dataset(ds, "test", max_len, ev.eval_batch_size)
-  train = train_dataset(ds, max_len, cfg.train.batch_size, cfg.loss.num_negatives,
-                        seed=cfg.train.seed, repeat=True)
+  train = train_dataset(
+    ds, max_len, cfg.train.batch_size, cfg.loss.num_negatives, seed=cfg.train.seed, repeat=True
+  )
   options = tf.data.Options()
   options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
   train = train.with_options(options)
   steps_per_epoch = ds.num_examples("train") // cfg.train.batch_size
   best_path = run_dir / "checkpoints" / "best"
   # One fixed training batch for the per-epoch gradient shares of the loss terms.
-  probe = next(iter(train_dataset(ds, max_len, cfg.train.batch_size, cfg.loss.num_negatives,
-                                  seed=cfg.train.seed + 1, repeat=False)))
-  validation = ValidationCallback(ranker, valid, ev.ks, ev.monitor_k, grid, best_path,
-                                  cfg.train.patience, run_dir / "epoch_logs.json", verbose,
-                                  probe=probe)
+  probe = next(
+    iter(
+      train_dataset(
+        ds,
+        max_len,
+        cfg.train.batch_size,
+        cfg.loss.num_negatives,
+        seed=cfg.train.seed + 1,
+        repeat=False,
+      )
+    )
+  )
+  validation = ValidationCallback(
+    ranker,
+    valid,
+    ev.ks,
+    ev.monitor_k,
+    grid,
+    best_path,
+    cfg.train.patience,
+    run_dir / "epoch_logs.json",
+    verbose,
+    probe=probe,
+  )
   callbacks = [
-      validation,  # first: the callbacks after it see the val_* logs
-      tf.keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
-      # Preemption: a killed run restarted with the same --run-dir resumes after its last epoch.
-      tf.keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-      non_finite_loss_stop(strategy),  # raises out of fit: no export, exit status 2
+    validation,  # first: the callbacks after it see the val_* logs
+    tf.keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
+    # Preemption: a killed run restarted with the same --run-dir resumes after its last epoch.
+    tf.keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+    non_finite_loss_stop(strategy),  # raises out of fit: no export, exit status 2
   ]
   fit_start = time.time()
   ps = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
-  model.fit(train, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-            # One line per epoch when the output is not a terminal (a log file) or under PS.
-            verbose=(2 if verbose else 0) if ps or not sys.stdout.isatty() else verbose)
+  model.fit(
+    train,
+    epochs=cfg.train.epochs,
+    steps_per_epoch=steps_per_epoch,
+    callbacks=callbacks,
+    # One line per epoch when the output is not a terminal (a log file) or under PS.
+    verbose=(2 if verbose else 0) if ps or not sys.stdout.isatty() else verbose,
+  )
   fit_seconds = time.time() - fit_start
   model.load_weights(str(best_path)).expect_partial()
   best_epoch = validation.best_epoch
@@ -185,13 +230,21 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
   diagnostics.update({k: v for k, v in last.items() if k.startswith("gshare_")})
 
   summary = {
-      "data": str(ds.path), "max_len": max_len, "fusion_weight": w, "best_epoch": best_epoch,
-      "epochs_run": len(validation.history), "fit_seconds": fit_seconds,
-      "valid": valid_results, "test": rows, "exclude_history": exclude,
-      "history_exclusion": exclusion,
-      "diagnostics": diagnostics,
-      "epoch_logs": validation.history, "run_dir": str(run_dir),
-      "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
+    "data": str(ds.path),
+    "max_len": max_len,
+    "fusion_weight": w,
+    "best_epoch": best_epoch,
+    "epochs_run": len(validation.history),
+    "fit_seconds": fit_seconds,
+    "valid": valid_results,
+    "test": rows,
+    "exclude_history": exclude,
+    "history_exclusion": exclusion,
+    "diagnostics": diagnostics,
+    "epoch_logs": validation.history,
+    "run_dir": str(run_dir),
+    "strategy": type(strategy).__name__,
+    "replicas": strategy.num_replicas_in_sync,
   }
   if "id" in model.views:  # > 1 when a parameter-server partitioner sharded the table
     id_table = model.views["id"].tower.embeddings
@@ -199,18 +252,31 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
   export_path = None
   if chief and cfg.export.export:
     export_path = export_model(
-        model, ds.vocab, w, cfg.export.export_base, cfg.export.model_name, cfg.export.top_k,
-        metadata={"config": cfg.to_dict(), "test_metrics": rows, "valid_metrics": valid_results,
-                  "dataset": ds.meta, "history_exclusion": exclusion},
-        exclude_history=exclude)
+      model,
+      ds.vocab,
+      w,
+      cfg.export.export_base,
+      cfg.export.model_name,
+      cfg.export.top_k,
+      metadata={
+        "config": cfg.to_dict(),
+        "test_metrics": rows,
+        "valid_metrics": valid_results,
+        "dataset": ds.meta,
+        "history_exclusion": exclusion,
+      },
+      exclude_history=exclude,
+    )
     summary["export_path"] = str(export_path)
   summary["wall_seconds"] = time.time() - start
   if chief:
     write_text_atomic(run_dir / "metrics.json", json.dumps(summary, indent=2, default=str))
   if verbose:
     hist = "history items excluded" if exclude else "history items not excluded"
-    print(f"\nTest, full ranking over {ds.vocab_size - 2} items ({hist}); "
-          f"fusion weight w={w:.2f} tuned on validation; best epoch {best_epoch}.\n")
+    print(
+      f"\nTest, full ranking over {ds.vocab_size - 2} items ({hist}); "
+      f"fusion weight w={w:.2f} tuned on validation; best epoch {best_epoch}.\n"
+    )
     print(table)
     print("\n" + format_diagnostics(diagnostics, model.view_names))
     print(f"\nrun directory: {run_dir}")
@@ -222,16 +288,26 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
 
 def parse_config(argv: Optional[Sequence[str]] = None) -> config_lib.Config:
   parser = argparse.ArgumentParser(
-      prog="python -m bivrec_tf.train", description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", metavar="JSON", help="start from this config file; flags override")
-  parser.add_argument("--preset", choices=sorted(PRESETS),
-                      help="a baseline or ablation of bivrec_tf/presets.py; flags override")
+    prog="python -m bivrec_tf.train",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+    "--config", metavar="JSON", help="start from this config file; flags override"
+  )
+  parser.add_argument(
+    "--preset",
+    choices=sorted(PRESETS),
+    help="a baseline or ablation of bivrec_tf/presets.py; flags override",
+  )
   config_lib.add_flags(parser)
   args = parser.parse_args(argv)
   try:
-    base = config_lib.Config.from_json(Path(args.config).read_text()) if args.config else (
-        config_lib.Config())
+    base = (
+      config_lib.Config.from_json(Path(args.config).read_text())
+      if args.config
+      else (config_lib.Config())
+    )
     if args.preset:
       base = apply_preset(base, args.preset)
     return config_lib.from_flags(args, base)

@@ -49,363 +49,476 @@ FORMATS = ("csv", "parquet", "recbole", "unisrec", "mmrec")
 
 # Column candidates per format when the flag is not given (the first present is used).
 DEFAULT_COLUMNS = {
-    "csv": dict(user=("user_id", "user", "userId", "userID"),
-                item=("item_id", "item", "itemId", "itemID", "movieId", "movie_id"),
-                time=("timestamp", "time", "ts")),
-    "recbole": dict(user=("user_id",), item=("item_id",), time=("timestamp",)),
-    "mmrec": dict(user=("user", "userID", "user_id"), item=("item", "itemID", "item_id"),
-                  time=("timestamp",), label=("x_label",)),
+  "csv": dict(
+    user=("user_id", "user", "userId", "userID"),
+    item=("item_id", "item", "itemId", "itemID", "movieId", "movie_id"),
+    time=("timestamp", "time", "ts"),
+  ),
+  "recbole": dict(user=("user_id",), item=("item_id",), time=("timestamp",)),
+  "mmrec": dict(
+    user=("user", "userID", "user_id"),
+    item=("item", "itemID", "item_id"),
+    time=("timestamp",),
+    label=("x_label",),
+  ),
 }
 DEFAULT_COLUMNS["parquet"] = DEFAULT_COLUMNS["csv"]
 
 
 def _log(args, msg: str) -> None:
-    if not args.quiet:
-        print(msg, file=sys.stderr)
+  if not args.quiet:
+    print(msg, file=sys.stderr)
 
 
 def _progress(args, iterable, total=None, desc=None):
-    """`iterable` with a progress bar that appears when iteration starts (not at creation)."""
-    if args.quiet:
-        return iterable
+  """`iterable` with a progress bar that appears when iteration starts (not at creation)."""
+  if args.quiet:
+    return iterable
 
-    def gen():
-        from tqdm.auto import tqdm
-        with tqdm(iterable, total=total or None, desc=desc, unit="ex", leave=False,
-                  file=sys.stderr, mininterval=0.5) as bar:
-            yield from bar
-    return gen()
+  def gen():
+    from tqdm.auto import tqdm
+
+    with tqdm(
+      iterable,
+      total=total or None,
+      desc=desc,
+      unit="ex",
+      leave=False,
+      file=sys.stderr,
+      mininterval=0.5,
+    ) as bar:
+      yield from bar
+
+  return gen()
 
 
 def _columns(args) -> readers.Columns:
-    d = DEFAULT_COLUMNS[args.format]
-    time_col = args.time_column if args.time_column is not None else d["time"]
-    if isinstance(time_col, str) and time_col.lower() == "none":
-        time_col = None
-    label = args.label_column if args.label_column is not None else d.get("label")
-    if isinstance(label, str) and label.lower() == "none":
-        label = None
-    return readers.Columns(user=args.user_column or d["user"], item=args.item_column or d["item"],
-                           time=time_col, rating=args.rating_column, label=label,
-                           min_rating=args.min_rating, time_format=args.time_format)
+  d = DEFAULT_COLUMNS[args.format]
+  time_col = args.time_column if args.time_column is not None else d["time"]
+  if isinstance(time_col, str) and time_col.lower() == "none":
+    time_col = None
+  label = args.label_column if args.label_column is not None else d.get("label")
+  if isinstance(label, str) and label.lower() == "none":
+    label = None
+  return readers.Columns(
+    user=args.user_column or d["user"],
+    item=args.item_column or d["item"],
+    time=time_col,
+    rating=args.rating_column,
+    label=label,
+    min_rating=args.min_rating,
+    time_format=args.time_format,
+  )
 
 
 def _single(directory: pathlib.Path, patterns: Sequence[str], what: str) -> pathlib.Path:
-    found = sorted({p for pat in patterns for p in directory.glob(pat)})
-    if not found:
-        raise FileNotFoundError(f"no {what} ({' / '.join(patterns)}) in {directory}")
-    if len(found) > 1:
-        raise DataError(directory, f"several {what} files ({', '.join(p.name for p in found)}); "
-                        "pass one with --interactions")
-    return found[0]
+  found = sorted({p for pat in patterns for p in directory.glob(pat)})
+  if not found:
+    raise FileNotFoundError(f"no {what} ({' / '.join(patterns)}) in {directory}")
+  if len(found) > 1:
+    raise DataError(
+      directory,
+      f"several {what} files ({', '.join(p.name for p in found)}); pass one with --interactions",
+    )
+  return found[0]
 
 
 def _interaction_file(args) -> pathlib.Path:
-    if args.interactions:
-        return pathlib.Path(args.interactions)
-    if not args.input:
-        raise ValueError(f"--format {args.format} needs --interactions FILE (or --input DIR)")
-    d = pathlib.Path(args.input)
-    if not d.is_dir():
-        raise NotADirectoryError(f"--input is not a directory: {d}")
-    if args.format == "recbole":
-        if args.name:
-            return d / f"{args.name}.inter"
-        return _single(d, ["*.inter"], "RecBole .inter")
-    if args.format == "mmrec":
-        return _single(d, ["*.inter", "*.csv"], "MMRec interaction table")
-    return _single(d, ["*.csv", "*.tsv"] if args.format == "csv" else ["*.parquet"],
-                   "interaction table")
+  if args.interactions:
+    return pathlib.Path(args.interactions)
+  if not args.input:
+    raise ValueError(f"--format {args.format} needs --interactions FILE (or --input DIR)")
+  d = pathlib.Path(args.input)
+  if not d.is_dir():
+    raise NotADirectoryError(f"--input is not a directory: {d}")
+  if args.format == "recbole":
+    if args.name:
+      return d / f"{args.name}.inter"
+    return _single(d, ["*.inter"], "RecBole .inter")
+  if args.format == "mmrec":
+    return _single(d, ["*.inter", "*.csv"], "MMRec interaction table")
+  return _single(
+    d, ["*.csv", "*.tsv"] if args.format == "csv" else ["*.parquet"], "interaction table"
+  )
 
 
 def _seq_length_stats(lengths: np.ndarray) -> dict:
-    lengths = np.asarray(lengths, np.int64)
-    uniq, cnt = np.unique(lengths, return_counts=True)
-    return {
-        "sequence_length": {"min": int(lengths.min()), "mean": float(lengths.mean()),
-                            "median": float(np.median(lengths)),
-                            "p90": float(np.percentile(lengths, 90)),
-                            "p95": float(np.percentile(lengths, 95)), "max": int(lengths.max())},
-        "sequence_length_counts": {str(int(k)): int(v) for k, v in zip(uniq, cnt)},
-    }
+  lengths = np.asarray(lengths, np.int64)
+  uniq, cnt = np.unique(lengths, return_counts=True)
+  return {
+    "sequence_length": {
+      "min": int(lengths.min()),
+      "mean": float(lengths.mean()),
+      "median": float(np.median(lengths)),
+      "p90": float(np.percentile(lengths, 90)),
+      "p95": float(np.percentile(lengths, 95)),
+      "max": int(lengths.max()),
+    },
+    "sequence_length_counts": {str(int(k)): int(v) for k, v in zip(uniq, cnt)},
+  }
 
 
 def _recommended_max_len(lengths: np.ndarray, max_history: int | None) -> int:
-    p95 = float(np.percentile(np.asarray(lengths), 95))
-    rec = int(min(50, max(8, 4 * np.ceil(p95 / 4))))
-    return min(rec, max_history) if max_history else rec
+  p95 = float(np.percentile(np.asarray(lengths), 95))
+  rec = int(min(50, max(8, 4 * np.ceil(p95 / 4))))
+  return min(rec, max_history) if max_history else rec
 
 
 # --- per-format loading: -> (item_ids, known ids, splits, meta, item text source) -------------
 
+
 def _from_log(args):
-    cols = _columns(args)
-    fmt = args.format
-    if fmt == "unisrec":
-        raise AssertionError
-    path = _interaction_file(args)
-    if fmt == "parquet" or (fmt == "csv" and path.suffix.lower() == ".parquet"):
-        inter = readers.read_parquet(path, cols, time_optional=fmt == "recbole")
-    else:
-        names = args.columns.split(",") if args.columns else None
-        inter = readers.read_delimited(path, cols, sep=args.sep, names=names,
-                                       progress=not args.quiet,
-                                       time_optional=fmt in ("recbole",))
-    _log(args, f"read {len(inter):,} interactions from {path}")
-    protocol = args.protocol or ("given" if inter.labels is not None else "loo")
-    if protocol == "given" and inter.labels is None:
-        raise ValueError("--protocol given needs a split-label column (--label-column)")
-    k = args.k_core or 0
-    min_user = args.min_user_interactions if args.min_user_interactions is not None else k
-    min_item = args.min_item_interactions if args.min_item_interactions is not None else k
-    min_len = args.min_seq_len if args.min_seq_len is not None else protocols.MIN_LEN[protocol]
-    seq = protocols.build_sequences(inter, dedup=args.dedup or "exact", min_user=min_user,
-                                    min_item=min_item, min_seq_len=min_len)
-    splits, info = protocols.make_splits(seq, protocol, args.max_history, args.seed)
-    lengths = np.array([s.size for s in seq.seqs])
-    stats = dict(seq.stats)
-    stats.update(num_users=len(seq.seqs), num_interactions=int(lengths.sum()),
-                 density=float(lengths.sum() / (len(seq.seqs) * len(seq.item_ids))))
-    stats.update(_seq_length_stats(lengths))
-    meta = {"protocol": protocol, "dedup": args.dedup or "exact",
-            "k_core": {"min_user_interactions": max(min_user, min_len),
-                       "min_item_interactions": max(min_item, 1)},
-            "protocol_info": info, "statistics": stats, "source_files": [str(path)],
-            "recommended_max_len": _recommended_max_len(lengths, args.max_history)}
-    known = set(np.unique(inter.items.astype(str)).tolist())
-    text_src = args.item_text
-    if fmt == "recbole":
-        item_file = pathlib.Path(args.items) if args.items else None
-        if item_file is None and args.input:
-            cand = path.with_suffix(".item")
-            item_file = cand if cand.is_file() else None
-        if item_file is not None:
-            meta["source_files"].append(str(item_file))
-            text_src = text_src or item_file
-    auto_features = []
-    if fmt == "mmrec":
-        for name in ("image", "text"):
-            f = path.parent / f"{name}_feat.npy"
-            if f.is_file():
-                auto_features.append((name, f, None))
-    counts = {s: (info.get("num_users") or {}).get(s) for s in ("valid", "test")}
-    split_total = {"train": protocols.count_examples(seq, protocol, info), **counts}
-    return seq.item_ids, known, splits, split_total, meta, text_src, auto_features
+  cols = _columns(args)
+  fmt = args.format
+  if fmt == "unisrec":
+    raise AssertionError
+  path = _interaction_file(args)
+  if fmt == "parquet" or (fmt == "csv" and path.suffix.lower() == ".parquet"):
+    inter = readers.read_parquet(path, cols, time_optional=fmt == "recbole")
+  else:
+    names = args.columns.split(",") if args.columns else None
+    inter = readers.read_delimited(
+      path,
+      cols,
+      sep=args.sep,
+      names=names,
+      progress=not args.quiet,
+      time_optional=fmt in ("recbole",),
+    )
+  _log(args, f"read {len(inter):,} interactions from {path}")
+  protocol = args.protocol or ("given" if inter.labels is not None else "loo")
+  if protocol == "given" and inter.labels is None:
+    raise ValueError("--protocol given needs a split-label column (--label-column)")
+  k = args.k_core or 0
+  min_user = args.min_user_interactions if args.min_user_interactions is not None else k
+  min_item = args.min_item_interactions if args.min_item_interactions is not None else k
+  min_len = args.min_seq_len if args.min_seq_len is not None else protocols.MIN_LEN[protocol]
+  seq = protocols.build_sequences(
+    inter, dedup=args.dedup or "exact", min_user=min_user, min_item=min_item, min_seq_len=min_len
+  )
+  splits, info = protocols.make_splits(seq, protocol, args.max_history, args.seed)
+  lengths = np.array([s.size for s in seq.seqs])
+  stats = dict(seq.stats)
+  stats.update(
+    num_users=len(seq.seqs),
+    num_interactions=int(lengths.sum()),
+    density=float(lengths.sum() / (len(seq.seqs) * len(seq.item_ids))),
+  )
+  stats.update(_seq_length_stats(lengths))
+  meta = {
+    "protocol": protocol,
+    "dedup": args.dedup or "exact",
+    "k_core": {
+      "min_user_interactions": max(min_user, min_len),
+      "min_item_interactions": max(min_item, 1),
+    },
+    "protocol_info": info,
+    "statistics": stats,
+    "source_files": [str(path)],
+    "recommended_max_len": _recommended_max_len(lengths, args.max_history),
+  }
+  known = set(np.unique(inter.items.astype(str)).tolist())
+  text_src = args.item_text
+  if fmt == "recbole":
+    item_file = pathlib.Path(args.items) if args.items else None
+    if item_file is None and args.input:
+      cand = path.with_suffix(".item")
+      item_file = cand if cand.is_file() else None
+    if item_file is not None:
+      meta["source_files"].append(str(item_file))
+      text_src = text_src or item_file
+  auto_features = []
+  if fmt == "mmrec":
+    for name in ("image", "text"):
+      f = path.parent / f"{name}_feat.npy"
+      if f.is_file():
+        auto_features.append((name, f, None))
+  counts = {s: (info.get("num_users") or {}).get(s) for s in ("valid", "test")}
+  split_total = {"train": protocols.count_examples(seq, protocol, info), **counts}
+  return seq.item_ids, known, splits, split_total, meta, text_src, auto_features
 
 
 def _from_unisrec(args):
-    for flag in ("dedup", "k_core", "min_user_interactions", "min_item_interactions",
-                 "min_seq_len"):
-        if getattr(args, flag) is not None:
-            raise ValueError(f"--{flag.replace('_', '-')} is not supported for --format unisrec: "
-                             "its pre-split sequences are kept as given")
-    if args.protocol not in (None, "given"):
-        raise ValueError("--format unisrec keeps its given split: use --protocol given (default)")
-    if not args.input:
-        raise ValueError("--format unisrec needs --input DIR")
-    name, files = readers.find_unisrec_files(args.input, args.name)
-    id_map, map_order = None, None
-    map_file = pathlib.Path(args.item_map) if args.item_map else \
-        pathlib.Path(args.input) / f"{name}.item2index"
-    if args.item_map or (map_file.is_file() and not args.no_item_map):
-        id_map, map_order = readers.read_id_map(map_file)
-    data = {s: readers.read_unisrec_split(f, id_map, progress=not args.quiet)
-            for s, f in files.items()}
-    if map_order is not None:
-        item_ids = map_order
-    else:
-        order: dict = {}
-        for s in readers.UNISREC_SPLITS:
-            for history, targets in data[s][1]:
-                for x in (*history, *targets):
-                    order.setdefault(x, len(order))
-        item_ids = list(order)
-    index = {x: k + NUM_RESERVED for k, x in enumerate(item_ids)}
-    cut = args.max_history
+  for flag in ("dedup", "k_core", "min_user_interactions", "min_item_interactions", "min_seq_len"):
+    if getattr(args, flag) is not None:
+      raise ValueError(
+        f"--{flag.replace('_', '-')} is not supported for --format unisrec: "
+        "its pre-split sequences are kept as given"
+      )
+  if args.protocol not in (None, "given"):
+    raise ValueError("--format unisrec keeps its given split: use --protocol given (default)")
+  if not args.input:
+    raise ValueError("--format unisrec needs --input DIR")
+  name, files = readers.find_unisrec_files(args.input, args.name)
+  id_map, map_order = None, None
+  map_file = (
+    pathlib.Path(args.item_map)
+    if args.item_map
+    else pathlib.Path(args.input) / f"{name}.item2index"
+  )
+  if args.item_map or (map_file.is_file() and not args.no_item_map):
+    id_map, map_order = readers.read_id_map(map_file)
+  data = {
+    s: readers.read_unisrec_split(f, id_map, progress=not args.quiet) for s, f in files.items()
+  }
+  if map_order is not None:
+    item_ids = map_order
+  else:
+    order: dict = {}
+    for s in readers.UNISREC_SPLITS:
+      for history, targets in data[s][1]:
+        for x in (*history, *targets):
+          order.setdefault(x, len(order))
+    item_ids = list(order)
+  index = {x: k + NUM_RESERVED for k, x in enumerate(item_ids)}
+  cut = args.max_history
 
-    def conv(examples):
-        def gen():
-            for history, targets in examples:
-                h = [index[x] for x in history]
-                if cut is not None and len(h) > cut:
-                    h = h[-cut:]
-                yield h, [index[x] for x in targets]
-        return gen
+  def conv(examples):
+    def gen():
+      for history, targets in examples:
+        h = [index[x] for x in history]
+        if cut is not None and len(h) > cut:
+          h = h[-cut:]
+        yield h, [index[x] for x in targets]
 
-    splits = {s: conv(data[s][1]) for s in readers.UNISREC_SPLITS}
-    test = data["test"][1]
-    lengths = np.array([len(h) + len(t) for h, t in test])
-    stats = {"num_users": len(set(data["test"][0])), "num_interactions": int(lengths.sum()),
-             "density": float(lengths.sum() / (len(test) * len(item_ids)))}
-    stats.update(_seq_length_stats(lengths))
-    meta = {"protocol": "given", "protocol_info": {"protocol": "given", "layout": "unisrec",
-                                                   "name": name},
-            "statistics": stats, "source_files": [str(f) for f in files.values()]
-            + ([str(map_file)] if id_map is not None else []),
-            "recommended_max_len": _recommended_max_len(lengths, cut)}
-    split_total = {s: len(data[s][1]) for s in readers.UNISREC_SPLITS}
-    return item_ids, set(item_ids), splits, split_total, meta, args.item_text, []
+    return gen
+
+  splits = {s: conv(data[s][1]) for s in readers.UNISREC_SPLITS}
+  test = data["test"][1]
+  lengths = np.array([len(h) + len(t) for h, t in test])
+  stats = {
+    "num_users": len(set(data["test"][0])),
+    "num_interactions": int(lengths.sum()),
+    "density": float(lengths.sum() / (len(test) * len(item_ids))),
+  }
+  stats.update(_seq_length_stats(lengths))
+  meta = {
+    "protocol": "given",
+    "protocol_info": {"protocol": "given", "layout": "unisrec", "name": name},
+    "statistics": stats,
+    "source_files": [str(f) for f in files.values()]
+    + ([str(map_file)] if id_map is not None else []),
+    "recommended_max_len": _recommended_max_len(lengths, cut),
+  }
+  split_total = {s: len(data[s][1]) for s in readers.UNISREC_SPLITS}
+  return item_ids, set(item_ids), splits, split_total, meta, args.item_text, []
 
 
-def encode_text_modality(text: feats.ItemText, encoder: str, dim: int, seed: int,
-                         batch_size: int, progress: bool):
-    """(FeatureSource over the items with non-empty text, encoder description)."""
-    from input_pipelines.encode_text import encode
-    emb, keep, info = encode(text, encoder, dim, seed, batch_size, progress)
-    info = {**info, "dim": int(emb.shape[1]), "text_file": str(text.file),
-            "items_with_text": int(keep.sum()), "items_without_text": int((~keep).sum())}
-    return feats.text_to_source("text", text, emb, keep), info
+def encode_text_modality(
+  text: feats.ItemText, encoder: str, dim: int, seed: int, batch_size: int, progress: bool
+):
+  """(FeatureSource over the items with non-empty text, encoder description)."""
+  from input_pipelines.encode_text import encode
+
+  emb, keep, info = encode(text, encoder, dim, seed, batch_size, progress)
+  info = {
+    **info,
+    "dim": int(emb.shape[1]),
+    "text_file": str(text.file),
+    "items_with_text": int(keep.sum()),
+    "items_without_text": int((~keep).sum()),
+  }
+  return feats.text_to_source("text", text, emb, keep), info
 
 
 def run(args) -> pathlib.Path:
-    start = time.time()
-    out = pathlib.Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"output directory already exists: {out} (pass --overwrite)")
-    if args.format == "unisrec":
-        item_ids, known, splits, totals, meta, text_src, auto = _from_unisrec(args)
-    else:
-        item_ids, known, splits, totals, meta, text_src, auto = _from_log(args)
-    _log(args, f"{len(item_ids):,} items, protocol {meta['protocol']}")
+  start = time.time()
+  out = pathlib.Path(args.out)
+  if out.exists() and not args.overwrite:
+    raise FileExistsError(f"output directory already exists: {out} (pass --overwrite)")
+  if args.format == "unisrec":
+    item_ids, known, splits, totals, meta, text_src, auto = _from_unisrec(args)
+  else:
+    item_ids, known, splits, totals, meta, text_src, auto = _from_log(args)
+  _log(args, f"{len(item_ids):,} items, protocol {meta['protocol']}")
 
-    sources = [feats.parse_feature_spec(spec) for spec in args.features or []]
-    explicit = [s[0] for s in sources]
-    # MMRec's image_feat.npy / text_feat.npy unless a --features of the same name replaces them.
-    sources += [a for a in auto if a[0] not in explicit]
-    names = [s[0] for s in sources] + (["text"] if text_src else [])
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"modality {dupes[0]!r} is given twice (--features / --item-text)")
-    features, modality_info = {}, {}
-    for name, file, ids_file in sources:
-        src = feats.load_feature_source(name, file, ids_file, args.feature_id_column)
-        values, present, counts = feats.align(src, item_ids, known, args.ignore_unknown_items)
-        features[name] = (values, present)
-        modality_info[name] = {"source": str(file), **counts}
-        _log(args, f"modality {name}: dim {values.shape[1]}, {present.sum():,}/{len(item_ids):,} "
-             "items present")
-    if text_src:
-        text_cols = args.text_columns.split(",") if args.text_columns else None
-        text = feats.read_item_text(text_src, args.text_id_column, text_cols, args.text_sep)
-        text = feats.restrict_text(text, item_ids, known, args.ignore_unknown_items,
-                                   args.text_id_column)
-        src, info = encode_text_modality(text, args.text_encoder, args.text_dim, args.seed,
-                                         args.batch_size, not args.quiet)
-        values, present, counts = feats.align(src, item_ids, known, args.ignore_unknown_items)
-        features["text"] = (values, present)
-        modality_info["text"] = {**info, **counts}
-        _log(args, f"modality text ({info['encoder']}): dim {values.shape[1]}, "
-             f"{present.sum():,}/{len(item_ids):,} items have text")
+  sources = [feats.parse_feature_spec(spec) for spec in args.features or []]
+  explicit = [s[0] for s in sources]
+  # MMRec's image_feat.npy / text_feat.npy unless a --features of the same name replaces them.
+  sources += [a for a in auto if a[0] not in explicit]
+  names = [s[0] for s in sources] + (["text"] if text_src else [])
+  dupes = sorted({n for n in names if names.count(n) > 1})
+  if dupes:
+    raise ValueError(f"modality {dupes[0]!r} is given twice (--features / --item-text)")
+  features, modality_info = {}, {}
+  for name, file, ids_file in sources:
+    src = feats.load_feature_source(name, file, ids_file, args.feature_id_column)
+    values, present, counts = feats.align(src, item_ids, known, args.ignore_unknown_items)
+    features[name] = (values, present)
+    modality_info[name] = {"source": str(file), **counts}
+    _log(
+      args,
+      f"modality {name}: dim {values.shape[1]}, {present.sum():,}/{len(item_ids):,} items present",
+    )
+  if text_src:
+    text_cols = args.text_columns.split(",") if args.text_columns else None
+    text = feats.read_item_text(text_src, args.text_id_column, text_cols, args.text_sep)
+    text = feats.restrict_text(
+      text, item_ids, known, args.ignore_unknown_items, args.text_id_column
+    )
+    src, info = encode_text_modality(
+      text, args.text_encoder, args.text_dim, args.seed, args.batch_size, not args.quiet
+    )
+    values, present, counts = feats.align(src, item_ids, known, args.ignore_unknown_items)
+    features["text"] = (values, present)
+    modality_info["text"] = {**info, **counts}
+    _log(
+      args,
+      f"modality text ({info['encoder']}): dim {values.shape[1]}, "
+      f"{present.sum():,}/{len(item_ids):,} items have text",
+    )
 
-    meta.update({"source": f"input_pipelines.prepare --format {args.format}",
-                 "format": args.format, "max_history": args.max_history, "seed": args.seed,
-                 "modality_sources": modality_info,
-                 "prepare_args": {k: v for k, v in vars(args).items() if k != "func"}})
-    import tensorflow  # noqa: F401  (import before the progress bars start)
-    written = {name: _progress(args, gen(), totals.get(name), f"writing {name}")
-               for name, gen in splits.items()}
-    from input_pipelines.prepared import write_prepared  # imports TensorFlow lazily
-    path = write_prepared(out, item_ids, features, written, meta, overwrite=args.overwrite)
-    _log(args, f"wrote {path} in {time.time() - start:.1f}s")
-    stats = json.loads((path / "dataset.json").read_text())["statistics"]
-    if True:  # the one-line summary is printed even with --quiet
-        ex = stats["num_examples"]
-        print(f"{path}: {stats['num_users']:,} users, {len(item_ids):,} items, "
-              f"{stats.get('num_interactions') or 0:,} interactions; examples "
-              + ", ".join(f"{k} {v:,}" for k, v in ex.items()))
-    return path
+  meta.update(
+    {
+      "source": f"input_pipelines.prepare --format {args.format}",
+      "format": args.format,
+      "max_history": args.max_history,
+      "seed": args.seed,
+      "modality_sources": modality_info,
+      "prepare_args": {k: v for k, v in vars(args).items() if k != "func"},
+    }
+  )
+  import tensorflow  # noqa: F401  (import before the progress bars start)
+
+  written = {
+    name: _progress(args, gen(), totals.get(name), f"writing {name}")
+    for name, gen in splits.items()
+  }
+  from input_pipelines.prepared import write_prepared  # imports TensorFlow lazily
+
+  path = write_prepared(out, item_ids, features, written, meta, overwrite=args.overwrite)
+  _log(args, f"wrote {path} in {time.time() - start:.1f}s")
+  stats = json.loads((path / "dataset.json").read_text())["statistics"]
+  if True:  # the one-line summary is printed even with --quiet
+    ex = stats["num_examples"]
+    print(
+      f"{path}: {stats['num_users']:,} users, {len(item_ids):,} items, "
+      f"{stats.get('num_interactions') or 0:,} interactions; examples "
+      + ", ".join(f"{k} {v:,}" for k, v in ex.items())
+    )
+  return path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m input_pipelines.prepare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--out", required=True, help="prepared dataset directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
-    g = p.add_argument_group("input")
-    g.add_argument("--interactions", metavar="FILE",
-                   help="interaction table (csv/parquet/recbole .inter/mmrec)")
-    g.add_argument("--input", metavar="DIR", help="directory (unisrec; or recbole/mmrec)")
-    g.add_argument("--name", help="dataset name inside --input (unisrec/recbole)")
-    g.add_argument("--items", metavar="FILE", help="RecBole .item file (used as item text)")
-    g.add_argument("--item-map", metavar="FILE",
-                   help="unisrec: raw id -> integer map (default <name>.item2index if present)")
-    g.add_argument("--no-item-map", action="store_true",
-                   help="unisrec: keep the integer ids even if <name>.item2index exists")
-    g = p.add_argument_group("columns (defaults depend on --format)")
-    g.add_argument("--user-column")
-    g.add_argument("--item-column")
-    g.add_argument("--time-column", help="'none' = the file order is the chronological order")
-    g.add_argument("--time-format", help="timestamps are dates: 'iso' or a strptime format")
-    g.add_argument("--rating-column")
-    g.add_argument("--min-rating", type=float, help="keep rows with rating >= this")
-    g.add_argument("--label-column", help="split label column (mmrec: x_label); 'none' to ignore")
-    g.add_argument("--sep", help="field separator (default: from the extension; '\\t' for tab)")
-    g.add_argument("--columns", help="comma-separated column names of a file without header")
-    g = p.add_argument_group("filtering and protocol")
-    g.add_argument("--dedup", choices=protocols.DEDUP, help="(default exact)")
-    g.add_argument("--k-core", type=int, help="min interactions per user and per item")
-    g.add_argument("--min-user-interactions", type=int)
-    g.add_argument("--min-item-interactions", type=int)
-    g.add_argument("--min-seq-len", type=int,
-                   help="min sequence length per user (default: 3 loo, 2 user_split, 1 given)")
-    g.add_argument("--protocol", choices=protocols.PROTOCOLS,
-                   help="(default: given if the input has split labels, else loo)")
-    g.add_argument("--max-history", type=int, default=200,
-                   help="keep the last N history items per example (default 200)")
-    g.add_argument("--seed", type=int, default=0)
-    g = p.add_argument_group("item features")
-    g.add_argument("--features", action="append", metavar="NAME=FEATS.npy[:IDS.txt]",
-                   help="a modality: .npy (+ id list, else row = integer id) or .parquet; "
-                        "repeat for several")
-    g.add_argument("--feature-id-column", default="item_id",
-                   help="id column of Parquet feature files")
-    g.add_argument("--ignore-unknown-items", action="store_true",
-                   help="skip feature/text rows whose id never occurs in the interactions")
-    g.add_argument("--item-text", metavar="FILE",
-                   help="item text table (CSV/TSV/.text/.item/Parquet) encoded as modality 'text'")
-    g.add_argument("--text-id-column", default="item_id")
-    g.add_argument("--text-columns", help="comma-separated (default: all but the id column)")
-    g.add_argument("--text-sep", help="separator of --item-text")
-    g.add_argument("--text-encoder", default="auto", choices=text_encoders.ENCODERS)
-    g.add_argument("--text-dim", type=int, default=256, help="hashing encoder dimension")
-    g.add_argument("--batch-size", type=int, default=64, help="sentence encoder batch size")
-    return p
+  p = argparse.ArgumentParser(
+    prog="python -m input_pipelines.prepare",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument("--format", required=True, choices=FORMATS)
+  p.add_argument("--out", required=True, help="prepared dataset directory to write")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+  p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+  g = p.add_argument_group("input")
+  g.add_argument(
+    "--interactions", metavar="FILE", help="interaction table (csv/parquet/recbole .inter/mmrec)"
+  )
+  g.add_argument("--input", metavar="DIR", help="directory (unisrec; or recbole/mmrec)")
+  g.add_argument("--name", help="dataset name inside --input (unisrec/recbole)")
+  g.add_argument("--items", metavar="FILE", help="RecBole .item file (used as item text)")
+  g.add_argument(
+    "--item-map",
+    metavar="FILE",
+    help="unisrec: raw id -> integer map (default <name>.item2index if present)",
+  )
+  g.add_argument(
+    "--no-item-map",
+    action="store_true",
+    help="unisrec: keep the integer ids even if <name>.item2index exists",
+  )
+  g = p.add_argument_group("columns (defaults depend on --format)")
+  g.add_argument("--user-column")
+  g.add_argument("--item-column")
+  g.add_argument("--time-column", help="'none' = the file order is the chronological order")
+  g.add_argument("--time-format", help="timestamps are dates: 'iso' or a strptime format")
+  g.add_argument("--rating-column")
+  g.add_argument("--min-rating", type=float, help="keep rows with rating >= this")
+  g.add_argument("--label-column", help="split label column (mmrec: x_label); 'none' to ignore")
+  g.add_argument("--sep", help="field separator (default: from the extension; '\\t' for tab)")
+  g.add_argument("--columns", help="comma-separated column names of a file without header")
+  g = p.add_argument_group("filtering and protocol")
+  g.add_argument("--dedup", choices=protocols.DEDUP, help="(default exact)")
+  g.add_argument("--k-core", type=int, help="min interactions per user and per item")
+  g.add_argument("--min-user-interactions", type=int)
+  g.add_argument("--min-item-interactions", type=int)
+  g.add_argument(
+    "--min-seq-len",
+    type=int,
+    help="min sequence length per user (default: 3 loo, 2 user_split, 1 given)",
+  )
+  g.add_argument(
+    "--protocol",
+    choices=protocols.PROTOCOLS,
+    help="(default: given if the input has split labels, else loo)",
+  )
+  g.add_argument(
+    "--max-history",
+    type=int,
+    default=200,
+    help="keep the last N history items per example (default 200)",
+  )
+  g.add_argument("--seed", type=int, default=0)
+  g = p.add_argument_group("item features")
+  g.add_argument(
+    "--features",
+    action="append",
+    metavar="NAME=FEATS.npy[:IDS.txt]",
+    help="a modality: .npy (+ id list, else row = integer id) or .parquet; repeat for several",
+  )
+  g.add_argument(
+    "--feature-id-column", default="item_id", help="id column of Parquet feature files"
+  )
+  g.add_argument(
+    "--ignore-unknown-items",
+    action="store_true",
+    help="skip feature/text rows whose id never occurs in the interactions",
+  )
+  g.add_argument(
+    "--item-text",
+    metavar="FILE",
+    help="item text table (CSV/TSV/.text/.item/Parquet) encoded as modality 'text'",
+  )
+  g.add_argument("--text-id-column", default="item_id")
+  g.add_argument("--text-columns", help="comma-separated (default: all but the id column)")
+  g.add_argument("--text-sep", help="separator of --item-text")
+  g.add_argument("--text-encoder", default="auto", choices=text_encoders.ENCODERS)
+  g.add_argument("--text-dim", type=int, default=256, help="hashing encoder dimension")
+  g.add_argument("--batch-size", type=int, default=64, help="sentence encoder batch size")
+  return p
 
 
 def exit_on_sigterm():
-    """SIGTERM (docker stop, kill, a job scheduler) unwinds like Ctrl-C: the temporary output
-    directory is removed on the way out (prepared.write_prepared) and the exit status is 143.
-    kill -9 cannot be caught: the next run removes what such a run left (its lock is free).
-    Returns the previous handler (None when not on the main thread)."""
-    import signal
+  """SIGTERM (docker stop, kill, a job scheduler) unwinds like Ctrl-C: the temporary output
+  directory is removed on the way out (prepared.write_prepared) and the exit status is 143.
+  kill -9 cannot be caught: the next run removes what such a run left (its lock is free).
+  Returns the previous handler (None when not on the main thread)."""
+  import signal
 
-    def handler(signum, frame):
-        print("terminated; no output written", file=sys.stderr)
-        raise SystemExit(128 + signum)
+  def handler(signum, frame):
+    print("terminated; no output written", file=sys.stderr)
+    raise SystemExit(128 + signum)
 
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        return None
+  try:
+    return signal.signal(signal.SIGTERM, handler)
+  except ValueError:  # not the main thread
+    return None
 
 
 def main(argv=None) -> int:
-    import signal
+  import signal
 
-    args = build_parser().parse_args(argv)
-    previous = exit_on_sigterm()
-    try:
-        if args.max_history is not None and args.max_history <= 0:
-            args.max_history = None
-        run(args)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    return 0
+  args = build_parser().parse_args(argv)
+  previous = exit_on_sigterm()
+  try:
+    if args.max_history is not None and args.max_history <= 0:
+      args.max_history = None
+    run(args)
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
+  return 0
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is only used for writing
-    sys.exit(run_cli(main))
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is only used for writing
+  sys.exit(run_cli(main))

@@ -40,230 +40,253 @@ Example = tuple[Sequence[int], Sequence[int]]
 
 
 def _standardize(name: str, values: np.ndarray, present: np.ndarray, num_items: int) -> np.ndarray:
-    """Validates one modality and returns float32 [V, D] standardized over present rows."""
-    values = np.asarray(values)
-    present = np.asarray(present, dtype=bool)
-    if values.ndim != 2:
-        raise ValueError(f"feature '{name}': expected a 2-D array [N, D], got shape {values.shape}")
-    if values.shape[0] != num_items:
-        raise ValueError(
-            f"feature '{name}': has {values.shape[0]} rows but there are {num_items} items")
-    if present.shape != (num_items,):
-        raise ValueError(
-            f"feature '{name}': present mask has shape {present.shape}, expected ({num_items},)")
-    values = values.astype(np.float64)
-    finite = np.isfinite(values).all(axis=1)
-    bad = np.flatnonzero(present & ~finite)
-    if bad.size:
-        row = int(bad[0])
-        raise ValueError(f"feature '{name}': NaN/Inf in row {row} (item index {row + NUM_RESERVED})")
-    out = np.zeros((num_items + NUM_RESERVED, values.shape[1]), dtype=np.float32)
-    if present.any():
-        rows = values[present]
-        mean = rows.mean(axis=0)
-        std = rows.std(axis=0)
-        std = np.where(std > 1e-12, std, 1.0)
-        out[NUM_RESERVED:][present] = ((rows - mean) / std).astype(np.float32)
-    return out
+  """Validates one modality and returns float32 [V, D] standardized over present rows."""
+  values = np.asarray(values)
+  present = np.asarray(present, dtype=bool)
+  if values.ndim != 2:
+    raise ValueError(f"feature '{name}': expected a 2-D array [N, D], got shape {values.shape}")
+  if values.shape[0] != num_items:
+    raise ValueError(
+      f"feature '{name}': has {values.shape[0]} rows but there are {num_items} items"
+    )
+  if present.shape != (num_items,):
+    raise ValueError(
+      f"feature '{name}': present mask has shape {present.shape}, expected ({num_items},)"
+    )
+  values = values.astype(np.float64)
+  finite = np.isfinite(values).all(axis=1)
+  bad = np.flatnonzero(present & ~finite)
+  if bad.size:
+    row = int(bad[0])
+    raise ValueError(f"feature '{name}': NaN/Inf in row {row} (item index {row + NUM_RESERVED})")
+  out = np.zeros((num_items + NUM_RESERVED, values.shape[1]), dtype=np.float32)
+  if present.any():
+    rows = values[present]
+    mean = rows.mean(axis=0)
+    std = rows.std(axis=0)
+    std = np.where(std > 1e-12, std, 1.0)
+    out[NUM_RESERVED:][present] = ((rows - mean) / std).astype(np.float32)
+  return out
 
 
 def _validate_example(split: str, i: int, history, targets, vocab_size: int) -> tuple[list, list]:
-    history = [int(x) for x in history]
-    targets = [int(x) for x in targets]
-    if not targets:
-        raise ValueError(f"split '{split}': example {i} has no target")
-    for field, items in (("history", history), ("target", targets)):
-        for x in items:
-            if not 1 <= x < vocab_size:
-                raise ValueError(
-                    f"split '{split}': example {i} field '{field}' has item index {x} outside "
-                    f"[1, {vocab_size})")
-    return history, targets
+  history = [int(x) for x in history]
+  targets = [int(x) for x in targets]
+  if not targets:
+    raise ValueError(f"split '{split}': example {i} has no target")
+  for field, items in (("history", history), ("target", targets)):
+    for x in items:
+      if not 1 <= x < vocab_size:
+        raise ValueError(
+          f"split '{split}': example {i} field '{field}' has item index {x} outside "
+          f"[1, {vocab_size})"
+        )
+  return history, targets
 
 
-def _write_split(path: pathlib.Path, split: str, examples: Iterable[Example], vocab_size: int,
-                 seen: np.ndarray | None) -> dict:
-    """Writes one TFRecord file; returns per-split statistics."""
-    import tensorflow as tf
+def _write_split(
+  path: pathlib.Path,
+  split: str,
+  examples: Iterable[Example],
+  vocab_size: int,
+  seen: np.ndarray | None,
+) -> dict:
+  """Writes one TFRecord file; returns per-split statistics."""
+  import tensorflow as tf
 
-    n = 0
-    total_hist = 0
-    max_hist = 0
-    total_targets = 0
-    unseen_targets = 0
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for i, (history, targets) in enumerate(examples):
-            history, targets = _validate_example(split, i, history, targets, vocab_size)
-            example = tf.train.Example(features=tf.train.Features(feature={
-                "history": tf.train.Feature(int64_list=tf.train.Int64List(value=history)),
-                "target": tf.train.Feature(int64_list=tf.train.Int64List(value=targets)),
-            }))
-            writer.write(example.SerializeToString(deterministic=True))  # stable bytes
-            n += 1
-            total_hist += len(history)
-            max_hist = max(max_hist, len(history))
-            total_targets += len(targets)
-            if seen is not None:
-                unseen_targets += int((~seen[np.asarray(targets)]).sum())
-    if n == 0:
-        raise ValueError(f"split '{split}' is empty")
-    stats = {
-        "num_examples": n,
-        "mean_history_length": total_hist / n,
-        "max_history_length": max_hist,
-        "num_targets": total_targets,
-    }
-    if seen is not None:
-        stats["share_targets_unseen_in_train"] = unseen_targets / total_targets
-    return stats
+  n = 0
+  total_hist = 0
+  max_hist = 0
+  total_targets = 0
+  unseen_targets = 0
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for i, (history, targets) in enumerate(examples):
+      history, targets = _validate_example(split, i, history, targets, vocab_size)
+      example = tf.train.Example(
+        features=tf.train.Features(
+          feature={
+            "history": tf.train.Feature(int64_list=tf.train.Int64List(value=history)),
+            "target": tf.train.Feature(int64_list=tf.train.Int64List(value=targets)),
+          }
+        )
+      )
+      writer.write(example.SerializeToString(deterministic=True))  # stable bytes
+      n += 1
+      total_hist += len(history)
+      max_hist = max(max_hist, len(history))
+      total_targets += len(targets)
+      if seen is not None:
+        unseen_targets += int((~seen[np.asarray(targets)]).sum())
+  if n == 0:
+    raise ValueError(f"split '{split}' is empty")
+  stats = {
+    "num_examples": n,
+    "mean_history_length": total_hist / n,
+    "max_history_length": max_hist,
+    "num_targets": total_targets,
+  }
+  if seen is not None:
+    stats["share_targets_unseen_in_train"] = unseen_targets / total_targets
+  return stats
 
 
 def _train_seen(examples: list, vocab_size: int) -> np.ndarray:
-    seen = np.zeros(vocab_size, dtype=bool)
-    for history, targets in examples:
-        seen[np.asarray(list(history), dtype=np.int64)] = True
-        seen[np.asarray(list(targets), dtype=np.int64)] = True
-    seen[:NUM_RESERVED] = False
-    return seen
+  seen = np.zeros(vocab_size, dtype=bool)
+  for history, targets in examples:
+    seen[np.asarray(list(history), dtype=np.int64)] = True
+    seen[np.asarray(list(targets), dtype=np.int64)] = True
+  seen[:NUM_RESERVED] = False
+  return seen
 
 
-def write_prepared(out_dir, item_ids: Sequence[str],
-                   features: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                   splits: Mapping[str, Iterable[Example]], meta: Mapping | None = None,
-                   overwrite: bool = False) -> pathlib.Path:
-    """Writes a prepared dataset directory atomically.
+def write_prepared(
+  out_dir,
+  item_ids: Sequence[str],
+  features: Mapping[str, tuple[np.ndarray, np.ndarray]],
+  splits: Mapping[str, Iterable[Example]],
+  meta: Mapping | None = None,
+  overwrite: bool = False,
+) -> pathlib.Path:
+  """Writes a prepared dataset directory atomically.
 
-    Args:
-      out_dir: target directory; must not exist unless `overwrite`.
-      item_ids: the N raw item ids; `item_ids[i]` gets index `i + 2`.
-      features: modality name -> (values float [N, D], present bool [N]). Rows of absent items are
-        ignored and stored as zeros. Each dimension is standardized over present rows.
-      splits: split name -> iterable of (history, targets): item indices, history chronological
-        and unpadded, targets non-empty. "train" is required; every given split must be non-empty.
-      meta: merged into dataset.json (source, protocol, recommended_max_len, ...). A "statistics"
-        entry is merged into the computed statistics (e.g. exact num_users for a protocol).
-      overwrite: replace an existing `out_dir`.
+  Args:
+    out_dir: target directory; must not exist unless `overwrite`.
+    item_ids: the N raw item ids; `item_ids[i]` gets index `i + 2`.
+    features: modality name -> (values float [N, D], present bool [N]). Rows of absent items are
+      ignored and stored as zeros. Each dimension is standardized over present rows.
+    splits: split name -> iterable of (history, targets): item indices, history chronological
+      and unpadded, targets non-empty. "train" is required; every given split must be non-empty.
+    meta: merged into dataset.json (source, protocol, recommended_max_len, ...). A "statistics"
+      entry is merged into the computed statistics (e.g. exact num_users for a protocol).
+    overwrite: replace an existing `out_dir`.
 
-    Returns:
-      The path of the written directory.
-    """
-    out_dir = pathlib.Path(out_dir)
-    meta = dict(meta or {})
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"prepared dataset directory already exists: {out_dir}")
-    item_ids = [str(x) for x in item_ids]
-    num_items = len(item_ids)
-    if num_items == 0:
-        raise ValueError("item_ids is empty")
-    if len(set(item_ids)) != num_items:
-        raise ValueError("item_ids contains duplicates")
-    for x in item_ids:
-        if "\n" in x or x in (PAD_TOKEN, OOV_TOKEN, ""):
-            raise ValueError(f"invalid item id {x!r}")
-    vocab_size = num_items + NUM_RESERVED
-    if "train" not in splits:
-        raise ValueError("splits must contain 'train'")
+  Returns:
+    The path of the written directory.
+  """
+  out_dir = pathlib.Path(out_dir)
+  meta = dict(meta or {})
+  if out_dir.exists() and not overwrite:
+    raise FileExistsError(f"prepared dataset directory already exists: {out_dir}")
+  item_ids = [str(x) for x in item_ids]
+  num_items = len(item_ids)
+  if num_items == 0:
+    raise ValueError("item_ids is empty")
+  if len(set(item_ids)) != num_items:
+    raise ValueError("item_ids contains duplicates")
+  for x in item_ids:
+    if "\n" in x or x in (PAD_TOKEN, OOV_TOKEN, ""):
+      raise ValueError(f"invalid item id {x!r}")
+  vocab_size = num_items + NUM_RESERVED
+  if "train" not in splits:
+    raise ValueError("splits must contain 'train'")
 
-    # Validate and standardize features before touching the disk.
-    tables = {}
-    for name, (values, present) in features.items():
-        if not name or "/" in name or name.endswith("_present"):
-            raise ValueError(f"invalid modality name {name!r}")
-        present = np.asarray(present, dtype=bool)
-        tables[name] = (_standardize(name, values, present, num_items), present)
+  # Validate and standardize features before touching the disk.
+  tables = {}
+  for name, (values, present) in features.items():
+    if not name or "/" in name or name.endswith("_present"):
+      raise ValueError(f"invalid modality name {name!r}")
+    present = np.asarray(present, dtype=bool)
+    tables[name] = (_standardize(name, values, present, num_items), present)
 
-    train_examples = list(splits["train"])
-    if not train_examples:
-        raise ValueError("split 'train' is empty")
-    seen = _train_seen(train_examples, vocab_size)
+  train_examples = list(splits["train"])
+  if not train_examples:
+    raise ValueError("split 'train' is empty")
+  seen = _train_seen(train_examples, vocab_size)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp_dirs(out_dir.parent, out_dir.name)
-    tmp, lock = make_tmp_dir(out_dir.parent, out_dir.name)
+  out_dir.parent.mkdir(parents=True, exist_ok=True)
+  remove_stale_tmp_dirs(out_dir.parent, out_dir.name)
+  tmp, lock = make_tmp_dir(out_dir.parent, out_dir.name)
+  try:
+    with open(tmp / VOCAB_FILE, "w", encoding="utf-8") as f:
+      f.write("\n".join([PAD_TOKEN, OOV_TOKEN, *item_ids]) + "\n")
+
+    (tmp / FEATURES_DIR).mkdir()
+    modalities = {}
+    for name, (table, present) in tables.items():
+      present_v = np.zeros(vocab_size, dtype=bool)
+      present_v[NUM_RESERVED:] = present
+      file = f"{FEATURES_DIR}/{name}.npy"
+      present_file = f"{FEATURES_DIR}/{name}_present.npy"
+      np.save(tmp / file, table)
+      np.save(tmp / present_file, present_v)
+      modalities[name] = {
+        "dim": int(table.shape[1]),
+        "file": file,
+        "present_file": present_file,
+        "num_present": int(present.sum()),
+      }
+
+    split_info = {}
+    split_stats = {}
+    for split, examples in splits.items():
+      if not split or "/" in split:
+        raise ValueError(f"invalid split name {split!r}")
+      file = f"{split}.tfrecord"
+      stats = _write_split(
+        tmp / file,
+        split,
+        train_examples if split == "train" else examples,
+        vocab_size,
+        None if split == "train" else seen,
+      )
+      split_info[split] = {"file": file, "num_examples": stats["num_examples"]}
+      split_stats[split] = stats
+
+    ref = "test" if "test" in split_stats else ("valid" if "valid" in split_stats else "train")
+    statistics = {
+      "num_users": split_stats[ref]["num_examples"],
+      "num_items_seen_in_train": int(seen.sum()),
+      "num_examples": {s: v["num_examples"] for s, v in split_stats.items()},
+      "num_targets": {s: v["num_targets"] for s, v in split_stats.items()},
+      "mean_history_length": {s: v["mean_history_length"] for s, v in split_stats.items()},
+      "max_history_length": {s: v["max_history_length"] for s, v in split_stats.items()},
+    }
+    for s, v in split_stats.items():
+      if "share_targets_unseen_in_train" in v:
+        statistics[f"share_{s}_targets_unseen_in_train"] = v["share_targets_unseen_in_train"]
+    if meta.get("protocol") == "loo" and "test" in split_stats:
+      t = split_stats["test"]  # a loo test example holds the whole user sequence
+      statistics["num_interactions"] = (
+        int(round(t["mean_history_length"] * t["num_examples"])) + t["num_targets"]
+      )
+    statistics.update(meta.pop("statistics", {}) or {})
+    statistics.setdefault("num_interactions", None)
+
+    doc = {
+      **meta,
+      "schema_version": SCHEMA_VERSION,
+      "num_items": num_items,
+      "vocab_size": vocab_size,
+      "pad_index": 0,
+      "oov_index": 1,
+      "vocab_file": VOCAB_FILE,
+      "modalities": modalities,
+      "splits": split_info,
+      "statistics": statistics,
+    }
+    with open(tmp / DATASET_JSON, "w", encoding="utf-8") as f:
+      json.dump(doc, f, indent=2, sort_keys=True, default=_json_default)
+      f.write("\n")
+
+    old = None
+    if out_dir.exists():  # overwrite=True (checked above)
+      old = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-old-{out_dir.name}-", dir=out_dir.parent))
+      os.rename(out_dir, old / "d")
     try:
-        with open(tmp / VOCAB_FILE, "w", encoding="utf-8") as f:
-            f.write("\n".join([PAD_TOKEN, OOV_TOKEN, *item_ids]) + "\n")
-
-        (tmp / FEATURES_DIR).mkdir()
-        modalities = {}
-        for name, (table, present) in tables.items():
-            present_v = np.zeros(vocab_size, dtype=bool)
-            present_v[NUM_RESERVED:] = present
-            file = f"{FEATURES_DIR}/{name}.npy"
-            present_file = f"{FEATURES_DIR}/{name}_present.npy"
-            np.save(tmp / file, table)
-            np.save(tmp / present_file, present_v)
-            modalities[name] = {"dim": int(table.shape[1]), "file": file,
-                                "present_file": present_file, "num_present": int(present.sum())}
-
-        split_info = {}
-        split_stats = {}
-        for split, examples in splits.items():
-            if not split or "/" in split:
-                raise ValueError(f"invalid split name {split!r}")
-            file = f"{split}.tfrecord"
-            stats = _write_split(tmp / file, split,
-                                 train_examples if split == "train" else examples, vocab_size,
-                                 None if split == "train" else seen)
-            split_info[split] = {"file": file, "num_examples": stats["num_examples"]}
-            split_stats[split] = stats
-
-        ref = "test" if "test" in split_stats else ("valid" if "valid" in split_stats else "train")
-        statistics = {
-            "num_users": split_stats[ref]["num_examples"],
-            "num_items_seen_in_train": int(seen.sum()),
-            "num_examples": {s: v["num_examples"] for s, v in split_stats.items()},
-            "num_targets": {s: v["num_targets"] for s, v in split_stats.items()},
-            "mean_history_length": {s: v["mean_history_length"] for s, v in split_stats.items()},
-            "max_history_length": {s: v["max_history_length"] for s, v in split_stats.items()},
-        }
-        for s, v in split_stats.items():
-            if "share_targets_unseen_in_train" in v:
-                statistics[f"share_{s}_targets_unseen_in_train"] = (
-                    v["share_targets_unseen_in_train"])
-        if meta.get("protocol") == "loo" and "test" in split_stats:
-            t = split_stats["test"]  # a loo test example holds the whole user sequence
-            statistics["num_interactions"] = int(
-                round(t["mean_history_length"] * t["num_examples"])) + t["num_targets"]
-        statistics.update(meta.pop("statistics", {}) or {})
-        statistics.setdefault("num_interactions", None)
-
-        doc = {
-            **meta,
-            "schema_version": SCHEMA_VERSION,
-            "num_items": num_items,
-            "vocab_size": vocab_size,
-            "pad_index": 0,
-            "oov_index": 1,
-            "vocab_file": VOCAB_FILE,
-            "modalities": modalities,
-            "splits": split_info,
-            "statistics": statistics,
-        }
-        with open(tmp / DATASET_JSON, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2, sort_keys=True, default=_json_default)
-            f.write("\n")
-
-        old = None
-        if out_dir.exists():  # overwrite=True (checked above)
-            old = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-old-{out_dir.name}-",
-                                                dir=out_dir.parent))
-            os.rename(out_dir, old / "d")
-        try:
-            os.rename(tmp, out_dir)
-        except BaseException:
-            if old is not None:
-                os.rename(old / "d", out_dir)
-                shutil.rmtree(old, ignore_errors=True)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+      os.rename(tmp, out_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        release_tmp_lock(lock)
-    return out_dir
+      if old is not None:
+        os.rename(old / "d", out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+      raise
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  finally:
+    release_tmp_lock(lock)
+  return out_dir
 
 
 # --- temporary directories: locked while in use, removed when their writer is gone -------------------
@@ -272,138 +295,150 @@ STALE_UNLOCKED_SECONDS = 600  # a .tmp-* directory without lock file (older code
 
 
 def make_tmp_dir(parent: pathlib.Path, name: str):
-    """A fresh `.tmp-<name>-XXXX` directory in `parent` and its lock: `.tmp-<name>-XXXX.lock`,
-    held (flock) for as long as this process writes. The kernel drops the lock when the process
-    dies, however it dies (kill -9 included), so a later run can tell an abandoned directory from
-    one another process is still writing. Returns (directory, (lock path, open lock file))."""
-    import fcntl
+  """A fresh `.tmp-<name>-XXXX` directory in `parent` and its lock: `.tmp-<name>-XXXX.lock`,
+  held (flock) for as long as this process writes. The kernel drops the lock when the process
+  dies, however it dies (kill -9 included), so a later run can tell an abandoned directory from
+  one another process is still writing. Returns (directory, (lock path, open lock file))."""
+  import fcntl
 
-    fd, lock_path = tempfile.mkstemp(prefix=f".tmp-{name}-", suffix=".lock", dir=parent)
-    lock = (lock_path, os.fdopen(fd, "w"))
-    fcntl.flock(lock[1], fcntl.LOCK_EX)
-    tmp = pathlib.Path(lock_path[:-len(".lock")])
-    try:
-        tmp.mkdir()
-    except BaseException:
-        release_tmp_lock(lock)
-        raise
-    return tmp, lock
+  fd, lock_path = tempfile.mkstemp(prefix=f".tmp-{name}-", suffix=".lock", dir=parent)
+  lock = (lock_path, os.fdopen(fd, "w"))
+  fcntl.flock(lock[1], fcntl.LOCK_EX)
+  tmp = pathlib.Path(lock_path[: -len(".lock")])
+  try:
+    tmp.mkdir()
+  except BaseException:
+    release_tmp_lock(lock)
+    raise
+  return tmp, lock
 
 
 def release_tmp_lock(lock) -> None:
-    """Removes and releases a lock from `make_tmp_dir` ((path, open file))."""
-    try:
-        os.unlink(lock[0])
-    except OSError:
-        pass
-    lock[1].close()
+  """Removes and releases a lock from `make_tmp_dir` ((path, open file))."""
+  try:
+    os.unlink(lock[0])
+  except OSError:
+    pass
+  lock[1].close()
 
 
 def remove_stale_tmp_dirs(parent: pathlib.Path, name: str) -> list:
-    """Removes `.tmp-<name>-*` directories left by earlier runs that were killed (their lock is
-    free, or they have no lock file and are older than STALE_UNLOCKED_SECONDS). Directories a
-    live process is writing are kept. Returns the removed paths."""
-    import fcntl
-    import time
+  """Removes `.tmp-<name>-*` directories left by earlier runs that were killed (their lock is
+  free, or they have no lock file and are older than STALE_UNLOCKED_SECONDS). Directories a
+  live process is writing are kept. Returns the removed paths."""
+  import fcntl
+  import time
 
-    removed = []
-    import glob
+  removed = []
+  import glob
 
-    pattern = f".tmp-{glob.escape(name)}-*"
-    for path in pathlib.Path(parent).glob(pattern):
-        if path.suffix == ".lock" or not path.is_dir() or path.is_symlink():
-            continue
-        lock_path = path.with_name(path.name + ".lock")
-        try:
-            if lock_path.exists():
-                with open(lock_path, "a") as lock:
-                    try:
-                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        continue  # its writer is alive
-                    shutil.rmtree(path, ignore_errors=True)
-                    os.unlink(lock_path)
-            elif time.time() - path.stat().st_mtime > STALE_UNLOCKED_SECONDS:
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                continue
-        except OSError:
-            continue
-        removed.append(path)
-    for lock_path in pathlib.Path(parent).glob(pattern + ".lock"):  # directory already gone
-        if not lock_path.with_suffix("").exists():
-            try:
-                with open(lock_path, "a") as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    os.unlink(lock_path)
-            except (BlockingIOError, OSError):
-                pass
-    return removed
+  pattern = f".tmp-{glob.escape(name)}-*"
+  for path in pathlib.Path(parent).glob(pattern):
+    if path.suffix == ".lock" or not path.is_dir() or path.is_symlink():
+      continue
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+      if lock_path.exists():
+        with open(lock_path, "a") as lock:
+          try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+          except BlockingIOError:
+            continue  # its writer is alive
+          shutil.rmtree(path, ignore_errors=True)
+          os.unlink(lock_path)
+      elif time.time() - path.stat().st_mtime > STALE_UNLOCKED_SECONDS:
+        shutil.rmtree(path, ignore_errors=True)
+      else:
+        continue
+    except OSError:
+      continue
+    removed.append(path)
+  for lock_path in pathlib.Path(parent).glob(pattern + ".lock"):  # directory already gone
+    if not lock_path.with_suffix("").exists():
+      try:
+        with open(lock_path, "a") as lock:
+          fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+          os.unlink(lock_path)
+      except (BlockingIOError, OSError):
+        pass
+  return removed
 
 
-def add_modality(prepared_dir, name: str, values: np.ndarray, present: np.ndarray,
-                 info: Mapping | None = None, overwrite: bool = False) -> dict:
-    """Adds (or with `overwrite` replaces) one modality of an existing prepared directory.
+def add_modality(
+  prepared_dir,
+  name: str,
+  values: np.ndarray,
+  present: np.ndarray,
+  info: Mapping | None = None,
+  overwrite: bool = False,
+) -> dict:
+  """Adds (or with `overwrite` replaces) one modality of an existing prepared directory.
 
-    Args:
-      prepared_dir: a directory written by `write_prepared`.
-      name: modality name (`features/<name>.npy`).
-      values: float [N, D] aligned to the vocabulary rows 2..N+1 (rows of absent items ignored).
-      present: bool [N].
-      info: extra fields for the modality's entry in dataset.json (encoder, source, ...).
+  Args:
+    prepared_dir: a directory written by `write_prepared`.
+    name: modality name (`features/<name>.npy`).
+    values: float [N, D] aligned to the vocabulary rows 2..N+1 (rows of absent items ignored).
+    present: bool [N].
+    info: extra fields for the modality's entry in dataset.json (encoder, source, ...).
 
-    The two arrays are written to temporary files and renamed into place, then dataset.json is
-    replaced (also by rename): readers see either the old or the new modality list, and the
-    arrays are validated and standardized before anything is written.
+  The two arrays are written to temporary files and renamed into place, then dataset.json is
+  replaced (also by rename): readers see either the old or the new modality list, and the
+  arrays are validated and standardized before anything is written.
 
-    Returns:
-      The modality's entry in dataset.json.
-    """
-    prepared_dir = pathlib.Path(prepared_dir)
-    meta_file = prepared_dir / DATASET_JSON
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"not a prepared dataset directory (no {DATASET_JSON}): "
-                                f"{prepared_dir}")
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    if not name or "/" in name or name.endswith("_present"):
-        raise ValueError(f"invalid modality name {name!r}")
-    if name in meta.get("modalities", {}) and not overwrite:
-        raise FileExistsError(f"{meta_file}: modality '{name}' already exists (pass --overwrite "
-                              "to replace it)")
-    num_items = int(meta["num_items"])
-    present = np.asarray(present, dtype=bool)
-    table = _standardize(name, values, present, num_items)
-    present_v = np.zeros(num_items + NUM_RESERVED, dtype=bool)
-    present_v[NUM_RESERVED:] = present
-    (prepared_dir / FEATURES_DIR).mkdir(exist_ok=True)
-    entry = {**dict(info or {}), "dim": int(table.shape[1]), "file": f"{FEATURES_DIR}/{name}.npy",
-             "present_file": f"{FEATURES_DIR}/{name}_present.npy",
-             "num_present": int(present.sum())}
-    for rel, array in ((entry["file"], table), (entry["present_file"], present_v)):
-        _atomic_write(prepared_dir / rel, lambda f, a=array: np.save(f, a), binary=True)
-    meta.setdefault("modalities", {})[name] = entry
-    _atomic_write(meta_file, lambda f: f.write(json.dumps(meta, indent=2, sort_keys=True,
-                                                          default=_json_default) + "\n"))
-    return entry
+  Returns:
+    The modality's entry in dataset.json.
+  """
+  prepared_dir = pathlib.Path(prepared_dir)
+  meta_file = prepared_dir / DATASET_JSON
+  if not meta_file.is_file():
+    raise FileNotFoundError(f"not a prepared dataset directory (no {DATASET_JSON}): {prepared_dir}")
+  meta = json.loads(meta_file.read_text(encoding="utf-8"))
+  if not name or "/" in name or name.endswith("_present"):
+    raise ValueError(f"invalid modality name {name!r}")
+  if name in meta.get("modalities", {}) and not overwrite:
+    raise FileExistsError(
+      f"{meta_file}: modality '{name}' already exists (pass --overwrite to replace it)"
+    )
+  num_items = int(meta["num_items"])
+  present = np.asarray(present, dtype=bool)
+  table = _standardize(name, values, present, num_items)
+  present_v = np.zeros(num_items + NUM_RESERVED, dtype=bool)
+  present_v[NUM_RESERVED:] = present
+  (prepared_dir / FEATURES_DIR).mkdir(exist_ok=True)
+  entry = {
+    **dict(info or {}),
+    "dim": int(table.shape[1]),
+    "file": f"{FEATURES_DIR}/{name}.npy",
+    "present_file": f"{FEATURES_DIR}/{name}_present.npy",
+    "num_present": int(present.sum()),
+  }
+  for rel, array in ((entry["file"], table), (entry["present_file"], present_v)):
+    _atomic_write(prepared_dir / rel, lambda f, a=array: np.save(f, a), binary=True)
+  meta.setdefault("modalities", {})[name] = entry
+  _atomic_write(
+    meta_file,
+    lambda f: f.write(json.dumps(meta, indent=2, sort_keys=True, default=_json_default) + "\n"),
+  )
+  return entry
 
 
 def _atomic_write(path: pathlib.Path, write, binary: bool = False) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+  fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+  try:
+    with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
 
 
 def _json_default(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, pathlib.Path):
-        return str(x)
-    raise TypeError(f"not JSON serializable: {type(x)}")
+  if isinstance(x, np.generic):
+    return x.item()
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if isinstance(x, pathlib.Path):
+    return str(x)
+  raise TypeError(f"not JSON serializable: {type(x)}")

@@ -35,99 +35,124 @@ _PARSE_SPEC = {"history": tf.io.VarLenFeature(tf.int64), "target": tf.io.VarLenF
 
 
 class BivrecSequencesConfig(tfds.core.BuilderConfig):
-    """One prepared dataset directory."""
+  """One prepared dataset directory."""
 
-    def __init__(self, *, prepared_dir: str, **kwargs):
-        super().__init__(**kwargs)
-        self.prepared_dir = str(prepared_dir)
+  def __init__(self, *, prepared_dir: str, **kwargs):
+    super().__init__(**kwargs)
+    self.prepared_dir = str(prepared_dir)
 
 
 def config_for(prepared_dir) -> BivrecSequencesConfig:
-    path = pathlib.Path(prepared_dir).resolve()
-    meta_file = path / DATASET_JSON
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"not a prepared dataset directory (no {DATASET_JSON}): {path}")
-    digest = hashlib.sha256(str(path).encode() + b"\0" + meta_file.read_bytes()).hexdigest()[:10]
-    stem = re.sub(r"[^a-z0-9_]+", "_", path.name.lower()).strip("_") or "data"
-    return BivrecSequencesConfig(name=f"{stem}_{digest}", prepared_dir=str(path),
-                                 description=f"prepared dataset directory {path}")
+  path = pathlib.Path(prepared_dir).resolve()
+  meta_file = path / DATASET_JSON
+  if not meta_file.is_file():
+    raise FileNotFoundError(f"not a prepared dataset directory (no {DATASET_JSON}): {path}")
+  digest = hashlib.sha256(str(path).encode() + b"\0" + meta_file.read_bytes()).hexdigest()[:10]
+  stem = re.sub(r"[^a-z0-9_]+", "_", path.name.lower()).strip("_") or "data"
+  return BivrecSequencesConfig(
+    name=f"{stem}_{digest}",
+    prepared_dir=str(path),
+    description=f"prepared dataset directory {path}",
+  )
 
 
 class BivrecSequences(tfds.core.GeneratorBasedBuilder):
-    """Next-item examples of a BivRec-TF prepared dataset directory."""
+  """Next-item examples of a BivRec-TF prepared dataset directory."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Examples of a prepared dataset directory (schema_version 1)."}
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Examples of a prepared dataset directory (schema_version 1)."}
 
-    # TFDS 4.9.10 resolves `code_path` through the `importlib_resources` backport, which it does
-    # not declare as a dependency; the file path is all it needs.
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls):
-        from etils import epath
-        return epath.Path(__file__)
+  # TFDS 4.9.10 resolves `code_path` through the `importlib_resources` backport, which it does
+  # not declare as a dependency; the file path is all it needs.
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls):
+    from etils import epath
 
-    def __init__(self, *, prepared_dir=None, config=None, **kwargs):
-        if prepared_dir is not None:
-            if config is not None:
-                raise ValueError("pass either prepared_dir or config, not both")
-            config = config_for(prepared_dir)
-        if config is None:
-            raise ValueError("bivrec_sequences needs builder_kwargs={'prepared_dir': DIR}")
-        super().__init__(config=config, **kwargs)
+    return epath.Path(__file__)
 
-    @property
-    def _prepared(self) -> pathlib.Path:
-        return pathlib.Path(self.builder_config.prepared_dir)
+  def __init__(self, *, prepared_dir=None, config=None, **kwargs):
+    if prepared_dir is not None:
+      if config is not None:
+        raise ValueError("pass either prepared_dir or config, not both")
+      config = config_for(prepared_dir)
+    if config is None:
+      raise ValueError("bivrec_sequences needs builder_kwargs={'prepared_dir': DIR}")
+    super().__init__(config=config, **kwargs)
 
-    def _meta(self) -> dict:
-        return json.loads((self._prepared / DATASET_JSON).read_text(encoding="utf-8"))
+  @property
+  def _prepared(self) -> pathlib.Path:
+    return pathlib.Path(self.builder_config.prepared_dir)
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        meta = self._meta()
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "history": tfds.features.Sequence(np.int64),
-                "target": tfds.features.Sequence(np.int64),
-                "history_ids": tfds.features.Sequence(tfds.features.Text()),
-                "target_ids": tfds.features.Sequence(tfds.features.Text()),
-            }),
-            supervised_keys=("history", "target"),
-            metadata=tfds.core.MetadataDict(
-                prepared_dir=str(self._prepared), vocab_size=int(meta["vocab_size"]),
-                num_items=int(meta["num_items"]), protocol=meta.get("protocol"),
-                modalities={k: {"dim": v.get("dim"), "file": v.get("file"),
-                                "present_file": v.get("present_file")}
-                            for k, v in (meta.get("modalities") or {}).items()}),
-            description=f"BivRec-TF prepared dataset {self._prepared} "
-                        f"(source: {meta.get('source', '?')}).",
+  def _meta(self) -> dict:
+    return json.loads((self._prepared / DATASET_JSON).read_text(encoding="utf-8"))
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    meta = self._meta()
+    return self.dataset_info_from_configs(
+      features=tfds.features.FeaturesDict(
+        {
+          "history": tfds.features.Sequence(np.int64),
+          "target": tfds.features.Sequence(np.int64),
+          "history_ids": tfds.features.Sequence(tfds.features.Text()),
+          "target_ids": tfds.features.Sequence(tfds.features.Text()),
+        }
+      ),
+      supervised_keys=("history", "target"),
+      metadata=tfds.core.MetadataDict(
+        prepared_dir=str(self._prepared),
+        vocab_size=int(meta["vocab_size"]),
+        num_items=int(meta["num_items"]),
+        protocol=meta.get("protocol"),
+        modalities={
+          k: {"dim": v.get("dim"), "file": v.get("file"), "present_file": v.get("present_file")}
+          for k, v in (meta.get("modalities") or {}).items()
+        },
+      ),
+      description=f"BivRec-TF prepared dataset {self._prepared} "
+      f"(source: {meta.get('source', '?')}).",
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing to download: the data is the prepared directory
+    meta = self._meta()
+    vocab = np.array(
+      (self._prepared / meta.get("vocab_file", VOCAB_FILE))
+      .read_text(encoding="utf-8")
+      .splitlines(),
+      dtype=object,
+    )
+    return {
+      split: self._generate_examples(self._prepared / info["file"], split, vocab)
+      for split, info in meta["splits"].items()
+    }
+
+  def _generate_examples(self, file, split, vocab):
+    def parse(serialized):
+      p = tf.io.parse_example(serialized, _PARSE_SPEC)
+      return (tf.RaggedTensor.from_sparse(p["history"]), tf.RaggedTensor.from_sparse(p["target"]))
+
+    i = 0
+    for hist, tgt in tf.data.TFRecordDataset(str(file)).batch(4096).map(parse):
+      for h, t in zip(hist.to_list(), tgt.to_list()):
+        yield (
+          f"{split}-{i:09d}",
+          {
+            "history": np.asarray(h, np.int64),
+            "target": np.asarray(t, np.int64),
+            "history_ids": [str(x) for x in vocab[h]],
+            "target_ids": [str(x) for x in vocab[t]],
+          },
         )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # nothing to download: the data is the prepared directory
-        meta = self._meta()
-        vocab = np.array((self._prepared / meta.get("vocab_file", VOCAB_FILE))
-                         .read_text(encoding="utf-8").splitlines(), dtype=object)
-        return {split: self._generate_examples(self._prepared / info["file"], split, vocab)
-                for split, info in meta["splits"].items()}
-
-    def _generate_examples(self, file, split, vocab):
-        def parse(serialized):
-            p = tf.io.parse_example(serialized, _PARSE_SPEC)
-            return (tf.RaggedTensor.from_sparse(p["history"]),
-                    tf.RaggedTensor.from_sparse(p["target"]))
-
-        i = 0
-        for hist, tgt in tf.data.TFRecordDataset(str(file)).batch(4096).map(parse):
-            for h, t in zip(hist.to_list(), tgt.to_list()):
-                yield f"{split}-{i:09d}", {"history": np.asarray(h, np.int64),
-                                           "target": np.asarray(t, np.int64),
-                                           "history_ids": [str(x) for x in vocab[h]],
-                                           "target_ids": [str(x) for x in vocab[t]]}
-                i += 1
+        i += 1
 
 
 def load(prepared_dir, split=None, data_dir=None, **kwargs):
-    """`tfds.load("bivrec_sequences", ...)` over `prepared_dir` (built on first use)."""
-    return tfds.load("bivrec_sequences", split=split, data_dir=data_dir,
-                     builder_kwargs={"prepared_dir": str(prepared_dir)}, **kwargs)
+  """`tfds.load("bivrec_sequences", ...)` over `prepared_dir` (built on first use)."""
+  return tfds.load(
+    "bivrec_sequences",
+    split=split,
+    data_dir=data_dir,
+    builder_kwargs={"prepared_dir": str(prepared_dir)},
+    **kwargs,
+  )

@@ -31,7 +31,9 @@ class RestError(Exception):
     self.status, self.message = status, message
 
 
-def pad_histories(histories: Sequence[Sequence[str]], pad_to: Optional[int] = None) -> List[List[str]]:
+def pad_histories(
+  histories: Sequence[Sequence[str]], pad_to: Optional[int] = None
+) -> List[List[str]]:
   """Left-pads (right-aligned, most recent last) with "" to one length; keeps the last `pad_to`."""
   width = max([len(h) for h in histories] + [1])
   if pad_to:
@@ -46,8 +48,14 @@ def pad_histories(histories: Sequence[Sequence[str]], pad_to: Optional[int] = No
 class Client:
   """REST client for one model (optionally a fixed version or label)."""
 
-  def __init__(self, url: str, model: str, version: Optional[int] = None,
-               label: Optional[str] = None, timeout: float = 10.0):
+  def __init__(
+    self,
+    url: str,
+    model: str,
+    version: Optional[int] = None,
+    label: Optional[str] = None,
+    timeout: float = 10.0,
+  ):
     if version is not None and label is not None:
       raise ValueError("give a version or a label, not both")
     if not model:
@@ -63,9 +71,12 @@ class Client:
 
   def _call(self, path: str, body: Optional[dict] = None) -> dict:
     data = None if body is None else json.dumps(body).encode("utf-8")
-    request = urllib.request.Request(self.base + path, data=data,
-                                     method="GET" if body is None else "POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+      self.base + path,
+      data=data,
+      method="GET" if body is None else "POST",
+      headers={"Content-Type": "application/json"},
+    )
     try:
       with urllib.request.urlopen(request, timeout=self.timeout) as response:
         return json.loads(response.read().decode("utf-8"))
@@ -92,8 +103,9 @@ class Client:
       body["signature_name"] = signature_name
     return self._call(":predict", body)
 
-  def recommend(self, histories: Sequence[Sequence[str]], k: int = 10,
-                pad_to: Optional[int] = None) -> List[List[Tuple[str, float]]]:
+  def recommend(
+    self, histories: Sequence[Sequence[str]], k: int = 10, pad_to: Optional[int] = None
+  ) -> List[List[Tuple[str, float]]]:
     """Top-k (item id, score) per history, best first (k truncated to the exported top-k)."""
     if k < 1:
       raise ValueError("k must be >= 1")
@@ -102,18 +114,30 @@ class Client:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m serving.client",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--url", default="http://localhost:8501")
   parser.add_argument("--model", default="bivrec")
   group = parser.add_mutually_exclusive_group()
   group.add_argument("--version", type=int)
   group.add_argument("--label")
-  parser.add_argument("--history", nargs="*", default=[], metavar="ID",
-                      help="item ids, oldest first (unknown ids are ignored by the model)")
+  parser.add_argument(
+    "--history",
+    nargs="*",
+    default=[],
+    metavar="ID",
+    help="item ids, oldest first (unknown ids are ignored by the model)",
+  )
   parser.add_argument("--k", type=int, default=10, help="at most the exported top-k")
-  parser.add_argument("--pad-to", type=int, default=None,
-                      help="left-pad the history to this length (needed with server batching)")
+  parser.add_argument(
+    "--pad-to",
+    type=int,
+    default=None,
+    help="left-pad the history to this length (needed with server batching)",
+  )
   parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
   parser.add_argument("--timeout", type=float, default=10.0)
   args = parser.parse_args(argv)
@@ -122,8 +146,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     client = Client(args.url, args.model, args.version, args.label, args.timeout)
     if args.json:
-      print(json.dumps(client.predict(inputs={"history": pad_histories([args.history],
-                                                                        args.pad_to)}), indent=2))
+      print(
+        json.dumps(
+          client.predict(inputs={"history": pad_histories([args.history], args.pad_to)}), indent=2
+        )
+      )
       return 0
     recs = client.recommend([args.history], args.k, args.pad_to)[0]
   except RestError as err:
@@ -133,8 +160,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"error: cannot reach {args.url}: {err}", file=sys.stderr)
     return 1
   if len(recs) < args.k:
-    print(f"note: the export returns {len(recs)} items per request; showing {len(recs)}",
-          file=sys.stderr)
+    print(
+      f"note: the export returns {len(recs)} items per request; showing {len(recs)}",
+      file=sys.stderr,
+    )
   print(f"{'rank':>4}  {'item_id':<24} score")
   for rank, (item, score) in enumerate(recs, 1):
     print(f"{rank:>4}  {item:<24} {score:.4f}")

@@ -26,11 +26,23 @@ import numpy as np
 
 # tensorflow::error::Code -> HTTP status (tensorflow_serving/model_servers/http_server.cc).
 HTTP_STATUS = {
-    "OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400,
-    "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404, "ALREADY_EXISTS": 409, "PERMISSION_DENIED": 403,
-    "RESOURCE_EXHAUSTED": 429, "FAILED_PRECONDITION": 400, "ABORTED": 409, "OUT_OF_RANGE": 400,
-    "UNIMPLEMENTED": 501, "INTERNAL": 500, "UNAVAILABLE": 503, "DATA_LOSS": 500,
-    "UNAUTHENTICATED": 401,
+  "OK": 200,
+  "CANCELLED": 499,
+  "UNKNOWN": 500,
+  "INVALID_ARGUMENT": 400,
+  "DEADLINE_EXCEEDED": 504,
+  "NOT_FOUND": 404,
+  "ALREADY_EXISTS": 409,
+  "PERMISSION_DENIED": 403,
+  "RESOURCE_EXHAUSTED": 429,
+  "FAILED_PRECONDITION": 400,
+  "ABORTED": 409,
+  "OUT_OF_RANGE": 400,
+  "UNIMPLEMENTED": 501,
+  "INTERNAL": 500,
+  "UNAVAILABLE": 503,
+  "DATA_LOSS": 500,
+  "UNAUTHENTICATED": 401,
 }
 
 
@@ -59,14 +71,27 @@ def invalid(*parts) -> ServingError:
 DT_FLOAT, DT_DOUBLE, DT_INT32, DT_UINT8, DT_INT16, DT_INT8, DT_STRING = 1, 2, 3, 4, 5, 6, 7
 DT_INT64, DT_BOOL, DT_UINT32, DT_UINT64 = 9, 10, 22, 23
 DTYPES = {
-    DT_FLOAT: ("float", np.float32), DT_DOUBLE: ("double", np.float64),
-    DT_INT32: ("int32", np.int32), DT_UINT8: ("uint8", np.uint8), DT_INT16: ("int16", np.int16),
-    DT_INT8: ("int8", np.int8), DT_STRING: ("string", object), DT_INT64: ("int64", np.int64),
-    DT_BOOL: ("bool", np.bool_), DT_UINT32: ("uint32", np.uint32),
-    DT_UINT64: ("uint64", np.uint64),
+  DT_FLOAT: ("float", np.float32),
+  DT_DOUBLE: ("double", np.float64),
+  DT_INT32: ("int32", np.int32),
+  DT_UINT8: ("uint8", np.uint8),
+  DT_INT16: ("int16", np.int16),
+  DT_INT8: ("int8", np.int8),
+  DT_STRING: ("string", object),
+  DT_INT64: ("int64", np.int64),
+  DT_BOOL: ("bool", np.bool_),
+  DT_UINT32: ("uint32", np.uint32),
+  DT_UINT64: ("uint64", np.uint64),
 }
-OTHER_DTYPE_NAMES = {8: "complex64", 14: "bfloat16", 18: "complex128", 19: "half",
-                     20: "resource", 21: "variant", 17: "uint16"}
+OTHER_DTYPE_NAMES = {
+  8: "complex64",
+  14: "bfloat16",
+  18: "complex128",
+  19: "half",
+  20: "resource",
+  21: "variant",
+  17: "uint16",
+}
 
 
 def dtype_string(dtype: int) -> str:
@@ -83,11 +108,12 @@ def dtype_string(dtype: int) -> str:
 # byte) and strings are encoded back with the "tfserving" error handler, which restores those bytes
 # and writes other surrogates as rapidjson does (3-byte CESU-8).
 
+
 def _restore_bytes(err):
   if not isinstance(err, UnicodeEncodeError):
     raise err
   out = bytearray()
-  for ch in err.object[err.start:err.end]:
+  for ch in err.object[err.start : err.end]:
     code = ord(ch)
     if 0xDC80 <= code <= 0xDCFF:
       out.append(code - 0xDC00)  # a byte that was not valid UTF-8 in the request
@@ -108,19 +134,20 @@ def encode_utf8(text: str) -> bytes:
 
 
 _RAPIDJSON_MESSAGES = [  # Python json messages -> rapidjson GetParseError_En texts
-    ("Expecting value", "Invalid value."),
-    ("Expecting property name enclosed in double quotes", "Missing a name for object member."),
-    ("Expecting ':' delimiter", "Missing a colon after a name of object member."),
-    ("Unterminated string", "Missing a closing quotation mark in string."),
-    ("Invalid \\uXXXX escape", "Incorrect hex digit after \\u escape in string."),
-    ("Invalid \\escape", "Invalid escape character in string."),
-    ("Invalid control character", "Invalid escape character in string."),
+  ("Expecting value", "Invalid value."),
+  ("Expecting property name enclosed in double quotes", "Missing a name for object member."),
+  ("Expecting ':' delimiter", "Missing a colon after a name of object member."),
+  ("Unterminated string", "Missing a closing quotation mark in string."),
+  ("Invalid \\uXXXX escape", "Incorrect hex digit after \\u escape in string."),
+  ("Invalid \\escape", "Invalid escape character in string."),
+  ("Invalid control character", "Invalid escape character in string."),
 ]
 _WHITESPACE = " \t\n\r"
 _DECODER = json.JSONDecoder()
 # A high surrogate escape not followed by a low one, preceded by an even number of backslashes.
 _LONE_HIGH_SURROGATE = re.compile(
-    r"(?<!\\)((?:\\\\)*)\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})")
+  r"(?<!\\)((?:\\\\)*)\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+)
 MAX_NESTING_NOTE = "nested deeper than this server's JSON parser allows (about 1,000 levels)"
 
 
@@ -167,8 +194,10 @@ def parse_json(body: bytes) -> Any:
   except json.JSONDecodeError as err:
     surrogate = _lone_surrogate(text, err.pos)
     if surrogate is not None:
-      raise invalid("JSON Parse error: The surrogate pair in string is invalid. at offset: ",
-                    _offset(text, surrogate)) from None
+      raise invalid(
+        "JSON Parse error: The surrogate pair in string is invalid. at offset: ",
+        _offset(text, surrogate),
+      ) from None
     message = "Invalid value."
     if err.msg.startswith("Expecting ',' delimiter"):
       message = _comma_error(text, err.pos)
@@ -182,8 +211,10 @@ def parse_json(body: bytes) -> Any:
     raise invalid("JSON Parse error: the document is ", MAX_NESTING_NOTE, ".") from None
   surrogate = _lone_surrogate(text, end)
   if surrogate is not None:
-    raise invalid("JSON Parse error: The surrogate pair in string is invalid. at offset: ",
-                  _offset(text, surrogate))
+    raise invalid(
+      "JSON Parse error: The surrogate pair in string is invalid. at offset: ",
+      _offset(text, surrogate),
+    )
   if not isinstance(doc, dict):
     raise format_error(doc, "Is not object")
   return doc
@@ -231,8 +262,15 @@ def rapidjson_double(value: float) -> str:
   return sign + text
 
 
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
-            "\t": "\\t"}
+_ESCAPES = {
+  '"': '\\"',
+  "\\": "\\\\",
+  "\b": "\\b",
+  "\f": "\\f",
+  "\n": "\\n",
+  "\r": "\\r",
+  "\t": "\\t",
+}
 
 
 def _rapidjson_string(val: str) -> str:
@@ -313,7 +351,7 @@ def json_debug_string(val: Any, limit: int = MAX_JSON_DEBUG_STRING_BYTES) -> str
       event("null")
     elif v is True or v is False:
       event("true" if v else "false")
-    elif isinstance(v, int) and -2**63 <= v < 2**64:
+    elif isinstance(v, int) and -(2**63) <= v < 2**64:
       event(str(v))
     elif isinstance(v, (int, float)):
       as_float = float(v) if not isinstance(v, int) or abs(v) < 2**1024 else math.inf
@@ -355,13 +393,20 @@ def format_error(val: Any, *parts) -> ServingError:
 
 # --- JSON -> tensors ------------------------------------------------------------------------------
 
+
 def _is_int(v) -> bool:
   return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _type_error(val, dtype) -> ServingError:
-  return invalid("JSON Value: ", json_debug_string(val), " Type: ", json_type_string(val),
-                 " is not of expected type: ", dtype_string(dtype))
+  return invalid(
+    "JSON Value: ",
+    json_debug_string(val),
+    " Type: ",
+    json_type_string(val),
+    " is not of expected type: ",
+    dtype_string(dtype),
+  )
 
 
 def _is_b64_object(val) -> bool:
@@ -370,8 +415,9 @@ def _is_b64_object(val) -> bool:
 
 def _decode_b64(val) -> bytes:
   if not _is_b64_object(val):
-    raise invalid("JSON Value: ", json_debug_string(val),
-                  " not formatted correctly for base64 data")
+    raise invalid(
+      "JSON Value: ", json_debug_string(val), " not formatted correctly for base64 data"
+    )
   data = val["b64"]
   try:
     padded = data + "=" * (-len(data) % 4)
@@ -391,7 +437,7 @@ def _convert_value(val, dtype: int):
     except OverflowError:  # an integer beyond double: rapidjson stored it as a double already
       return math.copysign(math.inf, val)
   if dtype in (DT_INT32, DT_INT16, DT_INT8, DT_UINT8):
-    if not (_is_int(val) and -2**31 <= val < 2**31):
+    if not (_is_int(val) and -(2**31) <= val < 2**31):
       raise _type_error(val, dtype)
     return val
   if dtype == DT_STRING:
@@ -399,7 +445,7 @@ def _convert_value(val, dtype: int):
       raise _type_error(val, dtype)
     return encode_utf8(val)
   if dtype == DT_INT64:
-    if not (_is_int(val) and -2**63 <= val < 2**63):
+    if not (_is_int(val) and -(2**63) <= val < 2**63):
       raise _type_error(val, dtype)
     return val
   if dtype == DT_BOOL:
@@ -414,8 +460,10 @@ def _convert_value(val, dtype: int):
     if not (_is_int(val) and 0 <= val < 2**64):
       raise _type_error(val, dtype)
     return val
-  raise ServingError("UNIMPLEMENTED", f"Conversion of JSON Value: {json_debug_string(val)} "
-                     f"to type: {dtype_string(dtype)}")
+  raise ServingError(
+    "UNIMPLEMENTED",
+    f"Conversion of JSON Value: {json_debug_string(val)} to type: {dtype_string(dtype)}",
+  )
 
 
 def dense_shape(val) -> List[int]:
@@ -450,8 +498,14 @@ def _fill(val, level: int, shape: List[int], dtype: int, out: list) -> None:
   rank = len(shape)
   if not isinstance(val, list):
     if level != rank:
-      raise invalid("JSON Value: ", json_debug_string(val), " found at incorrect level: ",
-                    level + 1, " in the JSON DOM. Expected at level: ", rank)
+      raise invalid(
+        "JSON Value: ",
+        json_debug_string(val),
+        " found at incorrect level: ",
+        level + 1,
+        " in the JSON DOM. Expected at level: ",
+        rank,
+      )
     if isinstance(val, dict):
       if dtype != DT_STRING:
         raise _type_error(val, dtype)
@@ -462,8 +516,14 @@ def _fill(val, level: int, shape: List[int], dtype: int, out: list) -> None:
   if level >= rank:
     raise invalid("Encountered list at unexpected level: ", level, " expected < ", rank)
   if len(val) != shape[level]:
-    raise invalid("Encountered list at unexpected size: ", len(val), " at level: ", level,
-                  " expected size: ", shape[level])
+    raise invalid(
+      "Encountered list at unexpected size: ",
+      len(val),
+      " at level: ",
+      level,
+      " expected size: ",
+      shape[level],
+    )
   for v in val:
     _fill(v, level + 1, shape, dtype, out)
 
@@ -488,8 +548,10 @@ def _is_element_object(val) -> bool:
 def _instances_to_arrays(instances: list, inputs: Mapping[str, int]) -> Dict[str, np.ndarray]:
   """FillTensorMapFromInstancesList()."""
   if not isinstance(instances[0], dict) and len(inputs) > 1:
-    raise invalid("instances is a plain list, but expecting list of objects as multiple input "
-                  "tensors required as per tensorinfo_map")
+    raise invalid(
+      "instances is a plain list, but expecting list of objects as multiple input "
+      "tensors required as per tensorinfo_map"
+    )
   objects = _is_element_object(instances[0])
   names = sorted(inputs)
   rows: Dict[str, list] = {}
@@ -510,8 +572,13 @@ def _instances_to_arrays(instances: list, inputs: Mapping[str, int]) -> Dict[str
       if expected != len(flat):
         raise invalid("Expecting tensor size: ", expected, " but got: ", len(flat))
       if shapes[name] != shape:
-        raise invalid("Expecting shape [", ",".join(map(str, shapes[name])), "] but got: [",
-                      ",".join(map(str, shape)), "]")
+        raise invalid(
+          "Expecting shape [",
+          ",".join(map(str, shapes[name])),
+          "] but got: [",
+          ",".join(map(str, shape)),
+          "]",
+        )
     rows[name].extend(flat)
 
   for count, elem in enumerate(instances):
@@ -524,11 +591,23 @@ def _instances_to_arrays(instances: list, inputs: Mapping[str, int]) -> Dict[str
         except TensorParsingError:
           raise
         except ServingError as err:
-          raise invalid("Failed to process element: ", count, " key: ", name,
-                        " of 'instances' list. Error: ", err.to_string()) from None
+          raise invalid(
+            "Failed to process element: ",
+            count,
+            " key: ",
+            name,
+            " of 'instances' list. Error: ",
+            err.to_string(),
+          ) from None
       if set(elem) != set(names):
-        raise invalid("Failed to process element: ", count, " of 'instances' list. JSON object: ",
-                      json_debug_string(elem), " keys must be equal to: ", ",".join(names))
+        raise invalid(
+          "Failed to process element: ",
+          count,
+          " of 'instances' list. JSON object: ",
+          json_debug_string(elem),
+          " keys must be equal to: ",
+          ",".join(names),
+        )
     else:
       if _is_element_object(elem):
         raise invalid("Expecting value/list but got object at item ", count, " of input list")
@@ -537,8 +616,9 @@ def _instances_to_arrays(instances: list, inputs: Mapping[str, int]) -> Dict[str
       except TensorParsingError:
         raise
       except ServingError as err:
-        raise invalid("Failed to process element: ", count, " of 'instances' list. Error: ",
-                      err.to_string()) from None
+        raise invalid(
+          "Failed to process element: ", count, " of 'instances' list. Error: ", err.to_string()
+        ) from None
   out = {}
   for name, flat in rows.items():
     dtype = inputs[name]
@@ -553,8 +633,10 @@ def _inputs_to_arrays(val, inputs: Mapping[str, int]) -> Dict[str, np.ndarray]:
   """FillTensorMapFromInputsMap()."""
   if not isinstance(val, dict) or _is_b64_object(val):
     if len(inputs) > 1:
-      raise invalid("inputs is a plain value/list, but expecting an object as multiple input "
-                    "tensors required as per tensorinfo_map")
+      raise invalid(
+        "inputs is a plain value/list, but expecting an object as multiple input "
+        "tensors required as per tensorinfo_map"
+      )
     name = sorted(inputs)[0]
     return {name: to_array(val, inputs[name], name)}
   out = {}
@@ -575,8 +657,9 @@ def request_signature_name(doc: dict) -> str:
   return name
 
 
-def request_tensors(doc: dict, inputs: Mapping[str, int],
-                    signature_name: str) -> Tuple[Dict[str, np.ndarray], str]:
+def request_tensors(
+  doc: dict, inputs: Mapping[str, int], signature_name: str
+) -> Tuple[Dict[str, np.ndarray], str]:
   """FillPredictRequestFromJson() after the signature is known.
 
   Args:
@@ -589,8 +672,9 @@ def request_tensors(doc: dict, inputs: Mapping[str, int],
     raise invalid("Failed to get input map for signature: ", signature_name or "DEFAULT")
   has_instances, has_inputs = "instances" in doc, "inputs" in doc
   if has_instances and has_inputs:
-    raise format_error(doc, "Not formatted correctly expecting only one of 'inputs' or "
-                            "'instances' keys to exist ")
+    raise format_error(
+      doc, "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist "
+    )
   if has_instances:
     instances = doc["instances"]
     if not isinstance(instances, list):
@@ -604,6 +688,7 @@ def request_tensors(doc: dict, inputs: Mapping[str, int],
 
 
 # --- tensors -> JSON ------------------------------------------------------------------------------
+
 
 def _values_json(arr: np.ndarray, as_bytes: bool) -> str:
   """AddTensorValues(): nested lists of one tensor (or a scalar)."""
@@ -629,7 +714,7 @@ def _values_json(arr: np.ndarray, as_bytes: bool) -> str:
 
   def nest(dims, start):
     if len(dims) == 1:
-      return "[" + ", ".join(flat[start:start + dims[0]]) + "]"
+      return "[" + ", ".join(flat[start : start + dims[0]]) + "]"
     step = int(np.prod(dims[1:], dtype=np.int64))
     return "[" + ", ".join(nest(dims[1:], start + i * step) for i in range(dims[0])) + "]"
 
@@ -653,9 +738,14 @@ def response_json(outputs: Mapping[str, np.ndarray], fmt: str) -> str:
     if len(names) == 1:
       body = _values_json(outputs[names[0]], _is_bytes_name(names[0], outputs[names[0]]))
     else:
-      body = "{\n        " + ",\n        ".join(
+      body = (
+        "{\n        "
+        + ",\n        ".join(
           f"{json.dumps(n)}: {_values_json(outputs[n], _is_bytes_name(n, outputs[n]))}"
-          for n in names) + "\n    }"
+          for n in names
+        )
+        + "\n    }"
+      )
     return '{\n    "outputs": ' + body + "\n}"
   batch = 0
   for name in names:
@@ -665,8 +755,9 @@ def response_json(outputs: Mapping[str, np.ndarray], fmt: str) -> str:
     if arr.shape[0] < 1:
       raise invalid("Tensor name: ", name, " has invalid batch size: ", arr.shape[0])
     if batch and arr.shape[0] != batch:
-      raise invalid("Tensor name: ", name, " has inconsistent batch size: ", arr.shape[0],
-                    " expecting: ", batch)
+      raise invalid(
+        "Tensor name: ", name, " has inconsistent batch size: ", arr.shape[0], " expecting: ", batch
+      )
     batch = arr.shape[0]
   rows = []
   for i in range(batch):
@@ -674,9 +765,14 @@ def response_json(outputs: Mapping[str, np.ndarray], fmt: str) -> str:
       arr = outputs[names[0]]
       rows.append(_values_json(_row(arr, i), _is_bytes_name(names[0], arr)))
     else:
-      rows.append("{\n            " + ",\n            ".join(
+      rows.append(
+        "{\n            "
+        + ",\n            ".join(
           f"{json.dumps(n)}: {_values_json(_row(outputs[n], i), _is_bytes_name(n, outputs[n]))}"
-          for n in names) + "\n        }")
+          for n in names
+        )
+        + "\n        }"
+      )
   return '{\n    "predictions": [\n        ' + ",\n        ".join(rows) + "\n    ]\n}"
 
 
@@ -688,19 +784,22 @@ def error_json(message: str) -> str:
 # --- URL paths (http_rest_api_util.cc) ------------------------------------------------------------
 
 PREDICTION_PATH = re.compile(
-    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
-    re.IGNORECASE)
+  r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
+  re.IGNORECASE,
+)
 STATUS_PATH = re.compile(
-    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
-    re.IGNORECASE)
+  r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
+  re.IGNORECASE,
+)
 HANDLED_PATH = re.compile(r"/v1/.*", re.IGNORECASE)
 
 
 class ModelRequest:
   """A parsed REST path: model name, optional version or label, method / sub-resource."""
 
-  def __init__(self, name: str, version: Optional[int], label: Optional[str], method: str,
-               subresource: str):
+  def __init__(
+    self, name: str, version: Optional[int], label: Optional[str], method: str, subresource: str
+  ):
     self.name, self.version, self.label = name, version, label
     self.method, self.subresource = method, subresource
 

@@ -39,18 +39,22 @@ from typing import Dict, List, Optional
 from serving import json_tensor as jt
 from serving import rest
 from serving.json_tensor import ServingError
-from serving.versions import (MAX_WARMUP_RECORDS, WARMUP_PATH, ModelManager,  # noqa: F401
-                              Servable, VersionState, parse_version)
+from serving.versions import (
+  ModelManager,  # noqa: F401
+  Servable,
+)
 
 log = logging.getLogger("serving.local_server")
 
 
 def _tf():
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
   return tf
 
 
 # --- the REST API ---------------------------------------------------------------------------------
+
 
 class ModelServer:
   """Models by name + the REST handlers (transport-independent, for in-process tests)."""
@@ -62,8 +66,9 @@ class ModelServer:
     manager = self.managers.get(req.name)
     if manager is None:
       if req.version is not None:
-        raise ServingError("NOT_FOUND",
-                           f"Servable not found for request: Specific({req.name}, {req.version})")
+        raise ServingError(
+          "NOT_FOUND", f"Servable not found for request: Specific({req.name}, {req.version})"
+        )
       if req.label is not None:
         raise jt.invalid("Unrecognized servable version label: ", req.label)
       raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({req.name})")
@@ -107,8 +112,13 @@ class ModelServer:
     sig_map = get_model_metadata_pb2.SignatureDefMap()
     for key, sig in servable.signature_defs.items():
       sig_map.signature_def[key].CopyFrom(sig)
-    return ('{\n"model_spec":' + _to_json(spec) + ',\n"metadata": {"signature_def": '
-            + _to_json(sig_map) + "}\n}\n")
+    return (
+      '{\n"model_spec":'
+      + _to_json(spec)
+      + ',\n"metadata": {"signature_def": '
+      + _to_json(sig_map)
+      + "}\n}\n"
+    )
 
   def predict(self, req: jt.ModelRequest, body: bytes) -> str:
     """Predict: JSON request -> JSON response (row or columnar, as requested)."""
@@ -117,7 +127,7 @@ class ModelServer:
     servable = self._servable(req)
     key = signature_name or "serving_default"
     if key not in servable.signature_defs:
-      raise jt.invalid("Serving signature name: \"", key, "\" not found in signature def")
+      raise jt.invalid('Serving signature name: "', key, '" not found in signature def')
     arrays, fmt = jt.request_tensors(doc, servable.inputs[key], signature_name)
     return jt.response_json(servable.run(key, arrays), fmt)
 
@@ -131,8 +141,9 @@ class ModelServer:
         return 200, self.metadata(req)
       if req.method == "predict":
         return 200, self.predict(req, body)
-      raise ServingError("UNIMPLEMENTED", f"{req.method} is not supported by the local server "
-                                          "(use :predict)")
+      raise ServingError(
+        "UNIMPLEMENTED", f"{req.method} is not supported by the local server (use :predict)"
+      )
     except ServingError as err:
       return err.http_status, jt.error_json(err.message)
     except Exception as err:  # pylint: disable=broad-except
@@ -142,6 +153,7 @@ class ModelServer:
 
 def _error_code_value(name: str) -> int:
   from tensorflow.core.protobuf import error_codes_pb2  # pylint: disable=import-outside-toplevel
+
   try:
     return error_codes_pb2.Code.Value(name)
   except ValueError:
@@ -150,11 +162,14 @@ def _error_code_value(name: str) -> int:
 
 def _to_json(message) -> str:
   from google.protobuf import json_format  # pylint: disable=import-outside-toplevel
-  return json_format.MessageToJson(message, preserving_proto_field_name=True,
-                                   always_print_fields_with_no_presence=True, indent=1)
+
+  return json_format.MessageToJson(
+    message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True, indent=1
+  )
 
 
 # --- configuration ----------------------------------------------------------------------------------
+
 
 def read_model_config(path: str) -> List[dict]:
   """models.config (ModelServerConfig text proto) -> [{name, base_path, policy, labels}]."""
@@ -182,17 +197,24 @@ def read_model_config(path: str) -> List[dict]:
     base = m.base_path
     if not os.path.isabs(base) and not os.path.isdir(base):
       base = os.path.join(base_dir, base)
-    models.append({"name": m.name, "base_path": base, "policy": policy,
-                   "labels": dict(m.version_labels)})
+    models.append(
+      {"name": m.name, "base_path": base, "policy": policy, "labels": dict(m.version_labels)}
+    )
   return models
 
 
 class Poller(threading.Thread):
   """Polls every model's base path (and the config file, if given) in the background."""
 
-  def __init__(self, server: ModelServer, wait_seconds: float,
-               config_file: Optional[str] = None, config_wait_seconds: float = 0.0,
-               warmup: bool = True, reload=None):
+  def __init__(
+    self,
+    server: ModelServer,
+    wait_seconds: float,
+    config_file: Optional[str] = None,
+    config_wait_seconds: float = 0.0,
+    warmup: bool = True,
+    reload=None,
+  ):
     super().__init__(name="model-poller", daemon=True)
     self.reload = reload or (lambda: read_model_config(config_file))
     self.server, self.wait = server, wait_seconds
@@ -245,8 +267,14 @@ def apply_config(server: ModelServer, models: List[dict], warmup: bool = True) -
     if current is not None and current.base_path == m["base_path"]:
       current.policy, current.labels = m["policy"], m["labels"]
     else:
-      managers[m["name"]] = ModelManager(m["name"], m["base_path"], m["policy"], m["labels"],
-                                         warmup, **getattr(server, "manager_options", {}))
+      managers[m["name"]] = ModelManager(
+        m["name"],
+        m["base_path"],
+        m["policy"],
+        m["labels"],
+        warmup,
+        **getattr(server, "manager_options", {}),
+      )
   for name in [n for n in managers if n not in {m["name"] for m in models}]:
     del managers[name]
   server.managers = managers
@@ -257,29 +285,45 @@ def apply_config(server: ModelServer, models: List[dict], warmup: bool = True) -
 RestServer = rest.RestServer
 
 
-def model_list(model_name: Optional[str] = None, model_base_path: Optional[str] = None,
-               model_config_file: Optional[str] = None) -> List[dict]:
+def model_list(
+  model_name: Optional[str] = None,
+  model_base_path: Optional[str] = None,
+  model_config_file: Optional[str] = None,
+) -> List[dict]:
   """The models to serve: from the config file (with --model_base_path overriding the base path
   of the --model_name entry, a local extension), or the single --model_name/--model_base_path."""
   if model_config_file:
     models = read_model_config(model_config_file)
     if model_name and model_base_path:
-      entry = next((m for m in models if m["name"] == model_name),
-                   {"name": model_name, "policy": ("latest", 1), "labels": {}})
+      entry = next(
+        (m for m in models if m["name"] == model_name),
+        {"name": model_name, "policy": ("latest", 1), "labels": {}},
+      )
       models = [m for m in models if m["name"] != model_name] + [
-          {**entry, "base_path": model_base_path}]
+        {**entry, "base_path": model_base_path}
+      ]
     return models
   if model_name and model_base_path:
-    return [{"name": model_name, "base_path": model_base_path, "policy": ("latest", 1),
-             "labels": {}}]
+    return [
+      {"name": model_name, "base_path": model_base_path, "policy": ("latest", 1), "labels": {}}
+    ]
   raise ValueError("give --model_config_file, or --model_name and --model_base_path")
 
 
-def start(model_name: Optional[str] = None, model_base_path: Optional[str] = None,
-          model_config_file: Optional[str] = None, port: int = 0, host: str = "127.0.0.1",
-          poll_wait_seconds: float = 1.0, config_poll_wait_seconds: float = 0.0,
-          warmup: bool = True, num_threads: int = 0, retry_initial_seconds: float = 1.0,
-          retry_max_seconds: float = 60.0, **http_options):
+def start(
+  model_name: Optional[str] = None,
+  model_base_path: Optional[str] = None,
+  model_config_file: Optional[str] = None,
+  port: int = 0,
+  host: str = "127.0.0.1",
+  poll_wait_seconds: float = 1.0,
+  config_poll_wait_seconds: float = 0.0,
+  warmup: bool = True,
+  num_threads: int = 0,
+  retry_initial_seconds: float = 1.0,
+  retry_max_seconds: float = 60.0,
+  **http_options,
+):
   """Loads the models, starts polling and serving in background threads.
 
   `http_options` go to `serving.rest.RestServer` (max_request_bytes, max_connections,
@@ -287,12 +331,18 @@ def start(model_name: Optional[str] = None, model_base_path: Optional[str] = Non
   `http.shutdown(); http.server_close(); poller.stop()`.
   """
   model_server = ModelServer({})
-  model_server.manager_options = {"retry_initial_seconds": retry_initial_seconds,
-                                  "retry_max_seconds": retry_max_seconds}
+  model_server.manager_options = {
+    "retry_initial_seconds": retry_initial_seconds,
+    "retry_max_seconds": retry_max_seconds,
+  }
   apply_config(model_server, model_list(model_name, model_base_path, model_config_file), warmup)
-  reload = (lambda: model_list(model_name, model_base_path, model_config_file))
-  poller = Poller(model_server, poll_wait_seconds, model_config_file, config_poll_wait_seconds,
-                  warmup, reload)
+
+  def reload():
+    return model_list(model_name, model_base_path, model_config_file)
+
+  poller = Poller(
+    model_server, poll_wait_seconds, model_config_file, config_poll_wait_seconds, warmup, reload
+  )
   poller.poll_once()
   poller.start()
   http = RestServer(model_server, host, port, num_threads, **http_options)
@@ -305,10 +355,12 @@ def disable_xla() -> bool:
   INTERNAL "XLA compilation disabled" (so a --jit-compile export fails its warmup and never
   becomes AVAILABLE). Process-wide; returns False when the symbol cannot be found."""
   import ctypes  # pylint: disable=import-outside-toplevel
+
   tf = _tf()
   try:
-    lib = ctypes.CDLL(os.path.join(os.path.dirname(tf.__file__), "libtensorflow_cc.so.2"),
-                      mode=ctypes.RTLD_GLOBAL)
+    lib = ctypes.CDLL(
+      os.path.join(os.path.dirname(tf.__file__), "libtensorflow_cc.so.2"), mode=ctypes.RTLD_GLOBAL
+    )
     fn = getattr(lib, "_ZN10tensorflow21DisableXlaCompilationEv")
   except (OSError, AttributeError):
     log.warning("cannot disable XLA in this TensorFlow build; XLA exports will load")
@@ -323,38 +375,68 @@ def _bool_flag(text: str) -> bool:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m serving.local_server", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m serving.local_server",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--model_name", default=None)
   parser.add_argument("--model_base_path", default=None)
   parser.add_argument("--model_config_file", default=None)
   parser.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0)
   parser.add_argument("--rest_api_port", type=int, default=8501)
-  parser.add_argument("--rest_api_host", default="127.0.0.1",
-                      help="bind address (local extension; TF Serving binds all interfaces)")
-  parser.add_argument("--rest_api_num_threads", type=int, default=0,
-                      help="requests processed at once (default 4 x cores)")
-  parser.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
-                      help="time to receive a request body (408) and to process it (504)")
-  parser.add_argument("--rest_api_max_request_bytes", type=int,
-                      default=rest.DEFAULT_MAX_REQUEST_BYTES,
-                      help="largest request body, after gzip decompression (413 above; local "
-                           "extension, default 16 MiB)")
-  parser.add_argument("--rest_api_max_connections", type=int, default=0,
-                      help="open connections (default from the file-descriptor limit; local "
-                           "extension)")
-  parser.add_argument("--rest_api_idle_timeout_seconds", type=float,
-                      default=rest.DEFAULT_IDLE_TIMEOUT,
-                      help="close a connection that sends no complete request for this long "
-                           "(local extension)")
+  parser.add_argument(
+    "--rest_api_host",
+    default="127.0.0.1",
+    help="bind address (local extension; TF Serving binds all interfaces)",
+  )
+  parser.add_argument(
+    "--rest_api_num_threads",
+    type=int,
+    default=0,
+    help="requests processed at once (default 4 x cores)",
+  )
+  parser.add_argument(
+    "--rest_api_timeout_in_ms",
+    type=int,
+    default=30000,
+    help="time to receive a request body (408) and to process it (504)",
+  )
+  parser.add_argument(
+    "--rest_api_max_request_bytes",
+    type=int,
+    default=rest.DEFAULT_MAX_REQUEST_BYTES,
+    help="largest request body, after gzip decompression (413 above; local "
+    "extension, default 16 MiB)",
+  )
+  parser.add_argument(
+    "--rest_api_max_connections",
+    type=int,
+    default=0,
+    help="open connections (default from the file-descriptor limit; local extension)",
+  )
+  parser.add_argument(
+    "--rest_api_idle_timeout_seconds",
+    type=float,
+    default=rest.DEFAULT_IDLE_TIMEOUT,
+    help="close a connection that sends no complete request for this long (local extension)",
+  )
   parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
-  parser.add_argument("--load_retry_initial_seconds", type=float, default=1.0,
-                      help="first retry of a version that failed to load; doubles up to "
-                           "--load_retry_max_seconds (local extension)")
+  parser.add_argument(
+    "--load_retry_initial_seconds",
+    type=float,
+    default=1.0,
+    help="first retry of a version that failed to load; doubles up to "
+    "--load_retry_max_seconds (local extension)",
+  )
   parser.add_argument("--load_retry_max_seconds", type=float, default=60.0)
   parser.add_argument("--enable_model_warmup", type=_bool_flag, default=True)
-  parser.add_argument("--xla_cpu_compilation_enabled", type=_bool_flag, default=False,
-                      help="as TF Serving: XLA is disabled unless this is true")
+  parser.add_argument(
+    "--xla_cpu_compilation_enabled",
+    type=_bool_flag,
+    default=False,
+    help="as TF Serving: XLA is disabled unless this is true",
+  )
   parser.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0)
   parser.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0)
   parser.add_argument("--verbose", action="store_true", help="log every request")
@@ -370,22 +452,31 @@ def main(argv=None) -> int:
     disable_xla()
   timeout = args.rest_api_timeout_in_ms / 1000 if args.rest_api_timeout_in_ms > 0 else 3600.0
   try:
-    http, poller = start(args.model_name, args.model_base_path, args.model_config_file,
-                         args.rest_api_port, args.rest_api_host,
-                         args.file_system_poll_wait_seconds,
-                         args.model_config_file_poll_wait_seconds, args.enable_model_warmup,
-                         args.rest_api_num_threads, args.load_retry_initial_seconds,
-                         args.load_retry_max_seconds,
-                         max_request_bytes=args.rest_api_max_request_bytes,
-                         max_connections=args.rest_api_max_connections,
-                         idle_timeout=args.rest_api_idle_timeout_seconds,
-                         request_timeout=timeout, verbose=args.verbose)
+    http, poller = start(
+      args.model_name,
+      args.model_base_path,
+      args.model_config_file,
+      args.rest_api_port,
+      args.rest_api_host,
+      args.file_system_poll_wait_seconds,
+      args.model_config_file_poll_wait_seconds,
+      args.enable_model_warmup,
+      args.rest_api_num_threads,
+      args.load_retry_initial_seconds,
+      args.load_retry_max_seconds,
+      max_request_bytes=args.rest_api_max_request_bytes,
+      max_connections=args.rest_api_max_connections,
+      idle_timeout=args.rest_api_idle_timeout_seconds,
+      request_timeout=timeout,
+      verbose=args.verbose,
+    )
   except (ValueError, OSError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2
   log.info("Exporting HTTP/REST API at:%s:%d ...", args.rest_api_host, http.port)
   stop = threading.Event()
   import signal  # pylint: disable=import-outside-toplevel
+
   signal.signal(signal.SIGTERM, lambda *_: stop.set())
   try:
     stop.wait()

@@ -49,8 +49,9 @@ DEFAULT_MAX_REQUEST_BYTES = 16 * 2**20
 DEFAULT_IDLE_TIMEOUT = 30.0
 DEFAULT_REQUEST_TIMEOUT = 30.0
 API_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD")
-NOT_FOUND_HTML = ("<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n"
-                  "</BODY></HTML>\n")
+NOT_FOUND_HTML = (
+  "<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n</BODY></HTML>\n"
+)
 ORIGIN = re.compile(r"https?://")
 
 
@@ -70,6 +71,7 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
   if kind in ("auto", "uvloop"):
     try:
       import uvloop  # pylint: disable=import-outside-toplevel
+
       return uvloop.new_event_loop()
     except ImportError:
       if kind == "uvloop":
@@ -99,8 +101,10 @@ class _Workers:
   def __init__(self, loop: asyncio.AbstractEventLoop, num_threads: int):
     self.loop = loop
     self.queue = queue.SimpleQueue()
-    self.threads = [threading.Thread(target=self._work, name=f"rest-worker-{i}", daemon=True)
-                    for i in range(num_threads)]
+    self.threads = [
+      threading.Thread(target=self._work, name=f"rest-worker-{i}", daemon=True)
+      for i in range(num_threads)
+    ]
     for thread in self.threads:
       thread.start()
 
@@ -186,12 +190,20 @@ class RestServer:
       when installed).
   """
 
-  def __init__(self, model_server, host: str = "127.0.0.1", port: int = 8501,
-               num_threads: int = 0, verbose: bool = False,
-               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-               max_connections: int = 0, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-               request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-               body_timeout: Optional[float] = None, event_loop: str = "auto"):
+  def __init__(
+    self,
+    model_server,
+    host: str = "127.0.0.1",
+    port: int = 8501,
+    num_threads: int = 0,
+    verbose: bool = False,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    max_connections: int = 0,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    body_timeout: Optional[float] = None,
+    event_loop: str = "auto",
+  ):
     import os  # pylint: disable=import-outside-toplevel
 
     self.model_server = model_server
@@ -226,12 +238,19 @@ class RestServer:
 
   def _run(self) -> None:
     asyncio.set_event_loop(self.loop)
-    self._server = _Server(self._handle, self, loop=self.loop,
-                           keepalive_timeout=self.idle_timeout, auto_decompress=False,
-                           access_log=logging.getLogger("serving.access") if self.verbose
-                           else None, max_field_size=16384, lingering_time=10.0)
+    self._server = _Server(
+      self._handle,
+      self,
+      loop=self.loop,
+      keepalive_timeout=self.idle_timeout,
+      auto_decompress=False,
+      access_log=logging.getLogger("serving.access") if self.verbose else None,
+      max_field_size=16384,
+      lingering_time=10.0,
+    )
     self._listener = self.loop.run_until_complete(
-        self.loop.create_server(self._server, sock=self.socket, backlog=1024))
+      self.loop.create_server(self._server, sock=self.socket, backlog=1024)
+    )
     self._ready.set()
     try:
       self.loop.run_forever()
@@ -275,12 +294,14 @@ class RestServer:
         self.forget(other)
         return
     self.rejected += 1
-    body = jt.encode_utf8(jt.error_json(
-        f"Too many open connections ({self.max_connections}); retry later"))
+    body = jt.encode_utf8(
+      jt.error_json(f"Too many open connections ({self.max_connections}); retry later")
+    )
     if conn.transport is not None:
-      conn.transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json"
-                           b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
-                           + body)
+      conn.transport.write(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json"
+        b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+      )
     conn.force_close()
     self.forget(conn)
 
@@ -347,25 +368,33 @@ class RestServer:
             return self._too_large(None)
           chunks.append(chunk)
     except TimeoutError:
-      return _error(408, f"Request body not received within {self.body_timeout:g} seconds",
-                    close=True)
+      return _error(
+        408, f"Request body not received within {self.body_timeout:g} seconds", close=True
+      )
     except Exception as err:  # pylint: disable=broad-except  (aiohttp payload errors)
       return _error(400, f"Bad Request: {err}", close=True)
     return b"".join(chunks)
 
   def _too_large(self, length: Optional[int]) -> web.Response:
     size = f"of {length} bytes " if length is not None else ""
-    return _error(413, f"Request body {size}exceeds the limit of {self.max_request_bytes} bytes "
-                       "(--rest_api_max_request_bytes)", close=True)
+    return _error(
+      413,
+      f"Request body {size}exceeds the limit of {self.max_request_bytes} bytes "
+      "(--rest_api_max_request_bytes)",
+      close=True,
+    )
 
   def _process(self, method: str, path: str, body: bytes, gzipped: bool):
     """(Worker thread.) gzip -> ModelServer.handle -> (status, encoded JSON)."""
     if gzipped and body:
       body = self._gunzip(body)
       if body is None:
-        return 413, jt.encode_utf8(jt.error_json(
+        return 413, jt.encode_utf8(
+          jt.error_json(
             f"Decompressed request body exceeds the limit of {self.max_request_bytes} bytes "
-            "(--rest_api_max_request_bytes)"))
+            "(--rest_api_max_request_bytes)"
+          )
+        )
     status, text = self.model_server.handle(method, path, body)
     return status, jt.encode_utf8(text)
 

@@ -51,8 +51,7 @@ class StdlibRestServer(ThreadingHTTPServer):
   allow_reuse_address = True
   request_queue_size = 256
 
-  def __init__(self, model_server, host: str = "127.0.0.1", port: int = 8501,
-               num_threads: int = 0):
+  def __init__(self, model_server, host: str = "127.0.0.1", port: int = 8501, num_threads: int = 0):
     super().__init__((host, port), _Handler)
     self.model_server = model_server
     self.slots = threading.BoundedSemaphore(num_threads or 4 * (os.cpu_count() or 1))
@@ -70,11 +69,13 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
   if args.tensorflow_intra_op_parallelism:
     tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
   model_server = local_server.ModelServer({})
-  local_server.apply_config(model_server, local_server.model_list(args.model_name,
-                                                                  args.model_base_path))
+  local_server.apply_config(
+    model_server, local_server.model_list(args.model_name, args.model_base_path)
+  )
   for manager in model_server.managers.values():
     manager.poll()
   StdlibRestServer(model_server, port=args.rest_api_port).serve_forever()

@@ -43,6 +43,7 @@ MAX_VERSION = 2**63 - 1
 
 def _tf():
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
   return tf
 
 
@@ -56,6 +57,7 @@ def parse_version(name: str) -> Optional[int]:
 
 def _code_name(code: int) -> str:
   from tensorflow.core.protobuf import error_codes_pb2  # pylint: disable=import-outside-toplevel
+
   try:
     return error_codes_pb2.Code.Name(code)
   except ValueError:
@@ -63,6 +65,7 @@ def _code_name(code: int) -> str:
 
 
 # --- one loaded version ---------------------------------------------------------------------------
+
 
 class Servable:
   """One loaded SavedModel version: its signature functions and SignatureDefs.
@@ -81,9 +84,11 @@ class Servable:
     pb = Path(path, "saved_model.pb")
     if not pb.is_file() and not Path(path, "saved_model.pbtxt").is_file():
       raise ServingError(
-          "NOT_FOUND", f"Could not find SavedModel .pb or .pbtxt at supplied export directory "
-                       f"path: {path}. Check that the directory exists and that you have the "
-                       "right permissions for accessing it.")
+        "NOT_FOUND",
+        f"Could not find SavedModel .pb or .pbtxt at supplied export directory "
+        f"path: {path}. Check that the directory exists and that you have the "
+        "right permissions for accessing it.",
+      )
     proto = saved_model_pb2.SavedModel()
     try:
       proto.ParseFromString(pb.read_bytes())
@@ -91,10 +96,13 @@ class Servable:
       raise ServingError("DATA_LOSS", f"Can't parse {pb} as binary proto") from None
     graphs = [g for g in proto.meta_graphs if "serve" in g.meta_info_def.tags]
     if not graphs:
-      raise ServingError("NOT_FOUND", "Could not find meta graph def matching supplied tags: "
-                                      "{ serve }. To inspect available tag-sets in the "
-                                      "SavedModel, please use the SavedModel CLI: "
-                                      "`saved_model_cli`")
+      raise ServingError(
+        "NOT_FOUND",
+        "Could not find meta graph def matching supplied tags: "
+        "{ serve }. To inspect available tag-sets in the "
+        "SavedModel, please use the SavedModel CLI: "
+        "`saved_model_cli`",
+      )
     self.signature_defs = graphs[0].signature_def
     try:
       self.loaded = tf.saved_model.load(path, tags=["serve"])
@@ -103,26 +111,33 @@ class Servable:
     except (OSError, ValueError) as err:
       raise ServingError("DATA_LOSS", f"{path}: {err}") from None
     self.functions = dict(self.loaded.signatures)
-    self.inputs = {name: {k: v.dtype for k, v in sig.inputs.items()}
-                   for name, sig in self.signature_defs.items()}
+    self.inputs = {
+      name: {k: v.dtype for k, v in sig.inputs.items()} for name, sig in self.signature_defs.items()
+    }
 
   def run(self, signature_name: str, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Runs one signature on numpy inputs; TF errors become ServingErrors with TF's code."""
     tf = _tf()
     fn = self.functions.get(signature_name)
     if fn is None:
-      raise jt.invalid("Serving signature name: \"", signature_name,
-                       "\" not found in signature def")
+      raise jt.invalid('Serving signature name: "', signature_name, '" not found in signature def')
     sig = self.signature_defs[signature_name]
     feeds = {}
     for key, arr in arrays.items():
       info = sig.inputs[key]
       want = [d.size for d in info.tensor_shape.dim]
       if not info.tensor_shape.unknown_rank and (
-          len(want) != arr.ndim or any(w >= 0 and w != s for w, s in zip(want, arr.shape))):
+        len(want) != arr.ndim or any(w >= 0 and w != s for w, s in zip(want, arr.shape))
+      ):
         raise jt.invalid(
-            "input tensor '", key, "' has shape [", ",".join(map(str, arr.shape)),
-            "] but the signature expects [", ",".join(map(str, want)), "] (-1 = any size)")
+          "input tensor '",
+          key,
+          "' has shape [",
+          ",".join(map(str, arr.shape)),
+          "] but the signature expects [",
+          ",".join(map(str, want)),
+          "] (-1 = any size)",
+        )
       feeds[key] = tf.constant(arr, dtype=tf.dtypes.as_dtype(info.dtype))
     try:
       out = fn(**feeds)
@@ -145,12 +160,15 @@ class Servable:
       for record in tf.data.TFRecordDataset(path):
         count += 1
         if count > MAX_WARMUP_RECORDS:
-          raise ServingError("INVALID_ARGUMENT", f"Number of warmup records exceeds the maximum "
-                                                 f"({MAX_WARMUP_RECORDS}) at {path}")
+          raise ServingError(
+            "INVALID_ARGUMENT",
+            f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}",
+          )
         entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
         if entry.WhichOneof("log_type") != "predict_log":
-          raise ServingError("UNIMPLEMENTED", "Unsupported log_type for warmup: "
-                                              f"{entry.WhichOneof('log_type')}")
+          raise ServingError(
+            "UNIMPLEMENTED", f"Unsupported log_type for warmup: {entry.WhichOneof('log_type')}"
+          )
         request = entry.predict_log.request
         signature = request.model_spec.signature_name or "serving_default"
         arrays = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
@@ -161,6 +179,7 @@ class Servable:
 
 
 # --- states ---------------------------------------------------------------------------------------
+
 
 class VersionState:
   """ServableState as GetModelStatus reports it (state, error_code, error_message)."""
@@ -178,8 +197,8 @@ class _Retry:
   def __init__(self):
     self.failures = 0
     self.next_time = 0.0
-    self.fingerprint: Optional[tuple] = None   # of the files at the failed attempt
-    self.last_seen: Optional[tuple] = None     # at the previous poll
+    self.fingerprint: Optional[tuple] = None  # of the files at the failed attempt
+    self.last_seen: Optional[tuple] = None  # at the previous poll
 
 
 def _fingerprint(path: str) -> tuple:
@@ -198,6 +217,7 @@ def _fingerprint(path: str) -> tuple:
 
 # --- one model ------------------------------------------------------------------------------------
 
+
 class ModelManager:
   """Loads / unloads the versions of one model found under its base path.
 
@@ -211,15 +231,22 @@ class ModelManager:
     loader: `(name, version, path) -> Servable` (tests inject slow or failing loaders).
   """
 
-  def __init__(self, name: str, base_path: str, policy=("latest", 1),
-               labels: Optional[Dict[str, int]] = None, warmup: bool = True,
-               retry_initial_seconds: float = 1.0, retry_max_seconds: float = 60.0,
-               loader=None):
+  def __init__(
+    self,
+    name: str,
+    base_path: str,
+    policy=("latest", 1),
+    labels: Optional[Dict[str, int]] = None,
+    warmup: bool = True,
+    retry_initial_seconds: float = 1.0,
+    retry_max_seconds: float = 60.0,
+    loader=None,
+  ):
     self.name, self.base_path = name, base_path
     self.policy, self.labels, self.warmup = policy, dict(labels or {}), warmup
     self.retry_initial, self.retry_max = retry_initial_seconds, retry_max_seconds
     self.loader = loader or Servable
-    self.servables: Dict[int, Servable] = {}   # AVAILABLE versions (replaced, never mutated)
+    self.servables: Dict[int, Servable] = {}  # AVAILABLE versions (replaced, never mutated)
     self.states: Dict[int, VersionState] = {}  # everything ever seen, for the status API
     self._retries: Dict[int, _Retry] = {}
     self._lock = threading.Lock()
@@ -250,7 +277,7 @@ class ModelManager:
       return versions
     if kind == "specific":
       return [v for v in versions if v in arg]
-    return versions[-int(arg or 1):]
+    return versions[-int(arg or 1) :]
 
   # --- one poll ---
 
@@ -310,8 +337,16 @@ class ModelManager:
       retry.next_time = time.monotonic() + delay
       retry.fingerprint = retry.last_seen = _fingerprint(path)
       self._retries[version] = retry
-      log.error("model %s version %d failed to load (attempt %d; next in %.0f s unless its files "
-                "change): %s: %s", self.name, version, retry.failures, delay, code, message)
+      log.error(
+        "model %s version %d failed to load (attempt %d; next in %.0f s unless its files "
+        "change): %s: %s",
+        self.name,
+        version,
+        retry.failures,
+        delay,
+        code,
+        message,
+      )
       with self._lock:
         self.states[version] = VersionState("END", code, message)
       return
@@ -346,6 +381,7 @@ class ModelManager:
         raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({self.name})")
       return servables[max(servables)]
     if version not in servables:
-      raise ServingError("NOT_FOUND",
-                         f"Servable not found for request: Specific({self.name}, {version})")
+      raise ServingError(
+        "NOT_FOUND", f"Servable not found for request: Specific({self.name}, {version})"
+      )
     return servables[version]

@@ -43,10 +43,12 @@ def import_graph(root: Path, packages=PACKAGES) -> Dict[str, Set[str]]:
         base = node.module or ""
         if node.level:
           anchor = name.split(".") if is_package else name.split(".")[:-1]
-          anchor = anchor[:len(anchor) - (node.level - 1)]
+          anchor = anchor[: len(anchor) - (node.level - 1)]
           base = ".".join(anchor + ([base] if base else []))
-        candidates = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
-                      for alias in node.names]
+        candidates = [
+          f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+          for alias in node.names
+        ]
       else:
         continue
       for target in candidates:
@@ -97,8 +99,12 @@ def graph():
 
 
 def _imports_of(graph, prefix):
-  return {(m, t) for m, targets in graph.items() if m == prefix or m.startswith(prefix + ".")
-          for t in targets}
+  return {
+    (m, t)
+    for m, targets in graph.items()
+    if m == prefix or m.startswith(prefix + ".")
+    for t in targets
+  }
 
 
 def _under(module, prefix):
@@ -135,18 +141,29 @@ def test_input_pipelines_never_import_bivrec_tf(graph):
 
 
 def test_layers_import_nothing_of_the_project_outside_bivrec_tf_layers(graph):
-  bad = {(m, t) for m, t in _imports_of(graph, "bivrec_tf.layers")
-         if not _under(t, "bivrec_tf.layers") and t != "bivrec_tf"}
+  bad = {
+    (m, t)
+    for m, t in _imports_of(graph, "bivrec_tf.layers")
+    if not _under(t, "bivrec_tf.layers") and t != "bivrec_tf"
+  }
   assert not bad
 
 
 def test_serving_never_imports_training_data_or_benchmark_code(graph):
-  bad = {(m, t) for m, t in _imports_of(graph, "serving")
-         if any(_under(t, p) for p in ("bivrec_tf", "input_pipelines", "benchmarks"))}
+  bad = {
+    (m, t)
+    for m, t in _imports_of(graph, "serving")
+    if any(_under(t, p) for p in ("bivrec_tf", "input_pipelines", "benchmarks"))
+  }
   assert not bad
 
 
 def test_only_benchmarks_import_benchmarks(graph):
-  bad = {(m, t) for m, targets in graph.items() if not _under(m, "benchmarks")
-         for t in targets if _under(t, "benchmarks")}
+  bad = {
+    (m, t)
+    for m, targets in graph.items()
+    if not _under(m, "benchmarks")
+    for t in targets
+    if _under(t, "benchmarks")
+  }
   assert not bad

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PACKAGES = ("bivrec_tf", "serving", "input_pipelines", "benchmarks")
 # Tools that take positional arguments only (no argparse): `--help` would be read as a path.
-NO_HELP = {"benchmarks.screening_table", "input_pipelines.synthetic"}
+NO_HELP = {"benchmarks.screening_table"}
 # `python -m benchmarks.quality` passes every other flag on to the training config.
 EXTRA_FLAGS_FROM = {"benchmarks.quality": "bivrec_tf.train"}
 # Model names `benchmarks.quality --models` takes besides the presets.
@@ -87,8 +87,11 @@ def _python_m_commands(doc: Path):
 
 
 def _all_commands():
-  return [(doc.relative_to(ROOT).as_posix(), module, args) for doc in DOCS
-          for module, args in _python_m_commands(doc)]
+  return [
+    (doc.relative_to(ROOT).as_posix(), module, args)
+    for doc in DOCS
+    for module, args in _python_m_commands(doc)
+  ]
 
 
 def _documented_modules():
@@ -103,17 +106,29 @@ def _flags(text):
 def helps():
   """{module: {"code": exit status of `--help`, "text": its output}} for every documented CLI."""
   modules = [m for m in _documented_modules() if m not in NO_HELP]
-  proc = subprocess.run([sys.executable, "-c", HELP_SCRIPT, *modules], cwd=ROOT,
-                        capture_output=True, text=True, timeout=600, check=False)
-  line = next((l for l in proc.stdout.splitlines() if l.startswith("HELP ")), None)
+  proc = subprocess.run(
+    [sys.executable, "-c", HELP_SCRIPT, *modules],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+  line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("HELP ")), None)
   assert line is not None, proc.stderr[-3000:]
-  return json.loads(line[len("HELP "):])
+  return json.loads(line[len("HELP ") :])
 
 
 def test_the_docs_quote_the_main_tools(helps):
   # The parser above finds commands at all (an empty list would pass every test below).
-  assert {"bivrec_tf.train", "bivrec_tf.export", "serving.local_server", "serving.client",
-          "input_pipelines.prepare", "benchmarks.quality"} <= set(helps)
+  assert {
+    "bivrec_tf.train",
+    "bivrec_tf.export",
+    "serving.local_server",
+    "serving.client",
+    "input_pipelines.prepare",
+    "benchmarks.quality",
+  } <= set(helps)
 
 
 def test_every_documented_tool_answers_help(helps):
@@ -146,14 +161,18 @@ def test_every_documented_command_names_existing_presets():
         names, known = value.split(","), set(PRESETS) | QUALITY_MODELS
       else:
         continue
-      wrong += [f"{doc}: python -m {module} {flag} {n}" for n in names
-                if n not in known and not n.isupper()]  # DATA, NAME: placeholders
+      wrong += [
+        f"{doc}: python -m {module} {flag} {n}" for n in names if n not in known and not n.isupper()
+      ]  # DATA, NAME: placeholders
   assert not wrong, "\n".join(wrong)
 
 
 def test_documented_commands_write_inside_the_repository():
-  outside = [f"{doc}: python -m {module} {' '.join(args)}" for doc, module, args in _all_commands()
-             if any(arg.startswith("/tmp") for arg in args)]
+  outside = [
+    f"{doc}: python -m {module} {' '.join(args)}"
+    for doc, module, args in _all_commands()
+    if any(arg.startswith("/tmp") for arg in args)
+  ]
   assert not outside, "\n".join(outside)
 
 
@@ -168,15 +187,16 @@ def _section(text, heading):
 def test_flags_readme_quotes_in_prose_belong_to_the_tool_they_describe(helps):
   readme = _fenced_blocks((ROOT / "README.md").read_text())[1]
   prose = {
-      "bivrec_tf.train": _paragraphs(readme, "Useful flags") +
-                         [_section(readme, "## Training on several devices or machines")],
-      "input_pipelines.prepare": _paragraphs(readme, "`--format` also takes"),
+    "bivrec_tf.train": _paragraphs(readme, "Useful flags")
+    + [_section(readme, "## Training on several devices or machines")],
+    "input_pipelines.prepare": _paragraphs(readme, "`--format` also takes"),
   }
   wrong = []
   for module, texts in prose.items():
     assert texts, module  # the paragraphs are still there
-    quoted = {f for t in texts for span in _inline_spans(t) for f in _flags(span)
-              if "python -m" not in span}  # (commands are checked against their own tool)
+    quoted = {
+      f for t in texts for span in _inline_spans(t) for f in _flags(span) if "python -m" not in span
+    }  # (commands are checked against their own tool)
     wrong += [f"{module}: {f}" for f in sorted(quoted - _flags(helps[module]["text"]))]
   assert not wrong, "\n".join(wrong)
 
@@ -194,17 +214,45 @@ def test_readme_python_example_answers_from_the_history(tmp_path):
   # README's main job on the default dataset, shortened to two small epochs (about 40 s); run
   # where the example expects it (data_cache/ and saved_models/ in the working directory).
   train = subprocess.run(
-      [sys.executable, "-m", "bivrec_tf.train", "--epochs", "2", "--dim", "32",
-       "--num-negatives", "64", "--no-jit-compile", "--run-dir", "runs/readme"],
-      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+    [
+      sys.executable,
+      "-m",
+      "bivrec_tf.train",
+      "--epochs",
+      "2",
+      "--dim",
+      "32",
+      "--num-negatives",
+      "64",
+      "--no-jit-compile",
+      "--run-dir",
+      "runs/readme",
+    ],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert train.returncode == 0, train.stderr[-3000:]
   assert (tmp_path / "saved_models" / "bivrec" / "1").is_dir()
   code = _readme_python_example()
-  example = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300, check=False)
+  example = subprocess.run(
+    [sys.executable, "-c", code],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert example.returncode == 0, example.stderr[-3000:]
-  printed = {line.split(":")[0]: re.findall(r"item_\d{5}", line)
-             for line in example.stdout.splitlines() if ":" in line}
+  printed = {
+    line.split(":")[0]: re.findall(r"item_\d{5}", line)
+    for line in example.stdout.splitlines()
+    if ":" in line
+  }
   after, fallback = printed["after the history"], printed["with no history"]
   history = re.findall(r"item_\d{5}", code.split("tf.constant")[1])
   data = next((tmp_path / "data_cache").glob("synthetic-*"))
@@ -218,3 +266,12 @@ def test_readme_python_example_answers_from_the_history(tmp_path):
   (history_topic,) = {topic[index[i]] for i in history}
   assert sum(topic[index[i]] == history_topic for i in after) >= 4, (after, fallback)
   assert after != fallback
+
+
+def test_readme_test_command_is_what_ci_runs():
+  """The README's install-and-test command is the command `.ci/run` runs, word for word."""
+  readme = (ROOT / "README.md").read_text()
+  ci = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines() if ln.startswith("pip ")]
+  assert len(ci) == 1, ci
+  assert "python -m pytest" in ci[0] and "ruff format --check" in ci[0]
+  assert f"```bash\n{ci[0]}\n```" in readme

@@ -19,6 +19,7 @@ from input_pipelines.prepared import write_prepared
 from benchmarks.quality.roster import KS
 from benchmarks.quality.runs import load_trained
 
+
 def read_split(ds: PreparedDataset, split: str):
   """[(history list, targets list)] of a split, in file order."""
   spec = {"history": tf.io.VarLenFeature(tf.int64), "target": tf.io.VarLenFeature(tf.int64)}
@@ -57,21 +58,33 @@ def make_cold_copy(src, out_dir: Path, share: float = 0.1, seed: int = 0) -> Pat
     return kept
 
   splits = {s: strip(read_split(ds, s), s == "train") for s in ds.splits}
-  features = {m: (ds.features[m][NUM_RESERVED:], ds.present[m][NUM_RESERVED:])
-              for m in ds.features}
+  features = {m: (ds.features[m][NUM_RESERVED:], ds.present[m][NUM_RESERVED:]) for m in ds.features}
   meta = {k: ds.meta[k] for k in ("source", "protocol", "recommended_max_len") if k in ds.meta}
-  meta["cold_holdout"] = {"source": str(ds.path), "share": share, "seed": seed,
-                          "num_items": int(len(held)), "items": held.tolist()}
-  return write_prepared(out_dir, list(ds.vocab[NUM_RESERVED:]), features, splits, meta,
-                        overwrite=out_dir.exists())
+  meta["cold_holdout"] = {
+    "source": str(ds.path),
+    "share": share,
+    "seed": seed,
+    "num_items": int(len(held)),
+    "items": held.tolist(),
+  }
+  return write_prepared(
+    out_dir, list(ds.vocab[NUM_RESERVED:]), features, splits, meta, overwrite=out_dir.exists()
+  )
 
 
-def topk_per_rule(model, ds: PreparedDataset, cfg: config_lib.Config, max_len: int,
-                  weights: Sequence[float], split: str = "test"):
+def topk_per_rule(
+  model,
+  ds: PreparedDataset,
+  cfg: config_lib.Config,
+  max_len: int,
+  weights: Sequence[float],
+  split: str = "test",
+):
   """({rule: top-k ids `[N, kmax]`}, targets `[N, T]`) over a split."""
   ev = cfg.eval
-  ranker = Ranker(model, max(ev.ks), ev.item_chunk,
-                  resolve_history_exclusion(ev, ds)["exclude_history"])
+  ranker = Ranker(
+    model, max(ev.ks), ev.item_chunk, resolve_history_exclusion(ev, ds)["exclude_history"]
+  )
   ranker.refresh()
   tops: Dict[str, list] = {}
   targets = []
@@ -96,7 +109,8 @@ def cold_eval(record: dict) -> dict:
   out = {}
   for rule, top in tops.items():
     label = {"id": "ID view", "mm": "MM view"}.get(rule, "fused")
-    out[label] = {part: rank_metrics(top, np.where(mask, targets, 0), KS)
-                  for part, mask in sel.items()}
+    out[label] = {
+      part: rank_metrics(top, np.where(mask, targets, 0), KS) for part, mask in sel.items()
+    }
   out["num_targets"] = {part: int(mask.sum()) for part, mask in sel.items()}
   return out

@@ -16,6 +16,7 @@ from benchmarks.quality.roster import KS, LATE_FUSION
 from benchmarks.quality.runs import COMMAND, load_trained
 from benchmarks.quality.store import Store
 
+
 def late_fusion_record(id_rec: dict, mm_rec: dict) -> dict:
   """The `late_fusion` record of one seed: the separately trained `id_only` and `mm_only` runs,
   fused by BivRec's rule with w tuned on validation (same grid), then tested once."""
@@ -30,18 +31,30 @@ def late_fusion_record(id_rec: dict, mm_rec: dict) -> dict:
   valid = evaluate(ranker, eval_dataset(ds, "valid", max_len, ev.eval_batch_size), KS, grid)
   w = best_fusion(valid, f"ndcg@{ev.monitor_k}")
   test = evaluate(ranker, eval_dataset(ds, "test", max_len, ev.eval_batch_size), KS, [w])
-  rows = {"Popularity": id_rec["test_rows"]["Popularity"], "ID view": test["id"],
-          "MM view": test["mm"], f"Late fusion (w={w:.2f})": test[f"fused@{w:.2f}"]}
+  rows = {
+    "Popularity": id_rec["test_rows"]["Popularity"],
+    "ID view": test["id"],
+    "MM view": test["mm"],
+    f"Late fusion (w={w:.2f})": test[f"fused@{w:.2f}"],
+  }
   return {
-      "model": LATE_FUSION, "seed": id_rec["seed"], "run_dir": id_rec["run_dir"],
-      "parts": [id_rec["run_dir"], mm_rec["run_dir"]], "config": id_rec["config"],
-      "test": test[f"fused@{w:.2f}"], "test_rows": rows, "fusion_weight": w,
-      "valid": valid, "best_epoch": max(id_rec["best_epoch"], mm_rec["best_epoch"]),
-      "exclude_history": exclude,
-      "epochs_run": max(id_rec["epochs_run"], mm_rec["epochs_run"]),
-      "fit_seconds": id_rec["fit_seconds"] + mm_rec["fit_seconds"],
-      "wall_seconds": id_rec["wall_seconds"] + mm_rec["wall_seconds"], "max_len": max_len,
-      "val_curve": [], "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+    "model": LATE_FUSION,
+    "seed": id_rec["seed"],
+    "run_dir": id_rec["run_dir"],
+    "parts": [id_rec["run_dir"], mm_rec["run_dir"]],
+    "config": id_rec["config"],
+    "test": test[f"fused@{w:.2f}"],
+    "test_rows": rows,
+    "fusion_weight": w,
+    "valid": valid,
+    "best_epoch": max(id_rec["best_epoch"], mm_rec["best_epoch"]),
+    "exclude_history": exclude,
+    "epochs_run": max(id_rec["epochs_run"], mm_rec["epochs_run"]),
+    "fit_seconds": id_rec["fit_seconds"] + mm_rec["fit_seconds"],
+    "wall_seconds": id_rec["wall_seconds"] + mm_rec["wall_seconds"],
+    "max_len": max_len,
+    "val_curve": [],
+    "finished": datetime.datetime.now().isoformat(timespec="seconds"),
   }
 
 
@@ -54,5 +67,8 @@ def ensure_late_fusion(store: Store, seeds: Sequence[int]) -> None:
     record = late_fusion_record(runs["id_only"], runs["mm_only"])
     record["command"] = COMMAND[0]
     store.add(record)
-    print(f"[quality] late_fusion seed {seed}: NDCG@20 {record['test']['ndcg@20']:.4f} "
-          f"(w={record['fusion_weight']:.1f})", flush=True)
+    print(
+      f"[quality] late_fusion seed {seed}: NDCG@20 {record['test']['ndcg@20']:.4f} "
+      f"(w={record['fusion_weight']:.1f})",
+      flush=True,
+    )

@@ -27,8 +27,9 @@ def noise_eval(record: dict, sigmas: Sequence[float] = NOISE_SIGMAS) -> dict:
   tower = model.views["mm"].tower
   clean = {m: tower.tables[m].numpy() for m in tower.modalities}
   rng = np.random.default_rng(record["seed"])
-  ranker = Ranker(model, max(ev.ks), ev.item_chunk,
-                  resolve_history_exclusion(ev, ds)["exclude_history"])
+  ranker = Ranker(
+    model, max(ev.ks), ev.item_chunk, resolve_history_exclusion(ev, ds)["exclude_history"]
+  )
   test = eval_dataset(ds, "test", max_len, ev.eval_batch_size)
   valid = eval_dataset(ds, "valid", max_len, ev.eval_batch_size)
   two_views = len(model.view_names) == 2

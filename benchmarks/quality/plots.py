@@ -11,21 +11,35 @@ from bivrec_tf.presets import BASELINES, DESIGN_ABLATIONS, VARIANTS
 
 from benchmarks.quality.roster import LABELS
 
-def bar_chart(by_model: Dict[str, List[dict]], order: Sequence[str], path: Path,
-              title: str) -> None:
+
+def bar_chart(
+  by_model: Dict[str, List[dict]], order: Sequence[str], path: Path, title: str
+) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
   names = [n for n in order if n in by_model]
   pop = next(iter(by_model.values()))[0]["test_rows"]["Popularity"]["ndcg@20"]
   labels = ["Popularity"] + [LABELS[n] for n in names]
   means = [pop] + [np.mean([r["test"]["ndcg@20"] for r in by_model[n]]) for n in names]
-  errs = [0.0] + [np.std([r["test"]["ndcg@20"] for r in by_model[n]], ddof=1)
-                  if len(by_model[n]) > 1 else 0.0 for n in names]
-  colors = ["#999999"] + ["#d62728" if n == "bivrec" else
-                          "#1f77b4" if n in BASELINES else
-                          "#2ca02c" if n in VARIANTS else
-                          "#9467bd" if n in DESIGN_ABLATIONS else "#ff7f0e" for n in names]
+  errs = [0.0] + [
+    np.std([r["test"]["ndcg@20"] for r in by_model[n]], ddof=1) if len(by_model[n]) > 1 else 0.0
+    for n in names
+  ]
+  colors = ["#999999"] + [
+    "#d62728"
+    if n == "bivrec"
+    else "#1f77b4"
+    if n in BASELINES
+    else "#2ca02c"
+    if n in VARIANTS
+    else "#9467bd"
+    if n in DESIGN_ABLATIONS
+    else "#ff7f0e"
+    for n in names
+  ]
   fig, ax = plt.subplots(figsize=(8, 0.45 * len(labels) + 1.2))
   y = np.arange(len(labels))[::-1]
   ax.barh(y, means, xerr=errs, color=colors, capsize=3)
@@ -42,16 +56,22 @@ def bar_chart(by_model: Dict[str, List[dict]], order: Sequence[str], path: Path,
 
 def noise_chart(results: Dict[str, List[dict]], path: Path, title: str) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
   fig, ax = plt.subplots(figsize=(6.5, 4))
   for model, recs in results.items():
     sigmas = list(recs[0]["noise"])
     rules = [r for r in recs[0]["noise"][sigmas[0]] if r != "w re-tuned"]
     for rule in rules:
       ys = [np.mean([r["noise"][s][rule]["ndcg@20"] for r in recs]) for s in sigmas]
-      ax.plot([float(s) for s in sigmas], ys, marker="o",
-              label=f"{LABELS[model]}: {rule}" if len(rules) > 1 else LABELS[model])
+      ax.plot(
+        [float(s) for s in sigmas],
+        ys,
+        marker="o",
+        label=f"{LABELS[model]}: {rule}" if len(rules) > 1 else LABELS[model],
+      )
   ax.set_xlabel("feature noise sigma (x per-dimension std), test time only")
   ax.set_ylabel("test NDCG@20")
   ax.set_title(title, fontsize=10)

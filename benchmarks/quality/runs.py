@@ -24,8 +24,9 @@ from benchmarks.quality.store import Store
 COMMAND = ["python -m benchmarks.quality"]  # the running command line, recorded with each run
 
 
-def model_config(name: str, data: str, seed: int, run_dir: Path,
-                 overrides: Optional[argparse.Namespace] = None) -> config_lib.Config:
+def model_config(
+  name: str, data: str, seed: int, run_dir: Path, overrides: Optional[argparse.Namespace] = None
+) -> config_lib.Config:
   """Preset `name` on `data`, no export, given seed and run dir; `overrides` (parsed train flags)
   applied after the preset."""
   cfg = config_lib.Config().replace(data={"data": str(data)}, export={"export": False})
@@ -58,8 +59,9 @@ def epoch_end_times(run_dir: Path) -> List[float]:
   return [ends[e] for e in sorted(ends)]
 
 
-def train_one(name: str, data: str, seed: int, work_dir: Path,
-              overrides: Optional[argparse.Namespace]) -> dict:
+def train_one(
+  name: str, data: str, seed: int, work_dir: Path, overrides: Optional[argparse.Namespace]
+) -> dict:
   """Trains preset `name` once in a fresh run directory; returns a JSON-able record."""
   runs = work_dir / "runs"
   runs.mkdir(parents=True, exist_ok=True)
@@ -69,16 +71,24 @@ def train_one(name: str, data: str, seed: int, work_dir: Path,
   summary = train_lib.run(cfg, verbose=0)
   monitor = f"val_ndcg{cfg.eval.monitor_k}"
   record = {
-      "model": name, "seed": seed, "run_dir": str(run_dir), "config": cfg.to_dict(),
-      "test": main_row(summary), "test_rows": summary["test"],
-      "fusion_weight": summary["fusion_weight"], "best_epoch": summary["best_epoch"],
-      "epochs_run": summary["epochs_run"], "fit_seconds": summary["fit_seconds"],
-      "wall_seconds": summary["wall_seconds"], "max_len": summary["max_len"],
-      "val_curve": [e[monitor] for e in summary["epoch_logs"]],
-      "valid": summary["valid"], "diagnostics": summary.get("diagnostics", {}),
-      "exclude_history": summary["exclude_history"],  # the resolved setting (auto -> bool)
-      "epoch_end_seconds": epoch_end_times(run_dir),
-      "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+    "model": name,
+    "seed": seed,
+    "run_dir": str(run_dir),
+    "config": cfg.to_dict(),
+    "test": main_row(summary),
+    "test_rows": summary["test"],
+    "fusion_weight": summary["fusion_weight"],
+    "best_epoch": summary["best_epoch"],
+    "epochs_run": summary["epochs_run"],
+    "fit_seconds": summary["fit_seconds"],
+    "wall_seconds": summary["wall_seconds"],
+    "max_len": summary["max_len"],
+    "val_curve": [e[monitor] for e in summary["epoch_logs"]],
+    "valid": summary["valid"],
+    "diagnostics": summary.get("diagnostics", {}),
+    "exclude_history": summary["exclude_history"],  # the resolved setting (auto -> bool)
+    "epoch_end_seconds": epoch_end_times(run_dir),
+    "finished": datetime.datetime.now().isoformat(timespec="seconds"),
   }
   return record
 
@@ -103,8 +113,16 @@ def reusable(record: dict, name: str, data: str, seed: int, overrides) -> bool:
   return trained and json.loads(json.dumps(wanted)) == record["config"]
 
 
-def ensure_runs(store: Store, models: Sequence[str], data: str, seeds: Sequence[int],
-                work_dir: Path, overrides, post=None, donor: Optional[Store] = None) -> None:
+def ensure_runs(
+  store: Store,
+  models: Sequence[str],
+  data: str,
+  seeds: Sequence[int],
+  work_dir: Path,
+  overrides,
+  post=None,
+  donor: Optional[Store] = None,
+) -> None:
   """Trains every (model, seed) missing from `store`; a matching run of `donor` (the standard
   store) is evaluated by `post` instead of training again."""
   for seed in seeds:
@@ -112,8 +130,9 @@ def ensure_runs(store: Store, models: Sequence[str], data: str, seeds: Sequence[
       if store.has(name, seed):
         continue
       t0 = time.time()
-      found = [r for r in (donor.records if donor else []) if reusable(r, name, data, seed,
-                                                                      overrides)]
+      found = [
+        r for r in (donor.records if donor else []) if reusable(r, name, data, seed, overrides)
+      ]
       record = dict(found[0]) if found else train_one(name, data, seed, work_dir, overrides)
       if found:
         print(f"[quality] {name} seed {seed}: reusing {record['run_dir']}", flush=True)
@@ -121,6 +140,9 @@ def ensure_runs(store: Store, models: Sequence[str], data: str, seeds: Sequence[
         record.update(post(record))
       record.setdefault("command", COMMAND[0])
       store.add(record)
-      print(f"[quality] {name} seed {seed}: NDCG@20 {record['test']['ndcg@20']:.4f} "
-            f"(best epoch {record['best_epoch']}/{record['epochs_run']}, "
-            f"{time.time() - t0:.0f} s)", flush=True)
+      print(
+        f"[quality] {name} seed {seed}: NDCG@20 {record['test']['ndcg@20']:.4f} "
+        f"(best epoch {record['best_epoch']}/{record['epochs_run']}, "
+        f"{time.time() - t0:.0f} s)",
+        flush=True,
+      )

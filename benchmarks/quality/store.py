@@ -11,6 +11,7 @@ from typing import Dict, List
 
 from bivrec_tf.io_utils import write_text_atomic
 
+
 class Store:
   """Per-run records of one (data, tag, mode) in a JSON file, written after every run."""
 
@@ -29,6 +30,7 @@ class Store:
     """Adds (or replaces) one record; merges with records other processes wrote meanwhile, so
     several benchmark runs can share one store."""
     import fcntl  # pylint: disable=import-outside-toplevel
+
     self.path.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{self.path}.lock", "w") as lock:
       fcntl.flock(lock, fcntl.LOCK_EX)

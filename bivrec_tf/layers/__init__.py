@@ -1,17 +1,37 @@
 """BivRec layers, one paper concept per file (DESIGN.md section 3)."""
 
-from bivrec_tf.layers.cross_view import (AllocationStats, SemanticHead, allocation_cka_loss,
-                                        allocation_loss, item_alignment_loss,
-                                        mutual_distillation_loss, semantic_loss)
-from bivrec_tf.layers.interests import (ClusterAttention, GaussianAttention, InterestDecomposition,
-                                        interest_similarity)
+from bivrec_tf.layers.cross_view import (
+  AllocationStats,
+  SemanticHead,
+  allocation_cka_loss,
+  allocation_loss,
+  item_alignment_loss,
+  mutual_distillation_loss,
+  semantic_loss,
+)
+from bivrec_tf.layers.interests import (
+  ClusterAttention,
+  GaussianAttention,
+  InterestDecomposition,
+  interest_similarity,
+)
 from bivrec_tf.layers.patching import MultiScaleInterestEmbedding, TransformerBlock
 from bivrec_tf.layers.towers import IdTower, MultimodalTower
 
 __all__ = [
-    "AllocationStats", "ClusterAttention", "GaussianAttention", "IdTower",
-    "InterestDecomposition", "MultiScaleInterestEmbedding", "MultimodalTower", "SemanticHead",
-    "TransformerBlock", "allocation_cka_loss", "allocation_loss", "interest_similarity",
-    "item_alignment_loss",
-    "mutual_distillation_loss", "semantic_loss",
+  "AllocationStats",
+  "ClusterAttention",
+  "GaussianAttention",
+  "IdTower",
+  "InterestDecomposition",
+  "MultiScaleInterestEmbedding",
+  "MultimodalTower",
+  "SemanticHead",
+  "TransformerBlock",
+  "allocation_cka_loss",
+  "allocation_loss",
+  "interest_similarity",
+  "item_alignment_loss",
+  "mutual_distillation_loss",
+  "semantic_loss",
 ]

@@ -64,9 +64,11 @@ def semantic_loss(g_id, g_mm, tau_c: float, all_id=None, all_mm=None):
   all_mm = g_mm if all_mm is None else all_mm
   labels = tf.range(tf.shape(g_id)[0])
   id_to_mm = tf.nn.sparse_softmax_cross_entropy_with_logits(
-      labels, tf.matmul(g_id, all_mm, transpose_b=True) / tau_c)        # rows of S
+    labels, tf.matmul(g_id, all_mm, transpose_b=True) / tau_c
+  )  # rows of S
   mm_to_id = tf.nn.sparse_softmax_cross_entropy_with_logits(
-      labels, tf.matmul(g_mm, all_id, transpose_b=True) / tau_c)        # rows of S^T
+    labels, tf.matmul(g_mm, all_id, transpose_b=True) / tau_c
+  )  # rows of S^T
   return 0.5 * (id_to_mm + mm_to_id)
 
 
@@ -93,8 +95,9 @@ def allocation_loss(alloc_id, alloc_mm, valid):
   def gram_sq(a, b):  # ||a^T b||_F^2 per example
     return tf.reduce_sum(tf.square(tf.matmul(a, b, transpose_a=True)), axis=[1, 2])
 
-  diff = gram_sq(alloc_id, alloc_id) - 2.0 * gram_sq(alloc_id, alloc_mm) + gram_sq(alloc_mm,
-                                                                                  alloc_mm)
+  diff = (
+    gram_sq(alloc_id, alloc_id) - 2.0 * gram_sq(alloc_id, alloc_mm) + gram_sq(alloc_mm, alloc_mm)
+  )
   pairs = tf.square(tf.reduce_sum(m, axis=1))
   return tf.maximum(diff, 0.0) / tf.maximum(pairs, 1.0)
 
@@ -110,10 +113,10 @@ class AllocationStats:
 
   def __init__(self, allocation, valid):
     m = tf.cast(valid, allocation.dtype)
-    count = tf.maximum(tf.reduce_sum(m, axis=1), 1.0)                     # [B]
+    count = tf.maximum(tf.reduce_sum(m, axis=1), 1.0)  # [B]
     ent = -tf.reduce_sum(allocation * tf.math.log(allocation + EPS), axis=-1)  # [B, T]
     self.token_entropy = tf.reduce_sum(ent * m, axis=1) / count
-    usage = tf.reduce_sum(allocation, axis=1) / count[:, None]            # [B, K]
+    usage = tf.reduce_sum(allocation, axis=1) / count[:, None]  # [B, K]
     usage_entropy = -tf.reduce_sum(usage * tf.math.log(usage + EPS), axis=-1)
     self.effective_interests = tf.exp(usage_entropy)
 
@@ -139,8 +142,8 @@ def allocation_cka_loss(alloc_id, alloc_mm, valid):
   co-allocation is A~ A~^T, and <C~_id, C~_mm>_F = ||A~_id^T A~_mm||_F^2.
   Args: as `allocation_loss`. Returns `[B]` in [0, 1] (1 when either view is uniform).
   """
-  m = tf.cast(valid, alloc_id.dtype)[..., None]                          # [B, T, 1]
-  count = tf.maximum(tf.reduce_sum(m, axis=1, keepdims=True), 1.0)        # [B, 1, 1]
+  m = tf.cast(valid, alloc_id.dtype)[..., None]  # [B, T, 1]
+  count = tf.maximum(tf.reduce_sum(m, axis=1, keepdims=True), 1.0)  # [B, 1, 1]
 
   def centre(a):
     a = a * m
@@ -163,10 +166,12 @@ def item_alignment_loss(e_id, e_mm, item_ids, tau_c: float):
     masked as negatives of each other); tau_c: temperature.
   Returns: per-candidate loss `[C]`.
   """
-  logits = tf.matmul(e_id, e_mm, transpose_b=True) / tau_c                 # [C, C]
+  logits = tf.matmul(e_id, e_mm, transpose_b=True) / tau_c  # [C, C]
   same = tf.equal(item_ids[:, None], item_ids[None, :])
   eye = tf.eye(tf.shape(logits)[0], dtype=tf.bool)
   logits = tf.where(same & ~eye, tf.constant(-1e9, logits.dtype), logits)
   labels = tf.range(tf.shape(logits)[0])
-  return 0.5 * (tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits) +
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.transpose(logits)))
+  return 0.5 * (
+    tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    + tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.transpose(logits))
+  )

@@ -45,9 +45,16 @@ class GaussianAttention(tf.keras.layers.Layer):
     `[B, K, T]` with `return_attention=True`).
   """
 
-  def __init__(self, dim: int, num_interests: int, gaussian_prior: bool = True,
-               sigma_init: float = 0.25, prior_mode: str = "fixed",
-               interest_init: str = "normal", **kwargs):
+  def __init__(
+    self,
+    dim: int,
+    num_interests: int,
+    gaussian_prior: bool = True,
+    sigma_init: float = 0.25,
+    prior_mode: str = "fixed",
+    interest_init: str = "normal",
+    **kwargs,
+  ):
     super().__init__(**kwargs)
     self.dim, self.num_interests = dim, num_interests
     self.gaussian_prior, self.sigma_init = gaussian_prior, sigma_init
@@ -61,24 +68,32 @@ class GaussianAttention(tf.keras.layers.Layer):
     centres = [(i + 0.5) / k for i in range(k)]
     # Orthogonal rows of norm sqrt(d): per-element unit scale, like the LayerNorm-ed tokens, so
     # the attention logits start O(1) and each interest attends differently from the first step.
-    init = (tf.keras.initializers.Orthogonal(gain=math.sqrt(self.dim))
-            if self.interest_init == "orthogonal" else
-            tf.keras.initializers.TruncatedNormal(stddev=0.05))
+    init = (
+      tf.keras.initializers.Orthogonal(gain=math.sqrt(self.dim))
+      if self.interest_init == "orthogonal"
+      else tf.keras.initializers.TruncatedNormal(stddev=0.05)
+    )
     self.queries = self.add_weight(name="queries", shape=(k, self.dim), initializer=init)
     if not self.gaussian_prior:  # no prior weights that nothing would train
       super().build(input_shape)
       return
     if self.prior_mode == "gated":
       self.gate_logits = self.add_weight(
-          name="gate_logits", shape=(k,),
-          initializer=tf.constant_initializer(math.log(math.expm1(0.1))))
+        name="gate_logits",
+        shape=(k,),
+        initializer=tf.constant_initializer(math.log(math.expm1(0.1))),
+      )
     self.centre_logits = self.add_weight(
-        name="centre_logits", shape=(k,),
-        initializer=tf.constant_initializer([math.log(c / (1.0 - c)) for c in centres]))
+      name="centre_logits",
+      shape=(k,),
+      initializer=tf.constant_initializer([math.log(c / (1.0 - c)) for c in centres]),
+    )
     width = self.sigma_init - 0.05
     self.width_logits = self.add_weight(
-        name="width_logits", shape=(k,),
-        initializer=tf.constant_initializer(math.log(math.expm1(width))))
+      name="width_logits",
+      shape=(k,),
+      initializer=tf.constant_initializer(math.log(math.expm1(width))),
+    )
     super().build(input_shape)
 
   @property
@@ -94,28 +109,37 @@ class GaussianAttention(tf.keras.layers.Layer):
   def call(self, h, tau, valid, return_attention=False):
     """Seeds `[B, K, d]`; with `return_attention`, also alpha `[B, K, T]` (softmax over valid
     tokens)."""
-    keys = self.w_k(h)                                                   # [B, T, d]
+    keys = self.w_k(h)  # [B, T, d]
     logits = tf.einsum("kd,btd->bkt", self.w_q(self.queries), keys) / math.sqrt(self.dim)
     if self.gaussian_prior:
       mu, sigma = self.centres, self.widths
       if self.prior_mode == "gated":
         fvalid = tf.cast(valid, h.dtype)
-        oldest = tf.reduce_max(tau[None, :] * fvalid, axis=1, keepdims=True)   # [B, 1]
-        rel = tau[None, :] / tf.maximum(oldest, 1e-6)                         # [B, T]
+        oldest = tf.reduce_max(tau[None, :] * fvalid, axis=1, keepdims=True)  # [B, 1]
+        rel = tau[None, :] / tf.maximum(oldest, 1e-6)  # [B, T]
         gate = tf.nn.softplus(self.gate_logits)
-        logits -= (gate[None, :, None] * tf.square(rel[:, None, :] - mu[None, :, None]) /
-                   (2.0 * tf.square(sigma))[None, :, None])
+        logits -= (
+          gate[None, :, None]
+          * tf.square(rel[:, None, :] - mu[None, :, None])
+          / (2.0 * tf.square(sigma))[None, :, None]
+        )
       else:
         logits -= tf.square(tau[None, :] - mu[:, None]) / (2.0 * tf.square(sigma))[:, None]
     logits += (1.0 - tf.cast(valid, h.dtype))[:, None, :] * NEG_INF
-    alpha = tf.nn.softmax(logits, axis=-1)                               # [B, K, T]
+    alpha = tf.nn.softmax(logits, axis=-1)  # [B, K, T]
     seeds = tf.einsum("bkt,btd->bkd", alpha, self.w_v(h))
     return (seeds, alpha) if return_attention else seeds
 
   def get_config(self):
-    return {**super().get_config(), "dim": self.dim, "num_interests": self.num_interests,
-            "gaussian_prior": self.gaussian_prior, "sigma_init": self.sigma_init,
-            "prior_mode": self.prior_mode, "interest_init": self.interest_init}
+    return {
+      **super().get_config(),
+      "dim": self.dim,
+      "num_interests": self.num_interests,
+      "gaussian_prior": self.gaussian_prior,
+      "sigma_init": self.sigma_init,
+      "prior_mode": self.prior_mode,
+      "interest_init": self.interest_init,
+    }
 
 
 @tf.keras.utils.register_keras_serializable(package="bivrec_tf")
@@ -149,7 +173,7 @@ class ClusterAttention(tf.keras.layers.Layer):
     keys, values = self.w_k(h), self.w_v(h)
     c = seeds
     for _ in range(self.rounds):
-      a = self.allocate(keys, c, valid)                                  # [B, T, K]
+      a = self.allocate(keys, c, valid)  # [B, T, K]
       pooled = tf.einsum("btk,btd->bkd", a, values)
       pooled /= (tf.reduce_sum(a, axis=1) + EPS)[..., None]
       c = self.norm1(c + self.w_o(pooled))
@@ -175,13 +199,22 @@ class InterestDecomposition(tf.keras.layers.Layer):
   Call: `h` `[B, T, d]`, `tau` `[T]`, `valid` bool `[B, T]` -> (U `[B, K, d]`, A `[B, T, K]`).
   """
 
-  def __init__(self, dim: int, num_interests: int, gaussian_prior: bool = True,
-               sigma_init: float = 0.25, cluster_rounds: int = 2, prior_mode: str = "fixed",
-               interest_init: str = "normal", **kwargs):
+  def __init__(
+    self,
+    dim: int,
+    num_interests: int,
+    gaussian_prior: bool = True,
+    sigma_init: float = 0.25,
+    cluster_rounds: int = 2,
+    prior_mode: str = "fixed",
+    interest_init: str = "normal",
+    **kwargs,
+  ):
     super().__init__(**kwargs)
     self.dim, self.num_interests, self.cluster_rounds = dim, num_interests, cluster_rounds
-    self.gaussian = GaussianAttention(dim, num_interests, gaussian_prior, sigma_init, prior_mode,
-                                      interest_init, name="gaussian")
+    self.gaussian = GaussianAttention(
+      dim, num_interests, gaussian_prior, sigma_init, prior_mode, interest_init, name="gaussian"
+    )
     # With R = 0 no cluster-attention weights exist (nothing would train or use them).
     self.cluster = ClusterAttention(dim, cluster_rounds, name="cluster") if cluster_rounds else None
 
@@ -193,10 +226,16 @@ class InterestDecomposition(tf.keras.layers.Layer):
 
   def get_config(self):
     g = self.gaussian
-    return {**super().get_config(), "dim": self.dim, "num_interests": self.num_interests,
-            "gaussian_prior": g.gaussian_prior, "sigma_init": g.sigma_init,
-            "cluster_rounds": self.cluster_rounds, "prior_mode": g.prior_mode,
-            "interest_init": g.interest_init}
+    return {
+      **super().get_config(),
+      "dim": self.dim,
+      "num_interests": self.num_interests,
+      "gaussian_prior": g.gaussian_prior,
+      "sigma_init": g.sigma_init,
+      "cluster_rounds": self.cluster_rounds,
+      "prior_mode": g.prior_mode,
+      "interest_init": g.interest_init,
+    }
 
 
 def interest_similarity(interests, margin: float = 0.0):
@@ -209,8 +248,10 @@ def interest_similarity(interests, margin: float = 0.0):
     zero = tf.zeros(tf.shape(interests)[:1], interests.dtype)
     return zero, zero
   u = tf.math.l2_normalize(interests, axis=-1)
-  cos = tf.matmul(u, u, transpose_b=True)                                # [B, K, K]
+  cos = tf.matmul(u, u, transpose_b=True)  # [B, K, K]
   off = 1.0 - tf.eye(k, dtype=interests.dtype)
   pairs = float(k * (k - 1))
-  return (tf.reduce_sum(cos * off, axis=[1, 2]) / pairs,
-          tf.reduce_sum(tf.square(tf.nn.relu(cos - margin)) * off, axis=[1, 2]) / pairs)
+  return (
+    tf.reduce_sum(cos * off, axis=[1, 2]) / pairs,
+    tf.reduce_sum(tf.square(tf.nn.relu(cos - margin)) * off, axis=[1, 2]) / pairs,
+  )

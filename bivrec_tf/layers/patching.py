@@ -52,7 +52,7 @@ def attention_mask(valid, causal: bool = False):
   if not causal:
     return allowed
   t = tf.shape(valid)[1]
-  lower = tf.linalg.band_part(tf.ones([t, t], tf.bool), -1, 0)            # key <= query
+  lower = tf.linalg.band_part(tf.ones([t, t], tf.bool), -1, 0)  # key <= query
   return (allowed & lower[None]) | tf.eye(t, dtype=tf.bool)[None]
 
 
@@ -65,8 +65,15 @@ class TransformerBlock(tf.keras.layers.Layer):
   Call: `h` float `[B, T, d]`, `valid` bool `[B, T]` -> float `[B, T, d]`.
   """
 
-  def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, ffn_mult: int = 2,
-               causal: bool = False, **kwargs):
+  def __init__(
+    self,
+    dim: int,
+    num_heads: int,
+    dropout: float = 0.0,
+    ffn_mult: int = 2,
+    causal: bool = False,
+    **kwargs,
+  ):
     super().__init__(**kwargs)
     self.dim, self.num_heads, self.dropout, self.ffn_mult = dim, num_heads, dropout, ffn_mult
     self.causal = causal
@@ -82,9 +89,9 @@ class TransformerBlock(tf.keras.layers.Layer):
     b, t = tf.shape(h)[0], tf.shape(h)[1]
     head_dim = self.dim // self.num_heads
     qkv = tf.reshape(self.qkv(self.norm1(h)), [b, t, 3, self.num_heads, head_dim])
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]                 # [B, T, H, dh]
-    logits = tf.einsum("bqhc,bkhc->bhqk", q, k) / (head_dim ** 0.5)
-    allowed = attention_mask(valid, self.causal)                          # [B, T, T]
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, H, dh]
+    logits = tf.einsum("bqhc,bkhc->bhqk", q, k) / (head_dim**0.5)
+    allowed = attention_mask(valid, self.causal)  # [B, T, T]
     logits += (1.0 - tf.cast(allowed, h.dtype))[:, None] * NEG_INF
     attn = tf.nn.softmax(logits, axis=-1)
     mixed = tf.reshape(tf.einsum("bhqk,bkhc->bqhc", attn, v), [b, t, self.dim])
@@ -92,8 +99,14 @@ class TransformerBlock(tf.keras.layers.Layer):
     return h + self.drop(self.ffn_out(self.ffn_in(self.norm2(h))), training=training)
 
   def get_config(self):
-    return {**super().get_config(), "dim": self.dim, "num_heads": self.num_heads,
-            "dropout": self.dropout, "ffn_mult": self.ffn_mult, "causal": self.causal}
+    return {
+      **super().get_config(),
+      "dim": self.dim,
+      "num_heads": self.num_heads,
+      "dropout": self.dropout,
+      "ffn_mult": self.ffn_mult,
+      "causal": self.causal,
+    }
 
 
 @tf.keras.utils.register_keras_serializable(package="bivrec_tf")
@@ -111,9 +124,18 @@ class MultiScaleInterestEmbedding(tf.keras.layers.Layer):
     multiple of max(P) -> (`h` float `[B, T, d]`, `tau` float `[T]`, `valid` bool `[B, T]`).
   """
 
-  def __init__(self, dim: int, patch_sizes: Sequence[int], max_len: int, encoder_layers: int = 1,
-               num_heads: int = 2, dropout: float = 0.0, patch_mode: str = "tokens",
-               causal: bool = False, **kwargs):
+  def __init__(
+    self,
+    dim: int,
+    patch_sizes: Sequence[int],
+    max_len: int,
+    encoder_layers: int = 1,
+    num_heads: int = 2,
+    dropout: float = 0.0,
+    patch_mode: str = "tokens",
+    causal: bool = False,
+    **kwargs,
+  ):
     super().__init__(**kwargs)
     self.dim = dim
     self.patch_mode = patch_mode
@@ -129,19 +151,26 @@ class MultiScaleInterestEmbedding(tf.keras.layers.Layer):
     self.patch_proj = [tf.keras.layers.Dense(dim, name=f"patch_proj_{p}") for p in self.patch_sizes]
     norms = self.patch_sizes if patch_mode == "tokens" else self.patch_sizes[:1]
     self.patch_norm = [tf.keras.layers.LayerNormalization(name=f"patch_norm_{p}") for p in norms]
-    self.blocks = [TransformerBlock(dim, num_heads, dropout, causal=causal, name=f"block_{i}")
-                   for i in range(encoder_layers)]
+    self.blocks = [
+      TransformerBlock(dim, num_heads, dropout, causal=causal, name=f"block_{i}")
+      for i in range(encoder_layers)
+    ]
     self.final_norm = tf.keras.layers.LayerNormalization(name="final_norm")
 
   def build(self, input_shape):
     def init():  # a fresh initializer per weight (a shared one repeats the same values)
       return tf.keras.initializers.TruncatedNormal(stddev=0.02)
 
-    self.scale_emb = [self.add_weight(name=f"scale_{p}", shape=(self.dim,), initializer=init())
-                      for p in self.patch_sizes]
+    self.scale_emb = [
+      self.add_weight(name=f"scale_{p}", shape=(self.dim,), initializer=init())
+      for p in self.patch_sizes
+    ]
     self.recency_emb = [
-        self.add_weight(name=f"recency_{p}", shape=(self.padded_max_len // p, self.dim),
-                        initializer=init()) for p in self.patch_sizes]
+      self.add_weight(
+        name=f"recency_{p}", shape=(self.padded_max_len // p, self.dim), initializer=init()
+      )
+      for p in self.patch_sizes
+    ]
     super().build(input_shape)
 
   def _scale_tokens(self, item_emb, mask, s, normalize=True):
@@ -151,10 +180,10 @@ class MultiScaleInterestEmbedding(tf.keras.layers.Layer):
     n = length // p
     m = tf.cast(mask, item_emb.dtype)
     windows = tf.reshape(item_emb * m[..., None], [b, n, p, self.dim])
-    counts = tf.reduce_sum(tf.reshape(m, [b, n, p]), axis=2)               # [B, n]
+    counts = tf.reduce_sum(tf.reshape(m, [b, n, p]), axis=2)  # [B, n]
     mean = tf.reduce_sum(windows, axis=2) / tf.maximum(counts, 1.0)[..., None]
-    j = tf.range(n - 1, -1, -1)                                          # recency index
-    recency = tf.gather(self.recency_emb[s], j)                            # [n, d]
+    j = tf.range(n - 1, -1, -1)  # recency index
+    recency = tf.gather(self.recency_emb[s], j)  # [n, d]
     x = self.patch_proj[s](mean) + self.scale_emb[s] + recency
     x = self.patch_norm[s](x) if normalize else x
     tau = (tf.cast(j * p, item_emb.dtype) + (p - 1) / 2.0) / float(self.max_len)
@@ -162,8 +191,9 @@ class MultiScaleInterestEmbedding(tf.keras.layers.Layer):
 
   def _context_tokens(self, item_emb, mask):
     """One token per position, summing the terms of every scale's window that contains it."""
-    parts = [self._scale_tokens(item_emb, mask, s, normalize=False)
-             for s in range(len(self.patch_sizes))]
+    parts = [
+      self._scale_tokens(item_emb, mask, s, normalize=False) for s in range(len(self.patch_sizes))
+    ]
     h = tf.add_n([tf.repeat(x, p, axis=1) for (x, _, _), p in zip(parts, self.patch_sizes)])
     length = tf.shape(item_emb)[1]
     tau = tf.cast(tf.range(length - 1, -1, -1), item_emb.dtype) / float(self.max_len)
@@ -182,7 +212,14 @@ class MultiScaleInterestEmbedding(tf.keras.layers.Layer):
     return self.final_norm(h), tau, valid
 
   def get_config(self):
-    return {**super().get_config(), "dim": self.dim, "patch_sizes": self.patch_sizes,
-            "max_len": self.max_len, "encoder_layers": self.encoder_layers,
-            "num_heads": self.num_heads, "dropout": self.dropout, "patch_mode": self.patch_mode,
-            "causal": self.causal}
+    return {
+      **super().get_config(),
+      "dim": self.dim,
+      "patch_sizes": self.patch_sizes,
+      "max_len": self.max_len,
+      "encoder_layers": self.encoder_layers,
+      "num_heads": self.num_heads,
+      "dropout": self.dropout,
+      "patch_mode": self.patch_mode,
+      "causal": self.causal,
+    }

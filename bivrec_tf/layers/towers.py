@@ -26,8 +26,10 @@ class IdTower(tf.keras.layers.Layer):
 
   def build(self, input_shape):
     self.embeddings = self.add_weight(
-        name="embeddings", shape=(self.vocab_size, self.dim),
-        initializer=tf.keras.initializers.TruncatedNormal(stddev=0.05))
+      name="embeddings",
+      shape=(self.vocab_size, self.dim),
+      initializer=tf.keras.initializers.TruncatedNormal(stddev=0.05),
+    )
     super().build(input_shape)
 
   def call(self, item_ids):
@@ -64,9 +66,15 @@ class MultimodalTower(tf.keras.layers.Layer):
   Call: `item_ids` int `[...]` -> float `[..., d]`.
   """
 
-  def __init__(self, vocab_size: int, feature_dims: Mapping[str, int], dim: int,
-               features: Optional[Dict[str, np.ndarray]] = None,
-               present: Optional[Dict[str, np.ndarray]] = None, **kwargs):
+  def __init__(
+    self,
+    vocab_size: int,
+    feature_dims: Mapping[str, int],
+    dim: int,
+    features: Optional[Dict[str, np.ndarray]] = None,
+    present: Optional[Dict[str, np.ndarray]] = None,
+    **kwargs,
+  ):
     super().__init__(**kwargs)
     self.modalities = sorted(feature_dims)
     if not self.modalities:
@@ -77,15 +85,19 @@ class MultimodalTower(tf.keras.layers.Layer):
     # weights). A plain holder: a dict attribute would be tracked (and its mutation break saving).
     self._initial = _InitialValues()
     for m in self.modalities:
-      shapes = {f"features_{m}": ((self.vocab_size, self.feature_dims[m]), features, np.float32),
-                f"present_{m}": ((self.vocab_size,), present, np.float32)}
+      shapes = {
+        f"features_{m}": ((self.vocab_size, self.feature_dims[m]), features, np.float32),
+        f"present_{m}": ((self.vocab_size,), present, np.float32),
+      }
       for name, (shape, given, dtype) in shapes.items():
         if given is None or m not in given:
           continue
         value = np.asarray(given[m]).astype(dtype)
         if value.shape != shape:
-          raise ValueError(f"MultimodalTower table {name} has shape {value.shape}, expected "
-                           f"{shape} (vocab_size, feature_dims)")
+          raise ValueError(
+            f"MultimodalTower table {name} has shape {value.shape}, expected "
+            f"{shape} (vocab_size, feature_dims)"
+          )
         self._initial.values[name] = value
     self.projections = {m: tf.keras.layers.Dense(dim, name=f"proj_{m}") for m in self.modalities}
     self.norms = {m: tf.keras.layers.LayerNormalization(name=f"norm_{m}") for m in self.modalities}
@@ -93,15 +105,22 @@ class MultimodalTower(tf.keras.layers.Layer):
     self.fuse_out = tf.keras.layers.Dense(dim, name="fuse_out")
 
   @classmethod
-  def from_tables(cls, features: Dict[str, np.ndarray], present: Dict[str, np.ndarray], dim: int,
-                  **kwargs) -> "MultimodalTower":
+  def from_tables(
+    cls, features: Dict[str, np.ndarray], present: Dict[str, np.ndarray], dim: int, **kwargs
+  ) -> "MultimodalTower":
     """A tower over the given feature tables (modality -> `[V, D_m]`, bool `[V]`)."""
     rows = {m: np.shape(f)[0] for m, f in features.items()}
     if len(set(rows.values())) > 1:
       raise ValueError(f"feature tables disagree on the number of items: {rows}")
     vocab_size = next(iter(rows.values()), 0)
-    return cls(vocab_size, {m: np.shape(f)[1] for m, f in features.items()}, dim,
-               features=features, present=present, **kwargs)
+    return cls(
+      vocab_size,
+      {m: np.shape(f)[1] for m, f in features.items()},
+      dim,
+      features=features,
+      present=present,
+      **kwargs,
+    )
 
   def build(self, input_shape):
     def init(name, default):
@@ -111,14 +130,22 @@ class MultimodalTower(tf.keras.layers.Layer):
     self.tables, self.present_masks, self.missing = {}, {}, {}
     for m in self.modalities:
       self.tables[m] = self.add_weight(
-          name=f"features_{m}", shape=(self.vocab_size, self.feature_dims[m]), trainable=False,
-          initializer=init(f"features_{m}", "zeros"))
+        name=f"features_{m}",
+        shape=(self.vocab_size, self.feature_dims[m]),
+        trainable=False,
+        initializer=init(f"features_{m}", "zeros"),
+      )
       self.present_masks[m] = self.add_weight(
-          name=f"present_{m}", shape=(self.vocab_size,), trainable=False,
-          initializer=init(f"present_{m}", "ones"))
+        name=f"present_{m}",
+        shape=(self.vocab_size,),
+        trainable=False,
+        initializer=init(f"present_{m}", "ones"),
+      )
       self.missing[m] = self.add_weight(
-          name=f"missing_{m}", shape=(self.dim,),
-          initializer=tf.keras.initializers.TruncatedNormal(stddev=0.05))
+        name=f"missing_{m}",
+        shape=(self.dim,),
+        initializer=tf.keras.initializers.TruncatedNormal(stddev=0.05),
+      )
     super().build(input_shape)
 
   def call(self, item_ids):
@@ -126,14 +153,18 @@ class MultimodalTower(tf.keras.layers.Layer):
     item_ids = tf.reshape(item_ids, [-1])  # rank-1 inside, so the layers see one input rank
     zs = []
     for m in self.modalities:
-      f = tf.nn.embedding_lookup(self.tables[m], item_ids)        # [..., D_m]
-      z = self.norms[m](self.projections[m](f))                   # [..., d]
+      f = tf.nn.embedding_lookup(self.tables[m], item_ids)  # [..., D_m]
+      z = self.norms[m](self.projections[m](f))  # [..., d]
       has = tf.nn.embedding_lookup(self.present_masks[m], item_ids)[..., None]  # [..., 1]
       zs.append(has * z + (1.0 - has) * self.missing[m])
     fused = self.fuse_out(self.fuse_hidden(tf.concat(zs, axis=-1)))
-    out = fused + tf.add_n(zs) / float(len(zs))                          # [n, d]
+    out = fused + tf.add_n(zs) / float(len(zs))  # [n, d]
     return tf.reshape(out, tf.concat([shape, [self.dim]], axis=0))
 
   def get_config(self):
-    return {**super().get_config(), "vocab_size": self.vocab_size,
-            "feature_dims": dict(self.feature_dims), "dim": self.dim}
+    return {
+      **super().get_config(),
+      "vocab_size": self.vocab_size,
+      "feature_dims": dict(self.feature_dims),
+      "dim": self.dim,
+    }

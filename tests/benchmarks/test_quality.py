@@ -21,8 +21,21 @@ from input_pipelines.dataset import PreparedDataset
 from input_pipelines.prepared import write_prepared
 
 N_ITEMS, N_USERS, SEQ_LEN = 120, 240, 12
-TINY_FLAGS = ["--epochs", "1", "--batch-size", "64", "--dim", "16", "--num-negatives", "32",
-              "--max-len", "8", "--no-jit-compile", "--eval-batch-size", "512"]
+TINY_FLAGS = [
+  "--epochs",
+  "1",
+  "--batch-size",
+  "64",
+  "--dim",
+  "16",
+  "--num-negatives",
+  "32",
+  "--max-len",
+  "8",
+  "--no-jit-compile",
+  "--eval-batch-size",
+  "512",
+]
 MODELS = ("sasrec", "comirec_sa", "mm_seq", "bivrec")
 
 
@@ -31,8 +44,11 @@ def planted_dataset(out):
   map of the position on the cycle, so both views can learn the next item."""
   rng = np.random.default_rng(0)
   angle = 2 * np.pi * np.arange(N_ITEMS) / N_ITEMS
-  text = np.concatenate([np.cos(k * angle)[:, None] for k in (1, 2, 3)] +
-                        [np.sin(k * angle)[:, None] for k in (1, 2, 3)], axis=1)
+  text = np.concatenate(
+    [np.cos(k * angle)[:, None] for k in (1, 2, 3)]
+    + [np.sin(k * angle)[:, None] for k in (1, 2, 3)],
+    axis=1,
+  )
   text += rng.normal(0, 0.05, text.shape)
   seqs = []
   for _ in range(N_USERS):
@@ -41,13 +57,17 @@ def planted_dataset(out):
       pos.append((pos[-1] + (1 if rng.random() < 0.85 else 2)) % N_ITEMS)
     seqs.append([p + NUM_RESERVED for p in pos])
   splits = {
-      "train": [(s[:j], [s[j]]) for s in seqs for j in range(1, len(s) - 2)],
-      "valid": [(s[:-2], [s[-2]]) for s in seqs],
-      "test": [(s[:-1], [s[-1]]) for s in seqs],
+    "train": [(s[:j], [s[j]]) for s in seqs for j in range(1, len(s) - 2)],
+    "valid": [(s[:-2], [s[-2]]) for s in seqs],
+    "test": [(s[:-1], [s[-1]]) for s in seqs],
   }
-  return write_prepared(out, [f"i{i}" for i in range(N_ITEMS)],
-                        {"text": (text, np.ones(N_ITEMS, bool))}, splits,
-                        {"protocol": "loo", "recommended_max_len": 8})
+  return write_prepared(
+    out,
+    [f"i{i}" for i in range(N_ITEMS)],
+    {"text": (text, np.ones(N_ITEMS, bool))},
+    splits,
+    {"protocol": "loo", "recommended_max_len": 8},
+  )
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +76,21 @@ def report(tmp_path_factory):
   data = planted_dataset(root / "planted")
   out = root / "results.md"
   out.write_text("# Results\n\nHand-written text that must survive.\n")
-  cli.main(["--data", str(data), "--models", ",".join(MODELS), "--seeds", "1",
-            "--out", str(out), "--work-dir", str(root / "work"), *TINY_FLAGS])
+  cli.main(
+    [
+      "--data",
+      str(data),
+      "--models",
+      ",".join(MODELS),
+      "--seeds",
+      "1",
+      "--out",
+      str(out),
+      "--work-dir",
+      str(root / "work"),
+      *TINY_FLAGS,
+    ]
+  )
   store = json.loads((root / "work" / "planted-standard.json").read_text())
   return root, data, out, {r["model"]: r for r in store}
 
@@ -75,10 +108,10 @@ def test_report_has_a_row_for_every_requested_model_and_keeps_other_text(report)
   text = out.read_text()
   assert "Hand-written text that must survive." in text
   assert text.count("<!-- BEGIN quality:standard:planted -->") == 1
-  table = [l for l in text.splitlines() if l.startswith("| ")]
-  assert any(l.startswith("| Popularity |") for l in table)
+  table = [ln for ln in text.splitlines() if ln.startswith("| ")]
+  assert any(ln.startswith("| Popularity |") for ln in table)
   for name in MODELS:
-    row = next(l for l in table if f"`{name}`" in l)
+    row = next(ln for ln in table if f"`{name}`" in ln)
     assert len(row.strip("|").split("|")) == 11, row  # model, 6 metrics, delta, seeds, time, ep
   assert (root / "quality_planted_ndcg20.png").stat().st_size > 1000
 
@@ -86,8 +119,21 @@ def test_report_has_a_row_for_every_requested_model_and_keeps_other_text(report)
 def test_rerun_reuses_stored_runs_and_replaces_the_section_in_place(report):
   root, data, out, records = report
   before = out.read_text()
-  cli.main(["--data", str(data), "--models", "sasrec", "--seeds", "1", "--out", str(out),
-            "--work-dir", str(root / "work"), *TINY_FLAGS])  # sasrec seed 42 is stored
+  cli.main(
+    [
+      "--data",
+      str(data),
+      "--models",
+      "sasrec",
+      "--seeds",
+      "1",
+      "--out",
+      str(out),
+      "--work-dir",
+      str(root / "work"),
+      *TINY_FLAGS,
+    ]
+  )  # sasrec seed 42 is stored
   after = out.read_text()
   assert after.count("<!-- BEGIN quality:standard:planted -->") == 1
   assert after.split("<!-- BEGIN")[0] == before.split("<!-- BEGIN")[0]
@@ -118,8 +164,21 @@ def test_noise_evaluation_at_zero_sigma_reproduces_the_clean_test_metrics(report
 
 def test_cost_mode_reuses_the_standard_runs_and_compares_bivrec_with_sasrec(report):
   root, data, out, _ = report
-  cli.main(["--data", str(data), "--mode", "cost", "--seeds", "1", "--out", str(out),
-            "--work-dir", str(root / "work"), *TINY_FLAGS])
+  cli.main(
+    [
+      "--data",
+      str(data),
+      "--mode",
+      "cost",
+      "--seeds",
+      "1",
+      "--out",
+      str(out),
+      "--work-dir",
+      str(root / "work"),
+      *TINY_FLAGS,
+    ]
+  )
   section = out.read_text().split("<!-- BEGIN quality:cost:planted -->")[1]
   assert "| SASRec |" in section and "| BivRec |" in section
   assert "SASRec's best validation NDCG@20" in section
@@ -128,8 +187,23 @@ def test_cost_mode_reuses_the_standard_runs_and_compares_bivrec_with_sasrec(repo
 
 def test_cold_mode_reports_held_out_targets_per_view(report):
   root, data, out, _ = report
-  cli.main(["--data", str(data), "--mode", "cold", "--models", "bivrec", "--seeds", "1",
-            "--out", str(out), "--work-dir", str(root / "work"), *TINY_FLAGS])
+  cli.main(
+    [
+      "--data",
+      str(data),
+      "--mode",
+      "cold",
+      "--models",
+      "bivrec",
+      "--seeds",
+      "1",
+      "--out",
+      str(out),
+      "--work-dir",
+      str(root / "work"),
+      *TINY_FLAGS,
+    ]
+  )
   section = out.read_text().split("<!-- BEGIN quality:cold:planted -->")[1]
   for rule in ("ID view", "MM view", "fused"):
     assert f"| BivRec | {rule} |" in section
@@ -151,9 +225,21 @@ def test_two_benchmark_processes_sharing_a_store_keep_each_others_runs(tmp_path)
 
 
 # The flags of `python -m benchmarks.quality` before it became a package (commit 959d2c2).
-QUALITY_FLAGS = ["--cold-share", "--data", "--fresh", "--help", "--mode", "--models",
-                 "--noise-sigmas", "--out", "--quick", "--seeds", "--tag", "--threads",
-                 "--work-dir"]
+QUALITY_FLAGS = [
+  "--cold-share",
+  "--data",
+  "--fresh",
+  "--help",
+  "--mode",
+  "--models",
+  "--noise-sigmas",
+  "--out",
+  "--quick",
+  "--seeds",
+  "--tag",
+  "--threads",
+  "--work-dir",
+]
 
 
 def test_command_line_keeps_every_flag_and_the_mode_choices(capsys):
@@ -161,15 +247,16 @@ def test_command_line_keeps_every_flag_and_the_mode_choices(capsys):
     cli.parse_args(["--help"])
   assert exit_info.value.code == 0
   text = capsys.readouterr().out
-  options = text[text.index("\noptions:"):]
+  options = text[text.index("\noptions:") :]
   assert sorted(set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", options))) == QUALITY_FLAGS
   assert "--mode {standard,cold,noise,cost}" in options
   assert text.startswith("usage: python -m benchmarks.quality")
 
 
 def test_train_flags_override_every_models_preset_and_quick_means_one_seed(tmp_path):
-  args, models, overrides = cli.parse_args(["--quick", "--models", "bivrec,sasrec",
-                                            "--max-len", "20", "--lambda-sem", "0.5"])
+  args, models, overrides = cli.parse_args(
+    ["--quick", "--models", "bivrec,sasrec", "--max-len", "20", "--lambda-sem", "0.5"]
+  )
   assert args.seeds == 1 and models == ("bivrec", "sasrec")
   cfg = runs.model_config("bivrec", "synthetic", 42, tmp_path, overrides)
   assert cfg.data.max_len == 20 and cfg.loss.lambda_sem == 0.5

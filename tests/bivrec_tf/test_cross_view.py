@@ -4,8 +4,12 @@ import numpy as np
 import tensorflow as tf
 
 from bivrec_tf.config import Config
-from bivrec_tf.layers import (AllocationStats, allocation_loss, mutual_distillation_loss,
-                              semantic_loss)
+from bivrec_tf.layers import (
+  AllocationStats,
+  allocation_loss,
+  mutual_distillation_loss,
+  semantic_loss,
+)
 from bivrec_tf.model import BivRecModel, view_scores
 
 
@@ -43,13 +47,18 @@ def test_semantic_loss_is_symmetric_and_lower_for_aligned_views_than_shuffled():
 
 def _tiny_model(seed=0, **model):
   tf.keras.utils.set_random_seed(seed)
-  cfg = Config().replace(model={"dim": 8, "num_interests": 2, **model},
-                         loss={"num_negatives": 4})
+  cfg = Config().replace(model={"dim": 8, "num_interests": 2, **model}, loss={"num_negatives": 4})
   v = 20
   rng = np.random.default_rng(0)
-  return BivRecModel(cfg, v, 8, {"text": rng.normal(size=(v, 3)).astype(np.float32)},
-                     {"text": np.ones(v, bool)}, item_counts=np.ones(v),
-                     seen_in_train=np.ones(v, bool))
+  return BivRecModel(
+    cfg,
+    v,
+    8,
+    {"text": rng.normal(size=(v, 3)).astype(np.float32)},
+    {"text": np.ones(v, bool)},
+    item_counts=np.ones(v),
+    seen_in_train=np.ones(v, bool),
+  )
 
 
 def _batch():
@@ -65,8 +74,9 @@ def _logits(seed, shape=(6, 9)):
 def _symmetric_kl(logits_a, logits_b):
   """Mean over rows of KL(p_a || p_b) + KL(p_b || p_a): how much two views disagree."""
   log_a, log_b = tf.nn.log_softmax(logits_a), tf.nn.log_softmax(logits_b)
-  return float(tf.reduce_mean(tf.reduce_sum((tf.exp(log_a) - tf.exp(log_b)) * (log_a - log_b),
-                                            axis=-1)))
+  return float(
+    tf.reduce_mean(tf.reduce_sum((tf.exp(log_a) - tf.exp(log_b)) * (log_a - log_b), axis=-1))
+  )
 
 
 def test_mutual_distillation_gradient_pulls_each_view_toward_the_others_distribution():
@@ -97,8 +107,7 @@ def test_one_sgd_step_on_mutual_distillation_lowers_the_views_disagreement():
   before = _symmetric_kl(z_id, z_mm)
   with tf.GradientTape() as tape:
     loss = tf.reduce_sum(mutual_distillation_loss(z_id, z_mm))
-  tf.keras.optimizers.SGD(2.0).apply_gradients(zip(tape.gradient(loss, [z_id, z_mm]),
-                                                   [z_id, z_mm]))
+  tf.keras.optimizers.SGD(2.0).apply_gradients(zip(tape.gradient(loss, [z_id, z_mm]), [z_id, z_mm]))
   after = _symmetric_kl(z_id, z_mm)
   assert after < 0.7 * before, (before, after)  # measured: 3.26 -> 1.88
 
@@ -106,8 +115,9 @@ def test_one_sgd_step_on_mutual_distillation_lowers_the_views_disagreement():
 def test_allocation_loss_grows_as_one_view_moves_away_from_the_other():
   a, other = _allocation(1), _allocation(2)
   valid = tf.constant(np.random.default_rng(0).random((4, 7)) > 0.3)
-  losses = [allocation_loss(a, (1 - s) * a + s * other, valid).numpy()
-            for s in (0.0, 0.25, 0.5, 0.75, 1.0)]
+  losses = [
+    allocation_loss(a, (1 - s) * a + s * other, valid).numpy() for s in (0.0, 0.25, 0.5, 0.75, 1.0)
+  ]
   np.testing.assert_allclose(losses[0], 0.0, atol=1e-7)
   assert np.all(np.diff(losses, axis=0) > 0), losses
 
@@ -139,7 +149,8 @@ def _sgd_step_on_term(model, batch, term, learning_rate):
     loss = tf.reduce_mean(model.loss_parts(batch)[0][term])
   grads = tape.gradient(loss, variables)
   tf.keras.optimizers.SGD(learning_rate).apply_gradients(
-      [(g, w) for g, w in zip(grads, variables) if g is not None])
+    [(g, w) for g, w in zip(grads, variables) if g is not None]
+  )
 
 
 def _view_disagreement(model, batch):
@@ -148,8 +159,10 @@ def _view_disagreement(model, batch):
   accidental-hit removal leave these distributions as the training logits give them.)"""
   candidates = tf.concat([batch["target"], batch["negatives"]], axis=0)
   queries = model.queries(batch["history"])
-  logits = [view_scores(queries[v], tf.gather(model.item_table(v), candidates),
-                        model.config.model.tau_rec) for v in ("id", "mm")]
+  logits = [
+    view_scores(queries[v], tf.gather(model.item_table(v), candidates), model.config.model.tau_rec)
+    for v in ("id", "mm")
+  ]
   return _symmetric_kl(*logits)
 
 
@@ -186,18 +199,23 @@ def test_training_loss_does_not_depend_on_batch_order():
   model = _tiny_model()
   batch = _batch()
   perm = [2, 0, 3, 1]
-  shuffled = {"history": batch["history"][perm], "target": batch["target"][perm],
-              "negatives": batch["negatives"]}
+  shuffled = {
+    "history": batch["history"][perm],
+    "target": batch["target"][perm],
+    "negatives": batch["negatives"],
+  }
   a = float(model.compute_loss(batch))
   np.testing.assert_allclose(float(model.compute_loss(shuffled)), a, rtol=1e-5)
 
 
 def test_allocation_loss_equals_the_explicit_masked_co_allocation_distance():
   from bivrec_tf.layers.cross_view import co_allocation
+
   a_id, a_mm = _allocation(7, k=3), _allocation(8, k=5)  # K may differ between views
   valid = tf.constant(np.random.default_rng(1).random((4, 7)) > 0.4)
   m = tf.cast(valid, tf.float32)
   pairs = m[:, :, None] * m[:, None, :]
-  explicit = tf.reduce_sum(tf.square(co_allocation(a_id) - co_allocation(a_mm)) * pairs,
-                           axis=[1, 2]) / tf.maximum(tf.reduce_sum(pairs, axis=[1, 2]), 1.0)
+  explicit = tf.reduce_sum(
+    tf.square(co_allocation(a_id) - co_allocation(a_mm)) * pairs, axis=[1, 2]
+  ) / tf.maximum(tf.reduce_sum(pairs, axis=[1, 2]), 1.0)
   np.testing.assert_allclose(allocation_loss(a_id, a_mm, valid), explicit, rtol=1e-4, atol=1e-6)

@@ -23,8 +23,21 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 # d = 64: the ID table (402 x 64 floats, 103 KB) is above the 64 KiB minimum shard size, so
 # parameter servers shard it.
-COMMON = ["--epochs", "1", "--batch-size", "128", "--num-negatives", "64", "--dim", "64",
-          "--dropout", "0", "--seed", "7", "--no-export"]
+COMMON = [
+  "--epochs",
+  "1",
+  "--batch-size",
+  "128",
+  "--num-negatives",
+  "64",
+  "--dim",
+  "64",
+  "--dropout",
+  "0",
+  "--seed",
+  "7",
+  "--no-export",
+]
 
 # Trains one model per strategy from the same initial weights on the same batches and prints
 # per-step logs and the trained weights. Plain SGD, so that the weight updates are the gradients
@@ -70,8 +83,9 @@ print("RESULT " + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-  return generate(tmp_path_factory.mktemp("dist") / "data", seed=5, num_items=400,
-                  num_users=500, num_topics=10)
+  return generate(
+    tmp_path_factory.mktemp("dist") / "data", seed=5, num_items=400, num_users=500, num_topics=10
+  )
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +97,29 @@ def one_device(data, tmp_path_factory):
 
 
 def _train_cmd(data, run_dir, *extra):
-  return [sys.executable, "-m", "bivrec_tf.train", "--data", str(data), "--run-dir",
-          str(run_dir), *COMMON, *extra]
+  return [
+    sys.executable,
+    "-m",
+    "bivrec_tf.train",
+    "--data",
+    str(data),
+    "--run-dir",
+    str(run_dir),
+    *COMMON,
+    *extra,
+  ]
 
 
 def _run(cmd, env=None, timeout=600):
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                        env={**os.environ, **(env or {})}, check=False)
+  proc = subprocess.run(
+    cmd,
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env={**os.environ, **(env or {})},
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
 
@@ -100,14 +130,13 @@ def _epoch_logs(run_dir):
 
 def test_mirrored_on_two_logical_cpus_takes_the_same_steps_as_one_device(data):
   proc = _run([sys.executable, "-c", STEPS_SCRIPT, str(data), "4", "0.1"])
-  result = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[7:])
+  result = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[7:])
   single, mirrored = result["single"], result["mirrored"]
   assert (single["replicas"], mirrored["replicas"]) == (1, 2)
   # Same global batch, candidates gathered across replicas: every step's loss and loss terms are
   # the same computation up to float summation order (measured: 3e-7 relative at most).
   for key in ("loss", "rec_id", "rec_mm", "sem"):
-    np.testing.assert_allclose(mirrored["logs"][key], single["logs"][key], rtol=1e-5,
-                               err_msg=key)
+    np.testing.assert_allclose(mirrored["logs"][key], single["logs"][key], rtol=1e-5, err_msg=key)
   # Gradients summed over replicas equal the one-device gradient: after 4 SGD steps every
   # weight agrees to 0.1 % of how far that variable moved (measured: 1e-4 at most).
   moved = 0
@@ -128,8 +157,16 @@ def test_multi_worker_matches_one_device_and_only_the_chief_exports(data, one_de
     tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
     cmd = _train_cmd(data, tmp_path / f"run{index}", "--strategy", "multi_worker")
     cmd = [c for c in cmd if c != "--no-export"] + ["--export-base", str(export_base)]
-    procs.append(subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "TF_CONFIG": tf_config},
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs.append(
+      subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "TF_CONFIG": tf_config},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+    )
   outputs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
@@ -148,8 +185,9 @@ def test_multi_worker_matches_one_device_and_only_the_chief_exports(data, one_de
 def test_killed_run_resumes_from_its_last_completed_epoch(data, tmp_path):
   args = ["--epochs", "4", "--patience", "0"]
   run_dir = tmp_path / "killed"
-  proc = subprocess.Popen(_train_cmd(data, run_dir, *args), cwd=ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    _train_cmd(data, run_dir, *args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   logs = run_dir / "epoch_logs.json"
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
@@ -171,21 +209,24 @@ def test_killed_run_resumes_from_its_last_completed_epoch(data, tmp_path):
 
   _run(_train_cmd(data, tmp_path / "uninterrupted", *args))
   clean = _epoch_logs(tmp_path / "uninterrupted")
-  print(f"killed after {len(before)} completed epochs; resumed run logged "
-        f"{[round(h['val_ndcg20'], 4) for h in after]}, uninterrupted "
-        f"{[round(h['val_ndcg20'], 4) for h in clean]} (val NDCG@20 per epoch)")
+  print(
+    f"killed after {len(before)} completed epochs; resumed run logged "
+    f"{[round(h['val_ndcg20'], 4) for h in after]}, uninterrupted "
+    f"{[round(h['val_ndcg20'], 4) for h in clean]} (val NDCG@20 per epoch)"
+  )
   # The resumed epochs start from the restored weights: their losses continue the uninterrupted
   # run's (restarting from scratch would repeat epoch 1's, rec_id 41 % above epoch 3's). They are
   # not bit-identical: the input pipeline restarts its shuffle and negative sampling. Measured:
   # epoch 3-4 loss terms within 0.4 %, final val NDCG@20 0.2698 vs 0.2769.
-  for resumed, uninterrupted in zip(after[len(before):], clean[len(before):]):
+  for resumed, uninterrupted in zip(after[len(before) :], clean[len(before) :]):
     for key in ("rec_id", "rec_mm", "sem"):  # epoch means of the loss terms
       assert resumed[key] == pytest.approx(uninterrupted[key], rel=0.01), key
   assert after[-1]["val_ndcg20"] == pytest.approx(clean[-1]["val_ndcg20"], abs=0.02)
 
 
 def test_parameter_server_strategy_shards_the_id_table_and_trains_as_well_as_one_device(
-    data, one_device, tmp_path):
+  data, one_device, tmp_path
+):
   run_dir = tmp_path / "ps"
   _run(_train_cmd(data, run_dir, "--strategy", "parameter_server", "--local-cluster", "2,2"))
   metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -26,12 +26,12 @@ def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp("e2e")
   data = generate(root / "data", seed=3, **SMALL)
   cfg = Config().replace(
-      data={"data": str(data)},
-      train={"epochs": 6, "batch_size": 128, "patience": 6, "run_dir": str(root / "run"),
-             "seed": 7},
-      model={"dim": 32},
-      loss={"num_negatives": 64},
-      export={"export_base": str(root / "saved_models"), "top_k": 10})
+    data={"data": str(data)},
+    train={"epochs": 6, "batch_size": 128, "patience": 6, "run_dir": str(root / "run"), "seed": 7},
+    model={"dim": 32},
+    loss={"num_negatives": 64},
+    export={"export_base": str(root / "saved_models"), "top_k": 10},
+  )
   summary = train.run(cfg, verbose=0)
   return cfg, summary, root
 
@@ -69,8 +69,11 @@ def test_fused_bivrec_is_at_least_as_good_as_its_best_single_view(trained):
   _, summary, _ = trained
   _, id_view, mm_view, fused = _test_rows(summary)
   best = max(id_view["ndcg@20"], mm_view["ndcg@20"])
-  assert fused["ndcg@20"] >= best - FUSION_SLACK, (fused["ndcg@20"], id_view["ndcg@20"],
-                                                    mm_view["ndcg@20"])
+  assert fused["ndcg@20"] >= best - FUSION_SLACK, (
+    fused["ndcg@20"],
+    id_view["ndcg@20"],
+    mm_view["ndcg@20"],
+  )
 
 
 def test_training_loss_decreases(trained):
@@ -98,7 +101,7 @@ def _in_process_topk(cfg, summary, histories_str, k):
   rows = []
   for h in histories_str:
     ids = [index[x] for x in h if x in index and index[x] >= FIRST_ITEM]
-    rows.append([0] * (summary["max_len"] - len(ids)) + ids[-summary["max_len"]:])
+    rows.append([0] * (summary["max_len"] - len(ids)) + ids[-summary["max_len"] :])
   ranker = Ranker(model, k, exclude_history=True)
   w = summary["fusion_weight"]
   tops = ranker.topk(np.array(rows, np.int64), [w])
@@ -109,9 +112,9 @@ def test_export_serves_the_in_process_top_k_on_raw_string_ids(trained):
   cfg, summary, _ = trained
   vocab = PreparedDataset.load(cfg.data.data).vocab
   histories = [
-      [vocab[5], vocab[9], "", vocab[40]],
-      ["", "", "never-seen-item", vocab[100]],
-      [vocab[200], vocab[201], vocab[202], vocab[203]],
+    [vocab[5], vocab[9], "", vocab[40]],
+    ["", "", "never-seen-item", vocab[100]],
+    [vocab[200], vocab[201], vocab[202], vocab[203]],
   ]
   loaded = tf.saved_model.load(summary["export_path"])
   out = loaded.signatures["serving_default"](history=tf.constant(histories))

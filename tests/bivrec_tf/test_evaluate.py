@@ -9,12 +9,12 @@ import tensorflow as tf
 
 from bivrec_tf import config as config_lib
 from bivrec_tf.config import Config, EvalConfig
-from bivrec_tf.evaluate import (Ranker, evaluate, popularity_metrics, resolve_history_exclusion)
+from bivrec_tf.evaluate import Ranker, evaluate, popularity_metrics, resolve_history_exclusion
 from bivrec_tf.model import FIRST_ITEM, BivRecModel
 from input_pipelines.dataset import PreparedDataset
 from input_pipelines.prepared import write_prepared
 
-V = 30            # 28 real items, indices 2..29
+V = 30  # 28 real items, indices 2..29
 MAX_LEN = 4
 NUM_ITEMS = V - FIRST_ITEM
 
@@ -23,9 +23,15 @@ def _model(v=V, max_len=MAX_LEN, seed=0):
   rng = np.random.default_rng(seed)
   cfg = Config().replace(model={"dim": 8, "num_interests": 2})
   seen = rng.random(v) > 0.2  # some cold items: the fused rule scores them by the MM view
-  return BivRecModel(cfg, v, max_len, {"text": rng.normal(size=(v, 5)).astype(np.float32)},
-                     {"text": np.ones(v, bool)}, item_counts=rng.integers(0, 5, v),
-                     seen_in_train=seen)
+  return BivRecModel(
+    cfg,
+    v,
+    max_len,
+    {"text": rng.normal(size=(v, 5)).astype(np.float32)},
+    {"text": np.ones(v, bool)},
+    item_counts=rng.integers(0, 5, v),
+    seen_in_train=seen,
+  )
 
 
 def _long_histories(rows=5, length=12, seed=1):
@@ -43,8 +49,9 @@ def test_chunked_full_ranking_equals_unchunked():
   history = rng.integers(0, v, (6, 10))
   weights = [0.0, 0.3, 1.0]
   for exclude in (False, True):
-    whole = Ranker(model, kmax=20, item_chunk=10_000, exclude_history=exclude).topk(history,
-                                                                                      weights)
+    whole = Ranker(model, kmax=20, item_chunk=10_000, exclude_history=exclude).topk(
+      history, weights
+    )
     chunked = Ranker(model, kmax=20, item_chunk=7, exclude_history=exclude).topk(history, weights)
     assert whole.keys() == chunked.keys() and len(whole) == 5
     for name in whole:
@@ -68,8 +75,11 @@ def test_exclusion_ranks_exactly_the_items_outside_the_whole_history(item_chunk)
 
 
 def _batch(history, full, targets):
-  return {"history": tf.constant(history, tf.int64), "full_history": tf.constant(full, tf.int64),
-          "targets": tf.constant(targets, tf.int64)}
+  return {
+    "history": tf.constant(history, tf.int64),
+    "full_history": tf.constant(full, tf.int64),
+    "targets": tf.constant(targets, tf.int64),
+  }
 
 
 def test_exclusion_makes_a_repeat_of_an_old_history_item_unreachable_and_keeping_it_does_not():
@@ -81,16 +91,16 @@ def test_exclusion_makes_a_repeat_of_an_old_history_item_unreachable_and_keeping
   kept = evaluate(Ranker(model, NUM_ITEMS, exclude_history=False), data, [NUM_ITEMS], [0.5])
   excluded = evaluate(Ranker(model, NUM_ITEMS, exclude_history=True), data, [NUM_ITEMS], [0.5])
   for rule in kept:
-    assert kept[rule][f"hitrate@{NUM_ITEMS}"] == 1.0   # every item is ranked: the repeat is hit
+    assert kept[rule][f"hitrate@{NUM_ITEMS}"] == 1.0  # every item is ranked: the repeat is hit
     assert excluded[rule][f"hitrate@{NUM_ITEMS}"] == 0.0
 
 
 def test_popularity_baseline_excludes_the_whole_history():
   counts = np.zeros(V, np.int64)
-  counts[FIRST_ITEM:] = np.arange(NUM_ITEMS, 0, -1)          # item 2 most popular, then 3, ...
-  full = np.arange(FIRST_ITEM, FIRST_ITEM + 10)[None, :]     # the 10 most popular items
+  counts[FIRST_ITEM:] = np.arange(NUM_ITEMS, 0, -1)  # item 2 most popular, then 3, ...
+  full = np.arange(FIRST_ITEM, FIRST_ITEM + 10)[None, :]  # the 10 most popular items
   history = full[:, -MAX_LEN:]
-  target = np.array([[FIRST_ITEM + 10]])                      # the most popular unseen item
+  target = np.array([[FIRST_ITEM + 10]])  # the most popular unseen item
   data = [_batch(history, full, target)]
   assert popularity_metrics(counts, data, [1], exclude_history=True)["hitrate@1"] == 1.0
   assert popularity_metrics(counts, data, [1], exclude_history=False)["hitrate@1"] == 0.0
@@ -98,8 +108,11 @@ def test_popularity_baseline_excludes_the_whole_history():
 
 def _prepared(tmp_path, name, train):
   ids = [f"i{k}" for k in range(8)]
-  return PreparedDataset.load(write_prepared(
-      tmp_path / name, ids, {}, {"train": train, "valid": train[:2], "test": train[:2]}))
+  return PreparedDataset.load(
+    write_prepared(
+      tmp_path / name, ids, {}, {"train": train, "valid": train[:2], "test": train[:2]}
+    )
+  )
 
 
 def test_auto_excludes_history_on_data_without_repeats(tmp_path):

@@ -21,23 +21,27 @@ from tests.serving import models as tiny
 
 W = 0.6
 # The console script, or the same tool as a module when the script is not on PATH.
-SAVED_MODEL_CLI = ([shutil.which("saved_model_cli")] if shutil.which("saved_model_cli") else
-                   [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"])
+SAVED_MODEL_CLI = (
+  [shutil.which("saved_model_cli")]
+  if shutil.which("saved_model_cli")
+  else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
   base = tmp_path_factory.mktemp("export")
   model = tiny.tiny_model(seed=0)
-  path = export_lib.export_model(model, tiny.vocab(), W, str(base), "bivrec", tiny.TOP_K,
-                                 metadata={"note": "test"})
+  path = export_lib.export_model(
+    model, tiny.vocab(), W, str(base), "bivrec", tiny.TOP_K, metadata={"note": "test"}
+  )
   return model, path, tf.saved_model.load(str(path))
 
 
 def _reference_top_k(model, history, k):
   """Brute force over the whole catalogue in numpy: fused score, history and padding excluded."""
   index = {item: i for i, item in enumerate(tiny.vocab())}
-  ids = [index[x] for x in history if x in index and index[x] >= FIRST_ITEM][-tiny.MAX_LEN:]
+  ids = [index[x] for x in history if x in index and index[x] >= FIRST_ITEM][-tiny.MAX_LEN :]
   row = np.array([[0] * (tiny.MAX_LEN - len(ids)) + ids], np.int64)
   queries = {v: q.numpy()[0] for v, q in model.queries(row).items()}
   tau = model.config.model.tau_rec
@@ -57,9 +61,11 @@ def _serve(loaded, histories, signature="serving_default"):
 
 def test_served_top_k_equals_brute_force_full_ranking(exported):
   model, _, loaded = exported
-  histories = [["item-3", "item-9", "item-12", "item-30"],
-               ["item-1", "item-1", "item-2", "item-7"],
-               ["item-39", "", "", ""]]
+  histories = [
+    ["item-3", "item-9", "item-12", "item-30"],
+    ["item-1", "item-1", "item-2", "item-7"],
+    ["item-39", "", "", ""],
+  ]
   out = _serve(loaded, histories)
   assert out["item_ids"].shape == (3, tiny.TOP_K) and out["scores"].shape == (3, tiny.TOP_K)
   for row, history in enumerate(histories):
@@ -70,8 +76,13 @@ def test_served_top_k_equals_brute_force_full_ranking(exported):
 
 def test_chunked_scoring_matches_single_chunk(exported, tmp_path):
   model, _, loaded = exported
-  chunked = tf.saved_model.load(str(export_lib.export_model(
-      model, tiny.vocab(), W, str(tmp_path), "chunked", tiny.TOP_K, item_chunk=7)))
+  chunked = tf.saved_model.load(
+    str(
+      export_lib.export_model(
+        model, tiny.vocab(), W, str(tmp_path), "chunked", tiny.TOP_K, item_chunk=7
+      )
+    )
+  )
   histories = [["item-3", "item-9"], ["item-20", "item-21"], ["", "nope"]]
   a, b = _serve(loaded, histories), _serve(chunked, histories)
   np.testing.assert_array_equal(a["item_ids"], b["item_ids"])
@@ -80,8 +91,13 @@ def test_chunked_scoring_matches_single_chunk(exported, tmp_path):
 
 def test_xla_export_answers_as_the_plain_export(exported, tmp_path):
   model, _, loaded = exported
-  jit = tf.saved_model.load(str(export_lib.export_model(
-      model, tiny.vocab(), W, str(tmp_path), "jit", tiny.TOP_K, jit_compile=True)))
+  jit = tf.saved_model.load(
+    str(
+      export_lib.export_model(
+        model, tiny.vocab(), W, str(tmp_path), "jit", tiny.TOP_K, jit_compile=True
+      )
+    )
+  )
   histories = [["", "item-3", "item-9"], ["item-20", "item-21", "item-33"]]
   a, b = _serve(loaded, histories), _serve(jit, histories)
   np.testing.assert_array_equal(a["item_ids"], b["item_ids"])
@@ -109,8 +125,15 @@ def test_history_items_are_never_recommended(exported):
 def exported_kept(exported, tmp_path_factory):
   """The same model exported with history exclusion off."""
   model, _, _ = exported
-  path = export_lib.export_model(model, tiny.vocab(), W, str(tmp_path_factory.mktemp("kept")),
-                                 "bivrec", tiny.TOP_K, exclude_history=False)
+  path = export_lib.export_model(
+    model,
+    tiny.vocab(),
+    W,
+    str(tmp_path_factory.mktemp("kept")),
+    "bivrec",
+    tiny.TOP_K,
+    exclude_history=False,
+  )
   return model, path, tf.saved_model.load(str(path))
 
 
@@ -141,7 +164,7 @@ def _offline_top_k(model, histories, exclude):
   items, exclusion masks every known item of the history."""
   index = {item: i for i, item in enumerate(tiny.vocab())}
   known = [[index[x] for x in h if index.get(x, 0) >= FIRST_ITEM] for h in histories]
-  rows = np.array([[0] * max(0, tiny.MAX_LEN - len(k)) + k[-tiny.MAX_LEN:] for k in known])
+  rows = np.array([[0] * max(0, tiny.MAX_LEN - len(k)) + k[-tiny.MAX_LEN :] for k in known])
   width = max(len(k) for k in known)
   seen = np.array([k + [0] * (width - len(k)) for k in known])
   ranker = Ranker(model, tiny.TOP_K, exclude_history=exclude)
@@ -151,17 +174,28 @@ def _offline_top_k(model, histories, exclude):
 @pytest.mark.parametrize("exclude", [True, False])
 def test_offline_ranker_and_serving_rank_identically(exported, exported_kept, exclude):
   model, _, loaded = exported if exclude else exported_kept
-  rows = [[f"item-{i}" for i in range(5, 17)],                           # longer than max_len
-          [f"item-{i}" for i in range(35)],                               # all but 5 items
-          ["item-3", "", "nope", "item-9", "item-12", "item-3", "item-30", "item-31"],
-          ["item-39"]]
-  histories = [[""] * (35 - len(h)) + h for h in rows]                    # "" = padding
+  rows = [
+    [f"item-{i}" for i in range(5, 17)],  # longer than max_len
+    [f"item-{i}" for i in range(35)],  # all but 5 items
+    ["item-3", "", "nope", "item-9", "item-12", "item-3", "item-30", "item-31"],
+    ["item-39"],
+  ]
+  histories = [[""] * (35 - len(h)) + h for h in rows]  # "" = padding
   offline = _offline_top_k(model, histories, exclude)
   served = _serve(loaded, histories)["item_ids"].astype(str)
   np.testing.assert_array_equal(served, offline)
-  examples = [tf.train.Example(features=tf.train.Features(feature={
-      "history": tf.train.Feature(bytes_list=tf.train.BytesList(
-          value=[x.encode() for x in h if x]))})).SerializeToString() for h in histories]
+  examples = [
+    tf.train.Example(
+      features=tf.train.Features(
+        feature={
+          "history": tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[x.encode() for x in h if x])
+          )
+        }
+      )
+    ).SerializeToString()
+    for h in histories
+  ]
   by_example = loaded.signatures["predict_examples"](examples=tf.constant(examples))
   np.testing.assert_array_equal(by_example["item_ids"].numpy().astype(str), offline)
 
@@ -185,9 +219,16 @@ def test_history_without_known_items_gets_the_most_popular(exported):
 def test_predict_examples_answers_as_serving_default(exported):
   _, _, loaded = exported
   histories = [["item-3", "item-9"], ["item-5"], []]
-  examples = [tf.train.Example(features=tf.train.Features(feature={
-      "history": tf.train.Feature(bytes_list=tf.train.BytesList(
-          value=[x.encode() for x in h]))})).SerializeToString() for h in histories]
+  examples = [
+    tf.train.Example(
+      features=tf.train.Features(
+        feature={
+          "history": tf.train.Feature(bytes_list=tf.train.BytesList(value=[x.encode() for x in h]))
+        }
+      )
+    ).SerializeToString()
+    for h in histories
+  ]
   by_example = loaded.signatures["predict_examples"](examples=tf.constant(examples))
   dense = _serve(loaded, [["", "item-3", "item-9"], ["", "", "item-5"], ["", "", ""]])
   np.testing.assert_array_equal(by_example["item_ids"].numpy(), dense["item_ids"])
@@ -202,31 +243,45 @@ def test_user_interests_and_item_embeddings_have_documented_shapes(exported):
   for key, view in (("id_embedding", "id"), ("mm_embedding", "mm")):
     value = emb[key].numpy()
     assert value.shape == (2, tiny.DIM)
-    np.testing.assert_allclose(value[0], model.item_table(view).numpy()[FIRST_ITEM + 4],
-                               rtol=1e-6)
+    np.testing.assert_allclose(value[0], model.item_table(view).numpy()[FIRST_ITEM + 4], rtol=1e-6)
     np.testing.assert_array_equal(value[1], 0.0)  # unknown id -> zero vector
 
 
 def test_saved_model_cli_show_lists_every_signature_with_names_dtypes_shapes(exported):
   _, path, _ = exported
-  text = subprocess.run(SAVED_MODEL_CLI + ["show", "--dir", str(path), "--all"],
-                        capture_output=True, text=True, check=True, timeout=120).stdout
+  text = subprocess.run(
+    SAVED_MODEL_CLI + ["show", "--dir", str(path), "--all"],
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=120,
+  ).stdout
   blocks = {}
   for chunk in text.split("signature_def['")[1:]:
     blocks[chunk.split("']", 1)[0]] = chunk
   assert set(export_lib.SIGNATURES) <= set(blocks)
   k, kk, d = tiny.TOP_K, tiny.NUM_INTERESTS, tiny.DIM
   expected = {
-      "serving_default": [("history", "DT_STRING", "(-1, -1)"), ("item_ids", "DT_STRING",
-                          f"(-1, {k})"), ("scores", "DT_FLOAT", f"(-1, {k})")],
-      "predict_examples": [("examples", "DT_STRING", "(-1)"), ("item_ids", "DT_STRING",
-                           f"(-1, {k})"), ("scores", "DT_FLOAT", f"(-1, {k})")],
-      "user_interests": [("history", "DT_STRING", "(-1, -1)"),
-                         ("id_interests", "DT_FLOAT", f"(-1, {kk}, {d})"),
-                         ("mm_interests", "DT_FLOAT", f"(-1, {kk}, {d})")],
-      "item_embeddings": [("item_ids", "DT_STRING", "(-1)"),
-                          ("id_embedding", "DT_FLOAT", f"(-1, {d})"),
-                          ("mm_embedding", "DT_FLOAT", f"(-1, {d})")],
+    "serving_default": [
+      ("history", "DT_STRING", "(-1, -1)"),
+      ("item_ids", "DT_STRING", f"(-1, {k})"),
+      ("scores", "DT_FLOAT", f"(-1, {k})"),
+    ],
+    "predict_examples": [
+      ("examples", "DT_STRING", "(-1)"),
+      ("item_ids", "DT_STRING", f"(-1, {k})"),
+      ("scores", "DT_FLOAT", f"(-1, {k})"),
+    ],
+    "user_interests": [
+      ("history", "DT_STRING", "(-1, -1)"),
+      ("id_interests", "DT_FLOAT", f"(-1, {kk}, {d})"),
+      ("mm_interests", "DT_FLOAT", f"(-1, {kk}, {d})"),
+    ],
+    "item_embeddings": [
+      ("item_ids", "DT_STRING", "(-1)"),
+      ("id_embedding", "DT_FLOAT", f"(-1, {d})"),
+      ("mm_embedding", "DT_FLOAT", f"(-1, {d})"),
+    ],
   }
   for sig, tensors in expected.items():
     block = blocks[sig]
@@ -240,9 +295,22 @@ def test_saved_model_cli_show_lists_every_signature_with_names_dtypes_shapes(exp
 def test_saved_model_cli_run_serving_default(exported):
   _, path, _ = exported
   proc = subprocess.run(
-      SAVED_MODEL_CLI + ["run", "--dir", str(path), "--tag_set", "serve", "--signature_def",
-       "serving_default", "--input_exprs", "history=[['item-3', 'nope', 'item-9']]"],
-      capture_output=True, text=True, timeout=120)
+    SAVED_MODEL_CLI
+    + [
+      "run",
+      "--dir",
+      str(path),
+      "--tag_set",
+      "serve",
+      "--signature_def",
+      "serving_default",
+      "--input_exprs",
+      "history=[['item-3', 'nope', 'item-9']]",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "Result for output key item_ids" in proc.stdout
   assert "Result for output key scores" in proc.stdout
@@ -320,34 +388,40 @@ def test_reexport_from_a_run_directory(tmp_path):
   from input_pipelines.synthetic import generate  # pylint: disable=import-outside-toplevel
 
   data = generate(tmp_path / "data", seed=1, num_items=30, num_users=40, num_topics=3)
-  cfg = Config().replace(data={"data": str(data)}, model=dict(tiny.MODEL_FIELDS),
-                         export={"export_base": str(tmp_path / "exports"), "top_k": 4})
+  cfg = Config().replace(
+    data={"data": str(data)},
+    model=dict(tiny.MODEL_FIELDS),
+    export={"export_base": str(tmp_path / "exports"), "top_k": 4},
+  )
   ds = PreparedDataset.load(data)
   model = build_model(cfg, ds, 6)
   model.queries(tf.zeros([1, 6], tf.int64))
   run = tmp_path / "run"
   model.save_weights(str(run / "checkpoints" / "best"))
   (run / "config.json").write_text(cfg.to_json())
-  (run / "metrics.json").write_text(json.dumps(
-      {"data": str(data), "max_len": 6, "fusion_weight": 0.3, "test": {}, "valid": {}}))
+  (run / "metrics.json").write_text(
+    json.dumps({"data": str(data), "max_len": 6, "fusion_weight": 0.3, "test": {}, "valid": {}})
+  )
 
   assert export_lib.main(["--run", str(run), "--top-k", "3"]) == 0
   exported = tmp_path / "exports" / "bivrec" / "1"
   meta = json.loads((exported / "assets.extra" / export_lib.METADATA_FILE).read_text())
   assert meta["fusion_weight"] == 0.3 and meta["top_k"] == 3 and meta["run_dir"] == str(run)
   # The checkpoint was restored (a fresh build_model has other random weights).
-  ids = tf.constant([str(x) for x in ds.vocab[FIRST_ITEM:FIRST_ITEM + 5]])
+  ids = tf.constant([str(x) for x in ds.vocab[FIRST_ITEM : FIRST_ITEM + 5]])
   emb = tf.saved_model.load(str(exported)).signatures["item_embeddings"](item_ids=ids)
   for key, view in (("id_embedding", "id"), ("mm_embedding", "mm")):
-    np.testing.assert_allclose(emb[key].numpy(),
-                               model.item_table(view).numpy()[FIRST_ITEM:FIRST_ITEM + 5],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+      emb[key].numpy(),
+      model.item_table(view).numpy()[FIRST_ITEM : FIRST_ITEM + 5],
+      rtol=1e-5,
+      atol=1e-6,
+    )
 
 
 def test_reexport_cli_reports_a_missing_run_directory(tmp_path, capsys):
   assert export_lib.main(["--run", str(tmp_path / "missing")]) == 2
   assert "config.json" in capsys.readouterr().err
-
 
 
 def test_plain_copy_serves_the_same_recommendations(exported):
@@ -357,8 +431,9 @@ def test_plain_copy_serves_the_same_recommendations(exported):
   history = np.array([[0, 0, 0, 0, 5, 9, 12, 30]], np.int64)
   for view, q in model.queries(history).items():
     np.testing.assert_allclose(copy.queries(history)[view].numpy(), q.numpy(), rtol=1e-6)
-    np.testing.assert_allclose(copy.item_table(view).numpy(), model.item_table(view).numpy(),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+      copy.item_table(view).numpy(), model.item_table(view).numpy(), rtol=1e-6
+    )
 
 
 @pytest.mark.slow
@@ -370,11 +445,39 @@ def test_parameter_server_trained_model_exports_a_loadable_saved_model(tmp_path)
   data = generate(tmp_path / "data", seed=5, num_items=400, num_users=500, num_topics=10)
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   proc = subprocess.run(
-      [sys.executable, "-m", "bivrec_tf.train", "--data", str(data), "--run-dir",
-       str(tmp_path / "run"), "--epochs", "1", "--batch-size", "128", "--num-negatives", "64",
-       "--dim", "64", "--dropout", "0", "--seed", "7", "--strategy", "parameter_server",
-       "--local-cluster", "2,2", "--export-base", str(tmp_path / "models")],
-      cwd=root, capture_output=True, text=True, timeout=600, check=False)
+    [
+      sys.executable,
+      "-m",
+      "bivrec_tf.train",
+      "--data",
+      str(data),
+      "--run-dir",
+      str(tmp_path / "run"),
+      "--epochs",
+      "1",
+      "--batch-size",
+      "128",
+      "--num-negatives",
+      "64",
+      "--dim",
+      "64",
+      "--dropout",
+      "0",
+      "--seed",
+      "7",
+      "--strategy",
+      "parameter_server",
+      "--local-cluster",
+      "2,2",
+      "--export-base",
+      str(tmp_path / "models"),
+    ],
+    cwd=root,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
   loaded = tf.saved_model.load(str(tmp_path / "models" / "bivrec" / "1"))

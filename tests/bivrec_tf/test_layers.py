@@ -8,9 +8,16 @@ import pytest
 import tensorflow as tf
 
 from bivrec_tf.config import Config
-from bivrec_tf.layers import (ClusterAttention, GaussianAttention, IdTower, InterestDecomposition,
-                              MultiScaleInterestEmbedding, MultimodalTower, SemanticHead,
-                              TransformerBlock)
+from bivrec_tf.layers import (
+  ClusterAttention,
+  GaussianAttention,
+  IdTower,
+  InterestDecomposition,
+  MultiScaleInterestEmbedding,
+  MultimodalTower,
+  SemanticHead,
+  TransformerBlock,
+)
 from bivrec_tf.model import BivRecModel, ViewEncoder
 from bivrec_tf.presets import apply_preset
 
@@ -20,13 +27,23 @@ B, D, K, V = 3, 16, 4, 40
 def _model(views=("id", "mm"), preset="bivrec_design", **model_fields):
   """A small model; by default DESIGN.md's formulation, every module on."""
   cfg = apply_preset(Config(), preset).replace(
-      model={"dim": D, "num_interests": K, "views": views, "dropout": 0.0, **model_fields})
+    model={"dim": D, "num_interests": K, "views": views, "dropout": 0.0, **model_fields}
+  )
   rng = np.random.default_rng(0)
-  feats = {"text": rng.normal(size=(V, 6)).astype(np.float32),
-           "image": rng.normal(size=(V, 5)).astype(np.float32)}
+  feats = {
+    "text": rng.normal(size=(V, 6)).astype(np.float32),
+    "image": rng.normal(size=(V, 5)).astype(np.float32),
+  }
   present = {"text": np.ones(V, bool), "image": rng.random(V) > 0.2}
-  return BivRecModel(cfg, V, max_len=12, features=feats, present=present,
-                     item_counts=np.arange(V), seen_in_train=np.ones(V, bool))
+  return BivRecModel(
+    cfg,
+    V,
+    max_len=12,
+    features=feats,
+    present=present,
+    item_counts=np.arange(V),
+    seen_in_train=np.ones(V, bool),
+  )
 
 
 def _histories():
@@ -61,8 +78,11 @@ def test_left_padding_does_not_change_any_output(preset):
       np.testing.assert_allclose(u_full[row], u_short[row], atol=1e-5)
       # Valid tokens of the short input are the most recent tokens of each scale.
       assert valid_full[row].sum() == valid_short[row].sum()
-      np.testing.assert_allclose(np.sort(a_full[row][valid_full[row]].ravel()),
-                                 np.sort(a_short[row][valid_short[row]].ravel()), atol=1e-5)
+      np.testing.assert_allclose(
+        np.sort(a_full[row][valid_full[row]].ravel()),
+        np.sort(a_short[row][valid_short[row]].ravel()),
+        atol=1e-5,
+      )
 
 
 def test_padding_item_embedding_does_not_leak_into_interests():
@@ -179,6 +199,7 @@ def test_zero_round_allocation_is_each_tokens_seed_attention_shared_over_interes
 
 def test_allocation_loss_trains_the_attention_that_forms_the_interests_when_rounds_is_zero():
   from bivrec_tf.layers import allocation_loss
+
   views = [InterestDecomposition(D, K, gaussian_prior=False, cluster_rounds=0) for _ in range(2)]
   h = [tf.random.normal([3, 6, D], seed=s) for s in (4, 5)]
   valid, tau = tf.ones([3, 6], tf.bool), tf.linspace(1.0, 0.0, 6)
@@ -216,47 +237,73 @@ def _config_cases():
   """(name, layer factory, call inputs) for every layer of bivrec_tf/layers and ViewEncoder, with
   their non-default switches on."""
   rng = np.random.default_rng(7)
-  feats = {"text": rng.normal(size=(V, 6)).astype(np.float32),
-           "image": rng.normal(size=(V, 5)).astype(np.float32)}
+  feats = {
+    "text": rng.normal(size=(V, 6)).astype(np.float32),
+    "image": rng.normal(size=(V, 5)).astype(np.float32),
+  }
   present = {"text": np.ones(V, bool), "image": rng.random(V) > 0.3}
   ids = tf.constant([[0, 3, 7, 9], [2, 2, 30, 39]], tf.int64)
   h = tf.random.stateless_normal([2, 8, D], seed=[3, 3])
   valid = tf.constant([[False] * 3 + [True] * 5, [True] * 8])
   tau = tf.linspace(7.0 / 8.0, 0.0, 8)
   seeds = tf.random.stateless_normal([2, K, D], seed=[4, 4])
-  design = apply_preset(Config().replace(model={"dim": D, "num_interests": K}),
-                        "bivrec_design").model
+  design = apply_preset(
+    Config().replace(model={"dim": D, "num_interests": K}), "bivrec_design"
+  ).model
   sasrec = apply_preset(Config().replace(model={"dim": D}), "sasrec").model
   history = np.zeros((2, 12), np.int64)
   history[0, -5:] = [3, 7, 9, 2, 30]
   history[1] = np.arange(10, 22)
   return [
-      ("IdTower", lambda: IdTower(V, D), (ids,)),
-      ("MultimodalTower", lambda: MultimodalTower.from_tables(feats, present, D), (ids,)),
-      ("TransformerBlock", lambda: TransformerBlock(D, 2, dropout=0.1, ffn_mult=3, causal=True),
-       (h, valid)),
-      ("MultiScaleInterestEmbedding", lambda: MultiScaleInterestEmbedding(
-          D, (1, 2, 4), max_len=8, encoder_layers=1, num_heads=4, dropout=0.1,
-          patch_mode="context"), (h, valid)),
-      ("MultiScaleInterestEmbedding-causal", lambda: MultiScaleInterestEmbedding(
-          D, (1,), max_len=8, encoder_layers=2, causal=True), (h, valid)),
-      ("GaussianAttention", lambda: GaussianAttention(
-          D, K, sigma_init=0.3, prior_mode="gated", interest_init="orthogonal"), (h, tau, valid)),
-      ("ClusterAttention", lambda: ClusterAttention(D, rounds=3), (h, seeds, valid)),
-      ("InterestDecomposition", lambda: InterestDecomposition(
-          D, K, True, 0.3, 2, "gated", "orthogonal"), (h, tau, valid)),
-      ("InterestDecomposition-R0", lambda: InterestDecomposition(
-          D, K, False, cluster_rounds=0), (h, tau, valid)),
-      ("SemanticHead", lambda: SemanticHead(D), (seeds,)),
-      ("ViewEncoder-id", lambda: ViewEncoder(IdTower(V, D), design, 12), (history,)),
-      ("ViewEncoder-mm", lambda: ViewEncoder(MultimodalTower.from_tables(feats, present, D),
-                                             design, 12), (history,)),
-      ("ViewEncoder-sasrec", lambda: ViewEncoder(IdTower(V, D), sasrec, 12), (history,)),
+    ("IdTower", lambda: IdTower(V, D), (ids,)),
+    ("MultimodalTower", lambda: MultimodalTower.from_tables(feats, present, D), (ids,)),
+    (
+      "TransformerBlock",
+      lambda: TransformerBlock(D, 2, dropout=0.1, ffn_mult=3, causal=True),
+      (h, valid),
+    ),
+    (
+      "MultiScaleInterestEmbedding",
+      lambda: MultiScaleInterestEmbedding(
+        D, (1, 2, 4), max_len=8, encoder_layers=1, num_heads=4, dropout=0.1, patch_mode="context"
+      ),
+      (h, valid),
+    ),
+    (
+      "MultiScaleInterestEmbedding-causal",
+      lambda: MultiScaleInterestEmbedding(D, (1,), max_len=8, encoder_layers=2, causal=True),
+      (h, valid),
+    ),
+    (
+      "GaussianAttention",
+      lambda: GaussianAttention(
+        D, K, sigma_init=0.3, prior_mode="gated", interest_init="orthogonal"
+      ),
+      (h, tau, valid),
+    ),
+    ("ClusterAttention", lambda: ClusterAttention(D, rounds=3), (h, seeds, valid)),
+    (
+      "InterestDecomposition",
+      lambda: InterestDecomposition(D, K, True, 0.3, 2, "gated", "orthogonal"),
+      (h, tau, valid),
+    ),
+    (
+      "InterestDecomposition-R0",
+      lambda: InterestDecomposition(D, K, False, cluster_rounds=0),
+      (h, tau, valid),
+    ),
+    ("SemanticHead", lambda: SemanticHead(D), (seeds,)),
+    ("ViewEncoder-id", lambda: ViewEncoder(IdTower(V, D), design, 12), (history,)),
+    (
+      "ViewEncoder-mm",
+      lambda: ViewEncoder(MultimodalTower.from_tables(feats, present, D), design, 12),
+      (history,),
+    ),
+    ("ViewEncoder-sasrec", lambda: ViewEncoder(IdTower(V, D), sasrec, 12), (history,)),
   ]
 
 
-@pytest.mark.parametrize("case", range(len(_config_cases())),
-                         ids=[c[0] for c in _config_cases()])
+@pytest.mark.parametrize("case", range(len(_config_cases())), ids=[c[0] for c in _config_cases()])
 def test_every_layer_config_round_trips_through_json_to_an_identical_layer(case):
   _, make, inputs = _config_cases()[case]
   layer = make()

@@ -38,7 +38,7 @@ def test_ideal_dcg_uses_min_of_targets_and_k():
   topk = np.array([[7, 8, 9]])
   targets = np.array([[7, 8, 9, 10, 11]])
   m = rank_metrics(topk, targets, ks=(2,))
-  assert m["ndcg@2"] == pytest.approx(1.0)   # two hits in two slots is ideal
+  assert m["ndcg@2"] == pytest.approx(1.0)  # two hits in two slots is ideal
   assert m["recall@2"] == pytest.approx(2 / 5)
 
 

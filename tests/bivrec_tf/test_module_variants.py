@@ -7,23 +7,36 @@ import tensorflow as tf
 from bivrec_tf.config import Config
 from bivrec_tf.diagnostics import interest_diagnostics
 from bivrec_tf.late_fusion import LateFusion
-from bivrec_tf.layers import (GaussianAttention, MultiScaleInterestEmbedding, allocation_cka_loss,
-                              interest_similarity, mutual_distillation_loss)
+from bivrec_tf.layers import (
+  GaussianAttention,
+  MultiScaleInterestEmbedding,
+  allocation_cka_loss,
+  interest_similarity,
+  mutual_distillation_loss,
+)
 from bivrec_tf.model import BivRecModel
 
 D, V, L = 8, 30, 8
 
 
 def _model(views=("id", "mm"), **sections):
-  base = {"model": {"dim": D, "num_interests": 3, "views": views, "dropout": 0.0},
-          "loss": {"num_negatives": 4}}
+  base = {
+    "model": {"dim": D, "num_interests": 3, "views": views, "dropout": 0.0},
+    "loss": {"num_negatives": 4},
+  }
   for name, fields in sections.items():
     base[name] = {**base.get(name, {}), **fields}
   cfg = Config().replace(**base)
   rng = np.random.default_rng(0)
-  model = BivRecModel(cfg, V, L, {"text": rng.normal(size=(V, 5)).astype(np.float32)},
-                      {"text": np.ones(V, bool)}, item_counts=np.ones(V),
-                      seen_in_train=np.ones(V, bool))
+  model = BivRecModel(
+    cfg,
+    V,
+    L,
+    {"text": rng.normal(size=(V, 5)).astype(np.float32)},
+    {"text": np.ones(V, bool)},
+    item_counts=np.ones(V),
+    seen_in_train=np.ones(V, bool),
+  )
   model.build_all()
   return model
 
@@ -31,14 +44,18 @@ def _model(views=("id", "mm"), **sections):
 def _batch():
   h = np.zeros((4, L), np.int64)
   h[:, -4:] = np.arange(2, 18).reshape(4, 4)
-  return {"history": h, "target": np.array([20, 21, 22, 23]),
-          "negatives": np.array([24, 25, 26, 27])}
+  return {
+    "history": h,
+    "target": np.array([20, 21, 22, 23]),
+    "negatives": np.array([24, 25, 26, 27]),
+  }
 
 
 def _eval_data():
   h = _batch()["history"]
   return tf.data.Dataset.from_tensor_slices(
-      {"history": h, "targets": np.array([[20, 0], [21, 5], [22, 0], [23, 24]])}).batch(2)
+    {"history": h, "targets": np.array([[20, 0], [21, 5], [22, 0], [23, 24]])}
+  ).batch(2)
 
 
 def test_interest_similarity_is_one_for_identical_and_zero_for_orthogonal_interests():
@@ -76,7 +93,7 @@ def test_gated_prior_uses_each_users_own_span():
   """With no content signal, the gated prior alone sets the attention, on positions relative to
   each user's span: a user with two items has them at relative positions 1 (oldest) and 0."""
   layer = GaussianAttention(D, 3, gaussian_prior=True, prior_mode="gated", sigma_init=0.1)
-  tau = tf.range(7, -1, -1, dtype=tf.float32) / 8.0          # fixed positions over max_len = 8
+  tau = tf.range(7, -1, -1, dtype=tf.float32) / 8.0  # fixed positions over max_len = 8
   short = tf.constant([[False] * 6 + [True] * 2])
   h = tf.random.stateless_normal([1, 8, D], seed=[3, 4])
   layer(h, tau, short)
@@ -85,7 +102,7 @@ def test_gated_prior_uses_each_users_own_span():
   mu, sigma = layer.centres.numpy(), layer.widths.numpy()
   gate = tf.nn.softplus(layer.gate_logits).numpy()
   np.testing.assert_allclose(gate, 0.1, rtol=1e-5)
-  rel = np.array([1.0, 0.0])                                 # not tau = 1/8 and 0
+  rel = np.array([1.0, 0.0])  # not tau = 1/8 and 0
   logits = -gate[:, None] * (rel[None] - mu[:, None]) ** 2 / (2 * sigma[:, None] ** 2)
   expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
   np.testing.assert_allclose(alpha.numpy()[0, :, 6:], expected, rtol=1e-4)
@@ -93,8 +110,9 @@ def test_gated_prior_uses_each_users_own_span():
 
 
 def test_context_patches_keep_one_token_per_item_and_ignore_left_padding():
-  layer = MultiScaleInterestEmbedding(D, (1, 2, 4), max_len=8, encoder_layers=0,
-                                      patch_mode="context")
+  layer = MultiScaleInterestEmbedding(
+    D, (1, 2, 4), max_len=8, encoder_layers=0, patch_mode="context"
+  )
   emb = tf.random.stateless_normal([2, 8, D], seed=[5, 6])
   mask = tf.constant([[False] * 3 + [True] * 5, [True] * 8])
   h, tau, valid = layer(emb, mask)
@@ -113,8 +131,9 @@ def test_cka_allocation_loss_is_zero_for_equal_clusterings_one_for_uniform_and_p
   b = tf.nn.softmax(3.0 * tf.random.stateless_normal([3, 6, 4], seed=[9, 1]), axis=-1)
   valid = tf.constant([[True] * 6, [True] * 4 + [False] * 2, [True] * 6])
   np.testing.assert_allclose(allocation_cka_loss(a, a, valid), 0.0, atol=1e-5)
-  np.testing.assert_allclose(allocation_cka_loss(a, tf.gather(a, [3, 1, 0, 2], axis=-1), valid),
-                             0.0, atol=1e-5)
+  np.testing.assert_allclose(
+    allocation_cka_loss(a, tf.gather(a, [3, 1, 0, 2], axis=-1), valid), 0.0, atol=1e-5
+  )
   uniform = tf.fill([3, 6, 4], 0.25)
   np.testing.assert_allclose(allocation_cka_loss(a, uniform, valid), 1.0, atol=1e-4)
   assert float(tf.reduce_min(allocation_cka_loss(a, b, valid))) > 0.05
@@ -134,8 +153,9 @@ def test_mutual_distillation_pulls_each_view_towards_the_other_and_not_the_teach
   np.testing.assert_allclose(tape.gradient(loss, logits_id), 0.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("sem_mode",
-                         ["contrast", "mutual", "cross", "fused", "item", "mutual+item"])
+@pytest.mark.parametrize(
+  "sem_mode", ["contrast", "mutual", "cross", "fused", "item", "mutual+item"]
+)
 def test_every_sem_mode_trains_both_views(sem_mode):
   model = _model(loss={"sem_mode": sem_mode, "lambda_sem": 1.0})
   batch = _batch()
@@ -143,8 +163,7 @@ def test_every_sem_mode_trains_both_views(sem_mode):
     _, terms = model.compute_losses(batch)
     loss = tf.reduce_mean(terms["sem"])
   for view in ("id", "mm"):
-    grads = [g for g in tape.gradient(loss, model.views[view].trainable_variables)
-             if g is not None]
+    grads = [g for g in tape.gradient(loss, model.views[view].trainable_variables) if g is not None]
     assert float(tf.linalg.global_norm([tf.convert_to_tensor(g) for g in grads])) > 1e-4
 
 
@@ -190,6 +209,7 @@ def test_late_fusion_scores_each_view_with_its_own_model():
 
 def test_item_alignment_is_lower_for_matching_views_and_ignores_duplicate_candidates():
   from bivrec_tf.layers import item_alignment_loss
+
   e = tf.math.l2_normalize(tf.random.stateless_normal([6, 8], seed=[2, 3]), axis=-1)
   ids = tf.constant([2, 3, 4, 5, 6, 7], tf.int64)
   aligned = float(tf.reduce_mean(item_alignment_loss(e, e, ids, 0.1)))
@@ -217,19 +237,29 @@ def test_combined_sem_modes_sum_their_terms():
 
 def test_retrieval_loss_equals_the_tfrs_retrieval_task_with_multi_interest_queries():
   import tensorflow_recommenders as tfrs
+
   model = _model(loss={"lambda_sem": 0.0, "lambda_alloc": 0.0})
   batch = _batch()
   _, terms = model.compute_losses(batch)
-  candidates, b = model.global_candidates(tf.constant(batch["target"], tf.int64),
-                                          tf.constant(batch["negatives"], tf.int64))
+  candidates, b = model.global_candidates(
+    tf.constant(batch["target"], tf.int64), tf.constant(batch["negatives"], tf.int64)
+  )
   probs = model._sampling_probability(candidates, b, tf.shape(candidates)[0] - b)
   task = tfrs.tasks.Retrieval(
-      loss=tf.keras.losses.CategoricalCrossentropy(
-          from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
-      temperature=model.config.model.tau_rec, remove_accidental_hits=True)
+    loss=tf.keras.losses.CategoricalCrossentropy(
+      from_logits=True, reduction=tf.keras.losses.Reduction.NONE
+    ),
+    temperature=model.config.model.tau_rec,
+    remove_accidental_hits=True,
+  )
   for view in ("id", "mm"):
     u = model.queries(batch["history"])[view]
-    expected = task(u, model.views[view].item_vectors(candidates),
-                    candidate_sampling_probability=probs, candidate_ids=candidates,
-                    compute_metrics=False, compute_batch_metrics=False)
+    expected = task(
+      u,
+      model.views[view].item_vectors(candidates),
+      candidate_sampling_probability=probs,
+      candidate_ids=candidates,
+      compute_metrics=False,
+      compute_batch_metrics=False,
+    )
     np.testing.assert_allclose(terms[f"rec_{view}"], expected, rtol=1e-5)

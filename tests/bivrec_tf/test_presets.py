@@ -18,18 +18,26 @@ def _model(name, seed=0, **model_fields):
   if model_fields:
     cfg = cfg.replace(model=model_fields)
   rng = np.random.default_rng(seed)
-  model = BivRecModel(cfg, V, L, {"text": rng.normal(size=(V, 3)).astype(np.float32)},
-                      {"text": np.ones(V, bool)}, item_counts=np.ones(V),
-                      seen_in_train=np.ones(V, bool))
+  model = BivRecModel(
+    cfg,
+    V,
+    L,
+    {"text": rng.normal(size=(V, 3)).astype(np.float32)},
+    {"text": np.ones(V, bool)},
+    item_counts=np.ones(V),
+    seen_in_train=np.ones(V, bool),
+  )
   model.build_all()
   return model
 
 
 def _batch(seed=0):
   rng = np.random.default_rng(seed)
-  return {"history": tf.constant(rng.integers(2, V, (4, L))),
-          "target": tf.constant(rng.integers(2, V, 4)),
-          "negatives": tf.constant(np.arange(2, 6))}
+  return {
+    "history": tf.constant(rng.integers(2, V, (4, L))),
+    "target": tf.constant(rng.integers(2, V, 4)),
+    "negatives": tf.constant(np.arange(2, 6)),
+  }
 
 
 def _weight_names(model, view):
@@ -42,14 +50,17 @@ def _structure(model, view):
   enc = model.views[view]
   decomposition = enc.interest_decomposition
   return {
-      "scales": sorted(int(n.split("patch_proj_")[1].split("/")[0]) for n in names
-                       if "patch_proj_" in n and n.endswith("kernel:0")),
-      "blocks": len({n.split("block_")[1].split("/")[0] for n in names if "/block_" in n}),
-      "causal": all(b.causal for b in enc.interest_embedding.blocks),
-      "queries": None if decomposition is None else int(decomposition.gaussian.queries.shape[0]),
-      "prior": any("centre_logits" in n for n in names),
-      "cluster": any("/cluster/" in n for n in names),
-      "tower": "id_tower" if any("/id_tower/" in n for n in names) else "mm_tower",
+    "scales": sorted(
+      int(n.split("patch_proj_")[1].split("/")[0])
+      for n in names
+      if "patch_proj_" in n and n.endswith("kernel:0")
+    ),
+    "blocks": len({n.split("block_")[1].split("/")[0] for n in names if "/block_" in n}),
+    "causal": all(b.causal for b in enc.interest_embedding.blocks),
+    "queries": None if decomposition is None else int(decomposition.gaussian.queries.shape[0]),
+    "prior": any("centre_logits" in n for n in names),
+    "cluster": any("/cluster/" in n for n in names),
+    "tower": "id_tower" if any("/id_tower/" in n for n in names) else "mm_tower",
   }
 
 
@@ -94,7 +105,8 @@ def test_sasrec_is_two_causal_single_head_blocks_read_at_the_most_recent_item():
   mm = _model("mm_seq")
   assert mm.view_names == ("mm",)
   assert {k: v for k, v in _structure(mm, "mm").items() if k != "tower"} == {
-      k: v for k, v in s.items() if k != "tower"}
+    k: v for k, v in s.items() if k != "tower"
+  }
 
 
 def test_sasrec_query_is_the_causal_encoding_of_the_most_recent_item():
@@ -119,8 +131,7 @@ def test_sasrec_query_is_the_causal_encoding_of_the_most_recent_item():
   # And the read-out is the most recent position: the query changes with the last item.
   model = _model("sasrec", dropout=0.0)
   last_changed = np.array([[0, 0, 4, 5, 6, 7, 8, 21]])
-  assert not np.allclose(model.queries(history)["id"], model.queries(last_changed)["id"],
-                         atol=1e-3)
+  assert not np.allclose(model.queries(history)["id"], model.queries(last_changed)["id"], atol=1e-3)
 
 
 def test_single_interest_has_one_query_per_view_and_the_default_has_k():
@@ -139,10 +150,12 @@ def test_no_cross_view_sends_no_gradient_from_one_view_into_the_other():
       parts, _ = model.loss_parts(_batch())
       total = tf.reduce_mean(tf.add_n(list(parts.values())))
       own = tf.reduce_mean(parts["rec_id"])
-    g_total = tf.concat([tf.reshape(tf.convert_to_tensor(g), [-1])
-                         for g in tape.gradient(total, variables)], 0)
-    g_own = tf.concat([tf.reshape(tf.convert_to_tensor(g), [-1])
-                       for g in tape.gradient(own, variables)], 0)
+    g_total = tf.concat(
+      [tf.reshape(tf.convert_to_tensor(g), [-1]) for g in tape.gradient(total, variables)], 0
+    )
+    g_own = tf.concat(
+      [tf.reshape(tf.convert_to_tensor(g), [-1]) for g in tape.gradient(own, variables)], 0
+    )
     assert np.allclose(g_total, g_own, atol=1e-7) != coupled, name
 
 
@@ -175,6 +188,7 @@ def test_unknown_preset_is_rejected():
 
 def test_preset_flag_then_flags_override():
   from bivrec_tf.train import parse_config
+
   cfg = parse_config(["--preset", "comirec_sa", "--num-interests", "6"])
   assert cfg.model.views == ("id",) and cfg.model.encoder_layers == 0
   assert cfg.model.num_interests == 6
@@ -202,7 +216,11 @@ def test_each_design_ablation_flips_one_switch_of_the_design_formulation(name):
 def test_design_formulation_turns_every_module_of_design_md_on():
   m = apply_preset(Config(), "bivrec_design").model
   assert (m.patch_sizes, m.encoder_layers, m.gaussian_prior, m.cluster_rounds) == (
-      (1, 2, 4), 1, True, 2)
+    (1, 2, 4),
+    1,
+    True,
+    2,
+  )
   assert m.views == ("id", "mm")
 
 

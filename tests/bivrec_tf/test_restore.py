@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from bivrec_tf.builders import restore_trained
 from bivrec_tf.config import Config
@@ -12,12 +11,19 @@ V, L = 20, 6
 
 
 def _model(views):
-  cfg = Config().replace(model={"dim": 8, "num_interests": 2, "views": views},
-                         loss={"num_negatives": 2})
+  cfg = Config().replace(
+    model={"dim": 8, "num_interests": 2, "views": views}, loss={"num_negatives": 2}
+  )
   rng = np.random.default_rng(0)
-  model = BivRecModel(cfg, V, L, {"text": rng.normal(size=(V, 4)).astype(np.float32)},
-                      {"text": np.ones(V, bool)}, item_counts=np.ones(V),
-                      seen_in_train=np.ones(V, bool))
+  model = BivRecModel(
+    cfg,
+    V,
+    L,
+    {"text": rng.normal(size=(V, 4)).astype(np.float32)},
+    {"text": np.ones(V, bool)},
+    item_counts=np.ones(V),
+    seen_in_train=np.ones(V, bool),
+  )
   model.build_all()
   return model
 

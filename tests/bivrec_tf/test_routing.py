@@ -11,9 +11,16 @@ D, V, L, K = 8, 30, 8, 3
 
 def _model(routing):
   tf.keras.utils.set_random_seed(0)  # the same weights for every routing
-  cfg = Config().replace(model={"dim": D, "num_interests": K, "views": ("id",), "routing": routing,
-                                "interest_init": "orthogonal"},
-                         loss={"num_negatives": 4})
+  cfg = Config().replace(
+    model={
+      "dim": D,
+      "num_interests": K,
+      "views": ("id",),
+      "routing": routing,
+      "interest_init": "orthogonal",
+    },
+    loss={"num_negatives": 4},
+  )
   model = BivRecModel(cfg, V, L, item_counts=np.ones(V), seen_in_train=np.ones(V, bool))
   model.build_all()
   return model
@@ -22,8 +29,11 @@ def _model(routing):
 def _batch():
   h = np.zeros((4, L), np.int64)
   h[:, -4:] = np.arange(2, 18).reshape(4, 4)
-  return {"history": h, "target": np.array([20, 21, 22, 23]),
-          "negatives": np.array([24, 25, 26, 27])}
+  return {
+    "history": h,
+    "target": np.array([20, 21, 22, 23]),
+    "negatives": np.array([24, 25, 26, 27]),
+  }
 
 
 def test_target_routing_scores_the_positive_as_max_and_negatives_no_higher():

@@ -2,7 +2,6 @@
 row/record (issue 11); a non-finite loss stops training with exit status 2 and no export."""
 
 import json
-import os
 import struct
 
 import numpy as np
@@ -21,8 +20,11 @@ def _write(path):
   item_ids = [f"it{i}" for i in range(N)]
   feats = {"text": (rng.normal(size=(N, 4)), np.ones(N, bool))}
   train = [(list(range(2, 2 + k)), [2 + k]) for k in range(1, 9)] * 3
-  splits = {"train": train, "valid": [([2, 3], [4]), ([5], [6])],
-            "test": [([2, 3, 4], [5]), ([7], [8]), ([9, 10], [11])]}
+  splits = {
+    "train": train,
+    "valid": [([2, 3], [4]), ([5], [6])],
+    "test": [([2, 3, 4], [5]), ([7], [8]), ([9, 10], [11])],
+  }
   return write_prepared(path, item_ids, feats, splits, {"recommended_max_len": 8})
 
 
@@ -32,10 +34,14 @@ def prepared(tmp_path):
 
 
 def _example(history, target):
-  return tf.train.Example(features=tf.train.Features(feature={
-      "history": tf.train.Feature(int64_list=tf.train.Int64List(value=history)),
-      "target": tf.train.Feature(int64_list=tf.train.Int64List(value=target)),
-  })).SerializeToString()
+  return tf.train.Example(
+    features=tf.train.Features(
+      feature={
+        "history": tf.train.Feature(int64_list=tf.train.Int64List(value=history)),
+        "target": tf.train.Feature(int64_list=tf.train.Int64List(value=target)),
+      }
+    )
+  ).SerializeToString()
 
 
 def _rewrite(file, examples):
@@ -63,8 +69,9 @@ def test_nan_or_inf_in_a_features_file(prepared):
   table[5, 2] = np.nan
   np.save(file, table)
   assert _error(prepared) == (
-      f"{file}: row 5 (item index 5), column 2: nan; features must be finite (was the file "
-      "written by input_pipelines.prepare?)")
+    f"{file}: row 5 (item index 5), column 2: nan; features must be finite (was the file "
+    "written by input_pipelines.prepare?)"
+  )
   table[5, 2] = 0.0
   table[7, 0] = np.inf
   np.save(file, table)
@@ -88,14 +95,23 @@ def test_corrupt_tfrecord_names_the_record(prepared):
   assert _error(prepared).startswith(f"{file}, record 2: truncated or corrupt TFRecord")
 
 
-@pytest.mark.parametrize("split,examples,where", [
-    ("train", [([2], [3])] * 23 + [([2, 9999], [3])], "record 24, field 'history': item index "
-                                                       "9999 outside [1, 14)"),
-    ("test", [([2], [3]), ([2], [14]), ([2], [3])], "record 2, field 'target': item index 14 "
-                                                   "outside [1, 14)"),
+@pytest.mark.parametrize(
+  "split,examples,where",
+  [
+    (
+      "train",
+      [([2], [3])] * 23 + [([2, 9999], [3])],
+      "record 24, field 'history': item index 9999 outside [1, 14)",
+    ),
+    (
+      "test",
+      [([2], [3]), ([2], [14]), ([2], [3])],
+      "record 2, field 'target': item index 14 outside [1, 14)",
+    ),
     ("valid", [([2], [3]), ([-1], [3])], "record 2, field 'history': item index -1 outside"),
     ("valid", [([2], [3]), ([2], [])], "record 2, field 'target': example without a target"),
-])
+  ],
+)
 def test_out_of_range_ids_in_any_split(prepared, split, examples, where):
   file = prepared / f"{split}.tfrecord"
   _rewrite(file, examples)
@@ -107,8 +123,10 @@ def test_a_dataset_json_that_lies(prepared):
   meta = json.loads(meta_file.read_text())
   meta["splits"]["test"]["num_examples"] = 30
   meta_file.write_text(json.dumps(meta))
-  assert _error(prepared) == (f"{meta_file}, field 'splits.test.num_examples': declares 30 "
-                              "examples for split 'test' but test.tfrecord holds 3")
+  assert _error(prepared) == (
+    f"{meta_file}, field 'splits.test.num_examples': declares 30 "
+    "examples for split 'test' but test.tfrecord holds 3"
+  )
   meta["splits"]["test"]["num_examples"] = 3
   meta["num_items"], meta["vocab_size"] = 10, 12  # consistent with each other, not the files
   meta_file.write_text(json.dumps(meta))
@@ -158,16 +176,28 @@ def _poison_lying_json(ds):
   return file, "field 'splits.train.num_examples': declares 1000 examples"
 
 
-@pytest.mark.parametrize("poison", [_poison_nan, _poison_truncated, _poison_out_of_range,
-                                    _poison_lying_json], ids=lambda f: f.__name__[8:])
+@pytest.mark.parametrize(
+  "poison",
+  [_poison_nan, _poison_truncated, _poison_out_of_range, _poison_lying_json],
+  ids=lambda f: f.__name__[8:],
+)
 def test_train_cli_stops_before_training_with_one_line(prepared, tmp_path, capsys, poison):
   """The issue's "done when": each poison stops `python -m bivrec_tf.train` before training
   (no run directory, no export) with one line naming the file, and exit status 2."""
   from bivrec_tf import train
 
   file, what = poison(prepared)
-  args = ["--data", str(prepared), "--run-dir", str(tmp_path / "run"), "--export-base",
-          str(tmp_path / "exports"), "--epochs", "1", "--no-jit-compile"]
+  args = [
+    "--data",
+    str(prepared),
+    "--run-dir",
+    str(tmp_path / "run"),
+    "--export-base",
+    str(tmp_path / "exports"),
+    "--epochs",
+    "1",
+    "--no-jit-compile",
+  ]
   assert train.main(args) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith(f"error: {file}") and what in err and len(err.splitlines()) == 1, err
@@ -189,9 +219,27 @@ def test_non_finite_loss_stops_training_without_export(prepared, tmp_path, capsy
     return ds
 
   monkeypatch.setattr(train, "load_data", poisoned)
-  args = ["--data", str(prepared), "--run-dir", str(tmp_path / "run"), "--export-base",
-          str(tmp_path / "exports"), "--epochs", "2", "--no-jit-compile", "--batch-size", "4",
-          "--dim", "8", "--num-heads", "1", "--num-interests", "2", "--max-len", "8"]
+  args = [
+    "--data",
+    str(prepared),
+    "--run-dir",
+    str(tmp_path / "run"),
+    "--export-base",
+    str(tmp_path / "exports"),
+    "--epochs",
+    "2",
+    "--no-jit-compile",
+    "--batch-size",
+    "4",
+    "--dim",
+    "8",
+    "--num-heads",
+    "1",
+    "--num-interests",
+    "2",
+    "--max-len",
+    "8",
+  ]
   assert train.main(args) == 2
   err = capsys.readouterr().err.strip().splitlines()[-1]
   assert err.startswith("error: training stopped: loss is nan at epoch 1, step 1")

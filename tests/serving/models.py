@@ -15,8 +15,9 @@ MAX_LEN = 8
 TOP_K = 5
 DIM = 16
 NUM_INTERESTS = 2
-MODEL_FIELDS = dict(dim=DIM, num_interests=NUM_INTERESTS, num_heads=2, patch_sizes=(1, 2),
-                    dropout=0.0)
+MODEL_FIELDS = dict(
+  dim=DIM, num_interests=NUM_INTERESTS, num_heads=2, patch_sizes=(1, 2), dropout=0.0
+)
 
 
 def vocab(num_items: int = NUM_ITEMS) -> np.ndarray:
@@ -29,20 +30,30 @@ def tiny_model(seed: int = 0, num_items: int = NUM_ITEMS, views=("id", "mm")) ->
   cfg = Config().replace(model={**MODEL_FIELDS, "views": tuple(views)})
   v = num_items + FIRST_ITEM
   rng = np.random.default_rng(seed)
-  feats = {"text": rng.normal(size=(v, 6)).astype(np.float32),
-           "image": rng.normal(size=(v, 4)).astype(np.float32)}
+  feats = {
+    "text": rng.normal(size=(v, 6)).astype(np.float32),
+    "image": rng.normal(size=(v, 4)).astype(np.float32),
+  }
   present = {"text": np.ones(v, bool), "image": rng.random(v) > 0.2}
   counts = np.zeros(v)
   counts[FIRST_ITEM:] = np.arange(num_items, 0, -1)
   seen = np.ones(v, bool)
-  seen[FIRST_ITEM:FIRST_ITEM + 5] = False
-  model = BivRecModel(cfg, v, MAX_LEN, feats if "mm" in views else None,
-                      present if "mm" in views else None, item_counts=counts, seen_in_train=seen)
+  seen[FIRST_ITEM : FIRST_ITEM + 5] = False
+  model = BivRecModel(
+    cfg,
+    v,
+    MAX_LEN,
+    feats if "mm" in views else None,
+    present if "mm" in views else None,
+    item_counts=counts,
+    seen_in_train=seen,
+  )
   model.queries(tf.zeros([1, MAX_LEN], tf.int64))
   return model
 
 
-def export_tiny(base: Path, name: str = "bivrec", seed: int = 0, fusion_weight: float = 0.6,
-                **kwargs) -> Path:
+def export_tiny(
+  base: Path, name: str = "bivrec", seed: int = 0, fusion_weight: float = 0.6, **kwargs
+) -> Path:
   model = tiny_model(seed)
   return export_model(model, vocab(), fusion_weight, str(base), name, TOP_K, **kwargs)

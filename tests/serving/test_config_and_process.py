@@ -44,19 +44,22 @@ def wait_for(predicate, timeout=60.0):
 
 
 def versions(url):
-  return {v["version"]: v["state"] for v in call(url, "/v1/models/bivrec")[1][
-      "model_version_status"]}
+  return {
+    v["version"]: v["state"] for v in call(url, "/v1/models/bivrec")[1]["model_version_status"]
+  }
 
 
 # --- serving/models.config -------------------------------------------------------------------------
+
 
 def test_models_config_works_after_one_train_and_after_many(tmp_path):
   """The shipped config (latest 2, no pinned labels) with the base path overridden: version 1
   alone, then 1..3 (copies stand in for later trainings)."""
   base = tmp_path / "bivrec"
   tiny.export_tiny(tmp_path, "bivrec", seed=0)
-  http, poller = local_server.start("bivrec", str(base), str(ROOT / "serving" / "models.config"),
-                                    port=0, poll_wait_seconds=0.2)
+  http, poller = local_server.start(
+    "bivrec", str(base), str(ROOT / "serving" / "models.config"), port=0, poll_wait_seconds=0.2
+  )
   url = f"http://127.0.0.1:{http.port}"
   body = {"instances": [["item-1", "item-2"]]}
   try:
@@ -78,8 +81,7 @@ def test_models_config_works_after_one_train_and_after_many(tmp_path):
 
 def test_models_config_pins_no_labels():
   models = local_server.read_model_config(str(ROOT / "serving" / "models.config"))
-  assert [(m["name"], m["policy"], m["labels"]) for m in models] == [
-      ("bivrec", ("latest", 2), {})]
+  assert [(m["name"], m["policy"], m["labels"]) for m in models] == [("bivrec", ("latest", 2), {})]
 
 
 def _batching_parameters_class():
@@ -89,21 +91,35 @@ def _batching_parameters_class():
   pool = descriptor_pool.DescriptorPool()
   pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
   proto = descriptor_pb2.FileDescriptorProto(
-      name="batching.proto", package="ts", syntax="proto3",
-      dependency=["google/protobuf/wrappers.proto"])
+    name="batching.proto",
+    package="ts",
+    syntax="proto3",
+    dependency=["google/protobuf/wrappers.proto"],
+  )
   msg = proto.message_type.add(name="BatchingParameters")
   field = descriptor_pb2.FieldDescriptorProto
   for name, number, kind in [
-      ("max_batch_size", 1, "Int64Value"), ("batch_timeout_micros", 2, "Int64Value"),
-      ("max_enqueued_batches", 3, "Int64Value"), ("num_batch_threads", 4, "Int64Value"),
-      ("thread_pool_name", 5, "StringValue"), ("enable_large_batch_splitting", 8, "BoolValue"),
-      ("max_execution_batch_size", 9, "Int64Value")]:
-    msg.field.add(name=name, number=number, type=field.TYPE_MESSAGE,
-                  type_name=f".google.protobuf.{kind}", label=field.LABEL_OPTIONAL)
-  msg.field.add(name="allowed_batch_sizes", number=6, type=field.TYPE_INT64,
-                label=field.LABEL_REPEATED)
-  msg.field.add(name="pad_variable_length_inputs", number=7, type=field.TYPE_BOOL,
-                label=field.LABEL_OPTIONAL)
+    ("max_batch_size", 1, "Int64Value"),
+    ("batch_timeout_micros", 2, "Int64Value"),
+    ("max_enqueued_batches", 3, "Int64Value"),
+    ("num_batch_threads", 4, "Int64Value"),
+    ("thread_pool_name", 5, "StringValue"),
+    ("enable_large_batch_splitting", 8, "BoolValue"),
+    ("max_execution_batch_size", 9, "Int64Value"),
+  ]:
+    msg.field.add(
+      name=name,
+      number=number,
+      type=field.TYPE_MESSAGE,
+      type_name=f".google.protobuf.{kind}",
+      label=field.LABEL_OPTIONAL,
+    )
+  msg.field.add(
+    name="allowed_batch_sizes", number=6, type=field.TYPE_INT64, label=field.LABEL_REPEATED
+  )
+  msg.field.add(
+    name="pad_variable_length_inputs", number=7, type=field.TYPE_BOOL, label=field.LABEL_OPTIONAL
+  )
   pool.Add(proto)
   return message_factory.GetMessageClass(pool.FindMessageTypeByName("ts.BatchingParameters"))
 
@@ -111,8 +127,9 @@ def _batching_parameters_class():
 def test_batching_parameters_split_large_requests():
   from google.protobuf import text_format
 
-  params = text_format.Parse((ROOT / "serving" / "batching_parameters.txt").read_text(),
-                             _batching_parameters_class()())
+  params = text_format.Parse(
+    (ROOT / "serving" / "batching_parameters.txt").read_text(), _batching_parameters_class()()
+  )
   assert params.enable_large_batch_splitting.value
   assert params.max_execution_batch_size.value == 256
   assert params.max_batch_size.value >= 4096  # requests of up to this many rows are accepted
@@ -120,6 +137,7 @@ def test_batching_parameters_split_large_requests():
 
 
 # --- client ----------------------------------------------------------------------------------------
+
 
 def test_client_quotes_names_and_labels():
   c = client_lib.Client("http://h:1/", "my model/x", label="can ary:1")
@@ -130,15 +148,23 @@ def test_client_quotes_names_and_labels():
 
 
 def test_client_cli_reports_bad_names_and_urls_in_one_line():
-  for args in (["--url", "http://127.0.0.1:9", "--model", "bad name\n"],
-               ["--url", "not a url", "--model", "m"]):
-    out = subprocess.run([sys.executable, "-m", "serving.client", *args, "--history", "a"],
-                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+  for args in (
+    ["--url", "http://127.0.0.1:9", "--model", "bad name\n"],
+    ["--url", "not a url", "--model", "m"],
+  ):
+    out = subprocess.run(
+      [sys.executable, "-m", "serving.client", *args, "--history", "a"],
+      capture_output=True,
+      text=True,
+      timeout=60,
+      cwd=ROOT,
+    )
     assert out.returncode == 1 and out.stderr.startswith("error:"), out.stderr
     assert "Traceback" not in out.stderr
 
 
 # --- export --jit-compile -----------------------------------------------------------------------------
+
 
 def test_jit_export_is_refused_with_the_reason(capsys):
   assert export_lib.main(["--run", "/nonexistent", "--jit-compile"]) == 2
@@ -147,6 +173,7 @@ def test_jit_export_is_refused_with_the_reason(capsys):
 
 
 # --- the server as a process -------------------------------------------------------------------------
+
 
 def _free_port():
   with socket.socket() as s:
@@ -161,18 +188,43 @@ def test_server_process_with_256_descriptors_and_an_xla_version(tmp_path):
   load with TF Serving's default flags (XLA disabled) and version 1 keeps serving."""
   base = tmp_path / "bivrec"
   tiny.export_tiny(tmp_path, "bivrec", seed=0)  # version 1
-  xla = export_lib.export_model(tiny.tiny_model(0), tiny.vocab(), 0.6, str(tmp_path / "staged"),
-                                "bivrec", tiny.TOP_K, version=2, jit_compile=True)
+  xla = export_lib.export_model(
+    tiny.tiny_model(0),
+    tiny.vocab(),
+    0.6,
+    str(tmp_path / "staged"),
+    "bivrec",
+    tiny.TOP_K,
+    version=2,
+    jit_compile=True,
+  )
   port = _free_port()
 
   def limit():
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
   proc = subprocess.Popen(
-      [sys.executable, "-m", "serving.local_server", "--model_name", "bivrec",
-       "--model_base_path", str(base), "--rest_api_port", str(port),
-       "--file_system_poll_wait_seconds", "0.5", "--rest_api_idle_timeout_seconds", "60"],
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=limit, cwd=ROOT)
+    [
+      sys.executable,
+      "-m",
+      "serving.local_server",
+      "--model_name",
+      "bivrec",
+      "--model_base_path",
+      str(base),
+      "--rest_api_port",
+      str(port),
+      "--file_system_poll_wait_seconds",
+      "0.5",
+      "--rest_api_idle_timeout_seconds",
+      "60",
+    ],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    preexec_fn=limit,
+    cwd=ROOT,
+  )
   url = f"http://127.0.0.1:{port}"
   socks = []
   try:

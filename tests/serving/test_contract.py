@@ -74,8 +74,7 @@ def target(request, export_dir):
 def expected(export_dir):
   loaded = tf.saved_model.load(str(export_dir / "1"))
   out = loaded.signatures["serving_default"](history=tf.constant(HIST))
-  return {"item_ids": out["item_ids"].numpy().astype(str).tolist(),
-          "scores": out["scores"].numpy()}
+  return {"item_ids": out["item_ids"].numpy().astype(str).tolist(), "scores": out["scores"].numpy()}
 
 
 def send(url, method, path, body=b"", headers=None):
@@ -105,23 +104,35 @@ def local_only(target_name):
 
 # --- status and metadata ---------------------------------------------------------------------------
 
-AVAILABLE_1 = {"model_version_status": [{"version": "1", "state": "AVAILABLE",
-                                         "status": {"error_code": "OK", "error_message": ""}}]}
+AVAILABLE_1 = {
+  "model_version_status": [
+    {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+  ]
+}
 
 
-@pytest.mark.parametrize("path,status,body", [
+@pytest.mark.parametrize(
+  "path,status,body",
+  [
     ("/v1/models/bivrec", 200, AVAILABLE_1),
     ("/v1/models/bivrec/versions/1", 200, AVAILABLE_1),
     ("/v1/models/bivrec/labels/anything", 200, AVAILABLE_1),  # GetModelStatus ignores labels
     ("/v1/models/nope", 404, {"error": "Could not find any versions of model nope"}),
     ("/v1/models/bivrec/versions/9", 404, {"error": "Could not find version 9 of model bivrec"}),
-    ("/v1/models/bivrec/versions/1/oops", 400,
-     {"error": "Malformed request: GET /v1/models/bivrec/versions/1/oops"}),
-    ("/v1/models/bivrec/versions/99999999999999999999", 400,
-     {"error": "Failed to convert version: 99999999999999999999 to numeric."}),
+    (
+      "/v1/models/bivrec/versions/1/oops",
+      400,
+      {"error": "Malformed request: GET /v1/models/bivrec/versions/1/oops"},
+    ),
+    (
+      "/v1/models/bivrec/versions/99999999999999999999",
+      400,
+      {"error": "Failed to convert version: 99999999999999999999 to numeric."},
+    ),
     ("/v1/models/b%69vrec", 200, AVAILABLE_1),  # names are percent-decoded
     ("/v1/models", 400, {"error": "Missing model name in request."}),
-])
+  ],
+)
 def test_status(target, path, status, body):
   got = send(target[1], "GET", path)
   assert (got[0], as_json(got[2])) == (status, body)
@@ -134,16 +145,24 @@ def test_metadata(target):
   body = as_json(data)
   assert body["model_spec"] == {"name": "bivrec", "version": "1", "signature_name": ""}
   sigs = body["metadata"]["signature_def"]["signature_def"]
-  assert {"serving_default", "user_interests", "item_embeddings", "predict_examples",
-          "__saved_model_init_op"} <= set(sigs)
+  assert {
+    "serving_default",
+    "user_interests",
+    "item_embeddings",
+    "predict_examples",
+    "__saved_model_init_op",
+  } <= set(sigs)
   assert sigs["serving_default"]["inputs"]["history"]["dtype"] == "DT_STRING"
   assert as_json(send(target[1], "GET", "/v1/models/bivrec/versions/5/metadata")[2]) == {
-      "error": "Servable not found for request: Specific(bivrec, 5)"}
+    "error": "Servable not found for request: Specific(bivrec, 5)"
+  }
   assert as_json(send(target[1], "GET", "/v1/models/bivrec/labels/x/metadata")[2]) == {
-      "error": "Unrecognized servable version label: x"}
+    "error": "Unrecognized servable version label: x"
+  }
 
 
 # --- predict ---------------------------------------------------------------------------------------
+
 
 def _check_rows(body, expected):
   rows = body["predictions"]
@@ -151,15 +170,22 @@ def _check_rows(body, expected):
   np.testing.assert_allclose([r["scores"] for r in rows], expected["scores"], rtol=1e-5)
 
 
-@pytest.mark.parametrize("name,body,headers", [
+@pytest.mark.parametrize(
+  "name,body,headers",
+  [
     ("row", json.dumps({"instances": HIST}).encode(), {}),
-    ("named row", json.dumps({"signature_name": "serving_default",
-                              "instances": [{"history": h} for h in HIST]}).encode(), {}),
+    (
+      "named row",
+      json.dumps(
+        {"signature_name": "serving_default", "instances": [{"history": h} for h in HIST]}
+      ).encode(),
+      {},
+    ),
     ("trailing bytes ignored", json.dumps({"instances": HIST}).encode() + b" }} garbage", {}),
-    ("gzip", gzip.compress(json.dumps({"instances": HIST}).encode()),
-     {"Content-Encoding": "gzip"}),
+    ("gzip", gzip.compress(json.dumps({"instances": HIST}).encode()), {"Content-Encoding": "gzip"}),
     ("leading whitespace", b"\r\n\t " + json.dumps({"instances": HIST}).encode(), {}),
-])
+  ],
+)
 def test_row_predict(target, expected, name, body, headers):
   status, hdrs, data = send(target[1], "POST", "/v1/models/bivrec:predict", body, headers)
   assert status == 200, (name, data[:300])
@@ -168,15 +194,23 @@ def test_row_predict(target, expected, name, body, headers):
 
 
 def test_columnar_predict_and_b64(target, expected):
-  status, _, data = send(target[1], "POST", "/v1/models/bivrec/versions/1:predict",
-                         json.dumps({"inputs": {"history": HIST}}).encode())
+  status, _, data = send(
+    target[1],
+    "POST",
+    "/v1/models/bivrec/versions/1:predict",
+    json.dumps({"inputs": {"history": HIST}}).encode(),
+  )
   assert status == 200
   out = as_json(data)["outputs"]
   assert out["item_ids"] == expected["item_ids"]
   np.testing.assert_allclose(out["scores"], expected["scores"], rtol=1e-5)
   b64 = [[{"b64": base64.b64encode(x.encode()).decode()} for x in row] for row in HIST]
-  status, _, data = send(target[1], "POST", "/v1/models/bivrec:predict",
-                         json.dumps({"inputs": {"history": b64}}).encode())
+  status, _, data = send(
+    target[1],
+    "POST",
+    "/v1/models/bivrec:predict",
+    json.dumps({"inputs": {"history": b64}}).encode(),
+  )
   assert status == 200 and as_json(data)["outputs"]["item_ids"] == expected["item_ids"]
 
 
@@ -184,54 +218,115 @@ def test_invalid_utf8_in_strings_is_passed_to_the_model(target):
   body = b'{"instances": [["item-3", "\xff\xfe", "item-9"]]}'
   status, _, data = send(target[1], "POST", "/v1/models/bivrec:predict", body)
   assert status == 200
-  clean = send(target[1], "POST", "/v1/models/bivrec:predict",
-               b'{"instances": [["item-3", "item-9"]]}')
-  assert as_json(data)["predictions"][0]["item_ids"] == as_json(clean[2])["predictions"][0][
-      "item_ids"]  # an unknown id is dropped
+  clean = send(
+    target[1], "POST", "/v1/models/bivrec:predict", b'{"instances": [["item-3", "item-9"]]}'
+  )
+  assert (
+    as_json(data)["predictions"][0]["item_ids"] == as_json(clean[2])["predictions"][0]["item_ids"]
+  )  # an unknown id is dropped
 
 
 ERRORS = [
-    ("malformed JSON", b'{"instances": [["item-1"]', 400,
-     "JSON Parse error: Missing a comma or ']' after an array element. at offset: 25"),
-    ("empty body", b"", 400, "JSON Parse error: The document is empty"),
-    ("bad gzip", b"\x1f\x8bnot gzip", 400, "JSON Parse error: The document is empty"),
-    ("lone high surrogate", b'{"instances": [["\\ud800"]]}', 400,
-     "JSON Parse error: The surrogate pair in string is invalid. at offset: 17"),
-    ("not an object", b"[1, 2]", 400, "JSON Value: [1, 2] Is not object"),
-    ("neither", b'{"signature_name": "serving_default"}', 400,
-     "Missing 'inputs' or 'instances' key"),
-    ("both", b'{"instances": [["a"]], "inputs": [["a"]]}', 400,
-     'JSON Value: {\n    "instances": [["a"]],\n    "inputs": [["a"]]\n} Not formatted '
-     "correctly expecting only one of 'inputs' or 'instances' keys to exist "),
-    ("unknown signature", b'{"signature_name": "nope", "instances": [["a"]]}', 400,
-     'Serving signature name: "nope" not found in signature def'),
-    ("signature_name not a string", b'{"signature_name": 7, "instances": [["a"]]}', 400,
-     'JSON Value: {\n    "signature_name": 7,\n    "instances": [["a"]]\n} not formatted '
-     "correctly. 'signature_name' key must be a string value."),
-    ("wrong dtype", b'{"instances": [["item-1", 5]]}', 400,
-     "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: JSON Value: 5 "
-     "Type: Number is not of expected type: string"),
-    ("ragged rows", b'{"instances": [["a", "b"], ["c"]]}', 400,
-     "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: "
-     "Expecting tensor size: 2 but got: 1"),
-    ("ragged columns", b'{"inputs": {"history": [["a", "b"], ["c"]]}}', 400,
-     "Encountered list at unexpected size: 1 at level: 1 expected size: 2"),
-    ("empty instances", b'{"instances": []}', 400,
-     'JSON Value: {\n    "instances": []\n} No values in \'instances\' array'),
-    ("instances not a list", b'{"instances": "item-1"}', 400,
-     'JSON Value: {\n    "instances": "item-1"\n} Expecting \'instances\' to be an list/array'),
-    ("unknown named input", b'{"instances": [{"hist": ["a"]}]}', 400,
-     "Failed to process element: 0 key: hist of 'instances' list. Error: INVALID_ARGUMENT: "
-     "JSON object: does not have named input: hist"),
-    ("missing named input", b'{"inputs": {"hist": [["a"]]}}', 400,
-     "Missing named input: history in 'inputs' object."),
-    ("bad base64", b'{"instances": [[{"b64": "%%%"}]]}', 400,
-     "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: "
-     "Unable to base64 decode"),
-    ("init op signature", b'{"signature_name": "__saved_model_init_op", "instances": [["a"]]}',
-     400, "Failed to get input map for signature: __saved_model_init_op"),
-    ("rank beyond TensorShape's 254", b'{"instances": ' + b"[" * 300 + b'"a"' + b"]" * 300 + b"}",
-     400, "tensor parsing error: history"),
+  (
+    "malformed JSON",
+    b'{"instances": [["item-1"]',
+    400,
+    "JSON Parse error: Missing a comma or ']' after an array element. at offset: 25",
+  ),
+  ("empty body", b"", 400, "JSON Parse error: The document is empty"),
+  ("bad gzip", b"\x1f\x8bnot gzip", 400, "JSON Parse error: The document is empty"),
+  (
+    "lone high surrogate",
+    b'{"instances": [["\\ud800"]]}',
+    400,
+    "JSON Parse error: The surrogate pair in string is invalid. at offset: 17",
+  ),
+  ("not an object", b"[1, 2]", 400, "JSON Value: [1, 2] Is not object"),
+  ("neither", b'{"signature_name": "serving_default"}', 400, "Missing 'inputs' or 'instances' key"),
+  (
+    "both",
+    b'{"instances": [["a"]], "inputs": [["a"]]}',
+    400,
+    'JSON Value: {\n    "instances": [["a"]],\n    "inputs": [["a"]]\n} Not formatted '
+    "correctly expecting only one of 'inputs' or 'instances' keys to exist ",
+  ),
+  (
+    "unknown signature",
+    b'{"signature_name": "nope", "instances": [["a"]]}',
+    400,
+    'Serving signature name: "nope" not found in signature def',
+  ),
+  (
+    "signature_name not a string",
+    b'{"signature_name": 7, "instances": [["a"]]}',
+    400,
+    'JSON Value: {\n    "signature_name": 7,\n    "instances": [["a"]]\n} not formatted '
+    "correctly. 'signature_name' key must be a string value.",
+  ),
+  (
+    "wrong dtype",
+    b'{"instances": [["item-1", 5]]}',
+    400,
+    "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: JSON Value: 5 "
+    "Type: Number is not of expected type: string",
+  ),
+  (
+    "ragged rows",
+    b'{"instances": [["a", "b"], ["c"]]}',
+    400,
+    "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: "
+    "Expecting tensor size: 2 but got: 1",
+  ),
+  (
+    "ragged columns",
+    b'{"inputs": {"history": [["a", "b"], ["c"]]}}',
+    400,
+    "Encountered list at unexpected size: 1 at level: 1 expected size: 2",
+  ),
+  (
+    "empty instances",
+    b'{"instances": []}',
+    400,
+    "JSON Value: {\n    \"instances\": []\n} No values in 'instances' array",
+  ),
+  (
+    "instances not a list",
+    b'{"instances": "item-1"}',
+    400,
+    'JSON Value: {\n    "instances": "item-1"\n} Expecting \'instances\' to be an list/array',
+  ),
+  (
+    "unknown named input",
+    b'{"instances": [{"hist": ["a"]}]}',
+    400,
+    "Failed to process element: 0 key: hist of 'instances' list. Error: INVALID_ARGUMENT: "
+    "JSON object: does not have named input: hist",
+  ),
+  (
+    "missing named input",
+    b'{"inputs": {"hist": [["a"]]}}',
+    400,
+    "Missing named input: history in 'inputs' object.",
+  ),
+  (
+    "bad base64",
+    b'{"instances": [[{"b64": "%%%"}]]}',
+    400,
+    "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: "
+    "Unable to base64 decode",
+  ),
+  (
+    "init op signature",
+    b'{"signature_name": "__saved_model_init_op", "instances": [["a"]]}',
+    400,
+    "Failed to get input map for signature: __saved_model_init_op",
+  ),
+  (
+    "rank beyond TensorShape's 254",
+    b'{"instances": ' + b"[" * 300 + b'"a"' + b"]" * 300 + b"}",
+    400,
+    "tensor parsing error: history",
+  ),
 ]
 
 
@@ -248,16 +343,27 @@ def test_error_body_is_rapidjson_pretty_printed(target):
   assert data == b'{\n    "error": "JSON Parse error: The document is empty"\n}'
 
 
-@pytest.mark.parametrize("method,path,status,message", [
+@pytest.mark.parametrize(
+  "method,path,status,message",
+  [
     ("POST", "/v1/models/nope:predict", 404, "Servable not found for request: Latest(nope)"),
-    ("POST", "/v1/models/bivrec/versions/9:predict", 404,
-     "Servable not found for request: Specific(bivrec, 9)"),
-    ("POST", "/v1/models/bivrec/labels/canary:predict", 400,
-     "Unrecognized servable version label: canary"),
+    (
+      "POST",
+      "/v1/models/bivrec/versions/9:predict",
+      404,
+      "Servable not found for request: Specific(bivrec, 9)",
+    ),
+    (
+      "POST",
+      "/v1/models/bivrec/labels/canary:predict",
+      400,
+      "Unrecognized servable version label: canary",
+    ),
     ("PUT", "/v1/models/bivrec:predict", 400, "Malformed request: PUT /v1/models/bivrec:predict"),
     ("DELETE", "/v1/models/bivrec", 400, "Malformed request: DELETE /v1/models/bivrec"),
     ("GET", "/v1/models/bivrec:predict", 400, "Malformed request: GET /v1/models/bivrec:predict"),
-])
+  ],
+)
 def test_routing(target, method, path, status, message):
   got = send(target[1], method, path, b'{"instances": [["item-1"]]}')
   assert got[0] == status
@@ -272,11 +378,16 @@ def test_paths_outside_v1_are_404(target):
 
 def test_cors_preflight(target):
   assert send(target[1], "OPTIONS", "/v1/models/bivrec:predict")[0] == 400
-  assert send(target[1], "OPTIONS", "/v1/models/bivrec:predict",
-              headers={"Origin": "http://example.com"})[0] == 200
+  assert (
+    send(
+      target[1], "OPTIONS", "/v1/models/bivrec:predict", headers={"Origin": "http://example.com"}
+    )[0]
+    == 200
+  )
 
 
 # --- deliberate differences (local server only) ----------------------------------------------------
+
 
 def test_local_request_size_limit(target):
   local_only(target[0])

@@ -8,7 +8,6 @@ server answers a good request afterwards. Raw sockets, so nothing fixes the byte
 
 import gzip
 import json
-import os
 import socket
 import threading
 import time
@@ -26,8 +25,15 @@ PREDICT = "/v1/models/bivrec:predict"
 def server(tmp_path_factory):
   base = tmp_path_factory.mktemp("hostile") / "bivrec"
   tiny.export_tiny(base.parent, "bivrec", seed=0)
-  http, poller = local_server.start("bivrec", str(base), port=0, poll_wait_seconds=-1,
-                                    idle_timeout=1.0, body_timeout=1.0, request_timeout=60.0)
+  http, poller = local_server.start(
+    "bivrec",
+    str(base),
+    port=0,
+    poll_wait_seconds=-1,
+    idle_timeout=1.0,
+    body_timeout=1.0,
+    request_timeout=60.0,
+  )
   yield http
   http.shutdown()
   http.server_close()
@@ -35,6 +41,7 @@ def server(tmp_path_factory):
 
 
 # --- a minimal HTTP/1.1 client on a raw socket -----------------------------------------------------
+
 
 def connect(http, timeout=10.0):
   sock = socket.create_connection(("127.0.0.1", http.port), timeout=timeout)
@@ -123,6 +130,7 @@ def check(http, raw, timeout=10.0, allowed=(), expect=1):
 
 # --- framing ---------------------------------------------------------------------------------------
 
+
 def test_huge_content_length_without_a_body_gets_413(server):
   start = time.time()
   (resp,) = check(server, request(PREDICT, b"", headers={"Content-Length": str(10**15)}))
@@ -132,8 +140,9 @@ def test_huge_content_length_without_a_body_gets_413(server):
 
 def test_content_length_shorter_than_the_body(server):
   body = GOOD + b"GARBAGE / HTTP/1.1\r\n\r\n"
-  responses = check(server, request(PREDICT, body, headers={"Content-Length": str(len(GOOD))}),
-                    expect=2)
+  responses = check(
+    server, request(PREDICT, body, headers={"Content-Length": str(len(GOOD))}), expect=2
+  )
   # The declared body is a request; the rest is a bad next request: 400 and the connection
   # closed (the parser reports the error for everything it received in that read).
   assert responses[-1][0] == 400 and responses[-1][1].get("connection") == "close"
@@ -173,15 +182,19 @@ def test_content_length_with_transfer_encoding_is_refused(server):
   """RFC 9112 6.1: a smuggling vector behind a proxy; refused, connection closed."""
   hidden = b"GET /v1/models/bivrec/metadata HTTP/1.1\r\nHost: x\r\n\r\n"
   body = b"0\r\n\r\n" + hidden
-  raw = request(PREDICT, body, headers={"Content-Length": str(len(body)),
-                                        "Transfer-Encoding": "chunked"})
+  raw = request(
+    PREDICT, body, headers={"Content-Length": str(len(body)), "Transfer-Encoding": "chunked"}
+  )
   responses = check(server, raw, expect=None)
   assert [r[0] for r in responses] == [400]
 
 
 def test_malformed_chunked_framing_is_a_400(server):
-  raw = request(PREDICT, b"zz\r\nabc\r\n0\r\n\r\n",
-                headers={"Content-Length": None, "Transfer-Encoding": "chunked"})
+  raw = request(
+    PREDICT,
+    b"zz\r\nabc\r\n0\r\n\r\n",
+    headers={"Content-Length": None, "Transfer-Encoding": "chunked"},
+  )
   responses = check(server, raw)
   assert responses[0][0] == 400
 
@@ -195,11 +208,13 @@ def test_oversized_chunked_body_gets_413(server):
 
 
 def test_gzip_bodies_are_decompressed_and_bad_gzip_is_an_empty_document(server):
-  (resp,) = check(server, request(PREDICT, gzip.compress(GOOD),
-                                  headers={"Content-Encoding": "gzip"}))
+  (resp,) = check(
+    server, request(PREDICT, gzip.compress(GOOD), headers={"Content-Encoding": "gzip"})
+  )
   assert resp[0] == 200 and "predictions" in json.loads(resp[2])
-  (resp,) = check(server, request(PREDICT, b"\x1f\x8bnot gzip",
-                                  headers={"Content-Encoding": "gzip"}))
+  (resp,) = check(
+    server, request(PREDICT, b"\x1f\x8bnot gzip", headers={"Content-Encoding": "gzip"})
+  )
   assert resp[0] == 400 and error_of(resp) == "JSON Parse error: The document is empty"
   bomb = gzip.compress(b" " * (40 * 2**20))  # 40 MB of whitespace in 40 kB
   (resp,) = check(server, request(PREDICT, bomb, headers={"Content-Encoding": "gzip"}))
@@ -254,6 +269,7 @@ def test_a_100_mb_body_gets_413_and_memory_stays_flat(server):
 
 # --- hostile JSON ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("depth", [65, 300, 985, 5000, 200_000])
 def test_deep_nesting_is_a_400(server, depth):
   body = b'{"instances": ' + b"[" * depth + b'"item-1"' + b"]" * depth + b"}"
@@ -269,8 +285,9 @@ def test_unterminated_deep_nesting_is_a_400(server):
 def test_lone_surrogates(server):
   (resp,) = check(server, request(PREDICT, b'{"instances": [["\\ud800"]]}'))
   assert resp[0] == 400
-  assert error_of(resp) == ("JSON Parse error: The surrogate pair in string is invalid. "
-                            "at offset: 17")
+  assert error_of(resp) == (
+    "JSON Parse error: The surrogate pair in string is invalid. at offset: 17"
+  )
   # A lone low surrogate is accepted (rapidjson 1.1.0) and echoed back in an error message.
   (resp,) = check(server, request(PREDICT, b'{"instances": "\\udc00"}'))
   assert resp[0] == 400 and "Expecting 'instances' to be an list/array" in error_of(resp)
@@ -290,12 +307,23 @@ def test_trailing_bytes_after_the_document_are_ignored(server):
   assert resp[0] == 200
 
 
-@pytest.mark.parametrize("body", [
-    b'{"instances": [["item-1"]', b"{", b"nul", b'{"instances": [["a"]], }', b"\x00\x01",
-    b'{"instances": [[1e999999]]}', b'{"instances": [["a", "b"], ["c"]]}',
-    b'{"inputs": {"history": [["a", "b"], ["c"]]}}', b'{"instances": [[["a"], "b"]]}',
-    b'{"instances": [[{"b64": "!!"}]]}', b'{"instances": [NaN]}', b'{"signature_name": []}',
-])
+@pytest.mark.parametrize(
+  "body",
+  [
+    b'{"instances": [["item-1"]',
+    b"{",
+    b"nul",
+    b'{"instances": [["a"]], }',
+    b"\x00\x01",
+    b'{"instances": [[1e999999]]}',
+    b'{"instances": [["a", "b"], ["c"]]}',
+    b'{"inputs": {"history": [["a", "b"], ["c"]]}}',
+    b'{"instances": [[["a"], "b"]]}',
+    b'{"instances": [[{"b64": "!!"}]]}',
+    b'{"instances": [NaN]}',
+    b'{"signature_name": []}',
+  ],
+)
 def test_malformed_and_ragged_json_is_a_400(server, body):
   (resp,) = check(server, request(PREDICT, body))
   assert resp[0] == 400 and error_of(resp)
@@ -303,12 +331,21 @@ def test_malformed_and_ragged_json_is_a_400(server, body):
 
 # --- URLs and methods ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path,status", [
-    ("/v1/models/../../etc/passwd", 400), ("/v1/models/%2e%2e%2f%2e%2e%2fetc/metadata", 404),
-    ("/../v1/models/bivrec", 404), ("/v1/models/bivrec/versions/99999999999999999999", 400),
-    ("/v1/models/bivrec/versions/-1", 400), ("/v1/models/%00", 404), ("/v1/" + "a" * 6000, 400),
-    ("/etc/passwd", 404), ("//v1/models/bivrec", 404),
-])
+
+@pytest.mark.parametrize(
+  "path,status",
+  [
+    ("/v1/models/../../etc/passwd", 400),
+    ("/v1/models/%2e%2e%2f%2e%2e%2fetc/metadata", 404),
+    ("/../v1/models/bivrec", 404),
+    ("/v1/models/bivrec/versions/99999999999999999999", 400),
+    ("/v1/models/bivrec/versions/-1", 400),
+    ("/v1/models/%00", 404),
+    ("/v1/" + "a" * 6000, 400),
+    ("/etc/passwd", 404),
+    ("//v1/models/bivrec", 404),
+  ],
+)
 def test_traversal_and_odd_paths(server, path, status):
   (resp,) = check(server, request(path, method="GET", body=b""))
   assert resp[0] == status, (path, resp)
@@ -321,8 +358,7 @@ def test_path_too_long_for_the_parser_is_a_400(server):
 
 @pytest.mark.parametrize("method", ["TRACE", "CONNECT", "FOO", "PROPFIND"])
 def test_unsupported_methods_get_a_json_501(server, method):
-  responses = check(server, request("/v1/models/bivrec", method=method, body=b""),
-                    allowed=(501,))
+  responses = check(server, request("/v1/models/bivrec", method=method, body=b""), allowed=(501,))
   status = responses[0][0]  # 400 when the HTTP parser does not know the method at all
   assert status in (501, 400), responses
   if status == 501:
@@ -338,8 +374,9 @@ def test_other_api_methods_are_malformed_requests_as_in_tf_serving(server, metho
 def test_options_follows_the_cors_preflight_rule_and_head_has_no_body(server):
   (resp,) = check(server, request(PREDICT, b"", method="OPTIONS"))
   assert resp[0] == 400 and resp[2] == b""
-  (resp,) = check(server, request(PREDICT, b"", method="OPTIONS",
-                                  headers={"Origin": "https://example.com"}))
+  (resp,) = check(
+    server, request(PREDICT, b"", method="OPTIONS", headers={"Origin": "https://example.com"})
+  )
   assert resp[0] == 200
   sock = connect(server)
   try:
@@ -352,6 +389,7 @@ def test_options_follows_the_cors_preflight_rule_and_head_has_no_body(server):
 
 
 # --- stalled and slow clients ----------------------------------------------------------------------
+
 
 def test_stalled_clients_do_not_block_others_and_are_closed(server):
   silent = connect(server)
@@ -409,7 +447,10 @@ def test_many_idle_connections_beyond_the_cap_do_not_lock_out_a_client(server):
 
 
 def test_pipelined_requests_get_answers_in_order(server):
-  raw = request("/v1/models/bivrec", method="GET") + request(PREDICT, GOOD) + request(
-      "/v1/models/nope", method="GET")
+  raw = (
+    request("/v1/models/bivrec", method="GET")
+    + request(PREDICT, GOOD)
+    + request("/v1/models/nope", method="GET")
+  )
   responses = exchange(server, raw, timeout=60, expect=3)
   assert [r[0] for r in responses] == [200, 200, 404], [(r[0], r[2][:200]) for r in responses]

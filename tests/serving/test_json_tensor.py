@@ -9,8 +9,16 @@ STRING, FLOAT, INT64 = jt.DT_STRING, jt.DT_FLOAT, jt.DT_INT64
 
 
 def test_floats_are_written_like_tf_serving():
-  cases = {0.2: "0.2", 1.0: "1.0", 9000000.0: "9e+06", 3e-05: "3e-05", -2.5: "-2.5",
-           float("nan"): "NaN", float("inf"): "Infinity", float("-inf"): "-Infinity"}
+  cases = {
+    0.2: "0.2",
+    1.0: "1.0",
+    9000000.0: "9e+06",
+    3e-05: "3e-05",
+    -2.5: "-2.5",
+    float("nan"): "NaN",
+    float("inf"): "Infinity",
+    float("-inf"): "-Infinity",
+  }
   for value, text in cases.items():
     assert jt.format_decimal(float(np.float32(value))) == text
   # Not representable in 6 digits: full float32 precision, and it round-trips.
@@ -21,39 +29,52 @@ def test_floats_are_written_like_tf_serving():
 def test_single_output_is_unnamed_and_several_are_objects():
   one = {"y": np.array([1.5, 2.0], np.float32)}
   assert jt.response_json(one, "row").replace(" ", "").replace("\n", "") == (
-      '{"predictions":[1.5,2.0]}')
+    '{"predictions":[1.5,2.0]}'
+  )
   assert jt.response_json(one, "columnar").replace(" ", "").replace("\n", "") == (
-      '{"outputs":[1.5,2.0]}')
+    '{"outputs":[1.5,2.0]}'
+  )
   two = {"a": np.array([[1], [2]], np.int64), "b_bytes": np.array([b"\x00", b"x"], object)}
   import json  # pylint: disable=import-outside-toplevel
-  assert json.loads(jt.response_json(two, "row")) == {"predictions": [
-      {"a": [1], "b_bytes": {"b64": "AA=="}}, {"a": [2], "b_bytes": {"b64": "eA=="}}]}
-  assert json.loads(jt.response_json(two, "columnar")) == {"outputs": {
-      "a": [[1], [2]], "b_bytes": [{"b64": "AA=="}, {"b64": "eA=="}]}}
+
+  assert json.loads(jt.response_json(two, "row")) == {
+    "predictions": [{"a": [1], "b_bytes": {"b64": "AA=="}}, {"a": [2], "b_bytes": {"b64": "eA=="}}]
+  }
+  assert json.loads(jt.response_json(two, "columnar")) == {
+    "outputs": {"a": [[1], [2]], "b_bytes": [{"b64": "AA=="}, {"b64": "eA=="}]}
+  }
 
 
 def test_row_requests_batch_instances_along_dimension_zero():
-  arrays, fmt = jt.request_tensors({"instances": [["a", "b"], ["c", {"b64": "ZA=="}]]},
-                                   {"history": STRING}, "")
+  arrays, fmt = jt.request_tensors(
+    {"instances": [["a", "b"], ["c", {"b64": "ZA=="}]]}, {"history": STRING}, ""
+  )
   assert fmt == "row"
-  np.testing.assert_array_equal(arrays["history"], np.array([[b"a", b"b"], [b"c", b"d"]],
-                                                            object))
-  arrays, fmt = jt.request_tensors({"inputs": {"x": [[1, 2]], "y": 3.5}},
-                                   {"x": INT64, "y": FLOAT}, "")
+  np.testing.assert_array_equal(arrays["history"], np.array([[b"a", b"b"], [b"c", b"d"]], object))
+  arrays, fmt = jt.request_tensors(
+    {"inputs": {"x": [[1, 2]], "y": 3.5}}, {"x": INT64, "y": FLOAT}, ""
+  )
   assert fmt == "columnar" and arrays["x"].dtype == np.int64 and arrays["y"].shape == ()
 
 
-@pytest.mark.parametrize("body,message", [
+@pytest.mark.parametrize(
+  "body,message",
+  [
     (b'{"a": }', "JSON Parse error: Invalid value. at offset: 6"),
     (b'{"a" 1}', "JSON Parse error: Missing a colon after a name of object member. at offset: 5"),
     (b'{"a": "x', "JSON Parse error: Missing a closing quotation mark in string. at offset: 6"),
     # rapidjson 1.1.0: a high surrogate must be followed by a low one (offset of the backslash).
-    (b'{"a": "\\ud800"}', "JSON Parse error: The surrogate pair in string is invalid. "
-                            "at offset: 7"),
-    (b'{"a": "xy\\ud83d\\u0041"}', "JSON Parse error: The surrogate pair in string is "
-                                      "invalid. at offset: 9"),
-    (b'\xff{}', "JSON Parse error: Invalid value. at offset: 0"),  # invalid UTF-8 outside strings
-])
+    (
+      b'{"a": "\\ud800"}',
+      "JSON Parse error: The surrogate pair in string is invalid. at offset: 7",
+    ),
+    (
+      b'{"a": "xy\\ud83d\\u0041"}',
+      "JSON Parse error: The surrogate pair in string is invalid. at offset: 9",
+    ),
+    (b"\xff{}", "JSON Parse error: Invalid value. at offset: 0"),  # invalid UTF-8 outside strings
+  ],
+)
 def test_parse_errors_use_rapidjson_texts(body, message):
   with pytest.raises(jt.ServingError) as err:
     jt.parse_json(body)
@@ -68,7 +89,7 @@ def test_parsing_stops_after_the_document_and_passes_invalid_utf8_through():
   assert jt.parse_json(b' \n{"a": 1}{"b": 2}') == {"a": 1}
   doc = jt.parse_json(b'{"inputs": ["ok", "\xff\xfeab", "\\ud83d\\ude00", "\\udc00"]}')
   arr = jt.to_array(doc["inputs"], STRING)
-  assert list(arr) == [b"ok", b"\xff\xfeab", "\U0001F600".encode(), b"\xed\xb0\x80"]
+  assert list(arr) == [b"ok", b"\xff\xfeab", "\U0001f600".encode(), b"\xed\xb0\x80"]
   # An escaped backslash before "ud800" is not an escape.
   assert jt.parse_json(b'{"a": "\\\\ud800"}') == {"a": "\\ud800"}
 
@@ -77,12 +98,20 @@ def test_error_bodies_and_debug_strings_are_rapidjson_pretty_writer_output():
   assert jt.error_json('bad "x"\n') == '{\n    "error": "bad \\"x\\"\\n"\n}'
   assert jt.json_debug_string([1, 2.5, "x", None, True]) == '[1, 2.5, "x", null, true]'
   assert jt.json_debug_string({"a": [1], "b": {"c": 1e30}}) == (
-      '{\n    "a": [1],\n    "b": {\n        "c": 1e30\n    }\n}')
+    '{\n    "a": [1],\n    "b": {\n        "c": 1e30\n    }\n}'
+  )
   long = jt.json_debug_string(list(range(1000)))  # cut once 256 bytes are written
   assert 256 <= len(long) < 262 and long.startswith("[0, 1, 2") and not long.endswith("]")
   assert jt.json_debug_string([1, float("nan"), 2]) == "[1, "  # Writer refuses NaN
-  for value, text in {0.1: "0.1", 1.0: "1.0", 1e21: "1e21", 1.5e-7: "1.5e-7", 1e-6: "0.000001",
-                      -2.5: "-2.5", 123456.0: "123456.0"}.items():
+  for value, text in {
+    0.1: "0.1",
+    1.0: "1.0",
+    1e21: "1e21",
+    1.5e-7: "1.5e-7",
+    1e-6: "0.000001",
+    -2.5: "-2.5",
+    123456.0: "123456.0",
+  }.items():
     assert jt.rapidjson_double(value) == text
 
 
@@ -101,8 +130,9 @@ def test_deep_or_high_rank_values_are_400_not_500():
 def test_numbers_and_mistyped_values():
   # 2.5+: integers are accepted for float inputs without a precision check.
   assert jt.to_array([16777217], FLOAT).tolist() == [16777216.0]
-  with pytest.raises(jt.ServingError, match="JSON Value: true Type: True is not of expected "
-                                            "type: int64"):
+  with pytest.raises(
+    jt.ServingError, match="JSON Value: true Type: True is not of expected type: int64"
+  ):
     jt.to_array([True], INT64)
   with pytest.raises(jt.ServingError, match="found at incorrect level: 2"):
     jt.to_array([[1], 2], INT64)
@@ -110,8 +140,7 @@ def test_numbers_and_mistyped_values():
 
 def test_paths_are_parsed_like_tf_serving():
   req = jt.parse_path("POST", "/v1/models/my%20model/labels/canary:predict")
-  assert (req.name, req.version, req.label, req.method) == ("my model", None, "canary",
-                                                            "predict")
+  assert (req.name, req.version, req.label, req.method) == ("my model", None, "canary", "predict")
   req = jt.parse_path("GET", "/v1/models/m/versions/3/metadata")
   assert (req.name, req.version, req.method) == ("m", 3, "metadata")
   with pytest.raises(jt.ServingError, match="Malformed request: POST /v1/models/m"):

@@ -29,12 +29,14 @@ class FakeServable:
 
 def fake_loader(bad=(), calls=None):
   """Loads any version not in `bad` (a set that tests may edit); records attempts."""
+
   def load(name, version, path):
     if calls is not None:
       calls.append(version)
     if version in bad:
       raise ServingError("NOT_FOUND", f"Could not find SavedModel .pb or .pbtxt at {path}")
     return FakeServable(version)
+
   return load
 
 
@@ -44,8 +46,20 @@ def make_versions(base, *names):
 
 
 def test_only_plain_ascii_integers_are_versions(tmp_path):
-  for name in ("²", "٩", "１", "+3", "-3", " 3", "3 ", "0x1", "1e3", ".tmp-4-1", "4-backup",
-               "99999999999999999999"):
+  for name in (
+    "²",
+    "٩",
+    "１",
+    "+3",
+    "-3",
+    " 3",
+    "3 ",
+    "0x1",
+    "1e3",
+    ".tmp-4-1",
+    "4-backup",
+    "99999999999999999999",
+  ):
     assert parse_version(name) is None, name
   assert parse_version("7") == 7 and parse_version("007") == 7 and parse_version("0") == 0
   make_versions(tmp_path, "1", "²", "٩", "007", "12-old", ".tmp-13-1")
@@ -66,8 +80,11 @@ def test_a_failed_newest_version_keeps_the_old_one_serving_and_is_reported(tmp_p
   assert sorted(manager.servables) == [1]
   assert manager.resolve(None, None).version == 1
   states = manager.status_snapshot()
-  assert (states[1].state, states[2].state, states[2].error_code) == ("AVAILABLE", "END",
-                                                                      "NOT_FOUND")
+  assert (states[1].state, states[2].state, states[2].error_code) == (
+    "AVAILABLE",
+    "END",
+    "NOT_FOUND",
+  )
   assert "Could not find SavedModel" in states[2].error_message
   # A good successor replaces it; version 1 is unloaded only then.
   make_versions(tmp_path, 3)
@@ -79,8 +96,13 @@ def test_a_failed_newest_version_keeps_the_old_one_serving_and_is_reported(tmp_p
 def test_failed_versions_are_retried_with_backoff(tmp_path):
   make_versions(tmp_path, 1, 2)
   bad, calls = {2}, []
-  manager = ModelManager("m", str(tmp_path), loader=fake_loader(bad, calls),
-                         retry_initial_seconds=0.2, retry_max_seconds=0.4)
+  manager = ModelManager(
+    "m",
+    str(tmp_path),
+    loader=fake_loader(bad, calls),
+    retry_initial_seconds=0.2,
+    retry_max_seconds=0.4,
+  )
   manager.poll()
   assert calls == [2] and sorted(manager.servables) == []
   manager.poll()
@@ -101,8 +123,9 @@ def test_failed_versions_are_retried_with_backoff(tmp_path):
 def test_a_failed_version_is_retried_as_soon_as_its_files_settle(tmp_path):
   make_versions(tmp_path, 1)
   bad, calls = {1}, []
-  manager = ModelManager("m", str(tmp_path), loader=fake_loader(bad, calls),
-                         retry_initial_seconds=3600)
+  manager = ModelManager(
+    "m", str(tmp_path), loader=fake_loader(bad, calls), retry_initial_seconds=3600
+  )
   manager.poll()
   assert calls == [1]
   (tmp_path / "1" / "saved_model.pb").write_bytes(b"more")  # the copy goes on
@@ -115,8 +138,9 @@ def test_a_failed_version_is_retried_as_soon_as_its_files_settle(tmp_path):
 
 def test_latest_two_keeps_serving_through_a_bad_version(tmp_path):
   make_versions(tmp_path, 1, 2)
-  manager = ModelManager("m", str(tmp_path), policy=("latest", 2),
-                         loader=fake_loader({3}), retry_initial_seconds=60)
+  manager = ModelManager(
+    "m", str(tmp_path), policy=("latest", 2), loader=fake_loader({3}), retry_initial_seconds=60
+  )
   manager.poll()
   assert sorted(manager.servables) == [1, 2]
   make_versions(tmp_path, 3)
@@ -139,6 +163,7 @@ def test_an_emptied_base_path_unloads_but_an_unreadable_one_does_not(tmp_path):
 
 # --- the fault test --------------------------------------------------------------------------------
 
+
 def _wait_for(predicate, timeout=60.0):
   deadline = time.time() + timeout
   while time.time() < deadline:
@@ -153,8 +178,9 @@ def _status(port):
   conn.request("GET", "/v1/models/bivrec")
   body = json.loads(conn.getresponse().read())
   conn.close()
-  return {int(v["version"]): (v["state"], v["status"]["error_code"])
-          for v in body["model_version_status"]}
+  return {
+    int(v["version"]): (v["state"], v["status"]["error_code"]) for v in body["model_version_status"]
+  }
 
 
 def _slow_copy(src, dst, seconds=2.0):
@@ -181,8 +207,14 @@ def test_bad_versions_never_fail_a_request(tmp_path):
   base = tmp_path / "models" / "bivrec"
   tiny.export_tiny(base.parent, "bivrec", seed=0)  # version 1
   staged = tiny.export_tiny(tmp_path / "staging", "bivrec", seed=1)  # the slow copy's source
-  server, poller = local_server.start("bivrec", str(base), port=0, poll_wait_seconds=0.1,
-                                      retry_initial_seconds=0.3, retry_max_seconds=1.0)
+  server, poller = local_server.start(
+    "bivrec",
+    str(base),
+    port=0,
+    poll_wait_seconds=0.1,
+    retry_initial_seconds=0.3,
+    retry_max_seconds=1.0,
+  )
   port = server.port
   results, stop = [], threading.Event()
 
