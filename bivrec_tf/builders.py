@@ -71,23 +71,26 @@ def build_model(
 
 def restore_trained(model: tf.keras.Model, path: str) -> None:
   """Loads a training run's checkpoint into `model` (variables already built) and checks that
-  every trainable weight got a value from it.
+  every weight of the model got a value from it.
 
   `load_weights(...).expect_partial()` alone silently keeps the initial value of a weight the
   checkpoint does not name (a layer renamed since the run): the model would evaluate or export
-  untrained parts. Every trainable weight of a trained run has moved from its initial value, so a
-  weight still equal to it was not restored. Raises ValueError naming those weights and `path`.
+  untrained parts. Values the model does not use (optimizer slots) are fine. Raises ValueError
+  naming the missed weights and `path`.
   """
-  before = [v.numpy() for v in model.trainable_weights]
-  model.load_weights(path).expect_partial()
-  missed = [
-    v.name for v, old in zip(model.trainable_weights, before) if np.array_equal(v.numpy(), old)
-  ]
+  status = model.load_weights(path)
+  status.expect_partial()  # optimizer slots and metrics of the run need not be restored
+  # The load status knows which Python objects it bound to checkpoint values (TF's own
+  # assert_existing_objects_matched reads the same map, but also counts metric variables).
+  restored = getattr(getattr(status, "_checkpoint", None), "object_by_proto_id", None)
+  if restored is None:  # another TF version: nothing to check against
+    return
+  bound = {id(obj) for obj in restored.values()}
+  missed = [v.name for v in model.weights if id(v) not in bound]
   if missed:
     raise ValueError(
-      f"checkpoint {path} has no value for {len(missed)} of the model's "
-      f"{len(before)} trainable weights ({', '.join(missed[:4])}"
-      f"{', ...' if len(missed) > 4 else ''}): it was written by another version "
-      "of the model code (renamed or added layers); retrain, or restore with that "
-      "version"
+      f"checkpoint {path} has no value for {len(missed)} of the model's {len(model.weights)} "
+      f"weights ({', '.join(missed[:4])}{', ...' if len(missed) > 4 else ''}): it was written "
+      "by another version of the model code (renamed or added layers); retrain, or restore with "
+      "that version"
     )

@@ -37,6 +37,15 @@ def _trained_checkpoint(tmp_path, views):
   return model, path
 
 
+def test_restore_accepts_weights_training_never_moved(tmp_path):
+  """An untrained checkpoint (zero biases, unit LayerNorm gains) restores: the check is about
+  which weights the checkpoint names, not whether they changed."""
+  model = _model(("id", "mm"))
+  path = str(tmp_path / "untrained")
+  model.save_weights(path)
+  restore_trained(_model(("id", "mm")), path)
+
+
 def test_restore_brings_back_every_trained_weight(tmp_path):
   trained, path = _trained_checkpoint(tmp_path, ("id", "mm"))
   fresh = _model(("id", "mm"))
