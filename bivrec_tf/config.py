@@ -170,13 +170,13 @@ class LossConfig:
     if not -1.0 <= self.div_margin < 1.0:
       _fail("div_margin", self.div_margin, "must be in [-1, 1)")
     modes = self.sem_mode.split("+")
-    if not all(m in ("contrast", "mutual", "cross", "fused", "item") for m in modes) or len(
-      set(modes)
-    ) != len(modes):
+    if not all(
+      m in ("contrast", "mutual", "guided", "cross", "fused", "item") for m in modes
+    ) or len(set(modes)) != len(modes):
       _fail(
         "sem_mode",
         self.sem_mode,
-        "must be 'contrast', 'mutual', 'cross', 'fused' or "
+        "must be 'contrast', 'mutual', 'guided', 'cross', 'fused' or "
         "'item', or several of them joined by '+' (summed)",
       )
     if self.alloc_mode not in ("mse", "cka"):

@@ -44,6 +44,7 @@ from bivrec_tf.layers import (
   allocation_loss,
   interest_similarity,
   item_alignment_loss,
+  guided_distillation_loss,
   mutual_distillation_loss,
   semantic_loss,
 )
@@ -359,6 +360,8 @@ class BivRecModel(tf.keras.Model):
       return semantic_loss(g_id, g_mm, lc.tau_c, gather_replicas(g_id), gather_replicas(g_mm))
     if mode == "mutual":
       return mutual_distillation_loss(logits["id"], logits["mm"], lc.tau_kd)
+    if mode == "guided":
+      return guided_distillation_loss(logits["id"], logits["mm"], lc.tau_kd)
     if mode == "item":
       # Per candidate [C]; averaged over the batch's rows so the term is per example [B].
       per_item = item_alignment_loss(

@@ -6,6 +6,7 @@ from bivrec_tf.layers.cross_view import (
   allocation_cka_loss,
   allocation_loss,
   item_alignment_loss,
+  guided_distillation_loss,
   mutual_distillation_loss,
   semantic_loss,
 )
@@ -32,6 +33,7 @@ __all__ = [
   "allocation_loss",
   "interest_similarity",
   "item_alignment_loss",
+  "guided_distillation_loss",
   "mutual_distillation_loss",
   "semantic_loss",
 ]

@@ -135,6 +135,28 @@ def mutual_distillation_loss(logits_id, logits_mm, temperature: float = 1.0):
   return 0.5 * t * t * (ce_id + ce_mm)
 
 
+def guided_distillation_loss(logits_id, logits_mm, temperature: float = 1.0):
+  """Mutual distillation where each view is a teacher only on the examples it gets more right.
+
+  Row i's positive is candidate i. View a distils into view b on example i only when a gives
+  the target a higher probability than b does (gate 1[p_a(i) > p_b(i)], stop-gradient), so the
+  better view of an example is not pulled toward the worse one.
+  Args: logits_id, logits_mm `[B, C]`. Returns: per-example loss `[B]` (0 where the views give
+  the target the same probability).
+  """
+  t = temperature
+  p_id = tf.stop_gradient(tf.nn.softmax(logits_id / t, axis=-1))
+  p_mm = tf.stop_gradient(tf.nn.softmax(logits_mm / t, axis=-1))
+  rows = tf.shape(logits_id)[0]
+  target_id = tf.linalg.diag_part(p_id[:, :rows])
+  target_mm = tf.linalg.diag_part(p_mm[:, :rows])
+  ce_id = tf.nn.softmax_cross_entropy_with_logits(labels=p_mm, logits=logits_id / t)
+  ce_mm = tf.nn.softmax_cross_entropy_with_logits(labels=p_id, logits=logits_mm / t)
+  gate_id = tf.cast(target_mm > target_id, ce_id.dtype)  # MM teaches ID
+  gate_mm = tf.cast(target_id > target_mm, ce_mm.dtype)  # ID teaches MM
+  return t * t * (gate_id * ce_id + gate_mm * ce_mm)
+
+
 def allocation_cka_loss(alloc_id, alloc_mm, valid):
   """1 - CKA of the co-allocations, computed through K x K Gram matrices.
 

@@ -219,3 +219,25 @@ def test_allocation_loss_equals_the_explicit_masked_co_allocation_distance():
     tf.square(co_allocation(a_id) - co_allocation(a_mm)) * pairs, axis=[1, 2]
   ) / tf.maximum(tf.reduce_sum(pairs, axis=[1, 2]), 1.0)
   np.testing.assert_allclose(allocation_loss(a_id, a_mm, valid), explicit, rtol=1e-4, atol=1e-6)
+
+
+def test_guided_distillation_teaches_only_from_the_view_that_ranks_the_target_higher():
+  from bivrec_tf.layers import guided_distillation_loss  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng(3)
+  logits_id = tf.constant(rng.normal(size=(4, 6)), tf.float32)
+  logits_mm = tf.constant(rng.normal(size=(4, 6)), tf.float32)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch([logits_id, logits_mm])
+    loss = tf.reduce_sum(guided_distillation_loss(logits_id, logits_mm))
+  g_id = tape.gradient(loss, logits_id).numpy()
+  g_mm = tape.gradient(loss, logits_mm).numpy()
+  p_id = tf.nn.softmax(logits_id).numpy()
+  p_mm = tf.nn.softmax(logits_mm).numpy()
+  mm_better = np.array([p_mm[i, i] > p_id[i, i] for i in range(4)])
+  assert mm_better.any() and (~mm_better).any()  # both cases occur in this batch
+  # The better view of a row gets no gradient from it; the worse view is pulled toward it.
+  assert np.all(np.abs(g_mm[mm_better]).sum(axis=1) == 0)
+  assert np.all(np.abs(g_id[~mm_better]).sum(axis=1) == 0)
+  np.testing.assert_allclose(g_id[mm_better], (p_id - p_mm)[mm_better], atol=1e-6)
+  np.testing.assert_allclose(g_mm[~mm_better], (p_mm - p_id)[~mm_better], atol=1e-6)
