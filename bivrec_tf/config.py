@@ -52,34 +52,36 @@ class ModelConfig:
   # Module 1: Multi-scale Interest Embedding.
   patch_sizes: Tuple[int, ...] = (1,)  # P, e.g. (1, 2, 4); (1,) = single scale
   encoder_layers: int = 0  # pre-LN Transformer blocks over the tokens
-  causal: bool = False  # causal self-attention in those blocks: token t sees tokens
-  # <= t only (SASRec); needs patch_sizes (1,), encoder_layers>=1
+  # causal self-attention in those blocks: token t sees tokens <= t only (SASRec); needs patch_sizes
+  # (1,), encoder_layers>=1
+  causal: bool = False
   num_heads: int = 2
-  dropout: float = 0.1  # acts only in the Transformer blocks (on the attention and FFN
-  # outputs of each block): no effect with encoder_layers = 0,
-  # the default
+  # acts only in the Transformer blocks (on the attention and FFN outputs of each block): no effect
+  # with encoder_layers = 0, the default
+  dropout: float = 0.1
   # Module 2: Intra-View Interest Decomposition.
   num_interests: int = 4  # K
   gaussian_prior: bool = False  # the Gaussian temporal prior of each interest's attention
   sigma_init: float = 0.25  # initial Gaussian width sigma_k
-  prior_mode: str = "fixed"  # "fixed": DESIGN.md's prior on tau = distance / max_len;
-  # "gated": tau relative to the user's own history span and the
-  # prior scaled by a learned gate softplus(beta_k) (starts ~0.1)
-  interest_init: str = "normal"  # interest queries: "normal" (stddev 0.05) or "orthogonal"
-  # (orthonormal rows at unit scale: distinct from the start)
-  patch_mode: str = "tokens"  # module 1: "tokens" (every scale's patches are tokens) or
-  # "context" (item tokens only, each enriched with the patches
-  # that contain it: same T as one scale)
-  cluster_rounds: int = 0  # R cluster-attention refinement rounds (with R = 0 the
-  # allocation A for L_alloc is the seeding attention)
-  readout: str = "interests"  # "interests" (module 2) or "last": the most recent item's
-  # encoder output as the single interest (SASRec's read-out;
-  # needs patch_sizes (1,) and num_interests 1, builds no
-  # module-2 weights)
-  routing: str = "max"  # training read-out: "max" over interests per candidate,
-  # "target": the interest nearest the target scores all
-  # candidates (label-aware, ComiRec), or "max+target": both
-  # retrieval losses; inference uses the max
+  # "fixed": DESIGN.md's prior on tau = distance / max_len; "gated": tau relative to the user's own
+  # history span and the prior scaled by a learned gate softplus(beta_k) (starts ~0.1)
+  prior_mode: str = "fixed"
+  # interest queries: "normal" (stddev 0.05) or "orthogonal" (orthonormal rows at unit scale:
+  # distinct from the start)
+  interest_init: str = "normal"
+  # module 1: "tokens" (every scale's patches are tokens) or "context" (item tokens only, each
+  # enriched with the patches that contain it: same T as one scale)
+  patch_mode: str = "tokens"
+  # R cluster-attention refinement rounds (with R = 0 the allocation A for L_alloc is the seeding
+  # attention)
+  cluster_rounds: int = 0
+  # "interests" (module 2) or "last": the most recent item's encoder output as the single interest
+  # (SASRec's read-out; needs patch_sizes (1,) and num_interests 1, builds no module-2 weights)
+  readout: str = "interests"
+  # training read-out: "max" over interests per candidate, "target": the interest nearest the target
+  # scores all candidates (label-aware, ComiRec), or "max+target": both retrieval losses; inference
+  # uses the max
+  routing: str = "max"
   # Recommendation similarity.
   similarity: str = "cosine"  # "cosine" or "dot"
   tau_rec: float = 0.07
@@ -146,23 +148,25 @@ class LossConfig:
   num_negatives: int = 256  # items sampled per batch from the catalogue
   lambda_sem: float = 1.0  # coarse semantic-similarity loss weight; 0 = ablation
   lambda_alloc: float = 1.0  # fine allocation-similarity loss weight; 0 = ablation
-  lambda_div: float = 0.0  # interest-diversity penalty: mean of relu(cos - div_margin)^2
-  # over pairs of a user's K interests (off-diagonal of U U^T)
+  # interest-diversity penalty: mean of relu(cos - div_margin)^2 over pairs of a user's K interests
+  # (off-diagonal of U U^T)
+  lambda_div: float = 0.0
   div_margin: float = 0.0  # cosines below the margin are free (0 = plain squared cosine)
   tau_c: float = 0.1  # semantic contrastive temperature
   # The default L_sem is "mutual" at weight 1 (docs/results.md, "Interests, module 3 and late
   # fusion": both views beat their separately trained twins); DESIGN.md's is "contrast", 0.1.
-  sem_mode: str = "mutual"  # L_sem: "contrast" (DESIGN.md: InfoNCE between the views'
-  # pooled interests), "mutual" (each view's next-item
-  # distribution over the candidates distils into the other's)
-  # "cross" (each view's interests predict the target in the
-  # other view's item space) or "fused" (the retrieval loss on
-  # the fused score 1/2 (s_id + s_mm): each view learns what the
-  # other misses) or "item" (each candidate item's ID vector
-  # contrasted with its MM vector); "mutual+item" sums both
-  alloc_mode: str = "mse"  # L_alloc: "mse" (DESIGN.md) or "cka" (1 - centred kernel
-  # alignment of the co-allocations: scale-free, uniform != 0)
-  tau_kd: float = 1.0  # temperature of the "mutual" distillation
+  # L_sem: "contrast" (DESIGN.md: InfoNCE between the views' pooled interests), "mutual" (each
+  # view's next-item distribution over the candidates distils into the other's), "guided"
+  # (mutual, but per example only the view that gives the target the higher probability teaches),
+  # "cross" (each view's interests predict the target in the other view's item space), "fused"
+  # (the retrieval loss on the fused score 1/2 (s_id + s_mm): each view learns what the other
+  # misses) or "item" (each candidate item's ID vector contrasted with its MM vector); several
+  # joined by '+' are summed ("mutual+item")
+  sem_mode: str = "mutual"
+  # L_alloc: "mse" (DESIGN.md) or "cka" (1 - centred kernel alignment of the co-allocations:
+  # scale-free, uniform != 0)
+  alloc_mode: str = "mse"
+  tau_kd: float = 1.0  # temperature of the "mutual" and "guided" distillation
 
   def validate(self) -> None:
     if self.num_negatives < 0:
@@ -234,11 +238,12 @@ class EvalConfig:
 
   ks: Tuple[int, ...] = (10, 20, 50)
   monitor_k: int = 20  # early stopping / fusion tuning on NDCG@monitor_k
-  fusion_grid: int = 11  # w in linspace(0, 1, fusion_grid)
-  # One setting for offline metrics, fusion tuning and serving: never rank an item of the user's
-  # whole earlier history. None = auto: exclude when fewer than `repeat_threshold` of the train
-  # targets are repeats of the user's history (evaluate.resolve_history_exclusion; flags
-  # --exclude-history / --no-exclude-history force it). docs/data.md, "Repeat items".
+  # w in linspace(0, 1, fusion_grid) One setting for offline metrics, fusion tuning and serving:
+  # never rank an item of the user's whole earlier history. None = auto: exclude when fewer than
+  # `repeat_threshold` of the train targets are repeats of the user's history
+  # (evaluate.resolve_history_exclusion; flags --exclude-history / --no-exclude-history force it).
+  # docs/data.md, "Repeat items".
+  fusion_grid: int = 11
   exclude_history: Optional[bool] = None
   repeat_threshold: float = 0.05  # auto: exclude when the train repeat rate is below this
   eval_batch_size: int = 512  # users per evaluation batch
