@@ -231,6 +231,7 @@ class BivRecModel(tf.keras.Model):
     history = tf.zeros([2, self.max_len], tf.int64)
     ids = tf.constant([FIRST_ITEM, FIRST_ITEM], tf.int64)
     self.compute_losses({"history": history, "target": ids, "negatives": ids})
+    self(history)  # through Keras's __call__, which marks the model built
 
   def call(self, history, training=False):
     """history `[B, L]` -> {view: (U `[B, K, d]`, A `[B, T, K]`, valid `[B, T]`)}."""

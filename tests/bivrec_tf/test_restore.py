@@ -58,3 +58,11 @@ def test_restore_names_the_weights_a_checkpoint_of_other_code_lacks(tmp_path):
   _, path = _trained_checkpoint(tmp_path, ("id",))
   with pytest.raises(ValueError, match=r"mm_view.*another version"):
     restore_trained(_model(("id", "mm")), path)
+
+
+def test_build_all_marks_the_model_built_for_backup_and_restore():
+  """BackupAndRestore warns and skips its checks on an unbuilt model; build_all must leave the
+  model built (its variables exist and Keras knows it)."""
+  model = _model(("id", "mm"))
+  assert model.built
+  assert model.trainable_weights
