@@ -254,7 +254,7 @@ def test_readme_python_example_answers_from_the_history(tmp_path):
     if ":" in line
   }
   after, fallback = printed["after the history"], printed["with no history"]
-  history = re.findall(r"item_\d{5}", code.split("tf.constant")[1])
+  history = re.findall(r"item_\d{5}", code)  # the example's only item ids: its history
   data = next((tmp_path / "data_cache").glob("synthetic-*"))
   index = {item: i for i, item in enumerate((data / "item_vocab.txt").read_text().split())}
   assert len(history) == 3 and set(history) <= set(index)  # README's ids exist in the data
