@@ -319,15 +319,13 @@ class BivRecModel(tf.keras.Model):
     logits = {}
     for v, (u, a, valid) in outputs.items():
       # Formed once per view; the cross-view terms reuse them (scoring is the step's main cost).
-      logits[v] = self._logits(self._scores(v, u, candidates, tables[v]), candidates, probs)
+      tau = self.config.model.tau_rec
+      vectors = self.views[v].item_vectors(candidates, tables[v])  # [C, d], once per view
+      logits[v] = self._logits(self._route(u, vectors, tau), candidates, probs)
       terms[f"rec_{v}"] = parts[f"rec_{v}"] = self._retrieval_loss(logits[v])
       if self.config.model.routing == "max+target":  # + the label-aware term (ComiRec/MIND)
-        vectors = self.views[v].item_vectors(candidates, tables[v])
-        parts[f"route_{v}"] = self._retrieval_loss(
-          self._logits(
-            self._route(u, vectors, self.config.model.tau_rec, "target"), candidates, probs
-          )
-        )
+        routed = self._route(u, vectors, tau, "target")
+        parts[f"route_{v}"] = self._retrieval_loss(self._logits(routed, candidates, probs))
       stats = AllocationStats(a, valid)
       terms[f"entropy_{v}"] = stats.token_entropy
       terms[f"interests_{v}"] = stats.effective_interests

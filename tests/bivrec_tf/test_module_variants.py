@@ -14,7 +14,7 @@ from bivrec_tf.layers import (
   interest_similarity,
   mutual_distillation_loss,
 )
-from bivrec_tf.model import BivRecModel
+from bivrec_tf.model import BivRecModel, view_scores
 
 D, V, L = 8, 30, 8
 
@@ -263,3 +263,34 @@ def test_retrieval_loss_equals_the_tfrs_retrieval_task_with_multi_interest_queri
       compute_batch_metrics=False,
     )
     np.testing.assert_allclose(terms[f"rec_{view}"], expected, rtol=1e-5)
+
+
+# --- routing: what each interest is trained on ---
+
+
+def test_target_routing_scores_the_positive_as_max_and_negatives_no_higher():
+  tf.keras.utils.set_random_seed(0)
+  model = _model(model={"routing": "target"})
+  rng = np.random.default_rng(0)
+  u = tf.math.l2_normalize(tf.constant(rng.normal(size=(4, 3, D)), tf.float32), axis=-1)
+  vectors = tf.math.l2_normalize(tf.constant(rng.normal(size=(9, D)), tf.float32), axis=-1)
+  routed = model._route(u, vectors, 0.1).numpy()
+  maxed = view_scores(u, vectors, 0.1).numpy()
+  # Row i's positive is candidate i: the interest picked for it is the one that scores it highest.
+  np.testing.assert_allclose(np.diag(routed[:, :4]), np.diag(maxed[:, :4]), rtol=1e-5)
+  assert np.all(routed <= maxed + 1e-5)
+  # One interest scores the whole row: its scores are a single interest's, not a max of several.
+  picked = np.argmax(np.einsum("bkd,bd->bk", u.numpy(), vectors.numpy()[:4]), axis=1)
+  expected = np.einsum("bd,nd->bn", u.numpy()[np.arange(4), picked], vectors.numpy()) / 0.1
+  np.testing.assert_allclose(routed, expected, rtol=1e-5, atol=1e-6)
+  assert np.any(routed < maxed - 1e-3)  # on random data some candidate prefers another interest
+
+
+def test_max_plus_target_adds_one_label_aware_term_per_view():
+  tf.keras.utils.set_random_seed(0)
+  parts, _ = _model(views=("id",), model={"routing": "max+target"}).loss_parts(_batch())
+  assert set(parts) >= {"rec_id", "route_id"}
+  tf.keras.utils.set_random_seed(0)
+  parts_max, _ = _model(views=("id",)).loss_parts(_batch())
+  assert "route_id" not in parts_max
+  np.testing.assert_allclose(parts["rec_id"].numpy(), parts_max["rec_id"].numpy(), rtol=1e-5)
