@@ -42,7 +42,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from input_pipelines import NUM_RESERVED
 from input_pipelines import features as feats
-from input_pipelines import protocols, readers, text_encoders
+from input_pipelines import protocols, readers, text_encoders, tfx_layout
 from input_pipelines.errors import DataError, run_cli
 
 FORMATS = ("csv", "parquet", "recbole", "unisrec", "mmrec")
@@ -326,6 +326,8 @@ def run(args) -> pathlib.Path:
   out = pathlib.Path(args.out)
   if out.exists() and not args.overwrite:
     raise FileExistsError(f"output directory already exists: {out} (pass --overwrite)")
+  if args.tfx_out:
+    tfx_layout.check_target(args.tfx_out, args.overwrite)
   if args.format == "unisrec":
     item_ids, known, splits, totals, meta, text_src, auto = _from_unisrec(args)
   else:
@@ -388,6 +390,8 @@ def run(args) -> pathlib.Path:
 
   path = write_prepared(out, item_ids, features, written, meta, overwrite=args.overwrite)
   _log(args, f"wrote {path} in {time.time() - start:.1f}s")
+  if args.tfx_out:
+    _log(args, f"wrote {tfx_layout.write_tfx_layout(path, args.tfx_out, args.overwrite)}")
   stats = json.loads((path / "dataset.json").read_text())["statistics"]
   if True:  # the one-line summary is printed even with --quiet
     ex = stats["num_examples"]
@@ -407,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
   )
   p.add_argument("--format", required=True, choices=FORMATS)
   p.add_argument("--out", required=True, help="prepared dataset directory to write")
+  p.add_argument(
+    "--tfx-out", metavar="DIR", help="also write the ExampleGen-ready layout (tfx_layout.py)"
+  )
   p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
   g = p.add_argument_group("input")
