@@ -39,8 +39,21 @@ KNOWN_SPLITS = ("train", "valid", "test")
 Example = tuple[Sequence[int], Sequence[int]]
 
 
-def _standardize(name: str, values: np.ndarray, present: np.ndarray, num_items: int) -> np.ndarray:
-  """Validates one modality and returns float32 [V, D] standardized over present rows."""
+def standardize(values: np.ndarray, moments: Mapping) -> np.ndarray:
+  """Raw feature rows float [n, D] -> float32 [n, D] standardized with `moments` ({"mean": [D],
+  "std": [D]}, as recorded per modality in dataset.json under "standardization"). The one formula
+  for prepared tables and for items added to a served model later (`bivrec_tf.catalogue`), so
+  the same raw row always gives the same bits."""
+  mean = np.asarray(moments["mean"], np.float64)
+  std = np.asarray(moments["std"], np.float64)
+  return ((np.asarray(values, np.float64) - mean) / std).astype(np.float32)
+
+
+def _standardize(
+  name: str, values: np.ndarray, present: np.ndarray, num_items: int
+) -> tuple[np.ndarray, dict]:
+  """Validates one modality; returns (float32 [V, D] standardized over present rows, moments
+  {"mean": [D], "std": [D]} as lists of floats)."""
   values = np.asarray(values)
   present = np.asarray(present, dtype=bool)
   if values.ndim != 2:
@@ -60,13 +73,16 @@ def _standardize(name: str, values: np.ndarray, present: np.ndarray, num_items: 
     row = int(bad[0])
     raise ValueError(f"feature '{name}': NaN/Inf in row {row} (item index {row + NUM_RESERVED})")
   out = np.zeros((num_items + NUM_RESERVED, values.shape[1]), dtype=np.float32)
+  mean, std = np.zeros(values.shape[1]), np.ones(values.shape[1])
   if present.any():
     rows = values[present]
     mean = rows.mean(axis=0)
     std = rows.std(axis=0)
     std = np.where(std > 1e-12, std, 1.0)
-    out[NUM_RESERVED:][present] = ((rows - mean) / std).astype(np.float32)
-  return out
+  moments = {"mean": mean.tolist(), "std": std.tolist()}
+  if present.any():
+    out[NUM_RESERVED:][present] = standardize(rows, moments)
+  return out, moments
 
 
 def _validate_example(split: str, i: int, history, targets, vocab_size: int) -> tuple[list, list]:
@@ -186,7 +202,7 @@ def write_prepared(
     if not name or "/" in name or name.endswith("_present"):
       raise ValueError(f"invalid modality name {name!r}")
     present = np.asarray(present, dtype=bool)
-    tables[name] = (_standardize(name, values, present, num_items), present)
+    tables[name] = (*_standardize(name, values, present, num_items), present)
 
   train_examples = list(splits["train"])
   if not train_examples:
@@ -202,7 +218,7 @@ def write_prepared(
 
     (tmp / FEATURES_DIR).mkdir()
     modalities = {}
-    for name, (table, present) in tables.items():
+    for name, (table, moments, present) in tables.items():
       present_v = np.zeros(vocab_size, dtype=bool)
       present_v[NUM_RESERVED:] = present
       file = f"{FEATURES_DIR}/{name}.npy"
@@ -214,6 +230,9 @@ def write_prepared(
         "file": file,
         "present_file": present_file,
         "num_present": int(present.sum()),
+        # per-dimension mean and std of the raw values: new items' features get the same
+        # standardization (python -m bivrec_tf.catalogue add)
+        "standardization": moments,
       }
 
     split_info = {}
@@ -401,7 +420,7 @@ def add_modality(
     )
   num_items = int(meta["num_items"])
   present = np.asarray(present, dtype=bool)
-  table = _standardize(name, values, present, num_items)
+  table, moments = _standardize(name, values, present, num_items)
   present_v = np.zeros(num_items + NUM_RESERVED, dtype=bool)
   present_v[NUM_RESERVED:] = present
   (prepared_dir / FEATURES_DIR).mkdir(exist_ok=True)
@@ -411,6 +430,7 @@ def add_modality(
     "file": f"{FEATURES_DIR}/{name}.npy",
     "present_file": f"{FEATURES_DIR}/{name}_present.npy",
     "num_present": int(present.sum()),
+    "standardization": moments,
   }
   for rel, array in ((entry["file"], table), (entry["present_file"], present_v)):
     _atomic_write(prepared_dir / rel, lambda f, a=array: np.save(f, a), binary=True)

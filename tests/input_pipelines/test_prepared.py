@@ -84,6 +84,20 @@ def test_features_are_standardized_over_present_rows(tmp_path):
     assert np.isfinite(table).all()
 
 
+def test_recorded_moments_standardize_a_raw_row_to_the_same_bits(tmp_path):
+  """dataset.json keeps each modality's mean and std, so an item added to a served model later
+  gets exactly the features it would have got at preparation."""
+  item_ids, features, splits = _inputs()
+  out = write_prepared(tmp_path / "ds", item_ids, features, splits, {})
+  meta = json.loads((out / "dataset.json").read_text())
+  for name, (raw, present) in features.items():
+    table = np.load(out / f"features/{name}.npy")
+    moments = meta["modalities"][name]["standardization"]
+    again = prepared.standardize(raw[present], moments)
+    np.testing.assert_array_equal(again, table[2:][present])
+  assert meta["modalities"]["image"]["standardization"]["std"][2] == 1.0  # constant dimension
+
+
 def test_nan_feature_is_rejected_naming_modality_and_row_and_leaves_nothing(tmp_path):
   item_ids, features, splits = _inputs()
   text = features["text"][0].copy()
