@@ -16,6 +16,7 @@ import typing
 from typing import Any, Optional, Tuple
 
 VIEWS = ("id", "mm")
+TABLE_DTYPES = ("float32", "bfloat16", "float16")  # storage of the served item tables
 
 
 def _fail(field: str, value: Any, why: str) -> None:
@@ -274,10 +275,14 @@ class ExportConfig:
   export_base: str = "saved_models"
   model_name: str = "bivrec"
   top_k: int = 10
+  # storage of the served item tables: float32, bfloat16 or float16 (scored in float32)
+  table_dtype: str = "float32"
 
   def validate(self) -> None:
     if self.top_k < 1:
       _fail("top_k", self.top_k, "must be >= 1")
+    if self.table_dtype not in TABLE_DTYPES:
+      _fail("table_dtype", self.table_dtype, f"must be one of {TABLE_DTYPES}")
     if not self.model_name or "/" in self.model_name:
       _fail("model_name", self.model_name, "must be a non-empty name without '/'")
 

@@ -29,7 +29,9 @@ precomputed at export time; a request scores them in chunks of `item_chunk` item
 `[B, K, chunk]` intermediate), masks the chunk's history items by scattering the request's
 history into it (O(B L) per chunk, any history length L) and keeps the top k per chunk. Only when
 the history covers all but fewer than k items of the catalogue do history items fill the
-remaining slots, with score -inf.
+remaining slots, with score -inf. `table_dtype` "bfloat16" or "float16" stores the item tables in
+half precision (half the bytes a request reads); each chunk is cast to float32 before the matmul,
+so scores are float32 products of the rounded vectors (docs/serving.md, "Large catalogues").
 
 A model trained with ParameterServerStrategy is first copied to plain local variables (saved as
 they are, its sharded tables do not load back). `python -m bivrec_tf.export --run RUN_DIR`
@@ -50,6 +52,8 @@ import numpy as np
 import tensorflow as tf
 
 from bivrec_tf.builders import build_model, restore_trained
+from bivrec_tf.catalogue.served import Catalogue
+from bivrec_tf.config import TABLE_DTYPES
 from bivrec_tf.evaluate import history_mask, resolve_history_exclusion
 from bivrec_tf.model import FIRST_ITEM, BivRecModel, fuse_scores, view_scores
 
@@ -74,6 +78,8 @@ class ServingModule(tf.Module):
       off by default.
     exclude_history: never recommend an item of the request's whole history (the resolved
       `EvalConfig.exclude_history` of the run, so serving ranks as evaluation did).
+    table_dtype: storage dtype of the item tables, one of TABLE_DTYPES; half-precision tables are
+      cast to float32 chunk by chunk for scoring, and `item_embeddings` answers float32.
   """
 
   def __init__(
@@ -85,8 +91,13 @@ class ServingModule(tf.Module):
     item_chunk: int = DEFAULT_ITEM_CHUNK,
     jit_compile: bool = False,
     exclude_history: bool = True,
+    table_dtype: str = "float32",
+    catalogue: Optional[Catalogue] = None,
   ):
     super().__init__(name="bivrec_serving")
+    if table_dtype not in TABLE_DTYPES:
+      raise ValueError(f"export: table_dtype = {table_dtype!r} must be one of {TABLE_DTYPES}")
+    self.table_dtype = table_dtype
     if not isinstance(exclude_history, (bool, np.bool_)):
       raise ValueError(
         f"export: exclude_history = {exclude_history!r} must be True or False "
@@ -101,13 +112,17 @@ class ServingModule(tf.Module):
     num_items = len(vocab) - FIRST_ITEM
     if num_items < 1:
       raise ValueError("cannot export a model without items")
+    if catalogue is None:
+      catalogue = Catalogue.from_model(model, vocab)
+    elif not np.array_equal(catalogue.vocab, vocab):
+      raise ValueError("export: the catalogue's vocabulary is not `vocab`")
     # Track only what serving reads: the two view encoders (not the optimizer, the retrieval
     # tasks or the semantic heads of the training model).
     self.encoders = [model.views[v] for v in model.view_names]
     self._queries_fn = model.queries  # a bound method: not tracked (variables tracked above)
     self.view_names = tuple(model.view_names)
     self.max_len = int(model.max_len)
-    self.top_k = int(min(top_k, num_items))
+    self.top_k = int(min(top_k, int(catalogue.servable.sum())))
     self.item_chunk = int(max(1, item_chunk))
     self.tau_rec = float(model.config.model.tau_rec)
     self.num_items = num_items
@@ -119,13 +134,21 @@ class ServingModule(tf.Module):
     )
     self.vocab = tf.Variable(vocab, trainable=False, name="vocab")
     # Candidate tables over real items only (row r = item index r + FIRST_ITEM).
+    # The catalogue's fields under their own names (Catalogue.read reads them back).
     self.tables = {
-      v: tf.Variable(model.item_table(v)[FIRST_ITEM:], trainable=False, name=f"{v}_items")
+      v: tf.Variable(
+        tf.cast(catalogue.tables[v], table_dtype), trainable=False, name=f"{v}_items"
+      )
       for v in self.view_names
     }
     self.fusion_weight = tf.Variable(float(fusion_weight), trainable=False, name="fusion_weight")
-    self.cold = tf.Variable(np.asarray(model.cold)[FIRST_ITEM:], trainable=False, name="cold_items")
-    popularity = np.asarray(model.popularity, np.float32)[FIRST_ITEM:]
+    self.cold = tf.Variable(catalogue.cold, trainable=False, name="cold_items")
+    self.servable = tf.Variable(catalogue.servable, trainable=False, name="servable_items")
+    self.popularity = tf.Variable(catalogue.popularity, trainable=False, name="popularity")
+    self.imputed = tf.Variable(catalogue.imputed, trainable=False, name="imputed_items")
+    # Retired items are masked only when there are any (a fresh export's graph is unchanged).
+    self.masks_retired = not catalogue.servable.all()
+    popularity = np.where(catalogue.servable, catalogue.popularity, -np.inf)
     order = np.argsort(-popularity, kind="stable")[: self.top_k]
     self.popular_ids = tf.Variable(
       order.astype(np.int64) + FIRST_ITEM, trainable=False, name="popular_ids"
@@ -170,12 +193,15 @@ class ServingModule(tf.Module):
     for start in range(0, self.num_items, self.item_chunk):
       end = min(start + self.item_chunk, self.num_items)
       scores = {
-        v: view_scores(q, self.tables[v][start:end], self.tau_rec) for v, q in queries.items()
+        v: view_scores(q, tf.cast(self.tables[v][start:end], tf.float32), self.tau_rec)
+        for v, q in queries.items()
       }
       if len(scores) == 2:
         s = fuse_scores(scores["id"], scores["mm"], self.fusion_weight, self.cold[start:end])
       else:
         s = next(iter(scores.values()))
+      if self.masks_retired:
+        s = tf.where(self.servable[None, start:end], s, tf.constant(-np.inf, s.dtype))
       if seen is not None:
         in_history = history_mask(seen, start + FIRST_ITEM, end - start)
         s = tf.where(in_history, tf.constant(-np.inf, s.dtype), s)
@@ -196,7 +222,12 @@ class ServingModule(tf.Module):
     empty = tf.reduce_all(ids < FIRST_ITEM, axis=1, keepdims=True)
     top_i = tf.where(empty, self.popular_ids[None, :], top_i)
     top_s = tf.where(empty, self.popular_scores[None, :], top_s)
-    return {"item_ids": tf.gather(self.vocab, top_i), "scores": top_s}
+    item_ids = tf.gather(self.vocab, top_i)
+    if self.masks_retired:  # a retired item is never returned, even to fill a -inf slot
+      servable = tf.gather(self.servable, top_i - FIRST_ITEM)
+      item_ids = tf.where(servable, item_ids, "")
+      top_s = tf.where(servable, top_s, tf.constant(-np.inf, top_s.dtype))
+    return {"item_ids": item_ids, "scores": top_s}
 
   # --- signatures ------------------------------------------------------------------------------
 
@@ -216,7 +247,7 @@ class ServingModule(tf.Module):
     known = idx >= 0
     out = {}
     for v, t in self.tables.items():
-      vec = tf.gather(t, tf.maximum(idx, 0))
+      vec = tf.cast(tf.gather(t, tf.maximum(idx, 0)), tf.float32)
       out[v] = tf.where(known[:, None], vec, tf.zeros_like(vec))
     zeros = tf.zeros_like(next(iter(out.values())))
     return {"id_embedding": out.get("id", zeros), "mm_embedding": out.get("mm", zeros)}
@@ -335,11 +366,13 @@ def export_model(
   item_chunk: int = DEFAULT_ITEM_CHUNK,
   jit_compile: bool = False,
   exclude_history: bool = True,
+  table_dtype: str = "float32",
 ) -> Path:
   """Writes a new integer version atomically and returns its path.
 
   `exclude_history` (the run's resolved setting) decides whether serving_default and
-  predict_examples drop the request's history items; the metadata records it.
+  predict_examples drop the request's history items; the metadata records it, and
+  `table_dtype` (the item tables' storage, TABLE_DTYPES) and `tau_rec`.
 
   The SavedModel, warmup records and metadata are written to `<model>/.tmp-<version>-<pid>` and
   renamed to `<model>/<version>` last; on any error the temporary directory is removed, so no
@@ -357,7 +390,7 @@ def export_model(
     model = plain_copy(model)
   try:
     module = ServingModule(
-      model, vocab, fusion_weight, top_k, item_chunk, jit_compile, exclude_history
+      model, vocab, fusion_weight, top_k, item_chunk, jit_compile, exclude_history, table_dtype
     )
     tf.saved_model.save(module, str(tmp), signatures=module.signatures())
     extra = tmp / "assets.extra"
@@ -375,6 +408,8 @@ def export_model(
       "item_chunk": module.item_chunk,
       "jit_compile": bool(jit_compile),
       "exclude_history": module.exclude_history,
+      "table_dtype": module.table_dtype,
+      "tau_rec": module.tau_rec,
       # tensorflow_model_server runs it only with --xla_cpu_compilation_enabled=true.
       "requires_xla_cpu_compilation": bool(jit_compile),
       "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -399,8 +434,10 @@ def export_run(
   top_k: Optional[int] = None,
   version: Optional[int] = None,
   jit_compile: bool = False,
+  table_dtype: Optional[str] = None,
 ) -> Path:
-  """Rebuilds a training run's model, loads `checkpoints/best` and exports it.
+  """Rebuilds a training run's model, loads `checkpoints/best` and exports it (`table_dtype`
+  None = the run's `ExportConfig.table_dtype`).
 
   The run directory holds `config.json`, `metrics.json` (fusion weight, data path, max_len,
   the resolved `exclude_history` the run was evaluated and tuned under) and `checkpoints/best*`,
@@ -447,6 +484,7 @@ def export_run(
     version=version,
     jit_compile=jit_compile,
     exclude_history=bool(exclude),
+    table_dtype=table_dtype or cfg.export.table_dtype,
   )
 
 
@@ -475,6 +513,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--top-k", type=int, help="recommendations per row (default: the run's)")
   parser.add_argument("--version", type=int, help="default: next integer version")
   parser.add_argument(
+    "--table-dtype",
+    choices=TABLE_DTYPES,
+    help="storage of the item tables (default: the run's, float32); half precision halves "
+    "the bytes a request reads, scores stay float32",
+  )
+  parser.add_argument(
     "--jit-compile",
     action="store_true",
     help="XLA-compile the interest extractor; needs --xla-enabled-server",
@@ -493,7 +537,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
   try:
     path = export_run(
-      args.run, args.export_base, args.model_name, args.top_k, args.version, args.jit_compile
+      args.run,
+      args.export_base,
+      args.model_name,
+      args.top_k,
+      args.version,
+      args.jit_compile,
+      args.table_dtype,
     )
   except (ValueError, FileNotFoundError, FileExistsError) as err:
     print(f"error: {err}", file=sys.stderr)

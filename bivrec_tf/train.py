@@ -266,6 +266,7 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
         "history_exclusion": exclusion,
       },
       exclude_history=exclude,
+      table_dtype=cfg.export.table_dtype,
     )
     summary["export_path"] = str(export_path)
   summary["wall_seconds"] = time.time() - start
