@@ -136,9 +136,7 @@ class ServingModule(tf.Module):
     # Candidate tables over real items only (row r = item index r + FIRST_ITEM).
     # The catalogue's fields under their own names (Catalogue.read reads them back).
     self.tables = {
-      v: tf.Variable(
-        tf.cast(catalogue.tables[v], table_dtype), trainable=False, name=f"{v}_items"
-      )
+      v: tf.Variable(tf.cast(catalogue.tables[v], table_dtype), trainable=False, name=f"{v}_items")
       for v in self.view_names
     }
     self.fusion_weight = tf.Variable(float(fusion_weight), trainable=False, name="fusion_weight")
@@ -367,8 +365,19 @@ def export_model(
   jit_compile: bool = False,
   exclude_history: bool = True,
   table_dtype: str = "float32",
+  catalogue: Optional[Catalogue] = None,
+  target_dir: Optional[str] = None,
 ) -> Path:
   """Writes a new integer version atomically and returns its path.
+
+  `target_dir` (the TFX Trainer's `serving_model_dir`, which Pusher copies as one version):
+  write the SavedModel exactly there instead (`base_dir`, `version` unused; metadata version
+  None), through a temporary sibling `.tmp-<name>-<pid>` renamed last; an existing empty
+  directory is replaced, a non-empty one is an error.
+
+  `catalogue` (default: the model's own, `Catalogue.from_model`) is what the version ranks:
+  `python -m bivrec_tf.catalogue` passes an edited one (items added, retired, updated). The
+  metadata's computed fields (version, sizes, config, feature dims, ...) override `metadata`.
 
   `exclude_history` (the run's resolved setting) decides whether serving_default and
   predict_examples drop the request's history items; the metadata records it, and
@@ -378,25 +387,41 @@ def export_model(
   renamed to `<model>/<version>` last; on any error the temporary directory is removed, so no
   version directory (complete or not) is left behind.
   """
-  model_dir = Path(base_dir) / model_name
-  model_dir.mkdir(parents=True, exist_ok=True)
-  version = version or next_version(model_dir)
-  final = model_dir / str(version)
-  if final.exists():
-    raise FileExistsError(f"export version already exists: {final}")
-  tmp = model_dir / f"{TMP_PREFIX}{version}-{os.getpid()}"
+  if target_dir is not None:
+    final, version = Path(target_dir), None
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists() and any(final.iterdir()):
+      raise FileExistsError(f"export directory is not empty: {final}")
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
+  else:
+    model_dir = Path(base_dir) / model_name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = version or next_version(model_dir)
+    final = model_dir / str(version)
+    if final.exists():
+      raise FileExistsError(f"export version already exists: {final}")
+    tmp = model_dir / f"{TMP_PREFIX}{version}-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   if _needs_plain_copy(model):
     model = plain_copy(model)
   try:
     module = ServingModule(
-      model, vocab, fusion_weight, top_k, item_chunk, jit_compile, exclude_history, table_dtype
+      model,
+      vocab,
+      fusion_weight,
+      top_k,
+      item_chunk,
+      jit_compile,
+      exclude_history,
+      table_dtype,
+      catalogue,
     )
     tf.saved_model.save(module, str(tmp), signatures=module.signatures())
     extra = tmp / "assets.extra"
     extra.mkdir(exist_ok=True)
     _write_warmup(extra / WARMUP_FILE, model_name, vocab)
     meta = {
+      **(metadata or {}),
       "model_name": model_name,
       "version": version,
       "fusion_weight": float(fusion_weight),
@@ -414,7 +439,9 @@ def export_model(
       "requires_xla_cpu_compilation": bool(jit_compile),
       "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
       "signatures": list(SIGNATURES),
-      **(metadata or {}),
+      # what python -m bivrec_tf.catalogue needs to rebuild the encoders from variables/
+      "config": model.config.to_dict(),
+      "feature_dims": (dict(model.views["mm"].tower.feature_dims) if "mm" in model.views else {}),
     }
     (extra / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     os.rename(tmp, final)
