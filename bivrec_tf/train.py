@@ -135,13 +135,64 @@ def format_diagnostics(diag: dict, views: Sequence[str]) -> str:
   return "\n".join(lines)
 
 
-def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
-  """The whole job. Returns a summary dict (also written to <run_dir>/metrics.json)."""
+class StepBudget(tf.keras.callbacks.Callback):
+  """Stops training once the optimizer has taken `steps` steps (checked at every batch end, i.e.
+  every `steps_per_execution` steps; a resumed run counts the restored steps)."""
+
+  def __init__(self, steps: int):
+    super().__init__()
+    self.steps = steps
+
+  def on_train_batch_end(self, batch, logs=None):
+    if int(self.model.optimizer.iterations.numpy()) >= self.steps:
+      self.model.stop_training = True
+
+
+def step_plan(epochs: int, steps_per_epoch: int, train_steps: Optional[int], ps: bool):
+  """(epochs, steps per epoch, extra callbacks) of `fit`.
+
+  Without `train_steps`: `epochs` passes over the train split. With it (TFX's
+  `TrainArgs.num_steps`): `train_steps` optimizer steps in all, in passes over the data, the
+  last one cut short by `StepBudget` (rounded up to a multiple of `steps_per_execution`); early
+  stopping may end sooner. ParameterServerStrategy allows no batch callbacks: there the steps
+  are split into equal epochs, `ceil(train_steps / epochs)` each (at most `epochs - 1` steps
+  more than asked).
+  """
+  if not train_steps:
+    return epochs, steps_per_epoch, []
+  if train_steps < 1:
+    raise ValueError(f"train_steps = {train_steps} must be >= 1")
+  epochs = -(-train_steps // steps_per_epoch)
+  if ps:
+    return epochs, -(-train_steps // epochs), []
+  return epochs, min(steps_per_epoch, train_steps), [StepBudget(train_steps)]
+
+
+def run(
+  cfg: config_lib.Config,
+  verbose: int = 1,
+  data: Optional[PreparedDataset] = None,
+  strategy: Optional[tf.distribute.Strategy] = None,
+  train_steps: Optional[int] = None,
+  eval_steps: Optional[int] = None,
+  export_dir: Optional[str] = None,
+) -> dict:
+  """The whole job. Returns a summary dict (also written to <run_dir>/metrics.json).
+
+  The TFX Trainer (`bivrec_tf.tfx.trainer.run_fn`) runs the same job with `data` (a dataset it
+  converted from ExampleGen's files; default: `cfg.data.data`), `strategy` (made before that
+  conversion touched TensorFlow; default: `make_strategy` from the config), `train_steps` (total
+  optimizer steps instead of `cfg.train.epochs`, see `step_plan`), `eval_steps` (batches of
+  `eval_batch_size` users per evaluation) and `export_dir` (the SavedModel goes exactly there,
+  not to `<export_base>/<model_name>/<version>`). Without a test split the table is computed on
+  the valid split (`table_split` in the summary says which).
+  """
   start = time.time()
-  strategy = make_strategy(cfg.train.strategy, cfg.train.logical_cpus, cfg.train.local_cluster)
+  if strategy is None:
+    strategy = make_strategy(cfg.train.strategy, cfg.train.logical_cpus, cfg.train.local_cluster)
   chief = is_chief(strategy)
   tf.keras.utils.set_random_seed(cfg.train.seed)
-  ds = load_data(cfg)
+  ds = data if data is not None else load_data(cfg)
   max_len = cfg.data.max_len or int(ds.meta.get("recommended_max_len", DEFAULT_MAX_LEN))
   # One history-exclusion setting for validation, fusion tuning, test metrics and the export.
   exclusion = resolve_history_exclusion(cfg.eval, ds)
@@ -160,7 +211,10 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
   grid = [float(w) for w in np.linspace(0.0, 1.0, ev.fusion_grid)]
   ranker = Ranker(model, max(ev.ks), ev.item_chunk, exclude)
   valid = eval_dataset(ds, "valid", max_len, ev.eval_batch_size)
-  test = eval_dataset(ds, "test", max_len, ev.eval_batch_size)
+  table_split = "test" if "test" in ds.splits else "valid"
+  test = eval_dataset(ds, table_split, max_len, ev.eval_batch_size)
+  if eval_steps:
+    valid, test = valid.take(eval_steps), test.take(eval_steps)
   train = train_dataset(
     ds, max_len, cfg.train.batch_size, cfg.loss.num_negatives, seed=cfg.train.seed, repeat=True
   )
@@ -168,6 +222,8 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
   options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
   train = train.with_options(options)
   steps_per_epoch = ds.num_examples("train") // cfg.train.batch_size
+  ps = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
+  epochs, steps_per_epoch, budget = step_plan(cfg.train.epochs, steps_per_epoch, train_steps, ps)
   best_path = run_dir / "checkpoints" / "best"
   # One fixed training batch for the per-epoch gradient shares of the loss terms.
   probe = next(
@@ -200,18 +256,19 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
     # Preemption: a killed run restarted with the same --run-dir resumes after its last epoch.
     tf.keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
     non_finite_loss_stop(strategy),  # raises out of fit: no export, exit status 2
+    *budget,
   ]
   fit_start = time.time()
-  ps = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
   model.fit(
     train,
-    epochs=cfg.train.epochs,
+    epochs=epochs,
     steps_per_epoch=steps_per_epoch,
     callbacks=callbacks,
     # One line per epoch when the output is not a terminal (a log file) or under PS.
     verbose=(2 if verbose else 0) if ps or not sys.stdout.isatty() else verbose,
   )
   fit_seconds = time.time() - fit_start
+  steps_run = int(model.optimizer.iterations.numpy())  # (the best checkpoint restores its own)
   model.load_weights(str(best_path)).expect_partial()
   best_epoch = validation.best_epoch
 
@@ -236,6 +293,8 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
     "best_epoch": best_epoch,
     "epochs_run": len(validation.history),
     "fit_seconds": fit_seconds,
+    "train_steps": steps_run,
+    "table_split": table_split,
     "valid": valid_results,
     "test": rows,
     "exclude_history": exclude,
@@ -260,13 +319,14 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
       cfg.export.top_k,
       metadata={
         "config": cfg.to_dict(),
-        "test_metrics": rows,
+        "test_metrics": rows if table_split == "test" else None,
         "valid_metrics": valid_results,
         "dataset": ds.meta,
         "history_exclusion": exclusion,
       },
       exclude_history=exclude,
       table_dtype=cfg.export.table_dtype,
+      target_dir=export_dir,
     )
     summary["export_path"] = str(export_path)
   summary["wall_seconds"] = time.time() - start
@@ -275,7 +335,7 @@ def run(cfg: config_lib.Config, verbose: int = 1) -> dict:
   if verbose:
     hist = "history items excluded" if exclude else "history items not excluded"
     print(
-      f"\nTest, full ranking over {ds.vocab_size - 2} items ({hist}); "
+      f"\n{table_split.capitalize()}, full ranking over {ds.vocab_size - 2} items ({hist}); "
       f"fusion weight w={w:.2f} tuned on validation; best epoch {best_epoch}.\n"
     )
     print(table)
