@@ -369,29 +369,54 @@ def examples_to_prepared(
       `{"train": fn_args.train_files, "valid": [".../Split-eval/*"]}`; "train" is required.
     overwrite: replace an existing `out_dir`.
 
-  Features are standardized again by the writer (already standardized: unchanged up to float32
-  rounding); the examples are the same index lists as the source's.
+  The item side is kept as it is: item_vocab.txt, the feature files (byte for byte) and their
+  dataset.json entries (standardization moments included); the examples are the same index
+  lists as the source's. The directory appears atomically (written next to it, then renamed).
   """
   from input_pipelines.dataset import PreparedDataset
   from input_pipelines.prepared import write_prepared
 
+  out_dir = pathlib.Path(out_dir)
+  check_target(out_dir, overwrite)
   items = PreparedDataset.load(items_dir)
   files = {split: split_files(patterns) for split, patterns in splits.items()}
-  features = {
-    m: (items.features[m][NUM_RESERVED:], items.present[m][NUM_RESERVED:]) for m in items.features
-  }
   meta = {k: v for k, v in items.meta.items() if k not in _COMPUTED}
   meta["items_source"] = meta.pop("source", None)
   meta["source"] = "input_pipelines.tfx_layout"
   meta["example_files"] = files
-  return write_prepared(
-    out_dir,
-    list(items.vocab[NUM_RESERVED:]),
-    features,
-    {split: read_examples(f, items.vocab) for split, f in files.items()},
-    meta,
-    overwrite=overwrite,
-  )
+  staging = out_dir.parent / f".staging-{out_dir.name}-{os.getpid()}"
+  shutil.rmtree(staging, ignore_errors=True)
+  try:
+    write_prepared(
+      staging,
+      list(items.vocab[NUM_RESERVED:]),
+      {},  # the item tables are copied below, unchanged
+      {split: read_examples(f, items.vocab) for split, f in files.items()},
+      meta,
+    )
+    _add_item_tables(items, staging)
+    if out_dir.exists():  # overwrite (checked above)
+      old = out_dir.parent / f".old-{out_dir.name}-{os.getpid()}"
+      os.rename(out_dir, old)
+      os.rename(staging, out_dir)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(staging, out_dir)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return out_dir
+
+
+def _add_item_tables(items, prepared: pathlib.Path) -> None:
+  """Copies the item side's feature files and their dataset.json entries into `prepared`."""
+  meta_file = prepared / "dataset.json"
+  meta = json.loads(meta_file.read_text(encoding="utf-8"))
+  for name, info in items.meta["modalities"].items():
+    for rel in (info["file"], info["present_file"]):
+      (prepared / rel).parent.mkdir(parents=True, exist_ok=True)
+      shutil.copyfile(items.path / rel, prepared / rel)
+    meta["modalities"][name] = info
+  meta_file.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def layout_splits(examples_dir) -> dict:
