@@ -268,3 +268,52 @@ def test_export_into_a_given_directory(tmp_path):
   assert not (tmp_path / "unused").exists()
   with pytest.raises(FileExistsError, match="not empty"):
     export_lib.export_model(model, tiny.vocab(), 0.5, "unused", target_dir=str(target))
+
+
+@pytest.mark.slow
+def test_tfma_set_match_recall_on_predict_examples_is_the_trainers_recall(trained, examples):
+  """What TFX's Evaluator computes with `evaluator.eval_config_text`, done by hand: TFMA feeds the
+  eval split's serialized examples to the signature's single string input and micro-averages
+  target hits in the returned `item_ids` (SetMatchRecall). On one target per example that is the
+  Trainer's own Recall@10 of the fused model on the same examples."""
+  from bivrec_tf.tfx import evaluator
+
+  _, uri, _ = examples
+  _, summary, loaded = trained
+  text = evaluator.eval_config_text((10,))
+  assert f'signature_name: "{evaluator.SIGNATURE}"' in text and '"top_k": 10' in text
+  signature = loaded.signatures[evaluator.SIGNATURE]
+  (spec,) = signature.structured_input_signature[1].values()  # one string input: raw records
+  assert spec.dtype == tf.string and spec.shape.rank == 1
+  assert {"item_ids", "scores"} <= set(signature.structured_outputs)
+  eval_file = str(uri / "Split-eval" / tfx_layout.shard_file(0, 1))
+  # the Trainer evaluated eval_steps = 2 batches of 500 users
+  records = list(tf.data.TFRecordDataset(eval_file, "GZIP").take(1000).as_numpy_iterator())
+  out = signature(examples=tf.constant(records))["item_ids"].numpy()
+  hits = targets = 0
+  for record, ids in zip(records, out):
+    label = set(tf.train.Example.FromString(record).features.feature["target"].bytes_list.value)
+    hits += len(label & set(ids[:10]))
+    targets += len(label)
+  w = summary["fusion_weight"]
+  trainer_recall = summary["valid"][f"fused@{w:.2f}"]["recall@10"]
+  assert targets == 1000  # loo: one target per example, micro = per-user average
+  assert hits / targets == pytest.approx(trainer_recall, abs=1.5e-3)  # ties may order apart
+
+
+def test_pipeline_names_a_run_fn_the_executor_can_import():
+  """examples/tfx_pipeline.py gives the Trainer `run_fn=RUN_FN`; TFX's udf_utils.get_fn imports
+  it as module path + function name."""
+  import ast
+  import importlib
+  from pathlib import Path
+
+  source = Path(__file__).resolve().parents[2] / "examples" / "tfx_pipeline.py"
+  tree = ast.parse(source.read_text())
+  (value,) = [
+    node.value.value
+    for node in tree.body
+    if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "RUN_FN"
+  ]
+  module, _, name = value.rpartition(".")
+  assert getattr(importlib.import_module(module), name) is trainer.run_fn
