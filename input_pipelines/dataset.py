@@ -136,25 +136,17 @@ class PreparedDataset:
       item_counts=np.zeros(vocab_size, np.int64),
       seen_in_train=np.zeros(vocab_size, bool),
     )
-    for split, info in meta["splits"].items():
-      if not isinstance(info, dict) or "file" not in info or "num_examples" not in info:
-        raise DataError(
-          meta_file, "expected an object with 'file' and 'num_examples'", field=f"splits.{split}"
-        )
-      if not ds.split_path(split).is_file():
-        raise FileNotFoundError(f"missing split file for '{split}': {ds.split_path(split)}")
+    for split in meta["splits"]:
+      for file in split_files(path, meta, split):
+        if not file.is_file():
+          raise FileNotFoundError(f"missing split file for '{split}': {file}")
     if validate:
       for split in meta["splits"]:
         if split != "train":
-          scan_split(
-            ds.split_path(split), vocab_size, int(ds.num_examples(split)), meta_file, split
-          )
+          scan_split_files(ds, split, int(ds.num_examples(split)))
     if "train" in meta["splits"]:
       ds.item_counts, ds.seen_in_train = _train_counts(
-        ds.split_path("train"),
-        vocab_size,
-        int(ds.num_examples("train")) if validate else None,
-        meta_file,
+        ds, int(ds.num_examples("train")) if validate else None
       )
     return ds
 
@@ -189,7 +181,28 @@ class PreparedDataset:
     return int(self._split_info(split)["num_examples"])
 
   def split_path(self, split: str) -> pathlib.Path:
-    return self.path / self._split_info(split)["file"]
+    """The split's one TFRecord file; a sharded split has several: `split_files`, `records`."""
+    files = self.split_files(split)
+    if len(files) != 1 or self.compression(split):
+      raise ValueError(
+        f"split '{split}' of {self.path} is sharded ({len(files)} gzipped files): read it with "
+        "PreparedDataset.records(split) or split_files(split)"
+      )
+    return files[0]
+
+  def split_files(self, split: str) -> list:
+    """The split's TFRecord file(s), in order (see `input_pipelines.shards`)."""
+    self._split_info(split)
+    return split_files(self.path, self.meta, split)
+
+  def compression(self, split: str) -> str:
+    """ "" or "GZIP"."""
+    return self._split_info(split).get("compression") or ""
+
+  def records(self, split: str) -> tf.data.Dataset:
+    """The split's serialized tf.train.Examples in file order (shards read in parallel)."""
+    self._split_info(split)
+    return split_records(self.path, self.meta, split)
 
   def _split_info(self, split: str) -> dict:
     try:
@@ -199,6 +212,46 @@ class PreparedDataset:
         f"unknown split '{split}' in {self.path / 'dataset.json'}; available: "
         f"{sorted(self.meta['splits'])}"
       ) from None
+
+
+def _split_entry(path: pathlib.Path, meta: dict, split: str) -> dict:
+  info = meta["splits"][split]
+  ok = isinstance(info, dict) and "num_examples" in info
+  ok = ok and (isinstance(info.get("file"), str) or isinstance(info.get("files"), list))
+  if not ok:
+    raise DataError(
+      path / "dataset.json",
+      "expected an object with 'file' (or 'files') and 'num_examples'",
+      field=f"splits.{split}",
+    )
+  return info
+
+
+def split_files(path, meta: dict, split: str) -> list:
+  """[Path] the TFRecord file(s) of a split of the prepared directory `path` (dataset.json
+  `meta`): `file`, or the shards `files` in order."""
+  info = _split_entry(pathlib.Path(path), meta, split)
+  names = info["files"] if "files" in info else [info["file"]]
+  return [pathlib.Path(path) / name for name in names]
+
+
+def split_records(path, meta: dict, split: str) -> tf.data.Dataset:
+  """A split's serialized records in file order. The shards of a sharded split are read and
+  decompressed in parallel; interleaving whole shards (a block as long as the longest shard)
+  keeps the order of the single-file layout."""
+  info = _split_entry(pathlib.Path(path), meta, split)
+  files = [str(f) for f in split_files(path, meta, split)]
+  compression = info.get("compression") or ""
+  if len(files) == 1:
+    return tf.data.TFRecordDataset(files[0], compression)
+  longest = max([int(n) for n in info.get("shard_examples") or []] or [0])
+  return tf.data.Dataset.from_tensor_slices(files).interleave(
+    lambda f: tf.data.TFRecordDataset(f, compression),
+    cycle_length=min(len(files), 8) if longest else 1,
+    block_length=max(longest, 1),
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=True,
+  )
 
 
 def _read_meta(meta_file: pathlib.Path) -> dict:
@@ -265,12 +318,12 @@ def _scan_values(serialized):
   )
 
 
-def _locate_bad_record(file: pathlib.Path) -> tuple[int, str]:
+def _locate_bad_record(file: pathlib.Path, compression: str = "") -> tuple[int, str]:
   """(1-based number of the first record that cannot be read or parsed, what is wrong)."""
   import re
 
   n = 0
-  records = iter(tf.data.TFRecordDataset(str(file)))
+  records = iter(tf.data.TFRecordDataset(str(file), compression))
   while True:
     try:
       record = next(records)
@@ -299,10 +352,12 @@ def scan_split(
   split: str,
   counts: np.ndarray | None = None,
   seen: np.ndarray | None = None,
+  compression: str = "",
 ) -> int:
-  """Reads a whole split file in large parsed batches and checks it (see `load`); returns the
-  number of records. With `counts`/`seen`, also accumulates target counts and occurrences."""
-  records = tf.data.TFRecordDataset(str(file)).batch(SCAN_BATCH).map(_scan_values)
+  """Reads a whole split file (or one shard) in large parsed batches and checks it (see
+  `load`); returns the number of records. With `counts`/`seen`, also accumulates target counts
+  and occurrences. `declared`: the number of records dataset.json gives for it."""
+  records = tf.data.TFRecordDataset(str(file), compression).batch(SCAN_BATCH).map(_scan_values)
   n = 0
   try:
     for h_vals, h_rows, t_vals, t_rows, size, t_lens in records.as_numpy_iterator():
@@ -333,7 +388,7 @@ def scan_split(
         seen[h_vals] = True
       n += int(size)
   except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
-    record, message = _locate_bad_record(file)
+    record, message = _locate_bad_record(file, compression)
     raise DataError(
       file,
       f"truncated or corrupt TFRecord ({message}); rewrite the split with input_pipelines.prepare",
@@ -341,27 +396,59 @@ def scan_split(
       line_label="record",
     ) from None
   if declared is not None and n != declared:
+    raise _mismatch(meta_file, declared, f"split '{split}'", f"{file.name} holds {n}", split)
+  return n
+
+
+def _mismatch(meta_file, declared, what: str, found: str, split: str, key="num_examples"):
+  return DataError(
+    meta_file, f"declares {declared} examples for {what} but {found}", field=f"splits.{split}.{key}"
+  )
+
+
+def scan_split_files(
+  ds: "PreparedDataset",
+  split: str,
+  declared: int | None,
+  counts: np.ndarray | None = None,
+  seen: np.ndarray | None = None,
+) -> int:
+  """`scan_split` over every file of a split (each shard against its own declared count, then
+  the split against `declared`); returns the number of records."""
+  meta_file = ds.path / "dataset.json"
+  files = ds.split_files(split)
+  per_file = ds._split_info(split).get("shard_examples")
+  if per_file is not None and len(per_file) != len(files):
     raise DataError(
-      meta_file,
-      f"declares {declared} examples for split '{split}' but {file.name} holds {n}",
-      field=f"splits.{split}.num_examples",
+      meta_file, f"lists {len(files)} files but {len(per_file)} counts", field=f"splits.{split}"
     )
+  if len(files) == 1:
+    return scan_split(
+      files[0], ds.vocab_size, declared, meta_file, split, counts, seen, ds.compression(split)
+    )
+  n = 0
+  for k, file in enumerate(files):
+    m = scan_split(file, ds.vocab_size, None, meta_file, split, counts, seen, ds.compression(split))
+    if declared is not None and per_file is not None and m != int(per_file[k]):
+      what = f"shard {k} of split '{split}'"
+      raise _mismatch(
+        meta_file, per_file[k], what, f"{file.name} holds {m}", split, "shard_examples"
+      )
+    n += m
+  if declared is not None and n != declared:
+    what = f"split '{split}'"
+    raise _mismatch(meta_file, declared, what, f"its files hold {n}", split)
   return n
 
 
 def _train_counts(
-  file: pathlib.Path,
-  vocab_size: int,
-  declared: int | None = None,
-  meta_file: pathlib.Path | None = None,
+  ds: "PreparedDataset", declared: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
   """Target counts and occurrence mask over the train split, read in large parsed batches
   (and checked like every split, see `scan_split`)."""
-  counts = np.zeros(vocab_size, np.int64)
-  seen = np.zeros(vocab_size, bool)
-  scan_split(
-    file, vocab_size, declared, meta_file or file.parent / "dataset.json", "train", counts, seen
-  )
+  counts = np.zeros(ds.vocab_size, np.int64)
+  seen = np.zeros(ds.vocab_size, bool)
+  scan_split_files(ds, "train", declared, counts, seen)
   seen[:NUM_RESERVED] = False
   return counts, seen
 
@@ -386,7 +473,7 @@ def repeat_rate(ds: PreparedDataset, split: str = "train") -> float:
 
   Returns: a float in [0, 1].
   """
-  records = tf.data.TFRecordDataset(str(ds.split_path(split))).batch(SCAN_BATCH).map(_repeat_counts)
+  records = ds.records(split).batch(SCAN_BATCH).map(_repeat_counts)
   repeats = total = 0
   for h_vals, h_rows, t_vals, t_rows in records.as_numpy_iterator():
     # One key per (example in the batch, item): a target repeats when its key is a history's.
@@ -395,7 +482,7 @@ def repeat_rate(ds: PreparedDataset, split: str = "train") -> float:
     repeats += int(np.isin(t_keys, h_keys).sum())
     total += int(t_vals.size)
   if total == 0:
-    raise DataError(ds.split_path(split), f"split '{split}' has no targets")
+    raise DataError(ds.split_files(split)[0], f"split '{split}' has no targets")
   return repeats / total
 
 
@@ -446,7 +533,7 @@ def train_dataset(
       "(batches drop the remainder)"
     )
   vocab_size = ds.vocab_size
-  records = tf.data.TFRecordDataset(str(ds.split_path("train"))).cache()
+  records = ds.records("train").cache()
   if shuffle:
     records = records.shuffle(n, seed=seed, reshuffle_each_iteration=True)
   if repeat:
@@ -508,7 +595,7 @@ def eval_dataset(
     }
 
   return (
-    tf.data.TFRecordDataset(str(ds.split_path(split)))
+    ds.records(split)
     .batch(batch_size)
     .map(to_features, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     .prefetch(tf.data.AUTOTUNE)

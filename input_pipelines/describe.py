@@ -49,10 +49,11 @@ def sequence_lengths(path: pathlib.Path, meta: dict) -> tuple[np.ndarray, np.nda
       + tf.RaggedTensor.from_sparse(p["target"]).row_lengths()
     )
 
-  file = path / splits[split]["file"]
+  from input_pipelines.dataset import split_records
+
+  records = split_records(path, meta, split)
   out = np.concatenate(
-    list(tf.data.TFRecordDataset(str(file)).batch(8192).map(lengths).as_numpy_iterator())
-    or [np.zeros(0, np.int64)]
+    list(records.batch(8192).map(lengths).as_numpy_iterator()) or [np.zeros(0, np.int64)]
   )
   uniq, cnt = np.unique(out, return_counts=True)
   return uniq, cnt, f"'{split}' examples (history + targets)"

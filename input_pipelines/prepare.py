@@ -28,6 +28,7 @@ with one line naming the file, line and field, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
@@ -142,90 +143,43 @@ def _interaction_file(args) -> pathlib.Path:
   )
 
 
-def _seq_length_stats(lengths: np.ndarray) -> dict:
-  lengths = np.asarray(lengths, np.int64)
-  uniq, cnt = np.unique(lengths, return_counts=True)
-  return {
-    "sequence_length": {
-      "min": int(lengths.min()),
-      "mean": float(lengths.mean()),
-      "median": float(np.median(lengths)),
-      "p90": float(np.percentile(lengths, 90)),
-      "p95": float(np.percentile(lengths, 95)),
-      "max": int(lengths.max()),
-    },
-    "sequence_length_counts": {str(int(k)): int(v) for k, v in zip(uniq, cnt)},
-  }
+# --- log formats (csv, parquet, recbole, mmrec): the pieces both preparation paths share ---------
 
 
-def _recommended_max_len(lengths: np.ndarray, max_history: int | None) -> int:
-  p95 = float(np.percentile(np.asarray(lengths), 95))
-  rec = int(min(50, max(8, 4 * np.ceil(p95 / 4))))
-  return min(rec, max_history) if max_history else rec
+@dataclasses.dataclass
+class LogInput:
+  """The interaction table to read and what comes with it.
+
+  Attributes:
+    path: the table; parquet: read as Parquet (else delimited text with `sep` and, for a file
+      without header, column `names`); columns: the column roles; time_optional: a missing time
+      column means file order (RecBole).
+    text_src: item text to encode as modality "text" (--item-text, or RecBole's .item file).
+    auto_features: MMRec's (name, image_feat.npy / text_feat.npy, None) beside the table.
+    item_file: RecBole's .item file (listed in dataset.json's source_files), or None.
+  """
+
+  path: pathlib.Path
+  columns: readers.Columns
+  parquet: bool
+  sep: str | None
+  names: list | None
+  time_optional: bool
+  text_src: object
+  auto_features: list
+  item_file: pathlib.Path | None
 
 
-# --- per-format loading: -> (item_ids, known ids, splits, meta, item text source) -------------
-
-
-def _from_log(args):
-  cols = _columns(args)
+def log_input(args) -> LogInput:
   fmt = args.format
-  if fmt == "unisrec":
-    raise AssertionError
   path = _interaction_file(args)
-  if fmt == "parquet" or (fmt == "csv" and path.suffix.lower() == ".parquet"):
-    inter = readers.read_parquet(path, cols, time_optional=fmt == "recbole")
-  else:
-    names = args.columns.split(",") if args.columns else None
-    inter = readers.read_delimited(
-      path,
-      cols,
-      sep=args.sep,
-      names=names,
-      progress=not args.quiet,
-      time_optional=fmt in ("recbole",),
-    )
-  _log(args, f"read {len(inter):,} interactions from {path}")
-  protocol = args.protocol or ("given" if inter.labels is not None else "loo")
-  if protocol == "given" and inter.labels is None:
-    raise ValueError("--protocol given needs a split-label column (--label-column)")
-  k = args.k_core or 0
-  min_user = args.min_user_interactions if args.min_user_interactions is not None else k
-  min_item = args.min_item_interactions if args.min_item_interactions is not None else k
-  min_len = args.min_seq_len if args.min_seq_len is not None else protocols.MIN_LEN[protocol]
-  seq = protocols.build_sequences(
-    inter, dedup=args.dedup or "exact", min_user=min_user, min_item=min_item, min_seq_len=min_len
-  )
-  splits, info = protocols.make_splits(seq, protocol, args.max_history, args.seed)
-  lengths = np.array([s.size for s in seq.seqs])
-  stats = dict(seq.stats)
-  stats.update(
-    num_users=len(seq.seqs),
-    num_interactions=int(lengths.sum()),
-    density=float(lengths.sum() / (len(seq.seqs) * len(seq.item_ids))),
-  )
-  stats.update(_seq_length_stats(lengths))
-  meta = {
-    "protocol": protocol,
-    "dedup": args.dedup or "exact",
-    "k_core": {
-      "min_user_interactions": max(min_user, min_len),
-      "min_item_interactions": max(min_item, 1),
-    },
-    "protocol_info": info,
-    "statistics": stats,
-    "source_files": [str(path)],
-    "recommended_max_len": _recommended_max_len(lengths, args.max_history),
-  }
-  known = set(np.unique(inter.items.astype(str)).tolist())
-  text_src = args.item_text
+  text_src, item_file = args.item_text, None
   if fmt == "recbole":
     item_file = pathlib.Path(args.items) if args.items else None
     if item_file is None and args.input:
       cand = path.with_suffix(".item")
       item_file = cand if cand.is_file() else None
     if item_file is not None:
-      meta["source_files"].append(str(item_file))
       text_src = text_src or item_file
   auto_features = []
   if fmt == "mmrec":
@@ -233,12 +187,124 @@ def _from_log(args):
       f = path.parent / f"{name}_feat.npy"
       if f.is_file():
         auto_features.append((name, f, None))
-  counts = {s: (info.get("num_users") or {}).get(s) for s in ("valid", "test")}
-  split_total = {"train": protocols.count_examples(seq, protocol, info), **counts}
-  return seq.item_ids, known, splits, split_total, meta, text_src, auto_features
+  return LogInput(
+    path=path,
+    columns=_columns(args),
+    parquet=fmt == "parquet" or (fmt == "csv" and path.suffix.lower() == ".parquet"),
+    sep=args.sep,
+    names=args.columns.split(",") if args.columns else None,
+    time_optional=fmt == "recbole",
+    text_src=text_src,
+    auto_features=auto_features,
+    item_file=item_file,
+  )
 
 
-def _from_unisrec(args):
+def choose_protocol(args, has_labels: bool) -> str:
+  protocol = args.protocol or ("given" if has_labels else "loo")
+  if protocol == "given" and not has_labels:
+    raise ValueError("--protocol given needs a split-label column (--label-column)")
+  return protocol
+
+
+@dataclasses.dataclass(frozen=True)
+class Filtering:
+  """Deduplication and k-core thresholds (`protocols.build_sequences`)."""
+
+  dedup: str
+  min_user: int
+  min_item: int
+  min_len: int
+
+
+def filtering(args, protocol: str) -> Filtering:
+  k = args.k_core or 0
+  return Filtering(
+    dedup=args.dedup or "exact",
+    min_user=args.min_user_interactions if args.min_user_interactions is not None else k,
+    min_item=args.min_item_interactions if args.min_item_interactions is not None else k,
+    min_len=args.min_seq_len if args.min_seq_len is not None else protocols.MIN_LEN[protocol],
+  )
+
+
+def log_meta(
+  args,
+  src: LogInput,
+  protocol: str,
+  filt: Filtering,
+  info: dict,
+  seq_stats: dict,
+  length_counts: dict,
+  num_items: int,
+) -> dict:
+  """dataset.json's description of a prepared log (before the modalities).
+
+  Args:
+    info: `protocols.protocol_info`; seq_stats: the counts of `protocols.build_sequences`;
+    length_counts: {sequence length: users}.
+  """
+  users = sum(length_counts.values())
+  total = sum(k * v for k, v in length_counts.items())
+  stats = dict(seq_stats)
+  stats.update(num_users=users, num_interactions=total, density=total / (users * num_items))
+  stats.update(protocols.sequence_length_stats(length_counts))
+  min_u, min_i = protocols.thresholds(filt.min_user, filt.min_item, filt.min_len)
+  return {
+    "protocol": protocol,
+    "dedup": filt.dedup,
+    "k_core": {"min_user_interactions": min_u, "min_item_interactions": min_i},
+    "protocol_info": info,
+    "statistics": stats,
+    "source_files": [str(src.path)] + ([str(src.item_file)] if src.item_file else []),
+    "recommended_max_len": protocols.recommended_max_len(length_counts, args.max_history),
+  }
+
+
+def _from_log(args):
+  src = log_input(args)
+  if src.parquet:
+    inter = readers.read_parquet(src.path, src.columns, time_optional=src.time_optional)
+  else:
+    inter = readers.read_delimited(
+      src.path,
+      src.columns,
+      sep=src.sep,
+      names=src.names,
+      progress=not args.quiet,
+      time_optional=src.time_optional,
+    )
+  _log(args, f"read {len(inter):,} interactions from {src.path}")
+  protocol = choose_protocol(args, inter.labels is not None)
+  filt = filtering(args, protocol)
+  seq = protocols.build_sequences(
+    inter, filt.dedup, min_user=filt.min_user, min_item=filt.min_item, min_seq_len=filt.min_len
+  )
+  splits, info = protocols.make_splits(seq, protocol, args.max_history, args.seed)
+  sizes = protocols.split_sizes(
+    seq, protocol, protocols.split_groups(protocol, len(seq.seqs), args.seed)
+  )
+  counts = protocols.length_counts([s.size for s in seq.seqs])
+  meta = log_meta(args, src, protocol, filt, info, seq.stats, counts, len(seq.item_ids))
+  known = set(np.unique(inter.items.astype(str)).tolist())
+  return seq.item_ids, known, splits, sizes, meta, src.text_src, src.auto_features
+
+
+# --- unisrec: pre-split sequences ---------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class UnisrecInput:
+  """`name`: the dataset; `files`: split -> .inter file; `id_map` {integer: raw id} and
+  `map_order` (raw ids in integer order) from `map_file`, or None."""
+
+  name: str
+  files: dict
+  id_map: dict | None
+  map_order: list | None
+  map_file: pathlib.Path | None
+
+
+def unisrec_input(args) -> UnisrecInput:
   for flag in ("dedup", "k_core", "min_user_interactions", "min_item_interactions", "min_seq_len"):
     if getattr(args, flag) is not None:
       raise ValueError(
@@ -258,48 +324,72 @@ def _from_unisrec(args):
   )
   if args.item_map or (map_file.is_file() and not args.no_item_map):
     id_map, map_order = readers.read_id_map(map_file)
-  data = {
-    s: readers.read_unisrec_split(f, id_map, progress=not args.quiet) for s, f in files.items()
+  return UnisrecInput(name, files, id_map, map_order, map_file if id_map is not None else None)
+
+
+def unisrec_first_keys(split: str, ordinals, examples) -> tuple:
+  """`protocols.first_keys` for UniSRec examples (raw ids): items are ordered by first
+  occurrence over the train, valid and test files, each example's history then target."""
+  items, key, pos = [], [], []
+  base = readers.UNISREC_SPLITS.index(split) << 40
+  for o, (history, targets) in zip(ordinals, examples):
+    ids = (*history, *targets)
+    items += ids
+    key += [base + int(o)] * len(ids)
+    pos += range(len(ids))
+  return np.asarray(items, dtype=object), np.asarray(key, np.int64), np.asarray(pos, np.int64)
+
+
+def unisrec_example(history, targets, index: dict, cut: int | None) -> tuple[list, list]:
+  """One UniSRec example as vocab indices, the history cut to its last `cut` items."""
+  h = [index[x] for x in history]
+  if cut is not None and len(h) > cut:
+    h = h[-cut:]
+  return h, [index[x] for x in targets]
+
+
+def unisrec_meta(
+  args, src: UnisrecInput, num_users: int, length_counts: dict, num_items: int
+) -> dict:
+  """dataset.json's description of prepared UniSRec data; `length_counts`: {history + targets
+  length: test examples}, `num_users`: distinct users of the test file."""
+  n = sum(length_counts.values())
+  total = sum(k * v for k, v in length_counts.items())
+  stats = {"num_users": num_users, "num_interactions": total, "density": total / (n * num_items)}
+  stats.update(protocols.sequence_length_stats(length_counts))
+  return {
+    "protocol": "given",
+    "protocol_info": {"protocol": "given", "layout": "unisrec", "name": src.name},
+    "statistics": stats,
+    "source_files": [str(f) for f in src.files.values()]
+    + ([str(src.map_file)] if src.map_file is not None else []),
+    "recommended_max_len": protocols.recommended_max_len(length_counts, args.max_history),
   }
-  if map_order is not None:
-    item_ids = map_order
+
+
+def _from_unisrec(args):
+  src = unisrec_input(args)
+  data = {
+    s: readers.read_unisrec_split(f, src.id_map, progress=not args.quiet)
+    for s, f in src.files.items()
+  }
+  if src.map_order is not None:
+    item_ids = src.map_order
   else:
-    order: dict = {}
-    for s in readers.UNISREC_SPLITS:
-      for history, targets in data[s][1]:
-        for x in (*history, *targets):
-          order.setdefault(x, len(order))
-    item_ids = list(order)
+    keys = [unisrec_first_keys(s, range(len(data[s][1])), data[s][1]) for s in data]
+    item_ids = protocols.vocab_order(*(np.concatenate(k) for k in zip(*keys)))
   index = {x: k + NUM_RESERVED for k, x in enumerate(item_ids)}
-  cut = args.max_history
 
   def conv(examples):
     def gen():
       for history, targets in examples:
-        h = [index[x] for x in history]
-        if cut is not None and len(h) > cut:
-          h = h[-cut:]
-        yield h, [index[x] for x in targets]
+        yield unisrec_example(history, targets, index, args.max_history)
 
     return gen
 
   splits = {s: conv(data[s][1]) for s in readers.UNISREC_SPLITS}
-  test = data["test"][1]
-  lengths = np.array([len(h) + len(t) for h, t in test])
-  stats = {
-    "num_users": len(set(data["test"][0])),
-    "num_interactions": int(lengths.sum()),
-    "density": float(lengths.sum() / (len(test) * len(item_ids))),
-  }
-  stats.update(_seq_length_stats(lengths))
-  meta = {
-    "protocol": "given",
-    "protocol_info": {"protocol": "given", "layout": "unisrec", "name": name},
-    "statistics": stats,
-    "source_files": [str(f) for f in files.values()]
-    + ([str(map_file)] if id_map is not None else []),
-    "recommended_max_len": _recommended_max_len(lengths, cut),
-  }
+  counts = protocols.length_counts([len(h) + len(t) for h, t in data["test"][1]])
+  meta = unisrec_meta(args, src, len(set(data["test"][0])), counts, len(item_ids))
   split_total = {s: len(data[s][1]) for s in readers.UNISREC_SPLITS}
   return item_ids, set(item_ids), splits, split_total, meta, args.item_text, []
 
@@ -321,23 +411,18 @@ def encode_text_modality(
   return feats.text_to_source("text", text, emb, keep), info
 
 
-def run(args) -> pathlib.Path:
-  start = time.time()
-  out = pathlib.Path(args.out)
-  if out.exists() and not args.overwrite:
-    raise FileExistsError(f"output directory already exists: {out} (pass --overwrite)")
-  if args.tfx_out:
-    tfx_layout.check_target(args.tfx_out, args.overwrite)
-  if args.format == "unisrec":
-    item_ids, known, splits, totals, meta, text_src, auto = _from_unisrec(args)
-  else:
-    item_ids, known, splits, totals, meta, text_src, auto = _from_log(args)
-  _log(args, f"{len(item_ids):,} items, protocol {meta['protocol']}")
+def build_features(args, item_ids, known, text_src, auto_features) -> tuple[dict, dict]:
+  """(modality -> (values [N, D], present [N]), modality -> dataset.json description) of the
+  --features files, MMRec's feature files and the item text, aligned to `item_ids`.
 
+  Args:
+    known: every raw item id of the input (ids outside it are errors unless
+      --ignore-unknown-items).
+  """
   sources = [feats.parse_feature_spec(spec) for spec in args.features or []]
   explicit = [s[0] for s in sources]
   # MMRec's image_feat.npy / text_feat.npy unless a --features of the same name replaces them.
-  sources += [a for a in auto if a[0] not in explicit]
+  sources += [a for a in auto_features if a[0] not in explicit]
   names = [s[0] for s in sources] + (["text"] if text_src else [])
   dupes = sorted({n for n in names if names.count(n) > 1})
   if dupes:
@@ -369,17 +454,52 @@ def run(args) -> pathlib.Path:
       f"modality text ({info['encoder']}): dim {values.shape[1]}, "
       f"{present.sum():,}/{len(item_ids):,} items have text",
     )
+  return features, modality_info
 
-  meta.update(
-    {
-      "source": f"input_pipelines.prepare --format {args.format}",
-      "format": args.format,
-      "max_history": args.max_history,
-      "seed": args.seed,
-      "modality_sources": modality_info,
-      "prepare_args": {k: v for k, v in vars(args).items() if k != "func"},
-    }
-  )
+
+# Options that say how to run, not what to prepare: dataset.json leaves them out, so that both
+# paths (and any number of workers) describe the same data the same way.
+RUN_OPTIONS = ("func", "runner", "num_workers", "pipeline_option", "part_mb", "buckets")
+
+
+def complete_meta(args, meta: dict, modality_info: dict) -> dict:
+  """`meta` with the command's description and the modalities' sources added."""
+  return {
+    **meta,
+    "source": f"input_pipelines.prepare --format {args.format}",
+    "format": args.format,
+    "max_history": args.max_history,
+    "seed": args.seed,
+    "modality_sources": modality_info,
+    "prepare_args": {k: v for k, v in vars(args).items() if k not in RUN_OPTIONS},
+  }
+
+
+def num_shards(option, sizes: dict) -> dict | None:
+  """split -> shards for `--shards N|auto` (None: one uncompressed file per split)."""
+  from input_pipelines.shards import auto_num_shards
+
+  if option is None:
+    return None
+  if str(option) == "auto":
+    return {s: auto_num_shards(n) for s, n in sizes.items()}
+  try:
+    n = int(option)
+  except ValueError:
+    raise ValueError(f"--shards takes a number or 'auto', got {option!r}") from None
+  if n < 1:
+    raise ValueError(f"--shards must be >= 1, got {n}")
+  return {s: n for s in sizes}
+
+
+def _prepare_in_process(args, out: pathlib.Path) -> tuple[pathlib.Path, list]:
+  if args.format == "unisrec":
+    item_ids, known, splits, totals, meta, text_src, auto = _from_unisrec(args)
+  else:
+    item_ids, known, splits, totals, meta, text_src, auto = _from_log(args)
+  _log(args, f"{len(item_ids):,} items, protocol {meta['protocol']}")
+  features, modality_info = build_features(args, item_ids, known, text_src, auto)
+  meta = complete_meta(args, meta, modality_info)
   import tensorflow  # noqa: F401  (import before the progress bars start)
 
   written = {
@@ -388,7 +508,32 @@ def run(args) -> pathlib.Path:
   }
   from input_pipelines.prepared import write_prepared  # imports TensorFlow lazily
 
-  path = write_prepared(out, item_ids, features, written, meta, overwrite=args.overwrite)
+  path = write_prepared(
+    out,
+    item_ids,
+    features,
+    written,
+    meta,
+    overwrite=args.overwrite,
+    num_shards=num_shards(args.shards, totals),
+    split_sizes=totals,
+  )
+  return path, item_ids
+
+
+def run(args) -> pathlib.Path:
+  start = time.time()
+  out = pathlib.Path(args.out)
+  if out.exists() and not args.overwrite:
+    raise FileExistsError(f"output directory already exists: {out} (pass --overwrite)")
+  if args.tfx_out:
+    tfx_layout.check_target(args.tfx_out, args.overwrite)
+  if args.runner:
+    from input_pipelines import beam_prepare  # needs apache-beam (requirements-beam.txt)
+
+    path, item_ids = beam_prepare.prepare(args, out)
+  else:
+    path, item_ids = _prepare_in_process(args, out)
   _log(args, f"wrote {path} in {time.time() - start:.1f}s")
   if args.tfx_out:
     _log(args, f"wrote {tfx_layout.write_tfx_layout(path, args.tfx_out, args.overwrite)}")
@@ -491,6 +636,43 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--text-encoder", default="auto", choices=text_encoders.ENCODERS)
   g.add_argument("--text-dim", type=int, default=256, help="hashing encoder dimension")
   g.add_argument("--batch-size", type=int, default=64, help="sentence encoder batch size")
+  g = p.add_argument_group("output layout and Apache Beam (input_pipelines/beam_prepare.py)")
+  g.add_argument(
+    "--shards",
+    metavar="N|auto",
+    help="write each split as N gzipped shards (auto: ~500k examples each); default one "
+    "<split>.tfrecord in process, auto with --runner",
+  )
+  g.add_argument(
+    "--runner",
+    help="prepare with Apache Beam on this runner (DirectRunner, FlinkRunner, SparkRunner, "
+    "DataflowRunner, ...) instead of in this process; same output",
+  )
+  g.add_argument(
+    "--num-workers",
+    type=int,
+    default=1,
+    help="DirectRunner: worker processes (more than 1: multi-process mode)",
+  )
+  g.add_argument(
+    "--pipeline-option",
+    action="append",
+    metavar="--KEY=VALUE",
+    help="passed to Beam's PipelineOptions (repeat; e.g. --pipeline-option=--flink_master=...)",
+  )
+  g.add_argument(
+    "--part-mb",
+    type=float,
+    default=64,
+    help="Beam: text files are read in parts of this size, split at line breaks (default 64)",
+  )
+  g.add_argument(
+    "--buckets",
+    type=int,
+    default=0,
+    help="Beam: users are hashed into this many buckets, each processed in memory at once "
+    "(default: about one per 500k interactions, at least 4 per worker)",
+  )
   return p
 
 

@@ -8,6 +8,7 @@ Layout written by :func:`write_prepared`::
       features/<modality>.npy         float32 [V, D], standardized per dimension, rows 0/1 zero
       features/<modality>_present.npy bool [V], rows 0/1 False
       <split>.tfrecord                tf.train.Example: int64 lists `history` and `target`
+                                      (or gzipped shards, see `input_pipelines.shards`)
 
 The directory appears atomically: everything is written into a temporary sibling
 (``.tmp-<name>-...``) which is renamed to ``out_dir`` at the end; on failure nothing is left.
@@ -27,7 +28,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from input_pipelines import NUM_RESERVED, SCHEMA_VERSION
+from input_pipelines import NUM_RESERVED, SCHEMA_VERSION, shards
 
 PAD_TOKEN = "[PAD]"
 OOV_TOKEN = "[OOV]"
@@ -85,74 +86,36 @@ def _standardize(
   return out, moments
 
 
-def _validate_example(split: str, i: int, history, targets, vocab_size: int) -> tuple[list, list]:
-  history = [int(x) for x in history]
-  targets = [int(x) for x in targets]
-  if not targets:
-    raise ValueError(f"split '{split}': example {i} has no target")
-  for field, items in (("history", history), ("target", targets)):
-    for x in items:
-      if not 1 <= x < vocab_size:
-        raise ValueError(
-          f"split '{split}': example {i} field '{field}' has item index {x} outside "
-          f"[1, {vocab_size})"
-        )
-  return history, targets
+def _check_item_ids(item_ids: Sequence[str]) -> list:
+  item_ids = [str(x) for x in item_ids]
+  if not item_ids:
+    raise ValueError("item_ids is empty")
+  if len(set(item_ids)) != len(item_ids):
+    raise ValueError("item_ids contains duplicates")
+  for x in item_ids:
+    if "\n" in x or x in (PAD_TOKEN, OOV_TOKEN, ""):
+      raise ValueError(f"invalid item id {x!r}")
+  return item_ids
 
 
-def _write_split(
-  path: pathlib.Path,
-  split: str,
-  examples: Iterable[Example],
-  vocab_size: int,
-  seen: np.ndarray | None,
-) -> dict:
-  """Writes one TFRecord file; returns per-split statistics."""
-  import tensorflow as tf
-
-  n = 0
-  total_hist = 0
-  max_hist = 0
-  total_targets = 0
-  unseen_targets = 0
-  with tf.io.TFRecordWriter(str(path)) as writer:
-    for i, (history, targets) in enumerate(examples):
-      history, targets = _validate_example(split, i, history, targets, vocab_size)
-      example = tf.train.Example(
-        features=tf.train.Features(
-          feature={
-            "history": tf.train.Feature(int64_list=tf.train.Int64List(value=history)),
-            "target": tf.train.Feature(int64_list=tf.train.Int64List(value=targets)),
-          }
-        )
-      )
-      writer.write(example.SerializeToString(deterministic=True))  # stable bytes
-      n += 1
-      total_hist += len(history)
-      max_hist = max(max_hist, len(history))
-      total_targets += len(targets)
-      if seen is not None:
-        unseen_targets += int((~seen[np.asarray(targets)]).sum())
-  if n == 0:
-    raise ValueError(f"split '{split}' is empty")
-  stats = {
-    "num_examples": n,
-    "mean_history_length": total_hist / n,
-    "max_history_length": max_hist,
-    "num_targets": total_targets,
-  }
-  if seen is not None:
-    stats["share_targets_unseen_in_train"] = unseen_targets / total_targets
-  return stats
+def feature_tables(features: Mapping[str, tuple[np.ndarray, np.ndarray]], num_items: int) -> dict:
+  """Validates and standardizes every modality (before anything is written): name ->
+  (table float32 [V, D], moments, present bool [N])."""
+  tables = {}
+  for name, (values, present) in features.items():
+    if not name or "/" in name or name.endswith("_present"):
+      raise ValueError(f"invalid modality name {name!r}")
+    present = np.asarray(present, dtype=bool)
+    tables[name] = (*_standardize(name, values, present, num_items), present)
+  return tables
 
 
-def _train_seen(examples: list, vocab_size: int) -> np.ndarray:
-  seen = np.zeros(vocab_size, dtype=bool)
-  for history, targets in examples:
-    seen[np.asarray(list(history), dtype=np.int64)] = True
-    seen[np.asarray(list(targets), dtype=np.int64)] = True
-  seen[:NUM_RESERVED] = False
-  return seen
+def _write_split(directory, split, examples, vocab_size, seen, num_shards=None, size=None):
+  """One split's file(s) in `directory` (`shards.write_split`); the train split (seen None)
+  also returns the items it holds."""
+  return shards.write_split(
+    directory, split, examples, vocab_size, seen, num_shards, size, collect_seen=seen is None
+  )
 
 
 def write_prepared(
@@ -162,6 +125,8 @@ def write_prepared(
   splits: Mapping[str, Iterable[Example]],
   meta: Mapping | None = None,
   overwrite: bool = False,
+  num_shards: int | Mapping[str, int] | None = None,
+  split_sizes: Mapping[str, int] | None = None,
 ) -> pathlib.Path:
   """Writes a prepared dataset directory atomically.
 
@@ -172,9 +137,14 @@ def write_prepared(
       ignored and stored as zeros. Each dimension is standardized over present rows.
     splits: split name -> iterable of (history, targets): item indices, history chronological
       and unpadded, targets non-empty. "train" is required; every given split must be non-empty.
+      Each is read once (train first).
     meta: merged into dataset.json (source, protocol, recommended_max_len, ...). A "statistics"
       entry is merged into the computed statistics (e.g. exact num_users for a protocol).
     overwrite: replace an existing `out_dir`.
+    num_shards: write each split as that many gzipped shards (`input_pipelines.shards`)
+      instead of one `<split>.tfrecord` (a number for every split, or split -> number).
+    split_sizes: split -> number of examples, when known (else sharded splits are counted in
+      memory first).
 
   Returns:
     The path of the written directory.
@@ -183,129 +153,135 @@ def write_prepared(
   meta = dict(meta or {})
   if out_dir.exists() and not overwrite:
     raise FileExistsError(f"prepared dataset directory already exists: {out_dir}")
-  item_ids = [str(x) for x in item_ids]
-  num_items = len(item_ids)
-  if num_items == 0:
-    raise ValueError("item_ids is empty")
-  if len(set(item_ids)) != num_items:
-    raise ValueError("item_ids contains duplicates")
-  for x in item_ids:
-    if "\n" in x or x in (PAD_TOKEN, OOV_TOKEN, ""):
-      raise ValueError(f"invalid item id {x!r}")
-  vocab_size = num_items + NUM_RESERVED
+  item_ids = _check_item_ids(item_ids)
+  vocab_size = len(item_ids) + NUM_RESERVED
   if "train" not in splits:
     raise ValueError("splits must contain 'train'")
-
-  # Validate and standardize features before touching the disk.
-  tables = {}
-  for name, (values, present) in features.items():
-    if not name or "/" in name or name.endswith("_present"):
-      raise ValueError(f"invalid modality name {name!r}")
-    present = np.asarray(present, dtype=bool)
-    tables[name] = (*_standardize(name, values, present, num_items), present)
-
-  train_examples = list(splits["train"])
-  if not train_examples:
-    raise ValueError("split 'train' is empty")
-  seen = _train_seen(train_examples, vocab_size)
-
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  remove_stale_tmp_dirs(out_dir.parent, out_dir.name)
-  tmp, lock = make_tmp_dir(out_dir.parent, out_dir.name)
+  tables = feature_tables(features, len(item_ids))
+  tmp, lock = open_tmp_dir(out_dir)
   try:
-    with open(tmp / VOCAB_FILE, "w", encoding="utf-8") as f:
-      f.write("\n".join([PAD_TOKEN, OOV_TOKEN, *item_ids]) + "\n")
-
-    (tmp / FEATURES_DIR).mkdir()
-    modalities = {}
-    for name, (table, moments, present) in tables.items():
-      present_v = np.zeros(vocab_size, dtype=bool)
-      present_v[NUM_RESERVED:] = present
-      file = f"{FEATURES_DIR}/{name}.npy"
-      present_file = f"{FEATURES_DIR}/{name}_present.npy"
-      np.save(tmp / file, table)
-      np.save(tmp / present_file, present_v)
-      modalities[name] = {
-        "dim": int(table.shape[1]),
-        "file": file,
-        "present_file": present_file,
-        "num_present": int(present.sum()),
-        # per-dimension mean and std of the raw values: new items' features get the same
-        # standardization (python -m bivrec_tf.catalogue add)
-        "standardization": moments,
-      }
-
-    split_info = {}
-    split_stats = {}
-    for split, examples in splits.items():
+    written, seen = {}, None
+    for split in ["train", *[s for s in splits if s != "train"]]:
       if not split or "/" in split:
         raise ValueError(f"invalid split name {split!r}")
-      file = f"{split}.tfrecord"
-      stats = _write_split(
-        tmp / file,
-        split,
-        train_examples if split == "train" else examples,
-        vocab_size,
-        None if split == "train" else seen,
+      shards_of = num_shards.get(split) if isinstance(num_shards, Mapping) else num_shards
+      entry, stats, occurs = _write_split(
+        tmp, split, splits[split], vocab_size, seen, shards_of, (split_sizes or {}).get(split)
       )
-      split_info[split] = {"file": file, "num_examples": stats["num_examples"]}
-      split_stats[split] = stats
-
-    ref = "test" if "test" in split_stats else ("valid" if "valid" in split_stats else "train")
-    statistics = {
-      "num_users": split_stats[ref]["num_examples"],
-      "num_items_seen_in_train": int(seen.sum()),
-      "num_examples": {s: v["num_examples"] for s, v in split_stats.items()},
-      "num_targets": {s: v["num_targets"] for s, v in split_stats.items()},
-      "mean_history_length": {s: v["mean_history_length"] for s, v in split_stats.items()},
-      "max_history_length": {s: v["max_history_length"] for s, v in split_stats.items()},
-    }
-    for s, v in split_stats.items():
-      if "share_targets_unseen_in_train" in v:
-        statistics[f"share_{s}_targets_unseen_in_train"] = v["share_targets_unseen_in_train"]
-    if meta.get("protocol") == "loo" and "test" in split_stats:
-      t = split_stats["test"]  # a loo test example holds the whole user sequence
-      statistics["num_interactions"] = (
-        int(round(t["mean_history_length"] * t["num_examples"])) + t["num_targets"]
-      )
-    statistics.update(meta.pop("statistics", {}) or {})
-    statistics.setdefault("num_interactions", None)
-
-    doc = {
-      **meta,
-      "schema_version": SCHEMA_VERSION,
-      "num_items": num_items,
-      "vocab_size": vocab_size,
-      "pad_index": 0,
-      "oov_index": 1,
-      "vocab_file": VOCAB_FILE,
-      "modalities": modalities,
-      "splits": split_info,
-      "statistics": statistics,
-    }
-    with open(tmp / DATASET_JSON, "w", encoding="utf-8") as f:
-      json.dump(doc, f, indent=2, sort_keys=True, default=_json_default)
-      f.write("\n")
-
-    old = None
-    if out_dir.exists():  # overwrite=True (checked above)
-      old = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-old-{out_dir.name}-", dir=out_dir.parent))
-      os.rename(out_dir, old / "d")
-    try:
-      os.rename(tmp, out_dir)
-    except BaseException:
-      if old is not None:
-        os.rename(old / "d", out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-      raise
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
+      seen = occurs if split == "train" else seen
+      written[split] = (entry, stats)
+    finish_prepared(tmp, out_dir, item_ids, tables, written, seen, meta)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   finally:
     release_tmp_lock(lock)
   return out_dir
+
+
+def open_tmp_dir(out_dir: pathlib.Path):
+  """(temporary sibling directory of `out_dir` to write into, its lock): see `make_tmp_dir`.
+  Directories that killed runs left behind are removed first."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.parent.mkdir(parents=True, exist_ok=True)
+  remove_stale_tmp_dirs(out_dir.parent, out_dir.name)
+  return make_tmp_dir(out_dir.parent, out_dir.name)
+
+
+def finish_prepared(
+  tmp: pathlib.Path,
+  out_dir: pathlib.Path,
+  item_ids: Sequence[str],
+  tables: Mapping,
+  written: Mapping,
+  seen: np.ndarray,
+  meta: Mapping,
+) -> None:
+  """Completes a prepared directory whose split files are in `tmp` and renames it to `out_dir`
+  (replacing an existing one: the caller checked `overwrite`).
+
+  Args:
+    tables: from `feature_tables`.
+    written: split -> (dataset.json entry, shards.SplitStats), train first.
+    seen: bool [V] the items of the train split.
+    meta: as for `write_prepared`.
+  """
+  out_dir, meta = pathlib.Path(out_dir), dict(meta)
+  item_ids = _check_item_ids(item_ids)
+  vocab_size = len(item_ids) + NUM_RESERVED
+  with open(tmp / VOCAB_FILE, "w", encoding="utf-8") as f:
+    f.write("\n".join([PAD_TOKEN, OOV_TOKEN, *item_ids]) + "\n")
+
+  (tmp / FEATURES_DIR).mkdir()
+  modalities = {}
+  for name, (table, moments, present) in tables.items():
+    present_v = np.zeros(vocab_size, dtype=bool)
+    present_v[NUM_RESERVED:] = present
+    file = f"{FEATURES_DIR}/{name}.npy"
+    present_file = f"{FEATURES_DIR}/{name}_present.npy"
+    np.save(tmp / file, table)
+    np.save(tmp / present_file, present_v)
+    modalities[name] = {
+      "dim": int(table.shape[1]),
+      "file": file,
+      "present_file": present_file,
+      "num_present": int(present.sum()),
+      # per-dimension mean and std of the raw values: new items' features get the same
+      # standardization (python -m bivrec_tf.catalogue add)
+      "standardization": moments,
+    }
+
+  split_info = {s: entry for s, (entry, _) in written.items()}
+  split_stats = {s: stats.summary() for s, (_, stats) in written.items()}
+  ref = "test" if "test" in split_stats else ("valid" if "valid" in split_stats else "train")
+  statistics = {
+    "num_users": split_stats[ref]["num_examples"],
+    "num_items_seen_in_train": int(seen.sum()),
+    "num_examples": {s: v["num_examples"] for s, v in split_stats.items()},
+    "num_targets": {s: v["num_targets"] for s, v in split_stats.items()},
+    "mean_history_length": {s: v["mean_history_length"] for s, v in split_stats.items()},
+    "max_history_length": {s: v["max_history_length"] for s, v in split_stats.items()},
+  }
+  for s, v in split_stats.items():
+    if "share_targets_unseen_in_train" in v:
+      statistics[f"share_{s}_targets_unseen_in_train"] = v["share_targets_unseen_in_train"]
+  if meta.get("protocol") == "loo" and "test" in split_stats:
+    t = split_stats["test"]  # a loo test example holds the whole user sequence
+    statistics["num_interactions"] = (
+      int(round(t["mean_history_length"] * t["num_examples"])) + t["num_targets"]
+    )
+  statistics.update(meta.pop("statistics", {}) or {})
+  statistics.setdefault("num_interactions", None)
+
+  doc = {
+    **meta,
+    "schema_version": SCHEMA_VERSION,
+    "num_items": len(item_ids),
+    "vocab_size": vocab_size,
+    "pad_index": 0,
+    "oov_index": 1,
+    "vocab_file": VOCAB_FILE,
+    "modalities": modalities,
+    "splits": split_info,
+    "statistics": statistics,
+  }
+  with open(tmp / DATASET_JSON, "w", encoding="utf-8") as f:
+    json.dump(doc, f, indent=2, sort_keys=True, default=_json_default)
+    f.write("\n")
+
+  old = None
+  if out_dir.exists():  # overwrite=True (checked by the caller)
+    old = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-old-{out_dir.name}-", dir=out_dir.parent))
+    os.rename(out_dir, old / "d")
+  try:
+    os.rename(tmp, out_dir)
+  except BaseException:
+    if old is not None:
+      os.rename(old / "d", out_dir)
+      shutil.rmtree(old, ignore_errors=True)
+    raise
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # --- temporary directories: locked while in use, removed when their writer is gone -------------------

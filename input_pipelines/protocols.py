@@ -395,16 +395,42 @@ def make_splits(
 
     return gen
 
-  names = list(SPLITS)
+  sizes = split_sizes(seq, protocol, groups)
+  names = check_given_counts(sizes) if protocol == "given" else list(SPLITS)
+  info.update(
+    protocol_info(
+      protocol, groups, sizes, seed, valid_share, test_share, history_share, with_protocol=False
+    )
+  )
+  return {s: split(s) for s in names}, info
+
+
+def split_sizes(seq: Sequences, protocol: str, groups: dict) -> dict:
+  """split -> number of examples (`count_user_examples` over the split's users)."""
+  labels = seq.labels if seq.labels is not None else [None] * len(seq.seqs)
+  return {
+    s: sum(count_user_examples(protocol, s, seq.seqs[k].size, labels[k]) for k in groups[s])
+    for s in SPLITS
+  }
+
+
+def protocol_info(
+  protocol: str,
+  groups: dict,
+  sizes: dict,
+  seed: int = 0,
+  valid_share: float = 0.1,
+  test_share: float = 0.1,
+  history_share: float = 0.8,
+  with_protocol: bool = True,
+) -> dict:
+  """dataset.json's `protocol_info`: users per split (`loo`, `user_split`, with the split's
+  parameters) or examples per split (`given`), from `split_groups` and `split_sizes`."""
+  info: dict = {"protocol": protocol} if with_protocol else {}
   if protocol == "given":
-    num = {
-      s: sum(count_user_examples(protocol, s, x.size, lab) for x, lab in zip(seqs, labels))
-      for s in SPLITS
-    }
-    names = check_given_counts(num)
-    info["num_examples_expected"] = num
+    info["num_examples_expected"] = {s: int(sizes[s]) for s in SPLITS}
   else:
-    info["num_users"] = {s: int(groups[s].size) for s in SPLITS}
+    info["num_users"] = {s: len(groups[s]) for s in SPLITS}
   if protocol == "user_split":
     info["user_split"] = {
       "seed": seed,
@@ -412,7 +438,7 @@ def make_splits(
       "test_share": test_share,
       "history_share": history_share,
     }
-  return {s: split(s) for s in names}, info
+  return info
 
 
 def count_examples(seq: Sequences, protocol: str, splits_info: dict) -> int:

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from input_pipelines.dataset import split_records
 from input_pipelines.prepared import DATASET_JSON, VOCAB_FILE
 
 _PARSE_SPEC = {"history": tf.io.VarLenFeature(tf.int64), "target": tf.io.VarLenFeature(tf.int64)}
@@ -123,17 +124,17 @@ class BivrecSequences(tfds.core.GeneratorBasedBuilder):
       dtype=object,
     )
     return {
-      split: self._generate_examples(self._prepared / info["file"], split, vocab)
-      for split, info in meta["splits"].items()
+      split: self._generate_examples(split_records(self._prepared, meta, split), split, vocab)
+      for split in meta["splits"]
     }
 
-  def _generate_examples(self, file, split, vocab):
+  def _generate_examples(self, records, split, vocab):
     def parse(serialized):
       p = tf.io.parse_example(serialized, _PARSE_SPEC)
       return (tf.RaggedTensor.from_sparse(p["history"]), tf.RaggedTensor.from_sparse(p["target"]))
 
     i = 0
-    for hist, tgt in tf.data.TFRecordDataset(str(file)).batch(4096).map(parse):
+    for hist, tgt in records.batch(4096).map(parse):
       for h, t in zip(hist.to_list(), tgt.to_list()):
         yield (
           f"{split}-{i:09d}",

@@ -24,7 +24,7 @@ def read_split(ds: PreparedDataset, split: str):
   """[(history list, targets list)] of a split, in file order."""
   spec = {"history": tf.io.VarLenFeature(tf.int64), "target": tf.io.VarLenFeature(tf.int64)}
   out = []
-  for batch in tf.data.TFRecordDataset(str(ds.split_path(split))).batch(8192):
+  for batch in ds.records(split).batch(8192):
     parsed = tf.io.parse_example(batch, spec)
     hist = tf.RaggedTensor.from_sparse(parsed["history"]).to_list()
     tgt = tf.RaggedTensor.from_sparse(parsed["target"]).to_list()
