@@ -49,9 +49,12 @@ def connect(http, timeout=10.0):
   return sock
 
 
-def read_response(sock):
-  """-> (status, headers dict (lower-case), body bytes), or None if the peer closed first."""
-  buf = b""
+def read_response(sock, pending=None):
+  """-> (status, headers dict (lower-case), body bytes), or None if the peer closed first.
+
+  `pending` (a bytearray kept by the caller across calls) holds bytes received past this
+  response: pipelined responses can arrive in one `recv`, and the next call starts from them."""
+  buf = bytes(pending or b"")
   while b"\r\n\r\n" not in buf:
     chunk = sock.recv(65536)
     if not chunk:
@@ -71,6 +74,8 @@ def read_response(sock):
     if not chunk:
       break
     rest += chunk
+  if pending is not None:
+    pending[:] = rest[length:]
   return status, headers, rest[:length]
 
 
@@ -87,10 +92,10 @@ def exchange(http, raw: bytes, timeout=10.0, expect=1):
   sock = connect(http, timeout)
   try:
     sock.sendall(raw)
-    out = []
+    out, pending = [], bytearray()
     while expect is None or len(out) < expect:
       try:
-        resp = read_response(sock)
+        resp = read_response(sock, pending)
       except socket.timeout:
         break
       if resp is None:
