@@ -84,7 +84,18 @@ def read_bandwidth_gbs(gib: float = 1.0, repeats: int = 5) -> float:
   return a.nbytes / best / 1e9
 
 
-def export_random(num_items: int, base: Path, jit: bool = False) -> Path:
+FEATURE_DIMS = (("text", 48), ("image", 32))
+
+
+def export_random(
+  num_items: int,
+  base: Path,
+  jit: bool = False,
+  table_dtype: str = "float32",
+  feature_dims=FEATURE_DIMS,
+) -> Path:
+  """A randomly initialized default model over `num_items` items (ids "i0", "i1", ...), exported
+  to `base`; `feature_dims` = (modality, dim) pairs of its random feature tables."""
   import bivrec_tf  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from bivrec_tf.config import Config  # pylint: disable=import-outside-toplevel
@@ -93,10 +104,7 @@ def export_random(num_items: int, base: Path, jit: bool = False) -> Path:
 
   v = num_items + 2
   rng = np.random.default_rng(0)
-  feats = {
-    "text": rng.standard_normal((v, 48), np.float32),
-    "image": rng.standard_normal((v, 32), np.float32),
-  }
+  feats = {m: rng.standard_normal((v, dim), np.float32) for m, dim in feature_dims}
   present = {m: np.ones(v, bool) for m in feats}
   model = BivRecModel(
     Config(),
@@ -109,7 +117,9 @@ def export_random(num_items: int, base: Path, jit: bool = False) -> Path:
   )
   model.queries(tf.zeros([1, HISTORY_LEN], tf.int64))
   vocab = np.array(["[PAD]", "[OOV]"] + [f"i{i}" for i in range(num_items)])
-  return export_model(model, vocab, 0.7, str(base), f"items{num_items}", 10, jit_compile=jit)
+  return export_model(
+    model, vocab, 0.7, str(base), f"items{num_items}", 10, jit_compile=jit, table_dtype=table_dtype
+  )
 
 
 def _histories(rng, num_items, batch):
@@ -118,18 +128,19 @@ def _histories(rng, num_items, batch):
   )
 
 
-def measure_in_process(path: str, num_items: int, seconds: float) -> dict:
+def measure_in_process(path: str, num_items: int, seconds: float, batches=BATCHES) -> dict:
   """(Runs in a fresh process.) p50/p99 ms of serving_default per batch size."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
   fn = tf.saved_model.load(path).signatures["serving_default"]
   rng = np.random.default_rng(1)
   out = {}
-  for batch in BATCHES:
+  for batch in batches:
     inputs = [tf.constant(_histories(rng, num_items, batch)) for _ in range(8)]
     for x in inputs[:3]:
       fn(history=x)["scores"].numpy()
     times, start, i = [], time.perf_counter(), 0
+    cpu_start = time.process_time()
     while (time.perf_counter() - start < seconds or len(times) < 5) and len(times) < 2000:
       t = time.perf_counter()
       fn(history=inputs[i % len(inputs)])["scores"].numpy()
@@ -140,11 +151,16 @@ def measure_in_process(path: str, num_items: int, seconds: float) -> dict:
       "p50_ms": float(np.percentile(ms, 50)),
       "p99_ms": float(np.percentile(ms, 99)),
       "n": len(ms),
+      # CPU time of the process (all threads) per call: what load on a shared machine inflates
+      # least.
+      "cpu_ms_mean": (time.process_time() - cpu_start) * 1000 / len(ms),
     }
   return out
 
 
-def _in_subprocess(path: Path, num_items: int, intra: int, inter: int, seconds: float) -> dict:
+def _in_subprocess(
+  path: Path, num_items: int, intra: int, inter: int, seconds: float, batches=BATCHES
+) -> dict:
   code = (
     "import os, json, sys\n"
     f"os.environ['TF_NUM_INTRAOP_THREADS'] = '{intra}'\n"
@@ -154,7 +170,7 @@ def _in_subprocess(path: Path, num_items: int, intra: int, inter: int, seconds: 
     f"tf.config.threading.set_inter_op_parallelism_threads({inter})\n"
     "from benchmarks.serving import measure_in_process\n"
     f"print('RESULT', json.dumps(measure_in_process({str(path)!r}, {num_items}, "
-    f"{seconds})))\n"
+    f"{seconds}, {tuple(batches)!r})))\n"
   )
   proc = subprocess.run(
     [sys.executable, "-c", code],

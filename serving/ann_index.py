@@ -1,14 +1,22 @@
 """An approximate-nearest-neighbour index over an export's item vectors, for two-stage retrieval.
 
-One FAISS index per view (inner product over the unit-norm vectors the export's
-`item_embeddings` signature answers), plus what the exact re-ranking of `serving.two_stage` needs:
-the item vectors themselves, the cold and servable (not retired) flags, the popular items, the
-fusion weight, `tau_rec` and the history setting. Rows follow the export's item tables: row r is
-the export's r-th real item (vocabulary row r + 2; rows 0 and 1 are padding and OOV).
+FAISS inner-product indexes over the unit-norm vectors the export's `item_embeddings` signature
+answers, plus what the exact re-ranking of `serving.two_stage` needs: the item vectors, the cold
+and servable (not retired) flags, the popular items, the fusion weight, `tau_rec` and the history
+setting. Rows follow the export's item tables: row r is the export's r-th real item (vocabulary
+row r + 2; rows 0 and 1 are padding and OOV). Only servable items are indexed (a retired item can
+never be returned).
 
-What goes into each view's ANN index: servable items only (a retired item can never be
-returned); in a two-view export the ID index also leaves out cold items, whose fused score is
-s_mm alone (their ID vectors are never read), so the MM index is what finds them.
+Fusion-aware parts. The fused score of a warm item is
+  w max_k <U_id[k], e_id> + (1 - w) max_j <U_mm[j], e_mm> = max_{k,j} <[w U_id[k], (1 - w) U_mm[j]],
+                                                                      [e_id, e_mm]>   (times 1/tau)
+(the two maxima are independent), so one index over the joined vectors [e_id, e_mm] of the warm
+items (part "fused"), searched with the K x K joined queries, ranks warm items exactly by their
+fused score: an item in the fused top-n is in the top-n of the query pair that attains its score.
+Cold items (fused score = s_mm) are in their own MM index (part "cold", searched with the K MM
+interests). Searching each view separately instead misses the items whose fused score is high but
+neither view's alone is (measured: docs/serving.md, "Large catalogues"). A one-view export has
+one part, named after its view.
 
 On disk (`save` writes a temporary sibling directory and renames it; `load` memory-maps the
 arrays):
@@ -19,11 +27,14 @@ arrays):
     cold.npy servable.npy     bool [N]
     popular.npy               int64 [P] rows answering an empty history (+ popular_scores.npy)
     vectors_<view>.npy        float32 [N, d] (the export's item_embeddings, for re-ranking)
-    <view>.faiss              the view's FAISS index (ids = rows)
+    <part>.faiss              each part's FAISS index (ids = rows): fused + cold, or the view
 
-Index types (`spec`): "auto" is exact ("Flat") below AUTO_EXACT_BELOW items, else "IVF<n>,Flat"
-with n = the power of two nearest 4 sqrt(N) (k-means coarse quantizer trained on a sample of
-TRAIN_PER_LIST points per list); any FAISS `index_factory` string is accepted.
+Index types (`spec`, for the main part; the cold part is always "auto" for its size): "auto" is
+exact ("Flat") below AUTO_EXACT_BELOW items, else "IVF<n>,Flat" with n = the power of two nearest
+2 sqrt(N) (spherical k-means coarse quantizer trained on TRAIN_PER_LIST points per list), from
+AUTO_HNSW_QUANTIZER_FROM items "IVF<n>_HNSW32,Flat" (items find their list through an HNSW graph
+over the centroids instead of comparing with all of them: the build's main cost at 10M items);
+any FAISS `index_factory` string is accepted.
 """
 
 import dataclasses
@@ -40,7 +51,8 @@ import numpy as np
 
 INDEX_FILE = "index.json"
 AUTO_EXACT_BELOW = 50_000
-TRAIN_PER_LIST = 64
+AUTO_HNSW_QUANTIZER_FROM = 2_000_000  # items assigned to lists through an HNSW graph of centroids
+TRAIN_PER_LIST = 40
 DEFAULT_NPROBE = 32
 SEED = 0
 
@@ -49,15 +61,15 @@ def auto_spec(num_items: int) -> str:
   """The FAISS factory string "auto" stands for at `num_items` items."""
   if num_items < AUTO_EXACT_BELOW:
     return "Flat"
-  return f"IVF{2 ** round(math.log2(4 * math.sqrt(num_items)))},Flat"
+  lists = 2 ** round(math.log2(2 * math.sqrt(num_items)))
+  quantizer = "_HNSW32" if num_items >= AUTO_HNSW_QUANTIZER_FROM else ""
+  return f"IVF{lists}{quantizer},Flat"
 
 
-def build_ann(vectors: np.ndarray, rows: np.ndarray, spec: str, nprobe: int) -> faiss.Index:
-  """A FAISS inner-product index over `vectors[rows]` (float32 `[N, d]`, int64 `[n]`) whose search
-  answers rows (-1 where fewer than asked exist). IVF indexes are trained on a sample."""
-  d = vectors.shape[1]
-  index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
-  x = np.ascontiguousarray(vectors[rows], np.float32)
+def build_ann(x: np.ndarray, rows: np.ndarray, spec: str, nprobe: int) -> faiss.Index:
+  """A FAISS inner-product index over `x` float32 `[n, d]` whose search answers `rows` int64 `[n]`
+  (-1 where fewer than asked exist). IVF indexes are trained on a sample."""
+  index = faiss.index_factory(x.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
   if not index.is_trained:
     ivf = faiss.extract_index_ivf(index)
     sample = min(len(x), TRAIN_PER_LIST * ivf.nlist)
@@ -73,6 +85,21 @@ def build_ann(vectors: np.ndarray, rows: np.ndarray, spec: str, nprobe: int) -> 
   return index
 
 
+def index_parts(vectors: Dict[str, np.ndarray], cold: np.ndarray, servable: np.ndarray):
+  """-> [(part, rows int64 `[n]`, vectors float32 `[n, d']`)]: the joined [e_id, e_mm] of warm
+  servable items and e_mm of cold servable items, or one view's servable items."""
+  if len(vectors) == 1:
+    ((v, table),) = vectors.items()
+    rows = np.flatnonzero(servable)
+    return [(v, rows, np.ascontiguousarray(table[rows], np.float32))]
+  warm, cold_rows = np.flatnonzero(servable & ~cold), np.flatnonzero(servable & cold)
+  joined = np.concatenate([vectors["id"][warm], vectors["mm"][warm]], axis=1)
+  return [
+    ("fused", warm, np.ascontiguousarray(joined, np.float32)),
+    ("cold", cold_rows, np.ascontiguousarray(vectors["mm"][cold_rows], np.float32)),
+  ]
+
+
 def set_nprobe(index: faiss.Index, nprobe: int) -> None:
   """Lists scanned per query of an IVF index (no effect on other types)."""
   try:
@@ -82,8 +109,12 @@ def set_nprobe(index: faiss.Index, nprobe: int) -> None:
 
 
 def index_bytes(index: faiss.Index) -> int:
-  """Serialized size of a FAISS index (about its resident memory)."""
-  return int(faiss.serialize_index(index).nbytes)
+  """About the resident bytes of a FAISS index: stored codes and ids, plus the IVF centroids."""
+  try:
+    ivf = faiss.extract_index_ivf(index)
+  except RuntimeError:
+    return int(index.ntotal * (index.d * 4 + 8))
+  return int(ivf.ntotal * (ivf.code_size + 8) + ivf.nlist * ivf.d * 4)
 
 
 @dataclasses.dataclass
@@ -115,10 +146,24 @@ class ItemIndex:
   def __post_init__(self):
     if self.item_order is None:
       self.item_order = np.argsort(self.item_ids, kind="stable")
+    self._sorted_ids = np.asarray(self.item_ids[self.item_order])  # for `rows`
 
   @property
   def views(self):
     return tuple(self.vectors)
+
+  def queries(self, interests: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """interests view -> `[B, K, d]` -> part -> float32 `[B, Q, d']` search queries: for the fused
+    part the K x K joined queries [w U_id[k], (1 - w) U_mm[j]] (Q = K^2, d' = 2d)."""
+    u = {v: np.asarray(interests[v], np.float32) for v in self.views}
+    if len(u) == 1:
+      return u
+    w = np.float32(self.fusion_weight)
+    b, k, d = u["id"].shape
+    left = np.broadcast_to((w * u["id"])[:, :, None, :], (b, k, k, d))
+    right = np.broadcast_to(((1 - w) * u["mm"])[:, None, :, :], (b, k, k, d))
+    joined = np.concatenate([left, right], axis=-1).reshape(b, k * k, 2 * d)
+    return {"fused": joined, "cold": u["mm"]}
 
   @property
   def num_items(self) -> int:
@@ -150,14 +195,15 @@ class ItemIndex:
     ]:
       if len(arr) != n:
         raise ValueError(f"ann index: {name} has {len(arr)} rows but there are {n} item ids")
-    spec = auto_spec(n) if spec == "auto" else spec
-    start, ann = time.perf_counter(), {}
-    for v, table in vectors.items():
-      keep = servable & ~cold if (v == "id" and len(vectors) > 1) else servable
-      ann[v] = build_ann(table, np.flatnonzero(keep), spec, nprobe)
+    start, ann, specs = time.perf_counter(), {}, {}
+    for part, rows, x in index_parts(vectors, cold, servable):
+      specs[part] = auto_spec(len(rows)) if (spec == "auto" or part == "cold") else spec
+      ann[part] = build_ann(x, rows, specs[part], nprobe)
+    main = next(iter(specs))
     info = {
       **(info or {}),
-      "spec": spec,
+      "spec": specs[main],
+      "specs": specs,
       "nprobe": int(nprobe),
       "build_seconds": time.perf_counter() - start,
       "faiss": faiss.__version__,
@@ -184,10 +230,9 @@ class ItemIndex:
     if len(ids) == 0:
       return np.zeros(0, np.int64)
     keys = np.asarray([str(x).encode() for x in ids], dtype=self.item_ids.dtype)
-    sorted_ids = self.item_ids[self.item_order]
-    pos = np.minimum(np.searchsorted(sorted_ids, keys), len(sorted_ids) - 1)
+    pos = np.minimum(np.searchsorted(self._sorted_ids, keys), len(self._sorted_ids) - 1)
     rows = np.asarray(self.item_order[pos], np.int64)
-    known = (sorted_ids[pos] == keys) & (keys != b"")
+    known = (self._sorted_ids[pos] == keys) & (keys != b"")
     return np.where(known, rows, -1)
 
   def set_nprobe(self, nprobe: int) -> None:
@@ -197,7 +242,8 @@ class ItemIndex:
 
   def memory_bytes(self) -> Dict[str, int]:
     """Bytes held: the ANN indexes and the re-ranking arrays (vectors, flags, ids)."""
-    arrays = [*self.vectors.values(), self.item_ids, self.item_order, self.cold, self.servable]
+    arrays = [*self.vectors.values(), self.item_ids, self.item_order, self._sorted_ids]
+    arrays += [self.cold, self.servable]
     return {
       "ann": sum(index_bytes(i) for i in self.ann.values()),
       "rerank": int(sum(a.nbytes for a in arrays)),
@@ -227,8 +273,8 @@ class ItemIndex:
       }
       for name, arr in arrays.items():
         np.save(tmp / f"{name}.npy", np.asarray(arr))
-      for v, index in self.ann.items():
-        faiss.write_index(index, str(tmp / f"{v}.faiss"))
+      for part, index in self.ann.items():
+        faiss.write_index(index, str(tmp / f"{part}.faiss"))
       meta = {
         **self.info,
         "views": list(self.views),
@@ -269,7 +315,7 @@ class ItemIndex:
       servable=np.asarray(arr("servable")),
       popular=np.asarray(arr("popular")),
       popular_scores=np.asarray(arr("popular_scores")),
-      ann={v: faiss.read_index(str(path / f"{v}.faiss")) for v in meta["views"]},
+      ann={p: faiss.read_index(str(path / f"{p}.faiss")) for p in meta["specs"]},
       fusion_weight=meta["fusion_weight"],
       tau_rec=meta["tau_rec"],
       exclude_history=meta["exclude_history"],

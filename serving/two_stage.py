@@ -5,8 +5,9 @@ catalogues"). The export stays what TF Serving loads; this runs beside it:
 
 1. interests: the export's `user_interests` signature (TF Serving REST, pinned to the version the
    index was built from, or a SavedModel loaded in-process) -> U_v `[B, K, d]` per view;
-2. candidates: each view's ANN index (`serving.ann_index`) returns the `candidates` nearest items
-   of each of the K interests; both views' results are merged per request row;
+2. candidates: the ANN index (`serving.ann_index`) returns the `candidates` best items of each
+   of the K x K joined interest pairs (warm items, ranked by their fused score) and of the K MM
+   interests (cold items); the results are merged per request row;
 3. exact re-ranking of the candidates, as the export ranks: s_v(i) = max_k <U_v[k], e_v(i)> /
    tau_rec, s = w s_id + (1 - w) s_mm (cold items: s_mm), retired items never returned, the
    request's history items excluded iff the export's `exclude_history`; the top k (fewer when
@@ -34,7 +35,7 @@ import numpy as np
 from serving.ann_index import DEFAULT_NPROBE, ItemIndex
 from serving.client import Client, RestError, pad_histories
 
-DEFAULT_CANDIDATES = 100  # per interest and view
+DEFAULT_CANDIDATES = 100  # per search query
 EMBED_BATCH = 65_536  # item ids per item_embeddings call while building
 METADATA = Path("assets.extra") / "bivrec_metadata.json"
 
@@ -47,7 +48,8 @@ class TwoStageRetriever:
   Args:
     index: the ItemIndex built from the export that `interests` comes from.
     interests: padded histories (str `[B, L]`) -> view -> float32 `[B, K, d]`.
-    candidates: ANN neighbours fetched per interest and view.
+    candidates: ANN neighbours fetched per search query (joined interest pair, cold MM
+      interest).
   """
 
   def __init__(self, index: ItemIndex, interests: InterestFn, candidates: int = DEFAULT_CANDIDATES):
@@ -76,20 +78,22 @@ class TwoStageRetriever:
     -> (rows int64 `[B, k]`, -1 = no item; scores float32 `[B, k]`)."""
     ix = self.index
     batch = len(seen)
-    found = {}
-    for v in ix.views:
-      q = np.ascontiguousarray(queries[v], np.float32)
-      _, nn = ix.ann[v].search(q.reshape(-1, q.shape[-1]), self.candidates)
-      found[v] = nn.reshape(batch, -1)
+    found = []
+    for part, q in ix.queries(queries).items():
+      if ix.ann[part].ntotal == 0:
+        continue
+      _, nn = ix.ann[part].search(np.ascontiguousarray(q.reshape(-1, q.shape[-1])), self.candidates)
+      found.append(nn.reshape(batch, -1))
     out_rows = np.full((batch, k), -1, np.int64)
     out_scores = np.full((batch, k), -np.inf, np.float32)
     for b in range(batch):
       known = seen[b][seen[b] >= 0]
       if known.size == 0:
-        n = min(k, len(ix.popular))
-        out_rows[b, :n], out_scores[b, :n] = ix.popular[:n], ix.popular_scores[:n]
+        popular = ix.servable[ix.popular]
+        rows, scores = ix.popular[popular][:k], ix.popular_scores[popular][:k]
+        out_rows[b, : len(rows)], out_scores[b, : len(rows)] = rows, scores
         continue
-      cand = np.unique(np.concatenate([found[v][b] for v in ix.views]))
+      cand = np.unique(np.concatenate([nn[b] for nn in found]))
       cand = cand[cand >= 0]
       cand = cand[ix.servable[cand]]
       if ix.exclude_history:
