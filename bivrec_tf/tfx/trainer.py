@@ -40,7 +40,7 @@ What `run_fn` does with them (the job is `bivrec_tf.train.run`, the same as
    tuning), a second eval split (`EvalArgs(splits=["eval", "test"])`) -> test (the held-out
    table). The chief writes the prepared directory into `<model_run_dir>/data` (kept: the run
    directory can be re-exported with `python -m bivrec_tf.export --run`), other workers into a
-   temporary directory.
+   temporary directory they remove at the end.
 4. Trains, evaluates and exports with `train.run`: run directory = `model_run_dir`
    (config.json, tensorboard/, checkpoints/, metrics.json), `train_steps` optimizer steps in all
    (`train.step_plan`; default `cfg.train.epochs`), `eval_steps` batches of `eval_batch_size`
@@ -59,6 +59,7 @@ local (or mounted) file system paths.
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -195,15 +196,19 @@ def run_fn(fn_args) -> dict:
     train={"run_dir": str(run_dir)},
     export={"export": True},
   )
-  summary = train.run(
-    cfg,
-    verbose=1,
-    data=PreparedDataset.load(path),
-    strategy=strategy,
-    train_steps=fn_args.train_steps,
-    eval_steps=fn_args.eval_steps,
-    export_dir=os.fspath(fn_args.serving_model_dir),
-  )
+  try:
+    summary = train.run(
+      cfg,
+      verbose=1,
+      data=PreparedDataset.load(path),
+      strategy=strategy,
+      train_steps=fn_args.train_steps,
+      eval_steps=fn_args.eval_steps,
+      export_dir=os.fspath(fn_args.serving_model_dir),
+    )
+  finally:
+    if not chief:
+      shutil.rmtree(data_dir, ignore_errors=True)
   log.info(
     "BivRec trained %s steps (%s epochs); SavedModel in %s",
     summary["train_steps"],

@@ -169,14 +169,19 @@ def test_served_answers_are_real_item_ids_and_examples_answer_alike(trained, exa
 
 
 @pytest.mark.slow
-def test_model_run_dir_is_a_run_directory(trained):
-  fn_args, summary, _ = trained
+def test_model_run_dir_is_a_run_directory_that_re_exports(trained, tmp_path):
+  fn_args, summary, loaded = trained
   run = fn_args.model_run_dir
   for name in ("config.json", "metrics.json", "tensorboard", "checkpoints", "data"):
     assert os.path.exists(os.path.join(run, name)), name
   config = json.loads(open(os.path.join(run, "config.json")).read())
   assert config["model"]["dim"] == 32 and config["train"]["run_dir"] == str(run)
   assert json.loads(open(os.path.join(run, "metrics.json")).read())["train_steps"] == TRAIN_STEPS
+  # python -m bivrec_tf.export --run <model_run_dir> rebuilds the same served model
+  again = tf.saved_model.load(str(export_lib.export_run(run, export_base=str(tmp_path))))
+  history = tf.constant([["item_00017", "item_00042", "item_00005"], ["item_02999", "", ""]])
+  answers = [m.signatures["serving_default"](history=history) for m in (loaded, again)]
+  np.testing.assert_array_equal(answers[0]["item_ids"].numpy(), answers[1]["item_ids"].numpy())
 
 
 # --- the contract without training ---------------------------------------------------------------
