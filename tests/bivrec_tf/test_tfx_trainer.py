@@ -263,13 +263,22 @@ def test_step_plan_covers_train_steps(train_steps, ps, expected):
   assert all(isinstance(c, StepBudget) for c in callbacks)
 
 
-def test_export_into_a_given_directory(tmp_path):
+def test_export_into_a_given_directory(tmp_path, monkeypatch):
+  """The real SavedModel is checked on the trained fixture; here where it goes (a fast stand-in
+  for tf.saved_model.save)."""
+
+  def fake_save(obj, export_dir, **kwargs):
+    os.makedirs(os.path.join(export_dir, "variables"))
+    open(os.path.join(export_dir, "saved_model.pb"), "wb").close()
+
+  monkeypatch.setattr(tf.saved_model, "save", fake_save)
   model = tiny.tiny_model(seed=0)
   target = tmp_path / "model" / "Format-Serving"
   target.mkdir(parents=True)  # an existing empty directory is replaced
   path = export_lib.export_model(model, tiny.vocab(), 0.5, "unused", target_dir=str(target))
   assert path == target and (target / "saved_model.pb").is_file()
-  assert sorted(os.listdir(tmp_path / "model")) == ["Format-Serving"]
+  assert (target / "assets.extra" / export_lib.WARMUP_FILE).is_file()
+  assert sorted(os.listdir(tmp_path / "model")) == ["Format-Serving"]  # no temporary left
   assert not (tmp_path / "unused").exists()
   with pytest.raises(FileExistsError, match="not empty"):
     export_lib.export_model(model, tiny.vocab(), 0.5, "unused", target_dir=str(target))
