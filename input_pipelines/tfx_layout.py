@@ -185,9 +185,7 @@ def write_tfx_layout(prepared_dir, out_dir, overwrite: bool = False) -> pathlib.
     schema = make_schema(min_history or 0)
     (tmp / SCHEMA_FILE).write_text(text_format.MessageToString(schema), encoding="utf-8")
     _copy_item_side(ds, tmp / ITEMS_DIR)
-    if out_dir.exists():  # overwrite (checked above)
-      shutil.rmtree(out_dir)
-    os.rename(tmp, out_dir)
+    _move_into_place(tmp, out_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
@@ -210,6 +208,18 @@ def _copy_item_side(ds, items: pathlib.Path) -> None:
   (items / "dataset.json").write_text(
     json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8"
   )
+
+
+def _move_into_place(tmp: pathlib.Path, out_dir: pathlib.Path) -> None:
+  """Renames the finished `tmp` to `out_dir`; an existing `out_dir` (overwrite) is moved aside
+  first and removed after, so readers see the old or the new directory, never none."""
+  if not out_dir.exists():
+    os.rename(tmp, out_dir)
+    return
+  old = out_dir.parent / f".old-{out_dir.name}-{os.getpid()}"
+  os.rename(out_dir, old)
+  os.rename(tmp, out_dir)
+  shutil.rmtree(old, ignore_errors=True)
 
 
 def check_target(out_dir, overwrite: bool) -> None:
@@ -395,13 +405,7 @@ def examples_to_prepared(
       meta,
     )
     _add_item_tables(items, staging)
-    if out_dir.exists():  # overwrite (checked above)
-      old = out_dir.parent / f".old-{out_dir.name}-{os.getpid()}"
-      os.rename(out_dir, old)
-      os.rename(staging, out_dir)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(staging, out_dir)
+    _move_into_place(staging, out_dir)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return out_dir
