@@ -30,12 +30,17 @@ class DataError(ValueError):
     line_label: str = "line",
   ):
     self.file, self.line, self.field, self.message = str(file), line, field, message
+    self.line_label = line_label
     where = [self.file]
     if line is not None:
       where.append(f"{line_label} {line}")
     if field is not None:
       where.append(f"field '{field}'")
     super().__init__(", ".join(where) + ": " + message)
+
+  def __reduce__(self):  # picklable (a parallel run sends errors between processes)
+    args = (self.file, self.message, self.line, self.field, self.line_label)
+    return (DataError, args, dict(self.__dict__))
 
 
 # Errors a command-line tool reports as one line (everything else is a bug: full traceback).

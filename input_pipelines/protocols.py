@@ -91,6 +91,8 @@ class UserRows:
 
   def bounds(self) -> np.ndarray:
     """int64 [U + 1]: rows of user k are [bounds[k], bounds[k + 1])."""
+    if self.user.size == 0:
+      return np.zeros(1, np.int64)
     cut = np.flatnonzero(np.diff(self.user)) + 1
     return np.concatenate([[0], cut, [self.user.size]]).astype(np.int64)
 
@@ -172,13 +174,15 @@ def user_sequences(rows: UserRows, code_of_item: np.ndarray) -> tuple[np.ndarray
   """(user keys int64 [U], U item-code arrays (chronological), U label arrays or None): the
   sequences of `rows` with items mapped through `code_of_item` (int64 [m], -1 = unused)."""
   b = rows.bounds()
+  if len(rows) == 0:
+    return b[:0], [], [] if rows.label is not None else None
   codes = code_of_item[rows.item]
   seqs = np.split(codes, b[1:-1])
   labels = np.split(rows.label, b[1:-1]) if rows.label is not None else None
   return rows.user[b[:-1]], seqs, labels
 
 
-def _no_rows_left(source: str, dedup: str, min_u: int, min_i: int) -> DataError:
+def no_rows_left(source: str, dedup: str, min_u: int, min_i: int) -> DataError:
   return DataError(
     source,
     f"no interactions left after filtering (dedup={dedup}, "
@@ -225,7 +229,7 @@ def build_sequences(
   stats["removed_by_filtering"] = int(n0 - removed - len(rows))
   stats["filter_rounds"] = rounds
   if len(rows) == 0:
-    raise _no_rows_left(inter.source, dedup, min_u, min_i)
+    raise no_rows_left(inter.source, dedup, min_u, min_i)
   item_ids = vocab_order(*first_keys(rows))
   code = np.full(rows.items.size, -1, np.int64)
   code[np.searchsorted(rows.items, item_ids)] = np.arange(len(item_ids))
