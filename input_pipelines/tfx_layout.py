@@ -123,9 +123,10 @@ def read_schema(path) -> object:
 # --- prepared -> TFX layout ----------------------------------------------------------------------------
 
 
-def _index_batches(file: pathlib.Path):
-  """Batches of a prepared split: (history values, history row splits, target values, target
-  row splits) as numpy, vocabulary indices."""
+def _index_batches(records):
+  """Batches of a prepared split's records (`PreparedDataset.records`: one file or its shards, in
+  order): (history values, history row splits, target values, target row splits) as numpy,
+  vocabulary indices."""
   import tensorflow as tf
 
   spec = {f: tf.io.RaggedFeature(tf.int64) for f in FEATURES}
@@ -134,8 +135,7 @@ def _index_batches(file: pathlib.Path):
     p = tf.io.parse_example(serialized, spec)
     return tuple(t for f in FEATURES for t in (p[f].flat_values, p[f].row_splits))
 
-  data = tf.data.TFRecordDataset(str(file)).batch(READ_BATCH).map(parse)
-  return data.as_numpy_iterator()
+  return records.batch(READ_BATCH).map(parse).as_numpy_iterator()
 
 
 def _bytes_example(history: Sequence[bytes], target: Sequence[bytes]) -> bytes:
@@ -171,7 +171,7 @@ def write_tfx_layout(prepared_dir, out_dir, overwrite: bool = False) -> pathlib.
       split_dir.mkdir()
       options = tf.io.TFRecordOptions(compression_type="GZIP")
       with tf.io.TFRecordWriter(str(split_dir / shard_file(0, 1)), options) as writer:
-        for h_vals, h_rows, t_vals, t_rows in _index_batches(ds.split_path(split)):
+        for h_vals, h_rows, t_vals, t_rows in _index_batches(ds.records(split)):
           h_ids, t_ids = vocab[h_vals], vocab[t_vals]
           lengths = np.diff(h_rows)
           least = int(lengths.min()) if lengths.size else 0

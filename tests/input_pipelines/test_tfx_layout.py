@@ -167,6 +167,15 @@ def test_prepare_writes_the_layout_next_to_the_prepared_directory(tmp_path):
   a, b = PreparedDataset.load(tmp_path / "p"), PreparedDataset.load(back)
   for split in a.splits:
     assert _records(a.split_path(split)) == _records(b.split_path(split))
+  # a sharded prepared directory (--shards) gives the same layout
+  prepare.main(
+    [*args, "--out", str(tmp_path / "ps"), "--shards", "2", "--tfx-out", str(tmp_path / "ts")]
+  )
+  for split in ("train", "eval", "test"):
+    file = tfx_layout.shard_file(0, 1)
+    assert _records(tmp_path / "ts" / f"Split-{split}" / file, "GZIP") == _records(
+      tmp_path / "t" / f"Split-{split}" / file, "GZIP"
+    )
   # an existing --tfx-out is refused before anything is written
   with pytest.raises(FileExistsError, match="--overwrite"):
     prepare.main([*args, "--out", str(tmp_path / "p2"), "--tfx-out", str(tmp_path / "t")])
