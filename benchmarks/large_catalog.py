@@ -28,6 +28,10 @@ Per catalogue size N:
    (`TwoStageRetriever.recommend`: `user_interests` of a 10k-item export of the same model
    loaded in this process, whose cost does not depend on the catalogue, then the same stage).
 
+4. With `--trained-runs RUN,...` (and `--catalogues ""` for that alone): each training run
+   re-exported with `python -m bivrec_tf.export --run RUN --table-dtype D --top-k 50`, and the
+   half exports' answers compared with the float32 export's on the run's test histories.
+
 Speed is also given as a ratio to the float32 in-graph export measured in the same run. Prints a
 markdown table and writes JSON to benchmarks/results/large_catalog.json.
 """
@@ -37,6 +41,7 @@ import gc
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,8 +49,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.serving import _in_subprocess, export_random, machine
+from benchmarks.serving import _in_subprocess, machine
 
+ROOT = Path(__file__).resolve().parents[1]
 DIM, K, HISTORY, TOP = 64, 4, 20, 50
 FUSION_WEIGHT, TAU = 0.7, 0.07  # export_random's fusion weight, the default tau_rec
 FEATURES = (("text", 8),)
@@ -197,12 +203,29 @@ def time_calls(fn, inputs, seconds: float, min_calls: int = 20) -> dict:
 # --- the three measurements ---------------------------------------------------------------------
 
 
+def _export_in_subprocess(n: int, base: Path, table_dtype: str) -> Path:
+  """export_random in a fresh process (TensorFlow keeps the memory of a 10M-item model)."""
+  code = (
+    "from pathlib import Path\n"
+    "from benchmarks.serving import export_random\n"
+    f"print('PATH', export_random({n}, Path({str(base)!r}), table_dtype={table_dtype!r}, "
+    f"feature_dims={FEATURES!r}))\n"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=7200
+  )
+  for line in proc.stdout.splitlines():
+    if line.startswith("PATH "):
+      return Path(line[len("PATH ") :])
+  raise RuntimeError(f"export failed:\n{proc.stderr[-3000:]}")
+
+
 def in_graph(n: int, dtypes, work: Path, seconds: float) -> dict:
   """Export the random model with each table dtype; batch-1 latency in a fresh process."""
   out = {}
   for d in dtypes:
     start = time.time()
-    path = export_random(n, work / d, table_dtype=d, feature_dims=FEATURES)
+    path = _export_in_subprocess(n, work / d, d)
     variables = sum(f.stat().st_size for f in (path / "variables").rglob("*") if f.is_file())
     latency = _in_subprocess(path, n, 1, 0, seconds, batches=(1,))["1"]
     out[d] = {
@@ -268,6 +291,40 @@ def two_stage(tables, cold, interests, history, reference, operating_points, sec
   }
 
 
+def trained_half_recall(run_dir: str, work: Path, dtypes, users: int = 2000) -> dict:
+  """A trained run re-exported (`python -m bivrec_tf.export --run`) with each table dtype and
+  top-k 50; the overlap of each half export's answers with the float32 export's on the first
+  `users` test histories of the run's dataset."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+  from bivrec_tf.export import main as export_main  # pylint: disable=import-outside-toplevel
+  from input_pipelines.dataset import PreparedDataset  # pylint: disable=import-outside-toplevel
+
+  metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+  ds = PreparedDataset.load(metrics["data"])
+  vocab = np.asarray(ds.vocab).astype(str)
+  spec = {"history": tf.io.RaggedFeature(tf.int64)}
+  rows = [
+    vocab[h].tolist()
+    for h in (
+      tf.io.parse_single_example(x, spec)["history"].numpy() for x in ds.records("test").take(users)
+    )
+  ]
+  width = max(len(r) for r in rows)
+  histories = tf.constant([[""] * (width - len(r)) + r for r in rows])
+  answers, out = {}, {"run": str(run_dir), "num_items": len(vocab) - 2, "users": len(rows)}
+  for d in ["float32", *dtypes]:
+    base = work / "trained" / Path(run_dir).name / d
+    args = ["--run", str(run_dir), "--export-base", str(base), "--top-k", str(TOP)]
+    assert export_main([*args, "--model-name", "m", "--table-dtype", d]) == 0
+    fn = tf.saved_model.load(str(base / "m" / "1")).signatures["serving_default"]
+    answers[d] = fn(history=histories)["item_ids"].numpy()
+  for d in dtypes:
+    out[d] = {f"recall@{k}": recall(answers[d], answers["float32"], k) for k in (10, 50)}
+  print(f"trained run {run_dir}: {json.dumps(out)}", flush=True)
+  return out
+
+
 # --- report -----------------------------------------------------------------------------------
 
 
@@ -326,6 +383,18 @@ def table(results: dict) -> str:
           f"{_speedup(exact, lat) if exact else ''} | {ann['build_seconds']:.0f} | "
           f"{ann['ann_mb']:.0f} + {ann['rerank_mb']:.0f} |"
         )
+  if results.get("trained"):
+    lines += [
+      "",
+      "| trained run | items | users | tables | recall@10 | recall@50 |",
+      "|---|---|---|---|---|---|",
+    ]
+    for t in results["trained"]:
+      for d in [k for k in t if isinstance(t[k], dict)]:
+        lines.append(
+          f"| {t['run']} | {t['num_items']:,} | {t['users']} | {d} | "
+          f"{t[d]['recall@10']:.4f} | {t[d]['recall@50']:.4f} |"
+        )
   return "\n".join(lines)
 
 
@@ -350,6 +419,11 @@ def main(argv=None) -> int:
     "--operating-points",
     default="16:100,64:100",
     help="nprobe:candidates pairs of the two-stage path",
+  )
+  parser.add_argument(
+    "--trained-runs",
+    default="",
+    help="training run directories: half vs float32 answers of their re-exports on test users",
   )
   parser.add_argument("--out", default="benchmarks/results/large_catalog.json")
   args = parser.parse_args(argv)
@@ -379,8 +453,17 @@ def main(argv=None) -> int:
   try:
     # user_interests reads only the history's items: its cost does not depend on the catalogue,
     # so one small export answers the end-to-end two-stage requests.
-    interests_export = export_random(INTERESTS_ITEMS, work / "interests", feature_dims=FEATURES)
-    for n in [int(c) for c in args.catalogues.split(",")]:
+    interests_export = (
+      _export_in_subprocess(INTERESTS_ITEMS, work / "interests", "float32")
+      if args.ann_catalogues
+      else None
+    )
+    if args.trained_runs:
+      half = [d for d in args.dtypes.split(",") if d != "float32"]
+      results["trained"] = [
+        trained_half_recall(r, work, half) for r in args.trained_runs.split(",")
+      ]
+    for n in [int(c) for c in args.catalogues.split(",") if c]:
       dtypes = args.dtypes.split(",")
       exported = dtypes
       if n > args.half_above:
@@ -406,6 +489,7 @@ def main(argv=None) -> int:
           tables, cold, interests, history, tops["float32"], points, args.seconds, interests_export
         )
       results["catalogues"].append(entry)
+      _write(results, Path(args.out))  # after each catalogue: a later failure keeps these
       for d in entry["in_graph"]:
         shutil.rmtree(work / str(n) / d, ignore_errors=True)
       del tables, topic, cold, space, interests, history, tops
@@ -414,15 +498,18 @@ def main(argv=None) -> int:
     shutil.rmtree(work, ignore_errors=True)
   results["wall_seconds"] = time.time() - started
   results["load_average_after"] = os.getloadavg()
-  out = Path(args.out)
+  _write(results, Path(args.out))
+  print()
+  print(table(results))
+  print(f"\nwritten: {args.out}")
+  return 0
+
+
+def _write(results: dict, out: Path) -> None:
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
   tmp.write_text(json.dumps(results, indent=2))
   os.replace(tmp, out)
-  print()
-  print(table(results))
-  print(f"\nwritten: {out}")
-  return 0
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ INDEX_FILE = "index.json"
 AUTO_EXACT_BELOW = 50_000
 AUTO_HNSW_QUANTIZER_FROM = 2_000_000  # items assigned to lists through an HNSW graph of centroids
 TRAIN_PER_LIST = 40
+ADD_CHUNK = 1_000_000
 DEFAULT_NPROBE = 32
 SEED = 0
 
@@ -66,37 +67,43 @@ def auto_spec(num_items: int) -> str:
   return f"IVF{lists}{quantizer},Flat"
 
 
-def build_ann(x: np.ndarray, rows: np.ndarray, spec: str, nprobe: int) -> faiss.Index:
-  """A FAISS inner-product index over `x` float32 `[n, d]` whose search answers `rows` int64 `[n]`
-  (-1 where fewer than asked exist). IVF indexes are trained on a sample."""
-  index = faiss.index_factory(x.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
+def build_ann(vectors_of, rows: np.ndarray, dim: int, spec: str, nprobe: int) -> faiss.Index:
+  """A FAISS inner-product index over `vectors_of(rows)` (a function: int64 `[n]` -> float32
+  `[n, dim]`, called on a sample and then on ADD_CHUNK rows at a time, so that the vectors are
+  never all copied at once) whose search answers rows (-1 where fewer than asked exist)."""
+  index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
   if not index.is_trained:
     ivf = faiss.extract_index_ivf(index)
-    sample = min(len(x), TRAIN_PER_LIST * ivf.nlist)
-    pick = np.random.default_rng(SEED).choice(len(x), sample, replace=False)
-    index.train(x[np.sort(pick)])
-  try:
-    faiss.extract_index_ivf(index).nprobe = nprobe
-  except RuntimeError:  # not an IVF index
-    pass
+    sample = min(len(rows), TRAIN_PER_LIST * ivf.nlist)
+    pick = np.random.default_rng(SEED).choice(len(rows), sample, replace=False)
+    index.train(vectors_of(rows[np.sort(pick)]))
+  set_nprobe(index, nprobe)
   if not isinstance(index, faiss.IndexIVF):
     index = faiss.IndexIDMap2(index)
-  index.add_with_ids(x, rows.astype(np.int64))
+  for start in range(0, len(rows), ADD_CHUNK):
+    part = rows[start : start + ADD_CHUNK]
+    index.add_with_ids(vectors_of(part), part.astype(np.int64))
   return index
 
 
 def index_parts(vectors: Dict[str, np.ndarray], cold: np.ndarray, servable: np.ndarray):
-  """-> [(part, rows int64 `[n]`, vectors float32 `[n, d']`)]: the joined [e_id, e_mm] of warm
-  servable items and e_mm of cold servable items, or one view's servable items."""
+  """-> [(part, rows int64 `[n]`, dim, vectors_of: rows -> float32 `[len(rows), dim]`)]: the
+  joined [e_id, e_mm] of warm servable items and e_mm of cold servable items, or one view's
+  servable items."""
+
+  def view_of(v):
+    return lambda rows: np.ascontiguousarray(vectors[v][rows], np.float32)
+
+  def joined(rows):
+    return np.concatenate([vectors["id"][rows], vectors["mm"][rows]], axis=1).astype(np.float32)
+
   if len(vectors) == 1:
     ((v, table),) = vectors.items()
-    rows = np.flatnonzero(servable)
-    return [(v, rows, np.ascontiguousarray(table[rows], np.float32))]
-  warm, cold_rows = np.flatnonzero(servable & ~cold), np.flatnonzero(servable & cold)
-  joined = np.concatenate([vectors["id"][warm], vectors["mm"][warm]], axis=1)
+    return [(v, np.flatnonzero(servable), table.shape[1], view_of(v))]
+  d = vectors["id"].shape[1] + vectors["mm"].shape[1]
   return [
-    ("fused", warm, np.ascontiguousarray(joined, np.float32)),
-    ("cold", cold_rows, np.ascontiguousarray(vectors["mm"][cold_rows], np.float32)),
+    ("fused", np.flatnonzero(servable & ~cold), d, joined),
+    ("cold", np.flatnonzero(servable & cold), vectors["mm"].shape[1], view_of("mm")),
   ]
 
 
@@ -196,9 +203,9 @@ class ItemIndex:
       if len(arr) != n:
         raise ValueError(f"ann index: {name} has {len(arr)} rows but there are {n} item ids")
     start, ann, specs = time.perf_counter(), {}, {}
-    for part, rows, x in index_parts(vectors, cold, servable):
+    for part, rows, dim, vectors_of in index_parts(vectors, cold, servable):
       specs[part] = auto_spec(len(rows)) if (spec == "auto" or part == "cold") else spec
-      ann[part] = build_ann(x, rows, specs[part], nprobe)
+      ann[part] = build_ann(vectors_of, rows, dim, specs[part], nprobe)
     main = next(iter(specs))
     info = {
       **(info or {}),
