@@ -371,6 +371,14 @@ def table(results: dict) -> str:
         f"{exact['p99_ms']:.2f} | {exact['cpu_ms_mean']:.2f} | 1x | | "
         f"{exact['table_mb']:.0f} |"
       )
+    tf_ref = cat.get("exact_tf")
+    if tf_ref:
+      lines.append(
+        f"| {cat['num_items']:,} | exact, export's ops in eager TF (no export) | 1 | 1 | "
+        f"{tf_ref['p50_ms']:.2f} | {tf_ref['p99_ms']:.2f} | {tf_ref['cpu_ms_mean']:.2f} | "
+        f"{_speedup(exact, tf_ref) if exact else '1x'} | | {2 * cat['num_items'] * DIM * 4 / 1e6:.0f} |"
+      )
+      exact = exact or tf_ref
     for p in ann["points"]:
       for label, key in (("ANN + re-rank", "ann_stage"), ("end to end", "end_to_end")):
         if key not in p:
@@ -412,6 +420,19 @@ def main(argv=None) -> int:
     type=int,
     default=1_000_000,
     help="above this size only float32 is exported and float16 left out of the recall (time)",
+  )
+  parser.add_argument(
+    "--export-up-to",
+    type=int,
+    default=1_000_000,
+    help="in-graph exports only up to this size (a 10M-item export needs more than the 10 GB "
+    "this shared machine had free)",
+  )
+  parser.add_argument(
+    "--exact-tf",
+    action="store_true",
+    help="also time batch-1 exact scoring of the synthetic tables with the export's ops in "
+    "eager TensorFlow (a reference where no export is made)",
   )
   parser.add_argument("--queries", type=int, default=100, help="synthetic users for recall")
   parser.add_argument("--seconds", type=float, default=5.0, help="per latency measurement")
@@ -468,6 +489,8 @@ def main(argv=None) -> int:
       exported = dtypes
       if n > args.half_above:
         exported, dtypes = ["float32"], [d for d in dtypes if d != "float16"]
+      if n > args.export_up_to:
+        exported = []
       entry = {"num_items": n}
       entry["in_graph"] = in_graph(n, exported, work / str(n), args.seconds)
       gc.collect()
@@ -478,6 +501,17 @@ def main(argv=None) -> int:
       start = time.time()
       tops = exact_top(tables, cold, interests, history, tuple(dtypes))
       entry["exact_reference_seconds"] = time.time() - start
+      if args.exact_tf:
+        one = [
+          ({v: u[b : b + 1] for v, u in interests.items()}, history[b : b + 1]) for b in range(20)
+        ]
+        entry["exact_tf"] = time_calls(
+          lambda x, t=tables, c=cold: exact_top(t, c, x[0], x[1], ("float32",)),
+          one,
+          args.seconds,
+          5,
+        )
+        print(f"{n:,} items, exact in TF eager: {json.dumps(entry['exact_tf'])}", flush=True)
       entry["half_recall"] = {
         d: {f"recall@{k}": recall(tops[d], tops["float32"], k) for k in (10, 50)}
         for d in tops
