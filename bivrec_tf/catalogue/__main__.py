@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
   update = sub.add_parser("update", help="replace items' features")
   _common(update)
   _feature_args(update)
+  # --help shows every command's flags, not just the command names
+  parser.epilog = "\n".join(p.format_help() for p in (add, retire, update))
   return parser
 
 
