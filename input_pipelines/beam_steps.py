@@ -23,7 +23,7 @@ import zlib
 
 import numpy as np
 
-from input_pipelines import NUM_RESERVED, protocols, readers, shards
+from input_pipelines import NUM_RESERVED, protocols, readers, records, shards
 from input_pipelines.errors import DataError
 
 SPLIT_INDEX = {s: k for k, s in enumerate(protocols.SPLITS)}
@@ -382,22 +382,56 @@ def _route(ordinal: int, count: int, starts: np.ndarray, payload: tuple):
     k += 1
 
 
+def _batched(routed):
+  """[((split, shard), unit)] -> [((split, shard), packed units)]: one element per shard and
+  bucket, its units packed into a few arrays (`_pack`), so that a job moves a few hundred
+  elements, not one Python object per user."""
+  out: dict = {}
+  for key, unit in routed:
+    out.setdefault(key, []).append(unit)
+  return [(key, _pack(units)) for key, units in out.items()]
+
+
+def _pack(units: list) -> tuple:
+  """Units (ordinal, lo, hi, a, b) with int arrays (or None) a, b -> (ordinals, los, his,
+  ragged a or None, ragged b or None)."""
+  head = [np.asarray([u[j] for u in units], np.int64) for j in range(3)]
+  tail = []
+  for j in (3, 4):
+    column = [u[j] for u in units]
+    tail.append(None if column[0] is None else records.ragged(column))
+  return (*head, *tail)
+
+
+def _unpack(packed: tuple) -> list:
+  o, lo, hi, a, b = packed
+
+  def row(field, k):
+    return None if field is None else field[0][field[1][k] : field[1][k + 1]]
+
+  return [(int(o[k]), int(lo[k]), int(hi[k]), row(a, k), row(b, k)) for k in range(o.size)]
+
+
 def route_users(bucket: int, job: Job, round_: int, vocab: dict, plan: Plan):
-  """A bucket's users -> ((split, shard), (first ordinal, lo, hi, item codes, labels))."""
+  """A bucket's users -> ((split, shard), [(first ordinal, lo, hi, item codes, labels)])."""
   rows = load(rows_file(job, round_, bucket))
   code = np.asarray([vocab.get(x, -1) for x in rows.items.tolist()], np.int64)
   keys, seqs, labels = protocols.user_sequences(rows, code)
   rank = np.searchsorted(plan.keys, keys)
-  for split in plan.splits:
-    starts = plan.shard_starts(split)
-    for u, s in enumerate(seqs):
-      o = int(plan.starts[split][rank[u]])
-      if o < 0:
-        continue
-      lab = labels[u] if labels is not None else None
-      n = protocols.count_user_examples(job.protocol, split, s.size, lab)
-      for k, unit in _route(o, n, starts, (s, lab)):
-        yield (split, k), unit
+
+  def routed():
+    for split in plan.splits:
+      starts = plan.shard_starts(split)
+      for u, s in enumerate(seqs):
+        o = int(plan.starts[split][rank[u]])
+        if o < 0:
+          continue
+        lab = labels[u] if labels is not None else None
+        n = protocols.count_user_examples(job.protocol, split, s.size, lab)
+        for k, unit in _route(o, n, starts, (s, lab)):
+          yield (split, k), unit
+
+  return _batched(routed())
 
 
 def user_unit_examples(job: Job, split: str, unit: tuple):
@@ -414,8 +448,9 @@ def write_shard(kv, job: Job, plan: Plan, vocab_size: int, unit_examples, seen=N
   """((split, shard), units) -> the shard file in the output directory; returns (split,
   shard, file name, SplitStats, items seen (train) or None). Units are sorted by ordinal, so
   the shard holds its examples in single-file order."""
-  (split, k), units = kv
-  units = sorted((u for u in units if u is not None), key=lambda u: (u[0], u[1]))
+  (split, k), batches = kv
+  units = [u for b in batches if b is not None for u in _unpack(b)]
+  units.sort(key=lambda u: (u[0], u[1]))
   name = shards.shard_name(split, k, plan.num_shards[split])
 
   def examples():
@@ -510,18 +545,22 @@ def part_offsets(part_sizes) -> dict:
 
 
 def route_unisrec(parsed, job: Job, plan: Plan, part_offsets: dict, index: dict):
-  """A parsed part -> ((split, shard), (ordinal, 0, 1, history, targets)) as vocab indices."""
+  """A parsed part -> ((split, shard), [(ordinal, 0, 1, history, targets)]) (vocab indices)."""
   from input_pipelines.prepare import unisrec_example
 
   split, k, _, examples, _, _ = parsed
   starts = plan.shard_starts(split)
   first = part_offsets[(split, k)]
-  for i, (history, targets) in enumerate(examples):
-    h, t = unisrec_example(history, targets, index, job.max_history)
-    for shard, unit in _route(first + i, 1, starts, (h, t)):
-      yield (split, shard), unit
+
+  def routed():
+    for i, (history, targets) in enumerate(examples):
+      h, t = unisrec_example(history, targets, index, job.max_history)
+      for shard, unit in _route(first + i, 1, starts, (h, t)):
+        yield (split, shard), unit
+
+  return _batched(routed())
 
 
 def unisrec_unit_examples(job: Job, split: str, unit: tuple):
   _, _, _, h, t = unit
-  yield h, t
+  yield h.tolist(), t.tolist()

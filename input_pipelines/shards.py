@@ -17,12 +17,13 @@ one process, `input_pipelines.beam_prepare` on Apache Beam) write every file wit
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import pathlib
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from input_pipelines import NUM_RESERVED
+from input_pipelines import NUM_RESERVED, records
 
 COMPRESSION = "GZIP"
 
@@ -81,21 +82,27 @@ class SplitStats:
     return out
 
 
-def validate_example(split: str, i: int, history, targets, vocab_size: int) -> tuple[list, list]:
-  """(history, targets) as int lists; ValueError naming the split, example and field if an
-  index is outside [1, vocab_size) or there is no target."""
-  history = [int(x) for x in history]
-  targets = [int(x) for x in targets]
-  if not targets:
-    raise ValueError(f"split '{split}': example {i} has no target")
-  for field, items in (("history", history), ("target", targets)):
-    for x in items:
-      if not 1 <= x < vocab_size:
-        raise ValueError(
-          f"split '{split}': example {i} field '{field}' has item index {x} outside "
-          f"[1, {vocab_size})"
-        )
-  return history, targets
+def _check_batch(split: str, first: int, history, target, vocab_size: int) -> None:
+  """ValueError naming the split, example and field of the first example with no target or
+  an item index outside [1, vocab_size) (checked in that order within an example)."""
+  problems = []  # (example, order within the example, message)
+  empty = np.flatnonzero(np.diff(target[1]) == 0)
+  if empty.size:
+    problems.append((int(empty[0]), 0, "has no target"))
+  for order, ((values, offsets), field) in enumerate(((history, "history"), (target, "target"))):
+    bad = np.flatnonzero((values < 1) | (values >= vocab_size))
+    if bad.size:
+      example = int(np.searchsorted(offsets, bad[0], side="right")) - 1
+      x = int(values[bad[0]])
+      problems.append(
+        (example, order + 1, f"field '{field}' has item index {x} outside [1, {vocab_size})")
+      )
+  if problems:
+    example, _, message = min(problems)
+    raise ValueError(f"split '{split}': example {first + example} {message}")
+
+
+BATCH = 4096  # examples encoded at a time
 
 
 def write_examples(
@@ -109,7 +116,7 @@ def write_examples(
   collect_seen: bool = False,
 ) -> tuple[SplitStats, np.ndarray | None]:
   """Writes (history, targets) examples as `tf.train.Example`s (int64 lists `history` and
-  `target`, deterministic bytes) to one TFRecord file.
+  `target`, deterministic bytes: `input_pipelines.records`) to one TFRecord file.
 
   Args:
     seen: bool [V] items of the train split; counts the targets outside it.
@@ -125,27 +132,27 @@ def write_examples(
   stats = SplitStats(unseen_targets=0 if seen is not None else None)
   occurs = np.zeros(vocab_size, bool) if collect_seen else None
   options = tf.io.TFRecordOptions(compression_type=compression or "")
+  it = iter(examples)
   with tf.io.TFRecordWriter(str(path), options) as writer:
-    for i, (history, targets) in enumerate(examples, first_index):
-      history, targets = validate_example(split, i, history, targets, vocab_size)
-      example = tf.train.Example(
-        features=tf.train.Features(
-          feature={
-            "history": tf.train.Feature(int64_list=tf.train.Int64List(value=history)),
-            "target": tf.train.Feature(int64_list=tf.train.Int64List(value=targets)),
-          }
-        )
-      )
-      writer.write(example.SerializeToString(deterministic=True))  # stable bytes
-      stats.num_examples += 1
-      stats.total_history += len(history)
-      stats.max_history = max(stats.max_history, len(history))
-      stats.num_targets += len(targets)
+    while True:
+      batch = list(itertools.islice(it, BATCH))
+      if not batch:
+        break
+      history = records.ragged([h for h, _ in batch])
+      target = records.ragged([t for _, t in batch])
+      _check_batch(split, first_index + stats.num_examples, history, target, vocab_size)
+      for record in records.encode_batch(history, target):
+        writer.write(record)
+      lengths = np.diff(history[1])
+      stats.num_examples += len(batch)
+      stats.total_history += int(history[1][-1])
+      stats.max_history = max(stats.max_history, int(lengths.max()))
+      stats.num_targets += int(target[1][-1])
       if seen is not None:
-        stats.unseen_targets += int((~seen[np.asarray(targets)]).sum())
+        stats.unseen_targets += int((~seen[target[0]]).sum())
       if occurs is not None:
-        occurs[history] = True
-        occurs[targets] = True
+        occurs[history[0]] = True
+        occurs[target[0]] = True
   if occurs is not None:
     occurs[:NUM_RESERVED] = False
   return stats, occurs
