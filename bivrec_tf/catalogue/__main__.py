@@ -9,7 +9,8 @@ the new one is ready.
            or --item-text FILE encoded by the encoder the training data used); they are scored by
            the MM view (--id-embedding none, the model's cold rule) or with an ID vector imputed
            from their MM vector (--id-embedding imputed)
-  retire   items never to be recommended again (histories that contain them still work)
+  retire   items never to be recommended again (histories that contain them still work);
+           --undo makes them recommendable again
   update   new features for existing items (a new title, a new image)
 
 Bad input stops with one line naming the file, line and field (exit status 2); nothing is
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
   _common(retire)
   retire.add_argument("items", nargs="*", help="item ids")
   retire.add_argument("--ids", metavar="FILE", help="a file of item ids, one per line")
+  retire.add_argument(
+    "--undo", action="store_true", help="make retired items recommendable again (back in stock)"
+  )
   update = sub.add_parser("update", help="replace items' features")
   _common(update)
   _feature_args(update)
@@ -153,9 +157,10 @@ def run(args) -> Path:
     model, catalogue, op = ops.update_items(v, _read_features(args, v))
   else:
     ids, where = _retire_ids(args)
-    model, catalogue, op = ops.retire_items(v, ids, where)
+    model, catalogue, op = ops.retire_items(v, ids, where, args.undo)
   path = write_version(v, model, catalogue, op)
-  done = {"add": "added", "retire": "retired", "update": "updated"}[args.command]
+  done = {"add": "added", "retire": "retired", "unretire": "un-retired", "update": "updated"}
+  done = done[op["op"]]
   print(
     f"{path}: version {path.name} from {v.version}, {done} {op['items']:,} items; "
     f"{catalogue.num_items:,} in the catalogue, {int(catalogue.servable.sum()):,} servable "

@@ -7,7 +7,7 @@ catalogue of the next one (`version.write_version` writes it).
   view alone, the model's cold rule), with `"imputed"` their ID rows are imputed from their MM
   vectors (`impute.fit_id_map`) and they are scored like warm items.
 - `retire_items`: the items are marked not servable (never recommended); their rows stay, so
-  histories that contain them are read as before.
+  histories that contain them are read as before (`undo`: servable again).
 - `update_items`: the items' features are replaced and their MM vectors (and imputed ID
   vectors) recomputed.
 
@@ -157,18 +157,20 @@ def add_items(
 
 
 def retire_items(
-  v: ExportedVersion, ids: Sequence[str], where
+  v: ExportedVersion, ids: Sequence[str], where, undo: bool = False
 ) -> Tuple[BivRecModel, Catalogue, dict]:
-  """The next version's (encoders, catalogue, op record) with `ids` never recommended.
-  `where(id)` -> (file, line, label) locates an id for error messages."""
+  """The next version's (encoders, catalogue, op record) with `ids` never recommended (with
+  `undo`: recommendable again, back in stock). `where(id)` -> (file, line, label) locates an id
+  for error messages."""
   rows = _known_rows(v, list(ids), where, must_exist=True)
   cat = v.catalogue
   servable = cat.servable.copy()
-  servable[rows] = False
+  servable[rows] = undo
   if not servable.any():
     raise ValueError("retiring these items would leave nothing to recommend")
   new = Catalogue(cat.vocab, cat.tables, cat.cold, servable, cat.popularity, cat.imputed)
-  return v.model, new, {"op": "retire", "items": len(rows), "retired": int((~servable).sum())}
+  op = {"op": "unretire" if undo else "retire", "items": len(rows)}
+  return v.model, new, {**op, "retired": int((~servable).sum())}
 
 
 def update_items(v: ExportedVersion, new: NewFeatures) -> Tuple[BivRecModel, Catalogue, dict]:

@@ -241,13 +241,14 @@ def test_an_added_item_with_a_known_items_raw_features_gets_its_vector_and_is_re
 
 def test_retired_items_are_never_returned_and_histories_with_them_still_answer(chain):
   v3 = chain["saved"][3]
-  histories = _histories(3, 300, WARM + NEW) + [
+  # 1,997 + 3 histories x top 5 = 10,000 served recommendations
+  histories = _histories(3, 1997, WARM + NEW) + [
     RETIRED[:4],
     ["", "", "", ""],
     ["unknown", "", "", ""],
   ]
   ids, scores = _recommend(v3, histories)
-  assert not set(ids.ravel()) & set(RETIRED)
+  assert ids.size == 10_000 and not set(ids.ravel()) & set(RETIRED)
   assert (ids != "").all() and np.isfinite(scores).all()  # 23 servable items, 4 in a history
   _assert_ranked_as_reference(load_version(chain["dir"], 3), histories[:30], ids, scores)
   assert "item-0" not in ids[-1]  # the most popular item is retired: not in the fallback
@@ -259,6 +260,13 @@ def test_user_vectors_of_histories_with_retired_items_are_unchanged(chain):
   b = chain["saved"][3].signatures["user_interests"](history=tf.constant(histories))
   for key in a:
     np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+
+
+def test_undo_makes_retired_items_servable_again(chain):
+  v3 = load_version(chain["dir"], 3)
+  _, cat, op = ops.retire_items(v3, RETIRED[:3], lambda x: ("test", None, "line"), undo=True)
+  assert op["op"] == "unretire" and op["retired"] == len(RETIRED) - 3
+  np.testing.assert_array_equal(~cat.servable, np.isin(cat.vocab[FIRST_ITEM:], RETIRED[3:]))
 
 
 def test_retired_stay_retired_in_later_versions(chain):
