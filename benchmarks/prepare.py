@@ -109,3 +109,189 @@ def synthetic_log(prepared_dir, out) -> pathlib.Path:
           f.write(f"s{user},{ds.vocab[x]},{pos}\n")
         user += 1
   return out
+
+
+# --- running and measuring ----------------------------------------------------------------------
+
+
+def machine() -> dict:
+  import psutil
+
+  cpu = next(
+    (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
+    platform.processor(),
+  )
+  versions = {}
+  for name in ("tensorflow", "apache_beam", "numpy", "protobuf"):
+    try:
+      from importlib.metadata import version
+
+      versions[name] = version(name.replace("_", "-"))
+    except Exception:
+      versions[name] = None
+  return {
+    "cpu": cpu,
+    "cpus": os.cpu_count(),
+    "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    "python": platform.python_version(),
+    "versions": versions,
+  }
+
+
+def measure(cmd: list, timeout: float) -> dict:
+  """Runs `cmd`; wall seconds, exit code, peak RSS of its process tree (sum and largest
+  process, sampled every 0.2 s) and the last line of its stderr on failure."""
+  import psutil
+
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+  start = time.perf_counter()
+  with tempfile.TemporaryFile("w+") as err:
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    root = psutil.Process(proc.pid)
+    peak_sum = peak_one = 0
+    timed_out = False
+    while proc.poll() is None:
+      try:
+        tree = [root, *root.children(recursive=True)]
+        rss = [p.memory_info().rss for p in tree if p.is_running()]
+        peak_sum, peak_one = max(peak_sum, sum(rss)), max(peak_one, max(rss))
+      except psutil.Error:
+        pass
+      if time.perf_counter() - start > timeout:
+        timed_out = True
+        for p in reversed([root, *root.children(recursive=True)]):
+          try:
+            p.kill()
+          except psutil.Error:
+            pass
+        proc.wait()
+        break
+      time.sleep(0.2)
+    seconds = time.perf_counter() - start
+    err.seek(0)
+    tail = [line for line in err.read().splitlines() if line.strip()][-1:]
+  return {
+    "seconds": round(seconds, 2),
+    "exit_code": proc.returncode,
+    "timed_out": timed_out,
+    "peak_rss_gb": round(peak_sum / 2**30, 3),
+    "peak_rss_largest_process_gb": round(peak_one / 2**30, 3),
+    "error": tail[0] if (proc.returncode or timed_out) and tail else None,
+  }
+
+
+def same_files(a: pathlib.Path, b: pathlib.Path) -> bool:
+  """Every file of two prepared directories equal (dataset.json but for prepare_args.out)."""
+
+  def contents(d):
+    out = {}
+    for f in sorted(p for p in d.rglob("*") if p.is_file()):
+      data = f.read_bytes()
+      if f.name == "dataset.json":
+        data = json.loads(data)
+        data["prepare_args"].pop("out", None)
+      out[str(f.relative_to(d))] = data
+    return out
+
+  return contents(a) == contents(b)
+
+
+def dataset(spec: str, work: pathlib.Path) -> tuple[list, int]:
+  """(prepare flags of the input, its rows) for `rows:N`, `synthetic` or `scientific`."""
+  if spec.startswith("rows:"):
+    rows = int(float(spec.split(":", 1)[1]))
+    log = work / f"log-{rows}.csv"
+    if not log.is_file():
+      print(f"generating {log} ...", file=sys.stderr)
+      random_log(rows, log)
+    return ["--format", "csv", "--interactions", str(log)], rows
+  if spec == "synthetic":
+    from input_pipelines.synthetic import ensure_synthetic
+
+    log = work / "synthetic.csv"
+    if not log.is_file():
+      synthetic_log(ensure_synthetic(work / "synthetic"), log)
+    return ["--format", "csv", "--interactions", str(log)], _lines(log) - 1
+  if spec == "scientific":
+    d = ROOT.parent / "shared" / "data" / "amazon-scientific"
+    rows = sum(_lines(f) - 1 for f in d.glob("*.inter"))
+    return ["--format", "unisrec", "--input", str(d)], rows
+  raise ValueError(f"unknown --data {spec!r}: rows:N, synthetic or scientific")
+
+
+def _lines(path) -> int:
+  with open(path, "rb") as f:
+    return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b""))
+
+
+def table(results: list) -> str:
+  head = "| data | rows | path | wall s | rows/s | peak RSS GB (tree / largest) | same files |"
+  lines = [head, "|---|---:|---|---:|---:|---|---|"]
+  for r in results:
+    if r.get("exit_code"):
+      speed = "failed" if not r.get("timed_out") else f"> {r['seconds']:.0f} s (stopped)"
+      lines.append(f"| {r['data']} | {r['rows']:,} | {r['path']} | {speed} | | | |")
+      continue
+    same = {True: "yes", False: "**no**", None: ""}[r.get("same_files_as_in_process_shards")]
+    lines.append(
+      f"| {r['data']} | {r['rows']:,} | {r['path']} | {r['seconds']:.1f} | "
+      f"{r['rows'] / r['seconds']:,.0f} | {r['peak_rss_gb']:.2f} / "
+      f"{r['peak_rss_largest_process_gb']:.2f} | {same} |"
+    )
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument("--data", default="rows:1e5,rows:1e6,rows:1e7", help="comma-separated")
+  p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated of {list(PATHS)}")
+  p.add_argument("--work", default="/tmp/bivrec-bench-prepare", help="logs and outputs")
+  p.add_argument("--timeout", type=float, default=900, help="seconds per run")
+  p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "prepare.json"))
+  p.add_argument("--keep", action="store_true", help="keep the prepared outputs")
+  args = p.parse_args(argv)
+  work = pathlib.Path(args.work)
+  work.mkdir(parents=True, exist_ok=True)
+  info = {
+    "command": "python -m benchmarks.prepare "
+    + " ".join(argv if argv is not None else sys.argv[1:]),
+    "machine": machine(),
+    "load_average_at_start": os.getloadavg(),
+    "results": [],
+  }
+  for spec in args.data.split(","):
+    flags, rows = dataset(spec, work)
+    outs = {}
+    for name in args.paths.split(","):
+      out = work / f"out-{spec.replace(':', '')}-{name}"
+      shutil.rmtree(out, ignore_errors=True)
+      cmd = [sys.executable, "-m", "input_pipelines.prepare", "--quiet", *flags, *PATHS[name]]
+      cmd += ["--out", str(out)]
+      if name.startswith("beam"):
+        cmd += ["--shards", "auto"]
+      print(f"{spec} {name} ...", file=sys.stderr, flush=True)
+      r = {"data": spec, "rows": rows, "path": name, **measure(cmd, args.timeout)}
+      r["load_average_after"] = os.getloadavg()
+      if not r["exit_code"]:
+        outs[name] = out
+      info["results"].append(r)
+      print(json.dumps(r), file=sys.stderr, flush=True)
+    ref = outs.get("in_process_shards")
+    for r in info["results"]:
+      if r["data"] == spec and r["path"].startswith("beam") and ref is not None:
+        if r["path"] in outs:
+          r["same_files_as_in_process_shards"] = same_files(ref, outs[r["path"]])
+    if not args.keep:
+      for out in outs.values():
+        shutil.rmtree(out, ignore_errors=True)
+  info["load_average_at_end"] = os.getloadavg()
+  pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+  pathlib.Path(args.out).write_text(json.dumps(info, indent=2) + "\n")
+  print(table(info["results"]))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

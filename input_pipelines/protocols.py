@@ -248,14 +248,14 @@ def build_sequences(
 # --- protocols: which users a split holds, and one user's examples in it ------------------------
 
 
-def _cut(history: np.ndarray, max_history: int | None) -> list:
+def _cut(history: np.ndarray, max_history: int | None) -> np.ndarray:
   if max_history is not None and history.size > max_history:
     history = history[-max_history:]
-  return (history + NUM_RESERVED).tolist()
+  return history + NUM_RESERVED
 
 
-def _targets(x: np.ndarray) -> list:
-  return (np.asarray(x) + NUM_RESERVED).tolist()
+def _targets(x: np.ndarray) -> np.ndarray:
+  return np.asarray(x) + NUM_RESERVED
 
 
 def check_protocol(protocol: str, max_history: int | None) -> None:
@@ -308,7 +308,8 @@ def user_examples(
   max_history: int | None,
   history_share: float = 0.8,
 ) -> Iterator[tuple[list, list]]:
-  """One user's examples in one split: (history, targets) as vocab indices (item code + 2).
+  """One user's examples in one split: (history, targets) as vocab indices (item code + 2),
+  int64 arrays.
 
   Args:
     s: int64 [n] the user's item codes, chronological.
