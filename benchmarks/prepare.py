@@ -247,7 +247,9 @@ def main(argv=None) -> int:
   )
   p.add_argument("--data", default="rows:1e5,rows:1e6,rows:1e7", help="comma-separated")
   p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated of {list(PATHS)}")
-  p.add_argument("--work", default="/tmp/bivrec-bench-prepare", help="logs and outputs")
+  p.add_argument(
+    "--work", default=str(ROOT / "data_cache" / "bench_prepare"), help="logs and outputs"
+  )
   p.add_argument("--timeout", type=float, default=900, help="seconds per run")
   p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "prepare.json"))
   p.add_argument("--keep", action="store_true", help="keep the prepared outputs")
