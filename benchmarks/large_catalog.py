@@ -243,7 +243,9 @@ def in_graph(n: int, dtypes, work: Path, seconds: float) -> dict:
   return out
 
 
-def two_stage(tables, cold, interests, history, reference, operating_points, seconds, export):
+def two_stage(
+  tables, cold, interests, history, reference, operating_points, seconds, export, spec="auto"
+):
   """Build the index, then per operating point (nprobe, candidates): recall and latency."""
   import faiss  # pylint: disable=import-outside-toplevel
 
@@ -257,7 +259,7 @@ def two_stage(tables, cold, interests, history, reference, operating_points, sec
   faiss.omp_set_num_threads(os.cpu_count() or 1)
   ids = np.char.add("i", np.arange(n).astype(str))  # the exports' ids: histories resolve in both
   start = time.perf_counter()
-  index = ItemIndex.build(ids, tables, cold, FUSION_WEIGHT, TAU, spec="auto")
+  index = ItemIndex.build(ids, tables, cold, FUSION_WEIGHT, TAU, spec=spec)
   build = time.perf_counter() - start
   memory = index.memory_bytes()
   print(f"{n:,} items, index {index.info['spec']}: {build:.1f} s, {memory}", flush=True)
@@ -446,6 +448,7 @@ def main(argv=None) -> int:
     default="",
     help="training run directories: half vs float32 answers of their re-exports on test users",
   )
+  parser.add_argument("--spec", default="auto", help="index type (serving.ann_index)")
   parser.add_argument("--out", default="benchmarks/results/large_catalog.json")
   args = parser.parse_args(argv)
   points = [tuple(int(x) for x in p.split(":")) for p in args.operating_points.split(",")]
@@ -520,7 +523,15 @@ def main(argv=None) -> int:
       print(f"{n:,} items, half-precision recall: {entry['half_recall']}", flush=True)
       if str(n) in args.ann_catalogues.split(","):
         entry["two_stage"] = two_stage(
-          tables, cold, interests, history, tops["float32"], points, args.seconds, interests_export
+          tables,
+          cold,
+          interests,
+          history,
+          tops["float32"],
+          points,
+          args.seconds,
+          interests_export,
+          args.spec,
         )
       results["catalogues"].append(entry)
       _write(results, Path(args.out))  # after each catalogue: a later failure keeps these
