@@ -162,3 +162,23 @@ def test_bad_input_gets_one_line_errors(export, tmp_path, capsys):
     ItemIndex.build(index.item_ids, index.vectors, index.cold[:3], 0.5, 0.07, spec="Flat")
   with pytest.raises(ValueError, match="candidates = 0 must be >= 1"):
     two_stage.TwoStageRetriever(index, interests, candidates=0)
+
+
+def test_a_one_view_index_ranks_by_that_view_alone():
+  """A one-view export: one index named after the view, cold flags unused, exact re-ranking."""
+  rng = np.random.default_rng(0)
+  vectors = rng.normal(size=(300, 8)).astype(np.float32)
+  vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+  cold = rng.random(300) < 0.2
+  ids = [f"x{i}" for i in range(300)]
+  index = ItemIndex.build(ids, {"mm": vectors}, cold, fusion_weight=0.6, tau_rec=0.1, spec="Flat")
+  assert list(index.ann) == ["mm"] and index.ann["mm"].ntotal == 300
+  queries = {"mm": rng.normal(size=(2, 3, 8)).astype(np.float32)}
+  seen = [index.rows(["x5", "x7", "nope"]), index.rows(["x1"])]
+  rows, scores = two_stage.TwoStageRetriever(index, None, candidates=20).rank(queries, seen, 10)
+  for b in range(2):
+    s = (queries["mm"][b] @ vectors.T).max(axis=0) / np.float32(0.1)
+    s[seen[b][seen[b] >= 0]] = -np.inf
+    want = np.argsort(-s, kind="stable")[:10]
+    np.testing.assert_array_equal(rows[b], want)
+    np.testing.assert_allclose(scores[b], s[want], rtol=1e-5)
