@@ -29,6 +29,7 @@ import json
 import os
 import pathlib
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -139,11 +140,12 @@ def machine() -> dict:
 
 
 def measure(cmd: list, timeout: float) -> dict:
-  """Runs `cmd`; wall seconds, exit code, peak RSS of its process tree (sum and largest
-  process, sampled every 0.2 s) and the last line of its stderr on failure."""
+  """Runs `cmd`; wall and CPU seconds, exit code, peak RSS of its process tree (sum and
+  largest process, sampled every 0.2 s) and the last line of its stderr on failure."""
   import psutil
 
   env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
   start = time.perf_counter()
   with tempfile.TemporaryFile("w+") as err:
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -168,10 +170,13 @@ def measure(cmd: list, timeout: float) -> dict:
         break
       time.sleep(0.2)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     err.seek(0)
     tail = [line for line in err.read().splitlines() if line.strip()][-1:]
   return {
     "seconds": round(seconds, 2),
+    # CPU time of the command and every process it waited for (Beam's workers included)
+    "cpu_seconds": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2),
     "exit_code": proc.returncode,
     "timed_out": timed_out,
     "peak_rss_gb": round(peak_sum / 2**30, 3),
@@ -225,17 +230,19 @@ def _lines(path) -> int:
 
 
 def table(results: list) -> str:
-  head = "| data | rows | path | wall s | rows/s | peak RSS GB (tree / largest) | same files |"
-  lines = [head, "|---|---:|---|---:|---:|---|---|"]
+  head = (
+    "| data | rows | path | wall s | CPU s | rows/s | peak RSS GB (tree / largest) | same files |"
+  )
+  lines = [head, "|---|---:|---|---:|---:|---:|---|---|"]
   for r in results:
     if r.get("exit_code"):
       speed = "failed" if not r.get("timed_out") else f"> {r['seconds']:.0f} s (stopped)"
-      lines.append(f"| {r['data']} | {r['rows']:,} | {r['path']} | {speed} | | | |")
+      lines.append(f"| {r['data']} | {r['rows']:,} | {r['path']} | {speed} | | | | |")
       continue
     same = {True: "yes", False: "**no**", None: ""}[r.get("same_files_as_in_process_shards")]
     lines.append(
       f"| {r['data']} | {r['rows']:,} | {r['path']} | {r['seconds']:.1f} | "
-      f"{r['rows'] / r['seconds']:,.0f} | {r['peak_rss_gb']:.2f} / "
+      f"{r['cpu_seconds']:.0f} | {r['rows'] / r['seconds']:,.0f} | {r['peak_rss_gb']:.2f} / "
       f"{r['peak_rss_largest_process_gb']:.2f} | {same} |"
     )
   return "\n".join(lines)

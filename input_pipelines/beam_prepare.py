@@ -86,10 +86,15 @@ def _log(args, msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
-def _run(options, build) -> None:
+def _run(options, build, args=None, what: str = "") -> None:
+  import time
+
   beam = _beam()
+  start = time.perf_counter()
   with beam.Pipeline(options=options) as p:
     build(beam, p)
+  if args is not None:
+    _log(args, f"beam job {what}: {time.perf_counter() - start:.1f}s")
 
 
 def _dump(beam, pcoll, path: str, label: str):
@@ -120,7 +125,10 @@ def prepare(args, out: pathlib.Path) -> tuple[pathlib.Path, list]:
     else:
       item_ids, known, written, seen, meta, text_src, auto = _log_flow(args, options, tmp, work)
     _log(args, f"{len(item_ids):,} items, protocol {meta['protocol']}")
-    features, modality_info = prep.build_features(args, item_ids, known(), text_src, auto)
+    needed = bool(args.features or auto or text_src)  # `known` is read only for features
+    features, modality_info = prep.build_features(
+      args, item_ids, known() if needed else set(), text_src, auto
+    )
     tables = prepared.feature_tables(features, len(item_ids))
     meta = prep.complete_meta(args, meta, modality_info)
     shutil.rmtree(work)
@@ -147,7 +155,7 @@ def _log_parts(args, src_in: prep.LogInput):
     header, rows = readers.iter_rows(src_in.path, src_in.sep, src_in.names)
     rows.close()
     plan = readers.plan_columns(src_in.path, header, src_in.columns, src_in.time_optional)
-    parts = _text_parts(src_in.path, args.part_mb)
+    parts = _text_parts(src_in.path, _part_mb(args, src_in.path))
   src = steps.LogSource(
     path=str(src_in.path),
     parquet=src_in.parquet,
@@ -160,17 +168,25 @@ def _log_parts(args, src_in: prep.LogInput):
   return src, parts
 
 
-def _text_parts(path, part_mb: float | None) -> list:
+def _part_mb(args, path) -> float:
+  """--part-mb, or 64 MB, less for a small file: 4 parts per worker, none below 1 MB."""
+  if args.part_mb is not None:
+    return float(args.part_mb)
+  size_mb = pathlib.Path(path).stat().st_size / (1 << 20)
+  return min(64.0, max(1.0, size_mb / (4 * max(1, args.num_workers or 1))))
+
+
+def _text_parts(path, part_mb: float) -> list:
   """[("text", k, start, end)] byte ranges of a text file (one part when part_mb <= 0)."""
   size = pathlib.Path(path).stat().st_size
-  step = int(float(part_mb or 0) * (1 << 20))
+  step = int(float(part_mb) * (1 << 20))
   starts = readers.split_at_lines(path, step) if step > 0 else [0]
   ends = [*starts[1:], None]
   return [("text", k, s, e) for k, (s, e) in enumerate(zip(starts, ends))] if size else []
 
 
 def _read_part_fn(beam):
-  def read(part, src: steps.LogSource, buckets: int, line_counts: dict):
+  def read(part, src: steps.LogSource, job: Job, line_counts: dict):
     before = sum(n for k, n in line_counts.items() if k < part[1])
     try:
       inter, stopped = steps.read_part(part, src, before)
@@ -179,7 +195,7 @@ def _read_part_fn(beam):
       return
     if stopped is not None:
       yield beam.pvalue.TaggedOutput("ends", (part[1], stopped))
-    yield from steps.split_interactions(inter, buckets)
+    yield from steps.spill(inter, job, part[1])
 
   return read
 
@@ -207,7 +223,7 @@ def _read_job(args, options, job: Job, src: steps.LogSource, parts: list, work: 
     else:
       lines = pc | "CountLines" >> beam.Map(steps.part_lines, src)
     read = pc | "Read" >> beam.FlatMap(
-      _read_part_fn(beam), src, job.buckets, beam.pvalue.AsDict(lines)
+      _read_part_fn(beam), src, job, beam.pvalue.AsDict(lines)
     ).with_outputs("errors", "ends", main="rows")
     _dump(beam, read.errors, os.path.join(work, "errors.pkl"), "Errors")
     _dump(beam, read.ends, os.path.join(work, "ends.pkl"), "Ends")
@@ -218,10 +234,10 @@ def _read_job(args, options, job: Job, src: steps.LogSource, parts: list, work: 
     )
     _summaries_and_counts(beam, built, job, work, 0)
 
-  _run(options, build)
+  _run(options, build, args, f"read ({len(parts)} parts)")
 
 
-def _kcore_job(options, job: Job, buckets: list, round_: int, work: str):
+def _kcore_job(args, options, job: Job, buckets: list, round_: int, work: str):
   def build(beam, p):
     results = (
       p
@@ -231,7 +247,7 @@ def _kcore_job(options, job: Job, buckets: list, round_: int, work: str):
     )
     _summaries_and_counts(beam, results, job, work, round_)
 
-  _run(options, build)
+  _run(options, build, args, f"k-core round {round_}")
 
 
 def _write_stage(beam, units, plan, vocab_size, job: Job, unit_examples, work: str):
@@ -262,7 +278,7 @@ def _write_stage(beam, units, plan, vocab_size, job: Job, unit_examples, work: s
   seen | "SeenDump" >> beam.Map(steps.save_to, os.path.join(work, "seen.pkl"))
 
 
-def _write_job(options, job: Job, buckets: list, round_: int, splits: list, work: str):
+def _write_job(args, options, job: Job, buckets: list, round_: int, splits: list, work: str):
   def build(beam, p):
     ids = p | "Buckets" >> beam.Create(buckets) | "Spread" >> beam.Reshuffle()
     vocab = (
@@ -277,7 +293,7 @@ def _write_job(options, job: Job, buckets: list, round_: int, splits: list, work
       ids
       | "UserCounts" >> beam.Map(steps.user_counts, job, round_)
       | "CountList" >> beam.combiners.ToList()
-      | "Plan" >> beam.Map(steps.make_plan, job, splits, work)
+      | "Plan" >> beam.Map(steps.make_plan, job, splits)
     )
     size = vocab | "VocabSize" >> beam.Map(lambda v: len(v) + NUM_RESERVED)
     units = ids | "Route" >> beam.FlatMap(
@@ -289,7 +305,7 @@ def _write_job(options, job: Job, buckets: list, round_: int, splits: list, work
     )
     _write_stage(beam, units, plan, size, job, steps.user_unit_examples, work)
 
-  _run(options, build)
+  _run(options, build, args, "vocabulary, plan and shards")
 
 
 def _load(work, name):
@@ -365,11 +381,14 @@ def _log_flow(args, options, tmp: pathlib.Path, work: pathlib.Path):
     raise DataError(str(src_in.path), "no interactions (after the rating filter, if any)")
   removed_dups = sum(s["removed_duplicates"] for s in state)
   buckets = sorted(s["bucket"] for s in state)
-  round_ = 0
+  round_ = 0  # the bucket files of the last job
+  # a k-core without item threshold is one round, done by the read job
+  rounds = int(any(s["removed_in_read"] for s in state))
   failing = sum(_load(work, "failing-r000.pkl"))
   while failing or sum(s["users_below"] for s in state):
     round_ += 1
-    _kcore_job(options, job, buckets, round_, str(work))
+    rounds += 1
+    _kcore_job(args, options, job, buckets, round_, str(work))
     state = _load(work, f"summary-r{round_:03d}.pkl")
     failing = sum(_load(work, f"failing-r{round_:03d}.pkl"))
     _log(args, f"k-core round {round_}: {sum(s['removed'] for s in state):,} rows removed")
@@ -391,7 +410,7 @@ def _log_flow(args, options, tmp: pathlib.Path, work: pathlib.Path):
     }
     names = protocols.check_given_counts(sizes)
 
-  _write_job(options, job, buckets, round_, names, str(work))
+  _write_job(args, options, job, buckets, round_, names, str(work))
   item_ids = _load(work, "vocab.pkl")
   written = _written(str(work), names)
   seen = _load(work, "seen.pkl")
@@ -401,7 +420,7 @@ def _log_flow(args, options, tmp: pathlib.Path, work: pathlib.Path):
     "num_raw_interactions": raw,
     "removed_duplicates": removed_dups,
     "removed_by_filtering": raw - removed_dups - left,
-    "filter_rounds": round_,
+    "filter_rounds": rounds,
     "num_users": users,
     "num_items": len(item_ids),
     "num_interactions": left,
@@ -431,16 +450,17 @@ def _unisrec(args, options, tmp: pathlib.Path, work: pathlib.Path):
       err.order = (steps.SPLIT_INDEX[split], 0)
       errors.append(err)
       continue
-    parts += [(split, k, s, e) for _, k, s, e in _text_parts(file, args.part_mb)]
+    parts += [(split, k, s, e) for _, k, s, e in _text_parts(file, _part_mb(args, file))]
   src = steps.UnisrecSource(
     files={s: str(f) for s, f in src_in.files.items()},
     header=headers,
     cols=cols,
     map_file=str(src_in.map_file) if src_in.map_file is not None else None,
   )
-  job = Job(work=str(work), tmp=str(tmp), max_history=args.max_history, shards=args.shards)
-  buckets = max(4 * max(1, args.num_workers or 1), 1)
-  job = Job(**{**job.__dict__, "buckets": buckets})
+  buckets = 4 * max(1, args.num_workers or 1)  # item shards of the vocabulary
+  job = Job(
+    work=str(work), tmp=str(tmp), buckets=buckets, max_history=args.max_history, shards=args.shards
+  )
   map_order = src_in.map_order
 
   def build(beam, p):
@@ -506,7 +526,7 @@ def _unisrec(args, options, tmp: pathlib.Path, work: pathlib.Path):
     _dump(beam, lengths, str(work / "lengths.pkl"), "Len")
 
   if parts:
-    _run(options, build)
+    _run(options, build, args, "read and write")
   else:
     for name in ("errors.pkl", "ends.pkl", "part_sizes.pkl"):
       steps.save(work / name, [])

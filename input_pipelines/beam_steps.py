@@ -160,6 +160,15 @@ def split_interactions(inter: readers.Interactions, buckets: int):
     )
 
 
+def spill(inter: readers.Interactions, job: Job, part: int):
+  """[(bucket, file)]: the part's rows of each user bucket, saved in the work directory (the
+  shuffle then moves file names, not rows)."""
+  for bucket, chunk in split_interactions(inter, job.buckets):
+    path = os.path.join(job.work, f"chunk-p{part:05d}-b{bucket:05d}.pkl")
+    save(path, chunk)
+    yield bucket, path
+
+
 def concat_interactions(chunks) -> readers.Interactions:
   chunks = list(chunks)
   first = chunks[0]
@@ -221,20 +230,30 @@ def _count_partials(rows: protocols.UserRows, job: Job):
 
 
 def build_bucket(kv, job: Job):
-  """GroupByKey output (bucket, [Interactions]) -> sorted and deduplicated UserRows saved as
-  round 0; yields its summary, then ("counts", item shard, partial counts) for the k-core."""
-  bucket, chunks = kv
-  inter = concat_interactions(chunks)
+  """GroupByKey output (bucket, [files of `spill`]) -> sorted and deduplicated UserRows saved as
+  round 0; yields its summary, then ("counts", item shard, partial counts) for the k-core.
+
+  Without an item threshold (min_item 1) the k-core is one round that needs no item counts
+  (users below min_user go, and no item can fail): it is done here, and the summary says how
+  many rows it removed (`removed_in_read`), so the driver runs no k-core job."""
+  bucket, files = kv
+  inter = concat_interactions(load(f) for f in sorted(files))
   rows, removed = protocols.user_rows(inter, job.dedup)
-  save(rows_file(job, 0, bucket), rows)
   save(known_file(job, bucket), rows.items)
+  local = None
+  if job.min_item <= 1:
+    kept = rows.subset(protocols.kcore_keep(rows, np.ones(rows.items.size, bool), job.min_user))
+    local, rows = len(rows) - len(kept), kept
+  save(rows_file(job, 0, bucket), rows)
   yield {
     **bucket_summary(job, bucket, rows),
     "raw": len(inter),
     "removed_duplicates": removed,
+    "removed_in_read": local,
   }
-  for shard, part in _count_partials(rows, job):
-    yield ("counts", shard, part)
+  if local is None:
+    for shard, part in _count_partials(rows, job):
+      yield ("counts", shard, part)
 
 
 def failing_items(kv, job: Job, round_: int) -> int:
@@ -305,8 +324,14 @@ def user_counts(bucket: int, job: Job, round_: int) -> tuple:
   rows = load(rows_file(job, round_, bucket))
   b, lengths = rows.bounds(), rows.lengths()
   counts = np.zeros((lengths.size, len(protocols.SPLITS)), np.int64)
+  if rows.label is None:  # the counts depend on the length only: once per distinct length
+    uniq, inv = np.unique(lengths, return_inverse=True)
+    for s, split in enumerate(protocols.SPLITS):
+      per = [protocols.count_user_examples(job.protocol, split, int(n), None) for n in uniq]
+      counts[:, s] = np.asarray(per, np.int64)[inv.reshape(-1)]
+    return rows.user_keys(), counts
   for k, n in enumerate(lengths):
-    lab = rows.label[b[k] : b[k + 1]] if rows.label is not None else None
+    lab = rows.label[b[k] : b[k + 1]]
     for s, split in enumerate(protocols.SPLITS):
       counts[k, s] = protocols.count_user_examples(job.protocol, split, int(n), lab)
   return rows.user_keys(), counts
@@ -338,9 +363,9 @@ class Plan:
     return [(s, k) for s in self.splits for k in range(self.num_shards[s])]
 
 
-def make_plan(infos, job: Job, splits: list, work: str) -> Plan:
+def make_plan(infos, job: Job, splits: list) -> Plan:
   """The user order, each user's example ordinals per split and the shard counts, from every
-  bucket's `user_counts`; saved to `work`/plan.pkl for the driver."""
+  bucket's `user_counts`."""
   from input_pipelines.prepare import num_shards
 
   infos = list(infos)
@@ -355,7 +380,7 @@ def make_plan(infos, job: Job, splits: list, work: str) -> Plan:
     starts[split] = np.full(keys.size, -1, np.int64)
     starts[split][groups[split]] = np.cumsum(c) - c
     sizes[split] = int(c.sum())
-  plan = Plan(
+  return Plan(
     keys=keys,
     starts=starts,
     sizes=sizes,
@@ -363,8 +388,6 @@ def make_plan(infos, job: Job, splits: list, work: str) -> Plan:
     group_sizes={s: int(g.size) for s, g in groups.items()},
     splits=list(splits),
   )
-  save(os.path.join(work, "plan.pkl"), {**dataclasses.asdict(plan), "keys": None, "starts": None})
-  return plan
 
 
 def _route(ordinal: int, count: int, starts: np.ndarray, payload: tuple):

@@ -663,8 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument(
     "--part-mb",
     type=float,
-    default=64,
-    help="Beam: text files are read in parts of this size, split at line breaks (default 64)",
+    help="Beam: text files are read in parts of this size, split at line breaks (default 64, "
+    "smaller for small files: at least 4 parts per worker, parts of at least 1 MB)",
   )
   g.add_argument(
     "--buckets",
