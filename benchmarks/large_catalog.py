@@ -30,7 +30,8 @@ Per catalogue size N:
 
 4. With `--trained-runs RUN,...` (and `--catalogues ""` for that alone): each training run
    re-exported with `python -m bivrec_tf.export --run RUN --table-dtype D --top-k 50`, and the
-   half exports' answers compared with the float32 export's on the run's test histories.
+   half exports' answers, and two-stage answers from indexes of the float32 export
+   (`--trained-ann`), compared with the float32 export's on the run's test histories.
 
 Speed is also given as a ratio to the float32 in-graph export measured in the same run. Prints a
 markdown table and writes JSON to benchmarks/results/large_catalog.json.
@@ -293,10 +294,17 @@ def two_stage(
   }
 
 
-def trained_half_recall(run_dir: str, work: Path, dtypes, users: int = 2000) -> dict:
+def trained_recall(run_dir: str, work: Path, dtypes, ann_specs=(), users: int = 2000) -> dict:
   """A trained run re-exported (`python -m bivrec_tf.export --run`) with each table dtype and
-  top-k 50; the overlap of each half export's answers with the float32 export's on the first
-  `users` test histories of the run's dataset."""
+  top-k 50; the overlap of each half export's answers, and of two-stage answers from an index of
+  the float32 export (each (spec, nprobe) of `ann_specs`, 100 candidates per query), with the
+  float32 export's answers on the first `users` test histories of the run's dataset."""
+  from serving.two_stage import (  # pylint: disable=import-outside-toplevel
+    TwoStageRetriever,
+    index_from_export,
+    saved_model_interests,
+  )
+
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
   from bivrec_tf.export import main as export_main  # pylint: disable=import-outside-toplevel
@@ -320,9 +328,18 @@ def trained_half_recall(run_dir: str, work: Path, dtypes, users: int = 2000) -> 
     args = ["--run", str(run_dir), "--export-base", str(base), "--top-k", str(TOP)]
     assert export_main([*args, "--model-name", "m", "--table-dtype", d]) == 0
     fn = tf.saved_model.load(str(base / "m" / "1")).signatures["serving_default"]
-    answers[d] = fn(history=histories)["item_ids"].numpy()
+    answers[d] = fn(history=histories)["item_ids"].numpy().astype(str)
   for d in dtypes:
     out[d] = {f"recall@{k}": recall(answers[d], answers["float32"], k) for k in (10, 50)}
+  exported = work / "trained" / Path(run_dir).name / "float32" / "m" / "1"
+  out["two_stage"] = []
+  for spec, nprobe in ann_specs:
+    index = index_from_export(exported, spec, nprobe)
+    retriever = TwoStageRetriever(index, saved_model_interests(exported, index.views))
+    found, _ = retriever.recommend(rows, TOP)
+    point = {"spec": index.info["spec"], "nprobe": nprobe, "candidates": retriever.candidates}
+    point.update({f"recall@{k}": recall(found, answers["float32"], k) for k in (10, 50)})
+    out["two_stage"].append(point)
   print(f"trained run {run_dir}: {json.dumps(out)}", flush=True)
   return out
 
@@ -405,6 +422,11 @@ def table(results: dict) -> str:
           f"| {t['run']} | {t['num_items']:,} | {t['users']} | {d} | "
           f"{t[d]['recall@10']:.4f} | {t[d]['recall@50']:.4f} |"
         )
+      for a in t.get("two_stage", []):
+        lines.append(
+          f"| {t['run']} | {t['num_items']:,} | {t['users']} | two stages, {a['spec']} nprobe "
+          f"{a['nprobe']} | {a['recall@10']:.4f} | {a['recall@50']:.4f} |"
+        )
   return "\n".join(lines)
 
 
@@ -449,6 +471,11 @@ def main(argv=None) -> int:
     help="training run directories: half vs float32 answers of their re-exports on test users",
   )
   parser.add_argument("--spec", default="auto", help="index type (serving.ann_index)")
+  parser.add_argument(
+    "--trained-ann",
+    default="Flat:1 IVF128,Flat:8",
+    help="space-separated spec:nprobe two-stage indexes of the trained runs' exports",
+  )
   parser.add_argument("--out", default="benchmarks/results/large_catalog.json")
   args = parser.parse_args(argv)
   points = [tuple(int(x) for x in p.split(":")) for p in args.operating_points.split(",")]
@@ -484,8 +511,9 @@ def main(argv=None) -> int:
     )
     if args.trained_runs:
       half = [d for d in args.dtypes.split(",") if d != "float32"]
+      specs = [(x.rsplit(":", 1)[0], int(x.rsplit(":", 1)[1])) for x in args.trained_ann.split()]
       results["trained"] = [
-        trained_half_recall(r, work, half) for r in args.trained_runs.split(",")
+        trained_recall(r, work, half, specs) for r in args.trained_runs.split(",")
       ]
     for n in [int(c) for c in args.catalogues.split(",") if c]:
       dtypes = args.dtypes.split(",")
