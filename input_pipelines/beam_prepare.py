@@ -15,7 +15,7 @@ between them through a work directory inside the output's temporary directory:
    shard `<split>-SSSSS-of-NNNNN.tfrecord.gz` written by a worker with the examples
    `protocols.user_examples` gives (`input_pipelines.shards`).
 
-The driver then aligns the item features (`prepare.build_features`), writes the vocabulary,
+The driver then aligns the item features (`prepare_steps.build_features`), writes the vocabulary,
 features and dataset.json (`prepared.finish_prepared`) and renames the directory into place. A
 run that fails, is interrupted or is killed leaves no output directory (the temporary one is
 removed, or by the next run when the process was killed).
@@ -44,7 +44,7 @@ import numpy as np
 
 from input_pipelines import NUM_RESERVED, prepared, protocols, readers, shards
 from input_pipelines import beam_steps as steps
-from input_pipelines import prepare as prep
+from input_pipelines import prepare_steps as prep
 from input_pipelines.beam_steps import Job
 from input_pipelines.errors import DataError
 

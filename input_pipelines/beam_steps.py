@@ -366,7 +366,7 @@ class Plan:
 def make_plan(infos, job: Job, splits: list) -> Plan:
   """The user order, each user's example ordinals per split and the shard counts, from every
   bucket's `user_counts`."""
-  from input_pipelines.prepare import num_shards
+  from input_pipelines.prepare_steps import num_shards
 
   infos = list(infos)
   keys = np.concatenate([k for k, _ in infos])
@@ -535,7 +535,7 @@ def read_unisrec_part(part: tuple, src: UnisrecSource, lines_before: int):
 
 
 def unisrec_first_keys(parsed) -> tuple:
-  from input_pipelines.prepare import unisrec_first_keys
+  from input_pipelines.prepare_steps import unisrec_first_keys
 
   split, _, _, examples, lines, _ = parsed
   return unisrec_first_keys(split, lines, examples)
@@ -543,7 +543,7 @@ def unisrec_first_keys(parsed) -> tuple:
 
 def unisrec_plan(part_sizes, job: Job) -> Plan:
   """The plan of UniSRec splits from [((split, part), rows)]: examples keep the files' order."""
-  from input_pipelines.prepare import num_shards
+  from input_pipelines.prepare_steps import num_shards
 
   sizes = {s: 0 for s in readers.UNISREC_SPLITS}
   for (split, _), n in part_sizes:
@@ -569,7 +569,7 @@ def part_offsets(part_sizes) -> dict:
 
 def route_unisrec(parsed, job: Job, plan: Plan, part_offsets: dict, index: dict):
   """A parsed part -> ((split, shard), [(ordinal, 0, 1, history, targets)]) (vocab indices)."""
-  from input_pipelines.prepare import unisrec_example
+  from input_pipelines.prepare_steps import unisrec_example
 
   split, k, _, examples, _, _ = parsed
   starts = plan.shard_starts(split)
