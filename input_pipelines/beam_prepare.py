@@ -217,7 +217,8 @@ def _summaries_and_counts(beam, results, job: Job, work: str, round_: int):
 
 def _read_job(args, options, job: Job, src: steps.LogSource, parts: list, work: str):
   def build(beam, p):
-    pc = p | "Parts" >> beam.Create(parts)
+    # Reshuffle: the parts go to all workers (Create's elements would stay on one)
+    pc = p | "Parts" >> beam.Create(parts) | "SpreadParts" >> beam.Reshuffle()
     if src.parquet:
       lines = p | "NoLines" >> beam.Create([])
     else:
@@ -464,7 +465,8 @@ def _unisrec(args, options, tmp: pathlib.Path, work: pathlib.Path):
   map_order = src_in.map_order
 
   def build(beam, p):
-    pc = p | "Parts" >> beam.Create(parts)
+    # Reshuffle: the parts go to all workers (Create's elements would stay on one)
+    pc = p | "Parts" >> beam.Create(parts) | "SpreadParts" >> beam.Reshuffle()
     lines = pc | "CountLines" >> beam.Map(
       lambda part: ((part[0], part[1]), readers.count_lines(src.files[part[0]], part[2], part[3]))
     )

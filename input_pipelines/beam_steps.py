@@ -405,14 +405,19 @@ def _route(ordinal: int, count: int, starts: np.ndarray, payload: tuple):
     k += 1
 
 
-def _batched(routed):
-  """[((split, shard), unit)] -> [((split, shard), packed units)]: one element per shard and
-  bucket, its units packed into a few arrays (`_pack`), so that a job moves a few hundred
-  elements, not one Python object per user."""
+def _batched(routed, job: Job, source: str):
+  """[((split, shard), unit)] -> [((split, shard), file)]: the units of each shard, packed
+  into a few arrays (`_pack`) and saved in the work directory; the shuffle then moves a few
+  hundred file names, not the sequences (`source` names the bucket or part they come from)."""
   out: dict = {}
   for key, unit in routed:
     out.setdefault(key, []).append(unit)
-  return [(key, _pack(units)) for key, units in out.items()]
+  files = []
+  for (split, k), units in out.items():
+    path = os.path.join(job.work, f"units-{source}-{split}-{k:05d}.pkl")
+    save(path, _pack(units))
+    files.append(((split, k), path))
+  return files
 
 
 def _pack(units: list) -> tuple:
@@ -436,7 +441,8 @@ def _unpack(packed: tuple) -> list:
 
 
 def route_users(bucket: int, job: Job, round_: int, vocab: dict, plan: Plan):
-  """A bucket's users -> ((split, shard), [(first ordinal, lo, hi, item codes, labels)])."""
+  """A bucket's users -> ((split, shard), file of its units (first ordinal, lo, hi, item
+  codes, labels)) (`_batched`)."""
   rows = load(rows_file(job, round_, bucket))
   code = np.asarray([vocab.get(x, -1) for x in rows.items.tolist()], np.int64)
   keys, seqs, labels = protocols.user_sequences(rows, code)
@@ -454,7 +460,7 @@ def route_users(bucket: int, job: Job, round_: int, vocab: dict, plan: Plan):
         for k, unit in _route(o, n, starts, (s, lab)):
           yield (split, k), unit
 
-  return _batched(routed())
+  return _batched(routed(), job, f"b{bucket:05d}")
 
 
 def user_unit_examples(job: Job, split: str, unit: tuple):
@@ -468,11 +474,11 @@ def user_unit_examples(job: Job, split: str, unit: tuple):
 
 
 def write_shard(kv, job: Job, plan: Plan, vocab_size: int, unit_examples, seen=None):
-  """((split, shard), units) -> the shard file in the output directory; returns (split,
+  """((split, shard), unit files) -> the shard file in the output directory; returns (split,
   shard, file name, SplitStats, items seen (train) or None). Units are sorted by ordinal, so
   the shard holds its examples in single-file order."""
-  (split, k), batches = kv
-  units = [u for b in batches if b is not None for u in _unpack(b)]
+  (split, k), files = kv
+  units = [u for f in sorted(f for f in files if f is not None) for u in _unpack(load(f))]
   units.sort(key=lambda u: (u[0], u[1]))
   name = shards.shard_name(split, k, plan.num_shards[split])
 
@@ -568,7 +574,8 @@ def part_offsets(part_sizes) -> dict:
 
 
 def route_unisrec(parsed, job: Job, plan: Plan, part_offsets: dict, index: dict):
-  """A parsed part -> ((split, shard), [(ordinal, 0, 1, history, targets)]) (vocab indices)."""
+  """A parsed part -> ((split, shard), file of its units (ordinal, 0, 1, history, targets))
+  (vocab indices; `_batched`)."""
   from input_pipelines.prepare_steps import unisrec_example
 
   split, k, _, examples, _, _ = parsed
@@ -581,7 +588,7 @@ def route_unisrec(parsed, job: Job, plan: Plan, part_offsets: dict, index: dict)
       for shard, unit in _route(first + i, 1, starts, (h, t)):
         yield (split, shard), unit
 
-  return _batched(routed())
+  return _batched(routed(), job, f"{split}-p{k:05d}")
 
 
 def unisrec_unit_examples(job: Job, split: str, unit: tuple):
