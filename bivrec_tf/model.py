@@ -102,6 +102,7 @@ class ViewEncoder(tf.keras.layers.Layer):
         m.cluster_rounds,
         m.prior_mode,
         m.interest_init,
+        m.interest_values,
         name="interest_decomposition",
       )
     )

@@ -40,7 +40,9 @@ class GaussianAttention(tf.keras.layers.Layer):
   Args:
     dim: d.  num_interests: K.  gaussian_prior: False drops the prior term (ablation) and builds
     no prior weights.  sigma_init: initial width of every Gaussian.  prior_mode: "fixed" | "gated".
-    interest_init: "normal" | "orthogonal".
+    interest_init: "normal" | "orthogonal".  values: "shared" (one W_V for every interest, DESIGN.md)
+    or "per_interest" (interest k reads its tokens through its own W_V^k, `[K, d, d]`: c_k =
+    (sum_t alpha[k, t] h_t) W_V^k, so interests that attend to the same items still differ).
   Call: `h` `[B, T, d]`, `tau` `[T]`, `valid` bool `[B, T]` -> seeds `[B, K, d]` (and alpha
     `[B, K, T]` with `return_attention=True`).
   """
@@ -53,15 +55,19 @@ class GaussianAttention(tf.keras.layers.Layer):
     sigma_init: float = 0.25,
     prior_mode: str = "fixed",
     interest_init: str = "normal",
+    values: str = "shared",
     **kwargs,
   ):
     super().__init__(**kwargs)
     self.dim, self.num_interests = dim, num_interests
     self.gaussian_prior, self.sigma_init = gaussian_prior, sigma_init
-    self.prior_mode, self.interest_init = prior_mode, interest_init
+    self.prior_mode, self.interest_init, self.values = prior_mode, interest_init, values
     self.w_q = tf.keras.layers.Dense(dim, use_bias=False, name="w_q")
     self.w_k = tf.keras.layers.Dense(dim, use_bias=False, name="w_k")
-    self.w_v = tf.keras.layers.Dense(dim, use_bias=False, name="w_v")
+    # per_interest: the K value maps are built in `build` (no shared W_V that nothing would train)
+    self.w_v = (
+      None if values == "per_interest" else tf.keras.layers.Dense(dim, use_bias=False, name="w_v")
+    )
 
   def build(self, input_shape):
     k = self.num_interests
@@ -74,6 +80,12 @@ class GaussianAttention(tf.keras.layers.Layer):
       else tf.keras.initializers.TruncatedNormal(stddev=0.05)
     )
     self.queries = self.add_weight(name="queries", shape=(k, self.dim), initializer=init)
+    if self.values == "per_interest":
+      self.value_kernels = self.add_weight(
+        name="value_kernels",
+        shape=(k, self.dim, self.dim),
+        initializer=tf.keras.initializers.GlorotUniform(),
+      )
     if not self.gaussian_prior:  # no prior weights that nothing would train
       super().build(input_shape)
       return
@@ -127,7 +139,11 @@ class GaussianAttention(tf.keras.layers.Layer):
         logits -= tf.square(tau[None, :] - mu[:, None]) / (2.0 * tf.square(sigma))[:, None]
     logits += (1.0 - tf.cast(valid, h.dtype))[:, None, :] * NEG_INF
     alpha = tf.nn.softmax(logits, axis=-1)  # [B, K, T]
-    seeds = tf.einsum("bkt,btd->bkd", alpha, self.w_v(h))
+    if self.w_v is None:  # per-interest values: pool the tokens, then map (B K d^2, not B T d^2)
+      pooled = tf.einsum("bkt,btd->bkd", alpha, h)
+      seeds = tf.einsum("bkd,kde->bke", pooled, self.value_kernels)
+    else:
+      seeds = tf.einsum("bkt,btd->bkd", alpha, self.w_v(h))
     return (seeds, alpha) if return_attention else seeds
 
   def get_config(self):
@@ -139,6 +155,7 @@ class GaussianAttention(tf.keras.layers.Layer):
       "sigma_init": self.sigma_init,
       "prior_mode": self.prior_mode,
       "interest_init": self.interest_init,
+      "values": self.values,
     }
 
 
@@ -208,12 +225,20 @@ class InterestDecomposition(tf.keras.layers.Layer):
     cluster_rounds: int = 2,
     prior_mode: str = "fixed",
     interest_init: str = "normal",
+    values: str = "shared",
     **kwargs,
   ):
     super().__init__(**kwargs)
     self.dim, self.num_interests, self.cluster_rounds = dim, num_interests, cluster_rounds
     self.gaussian = GaussianAttention(
-      dim, num_interests, gaussian_prior, sigma_init, prior_mode, interest_init, name="gaussian"
+      dim,
+      num_interests,
+      gaussian_prior,
+      sigma_init,
+      prior_mode,
+      interest_init,
+      values,
+      name="gaussian",
     )
     # With R = 0 no cluster-attention weights exist (nothing would train or use them).
     self.cluster = ClusterAttention(dim, cluster_rounds, name="cluster") if cluster_rounds else None
@@ -235,6 +260,7 @@ class InterestDecomposition(tf.keras.layers.Layer):
       "cluster_rounds": self.cluster_rounds,
       "prior_mode": g.prior_mode,
       "interest_init": g.interest_init,
+      "values": g.values,
     }
 
 
