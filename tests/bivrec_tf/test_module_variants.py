@@ -89,6 +89,38 @@ def test_no_prior_weights_are_built_when_the_gaussian_prior_is_off():
   assert not any("centre" in n or "width" in n or "gate" in n for n in names), names
 
 
+def test_per_interest_values_pool_then_map_and_differ_over_the_same_tokens():
+  """With per-interest values, interest k is (sum_t alpha[k, t] h_t) W_V^k: one history item gives
+  K different interests (shared values give K copies), and no shared W_V is built."""
+  h = tf.random.stateless_normal([2, 5, D], seed=[5, 6])
+  one_item = tf.constant([[False] * 4 + [True]] * 2)
+  outs = {}
+  for values in ("shared", "per_interest"):
+    layer = GaussianAttention(D, 3, gaussian_prior=False, values=values)
+    seeds, alpha = layer(h, tf.zeros([5]), one_item, return_attention=True)
+    outs[values] = interest_similarity(seeds)[0].numpy()
+    if values == "per_interest":
+      assert not any("w_v" in w.name for w in layer.weights)
+      pooled = np.einsum("bkt,btd->bkd", alpha.numpy(), h.numpy())
+      expected = np.einsum("bkd,kde->bke", pooled, layer.value_kernels.numpy())
+      np.testing.assert_allclose(seeds.numpy(), expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(outs["shared"], 1.0, rtol=1e-5)  # one item: K identical interests
+  assert outs["per_interest"].max() < 0.9
+
+
+def test_per_interest_values_train_and_round_trip_through_the_config():
+  model = _model(model={"interest_values": "per_interest"})
+  with tf.GradientTape() as tape:
+    parts, _ = model.loss_parts(_batch())
+    loss = tf.add_n([tf.reduce_mean(p) for p in parts.values()])
+  kernels = [v for v in model.trainable_variables if "value_kernels" in v.name]
+  assert len(kernels) == 2  # one per view
+  assert all(float(tf.norm(g)) > 0 for g in tape.gradient(loss, kernels))
+  layer = model.views["id"].interest_decomposition
+  clone = type(layer).from_config(layer.get_config())
+  assert clone.gaussian.values == "per_interest"
+
+
 def test_gated_prior_uses_each_users_own_span():
   """With no content signal, the gated prior alone sets the attention, on positions relative to
   each user's span: a user with two items has them at relative positions 1 (oldest) and 0."""
