@@ -71,7 +71,8 @@ class ModelConfig:
   # distinct from the start)
   interest_init: str = "normal"
   # interest values: "shared" (one W_V, DESIGN.md) or "per_interest" (interest k maps its pooled
-  # tokens through its own W_V^k: distinct interests even over the same few items)
+  # tokens through its own W_V^k: distinct interests even over the same few items) or
+  # "shared+per_interest" (W_V + W_V^k)
   interest_values: str = "shared"
   # module 1: "tokens" (every scale's patches are tokens) or "context" (item tokens only, each
   # enriched with the patches that contain it: same T as one scale)
@@ -117,8 +118,12 @@ class ModelConfig:
       _fail("prior_mode", self.prior_mode, "must be 'fixed' or 'gated'")
     if self.interest_init not in ("normal", "orthogonal"):
       _fail("interest_init", self.interest_init, "must be 'normal' or 'orthogonal'")
-    if self.interest_values not in ("shared", "per_interest"):
-      _fail("interest_values", self.interest_values, "must be 'shared' or 'per_interest'")
+    if self.interest_values not in ("shared", "per_interest", "shared+per_interest"):
+      _fail(
+        "interest_values",
+        self.interest_values,
+        "must be 'shared', 'per_interest' or 'shared+per_interest'",
+      )
     if self.patch_mode not in ("tokens", "context"):
       _fail("patch_mode", self.patch_mode, "must be 'tokens' or 'context'")
     if self.cluster_rounds < 0:

@@ -42,7 +42,8 @@ class GaussianAttention(tf.keras.layers.Layer):
     no prior weights.  sigma_init: initial width of every Gaussian.  prior_mode: "fixed" | "gated".
     interest_init: "normal" | "orthogonal".  values: "shared" (one W_V for every interest, DESIGN.md)
     or "per_interest" (interest k reads its tokens through its own W_V^k, `[K, d, d]`: c_k =
-    (sum_t alpha[k, t] h_t) W_V^k, so interests that attend to the same items still differ).
+    (sum_t alpha[k, t] h_t) W_V^k, so interests that attend to the same items still differ), or
+    "shared+per_interest" (W_V + W_V^k: a shared map every example trains plus each interest's own).
   Call: `h` `[B, T, d]`, `tau` `[T]`, `valid` bool `[B, T]` -> seeds `[B, K, d]` (and alpha
     `[B, K, T]` with `return_attention=True`).
   """
@@ -80,7 +81,7 @@ class GaussianAttention(tf.keras.layers.Layer):
       else tf.keras.initializers.TruncatedNormal(stddev=0.05)
     )
     self.queries = self.add_weight(name="queries", shape=(k, self.dim), initializer=init)
-    if self.values == "per_interest":
+    if self.values != "shared":
       self.value_kernels = self.add_weight(
         name="value_kernels",
         shape=(k, self.dim, self.dim),
@@ -139,11 +140,13 @@ class GaussianAttention(tf.keras.layers.Layer):
         logits -= tf.square(tau[None, :] - mu[:, None]) / (2.0 * tf.square(sigma))[:, None]
     logits += (1.0 - tf.cast(valid, h.dtype))[:, None, :] * NEG_INF
     alpha = tf.nn.softmax(logits, axis=-1)  # [B, K, T]
-    if self.w_v is None:  # per-interest values: pool the tokens, then map (B K d^2, not B T d^2)
+    if self.values == "shared":
+      seeds = tf.einsum("bkt,btd->bkd", alpha, self.w_v(h))
+    else:  # per-interest values: pool the tokens, then map (B K d^2, not B T d^2)
       pooled = tf.einsum("bkt,btd->bkd", alpha, h)
       seeds = tf.einsum("bkd,kde->bke", pooled, self.value_kernels)
-    else:
-      seeds = tf.einsum("bkt,btd->bkd", alpha, self.w_v(h))
+      if self.w_v is not None:
+        seeds += self.w_v(pooled)
     return (seeds, alpha) if return_attention else seeds
 
   def get_config(self):

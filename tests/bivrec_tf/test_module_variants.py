@@ -95,17 +95,19 @@ def test_per_interest_values_pool_then_map_and_differ_over_the_same_tokens():
   h = tf.random.stateless_normal([2, 5, D], seed=[5, 6])
   one_item = tf.constant([[False] * 4 + [True]] * 2)
   outs = {}
-  for values in ("shared", "per_interest"):
+  for values in ("shared", "per_interest", "shared+per_interest"):
     layer = GaussianAttention(D, 3, gaussian_prior=False, values=values)
     seeds, alpha = layer(h, tf.zeros([5]), one_item, return_attention=True)
     outs[values] = interest_similarity(seeds)[0].numpy()
-    if values == "per_interest":
-      assert not any("w_v" in w.name for w in layer.weights)
+    if values != "shared":
+      assert any("w_v" in w.name for w in layer.weights) == (values == "shared+per_interest")
       pooled = np.einsum("bkt,btd->bkd", alpha.numpy(), h.numpy())
       expected = np.einsum("bkd,kde->bke", pooled, layer.value_kernels.numpy())
-      np.testing.assert_allclose(seeds.numpy(), expected, rtol=1e-5, atol=1e-6)
+      if values == "shared+per_interest":
+        expected += pooled @ layer.w_v.kernel.numpy()
+      np.testing.assert_allclose(seeds.numpy(), expected, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(outs["shared"], 1.0, rtol=1e-5)  # one item: K identical interests
-  assert outs["per_interest"].max() < 0.9
+  assert outs["per_interest"].max() < 0.9 and outs["shared+per_interest"].max() < 0.95
 
 
 def test_per_interest_values_train_and_round_trip_through_the_config():
