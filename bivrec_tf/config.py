@@ -157,14 +157,16 @@ class LossConfig:
   """Retrieval and cross-view losses."""
 
   num_negatives: int = 256  # items sampled per batch from the catalogue
-  lambda_sem: float = 1.0  # coarse semantic-similarity loss weight; 0 = ablation
+  # coarse semantic-similarity loss weight; 0 = ablation. 3 since 2026-11-27 late (docs/results.md,
+  # "Module 3 weight": validation level with 1, each view's own validation score higher)
+  lambda_sem: float = 3.0
   lambda_alloc: float = 1.0  # fine allocation-similarity loss weight; 0 = ablation
   # interest-diversity penalty: mean of relu(cos - div_margin)^2 over pairs of a user's K interests
   # (off-diagonal of U U^T)
   lambda_div: float = 0.0
   div_margin: float = 0.0  # cosines below the margin are free (0 = plain squared cosine)
   tau_c: float = 0.1  # semantic contrastive temperature
-  # The default L_sem is "mutual" at weight 1 (docs/results.md, "Interests, module 3 and late
+  # The default L_sem is "mutual" (at weight 3, above; docs/results.md, "Interests, module 3 and late
   # fusion": both views beat their separately trained twins); DESIGN.md's is "contrast", 0.1.
   # L_sem: "contrast" (DESIGN.md: InfoNCE between the views' pooled interests), "mutual" (each
   # view's next-item distribution over the candidates distils into the other's), "guided"
