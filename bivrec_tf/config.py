@@ -158,7 +158,7 @@ class LossConfig:
 
   num_negatives: int = 256  # items sampled per batch from the catalogue
   # coarse semantic-similarity loss weight; 0 = ablation. 3 since 2026-11-27 late (docs/results.md,
-  # "Module 3 weight": validation level with 1, each view's own validation score higher)
+  # "Current state (2026-11-27, late)": fused validation level with 1, each view's own higher)
   lambda_sem: float = 3.0
   lambda_alloc: float = 1.0  # fine allocation-similarity loss weight; 0 = ablation
   # interest-diversity penalty: mean of relu(cos - div_margin)^2 over pairs of a user's K interests
