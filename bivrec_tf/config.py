@@ -160,6 +160,9 @@ class LossConfig:
   # coarse semantic-similarity loss weight; 0 = ablation. 3 since 2026-11-27 late (docs/results.md,
   # "Current state (2026-11-27, late)": fused validation level with 1, each view's own higher)
   lambda_sem: float = 3.0
+  # L_sem's weight grows linearly from 0 over the first N training steps (0 = full weight from
+  # the first step)
+  sem_warmup_steps: int = 0
   lambda_alloc: float = 1.0  # fine allocation-similarity loss weight; 0 = ablation
   # interest-diversity penalty: mean of relu(cos - div_margin)^2 over pairs of a user's K interests
   # (off-diagonal of U U^T)
@@ -200,6 +203,8 @@ class LossConfig:
       _fail("alloc_mode", self.alloc_mode, "must be 'mse' or 'cka'")
     if not self.tau_kd > 0:
       _fail("tau_kd", self.tau_kd, "temperature must be > 0")
+    if self.sem_warmup_steps < 0:
+      _fail("sem_warmup_steps", self.sem_warmup_steps, "must be >= 0")
     for name in ("lambda_sem", "lambda_alloc", "lambda_div"):
       value = getattr(self, name)
       if not (value >= 0 and math.isfinite(value)):

@@ -345,10 +345,20 @@ class BivRecModel(tf.keras.Model):
       alloc = allocation_cka_loss if lc.alloc_mode == "cka" else allocation_loss
       terms["alloc"] = alloc(a_id, a_mm, valid)
       if lc.lambda_sem > 0 and "sem" in terms:
-        parts["sem"] = lc.lambda_sem * terms["sem"]
+        parts["sem"] = lc.lambda_sem * self._sem_ramp(training) * terms["sem"]
       if lc.lambda_alloc > 0:
         parts["alloc"] = lc.lambda_alloc * terms["alloc"]
     return parts, terms
+
+  def _sem_ramp(self, training):
+    """The L_sem weight's warm-up factor: min(1, step / sem_warmup_steps) while training (the
+    optimizer's step count), 1 otherwise or with sem_warmup_steps = 0. Distilling from a view
+    that has not learned yet is noise, so the weight grows over the first steps."""
+    warmup = self.config.loss.sem_warmup_steps
+    if not training or warmup <= 0 or self.optimizer is None:
+      return 1.0
+    step = tf.cast(self.optimizer.iterations, tf.float32)
+    return tf.minimum(1.0, step / float(warmup))
 
   def _semantic_term(self, mode, u_id, u_mm, target, candidates, probs, logits):
     """One L_sem variant (config `sem_mode`; several joined by '+' are summed), per example.

@@ -328,3 +328,17 @@ def test_max_plus_target_adds_one_label_aware_term_per_view():
   parts_max, _ = _model(views=("id",)).loss_parts(_batch())
   assert "route_id" not in parts_max
   np.testing.assert_allclose(parts["rec_id"].numpy(), parts_max["rec_id"].numpy(), rtol=1e-5)
+
+
+def test_sem_warmup_scales_the_weight_by_the_step_while_training_only():
+  model = _model(loss={"lambda_sem": 2.0, "sem_warmup_steps": 10})
+  model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+  model.optimizer.iterations.assign(4)
+  batch = _batch()
+  parts, terms = model.loss_parts(batch, training=True)
+  np.testing.assert_allclose(parts["sem"], 2.0 * 0.4 * terms["sem"], rtol=1e-5)
+  parts, terms = model.loss_parts(batch, training=False)  # evaluation: the full weight
+  np.testing.assert_allclose(parts["sem"], 2.0 * terms["sem"], rtol=1e-5)
+  model.optimizer.iterations.assign(25)  # past the warm-up: the full weight
+  parts, terms = model.loss_parts(batch, training=True)
+  np.testing.assert_allclose(parts["sem"], 2.0 * terms["sem"], rtol=1e-5)
