@@ -39,6 +39,7 @@ import os
 import pathlib
 import shutil
 import sys
+import time
 
 import numpy as np
 
@@ -86,15 +87,13 @@ def _log(args, msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
-def _run(options, build, args=None, what: str = "") -> None:
-  import time
-
+def _run(options, build, args, what: str) -> None:
+  """Runs one Beam job (`build(beam, pipeline)` adds its steps) and logs its wall time."""
   beam = _beam()
   start = time.perf_counter()
   with beam.Pipeline(options=options) as p:
     build(beam, p)
-  if args is not None:
-    _log(args, f"beam job {what}: {time.perf_counter() - start:.1f}s")
+  _log(args, f"beam job {what}: {time.perf_counter() - start:.1f}s")
 
 
 def _dump(beam, pcoll, path: str, label: str):
