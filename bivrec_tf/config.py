@@ -174,6 +174,7 @@ class LossConfig:
   # L_sem: "contrast" (DESIGN.md: InfoNCE between the views' pooled interests), "mutual" (each
   # view's next-item distribution over the candidates distils into the other's), "guided"
   # (mutual, but per example only the view that gives the target the higher probability teaches),
+  # "mutual_nt" (mutual, over the non-target candidates only: the target column masked out),
   # "cross" (each view's interests predict the target in the other view's item space), "fused"
   # (the retrieval loss on the fused score 1/2 (s_id + s_mm): each view learns what the other
   # misses) or "item" (each candidate item's ID vector contrasted with its MM vector); several
@@ -191,12 +192,12 @@ class LossConfig:
       _fail("div_margin", self.div_margin, "must be in [-1, 1)")
     modes = self.sem_mode.split("+")
     if not all(
-      m in ("contrast", "mutual", "guided", "cross", "fused", "item") for m in modes
+      m in ("contrast", "mutual", "mutual_nt", "guided", "cross", "fused", "item") for m in modes
     ) or len(set(modes)) != len(modes):
       _fail(
         "sem_mode",
         self.sem_mode,
-        "must be 'contrast', 'mutual', 'guided', 'cross', 'fused' or "
+        "must be 'contrast', 'mutual', 'mutual_nt', 'guided', 'cross', 'fused' or "
         "'item', or several of them joined by '+' (summed)",
       )
     if self.alloc_mode not in ("mse", "cka"):

@@ -46,6 +46,7 @@ from bivrec_tf.layers import (
   item_alignment_loss,
   guided_distillation_loss,
   mutual_distillation_loss,
+  non_target_distillation_loss,
   semantic_loss,
 )
 from bivrec_tf.layers.patching import padded_length
@@ -370,6 +371,8 @@ class BivRecModel(tf.keras.Model):
       return semantic_loss(g_id, g_mm, lc.tau_c, gather_replicas(g_id), gather_replicas(g_mm))
     if mode == "mutual":
       return mutual_distillation_loss(logits["id"], logits["mm"], lc.tau_kd)
+    if mode == "mutual_nt":
+      return non_target_distillation_loss(logits["id"], logits["mm"], lc.tau_kd)
     if mode == "guided":
       return guided_distillation_loss(logits["id"], logits["mm"], lc.tau_kd)
     if mode == "item":

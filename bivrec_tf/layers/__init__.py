@@ -8,6 +8,7 @@ from bivrec_tf.layers.cross_view import (
   item_alignment_loss,
   guided_distillation_loss,
   mutual_distillation_loss,
+  non_target_distillation_loss,
   semantic_loss,
 )
 from bivrec_tf.layers.interests import (
@@ -35,5 +36,6 @@ __all__ = [
   "item_alignment_loss",
   "guided_distillation_loss",
   "mutual_distillation_loss",
+  "non_target_distillation_loss",
   "semantic_loss",
 ]

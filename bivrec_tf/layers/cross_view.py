@@ -14,6 +14,10 @@ Measured alternatives (config `sem_mode`, `alloc_mode`; docs/model.md has the nu
 - `sem_mode="mutual"`: the views' next-item distributions over the batch's candidates teach each
   other (mutual distillation): L_sem = T^2 / 2 [CE(sg p_mm^T, p_id^T) + CE(sg p_id^T, p_mm^T)],
   p_v^T = softmax(logits_v / T), sg = stop-gradient (each view is the other's teacher).
+- `sem_mode="mutual_nt"`: mutual distillation over the *non-target* candidates only (the
+  non-target part of decoupled knowledge distillation, Zhao et al. 2022): the target column is
+  masked out of both distributions, so each view passes on which negatives look plausible without
+  pulling the other's confidence in the target toward its own.
 - `sem_mode="cross"`: each view's interests predict the target in the other view's item space
   (U_id against e_mm(candidates), U_mm against e_id(candidates)), the retrieval loss itself.
 - `sem_mode="fused"`: the retrieval loss on the fused score 1/2 (s_id + s_mm) (the inference rule
@@ -133,6 +137,19 @@ def mutual_distillation_loss(logits_id, logits_mm, temperature: float = 1.0):
   ce_id = tf.nn.softmax_cross_entropy_with_logits(labels=p_mm, logits=logits_id / t)
   ce_mm = tf.nn.softmax_cross_entropy_with_logits(labels=p_id, logits=logits_mm / t)
   return 0.5 * t * t * (ce_id + ce_mm)
+
+
+def non_target_distillation_loss(logits_id, logits_mm, temperature: float = 1.0):
+  """Mutual distillation over the non-target candidates (row i's target is candidate i).
+
+  The target column is masked out of teacher and student before the softmax, so the loss only
+  matches how each view ranks the negatives among themselves; the target's probability gets no
+  gradient from it.
+  Args: logits_id, logits_mm `[B, C]`. Returns: per-example loss `[B]`, as
+  `mutual_distillation_loss` over the renormalised non-target distributions.
+  """
+  mask = -1e9 * tf.eye(tf.shape(logits_id)[0], tf.shape(logits_id)[1], dtype=logits_id.dtype)
+  return mutual_distillation_loss(logits_id + mask, logits_mm + mask, temperature)
 
 
 def guided_distillation_loss(logits_id, logits_mm, temperature: float = 1.0):
