@@ -241,3 +241,42 @@ def test_guided_distillation_teaches_only_from_the_view_that_ranks_the_target_hi
   assert np.all(np.abs(g_id[~mm_better]).sum(axis=1) == 0)
   np.testing.assert_allclose(g_id[mm_better], (p_id - p_mm)[mm_better], atol=1e-6)
   np.testing.assert_allclose(g_mm[~mm_better], (p_mm - p_id)[~mm_better], atol=1e-6)
+
+
+def test_non_target_distillation_leaves_the_target_alone_and_matches_the_negatives():
+  from bivrec_tf.layers import non_target_distillation_loss  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng(4)
+  logits_id = tf.constant(rng.normal(size=(3, 5)), tf.float32)
+  logits_mm = tf.constant(rng.normal(size=(3, 5)), tf.float32)
+  t = 2.0
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch([logits_id, logits_mm])
+    loss = tf.reduce_sum(non_target_distillation_loss(logits_id, logits_mm, t))
+  g_id = tape.gradient(loss, logits_id).numpy()
+  g_mm = tape.gradient(loss, logits_mm).numpy()
+  # The target column (row i's candidate i) gets no gradient in either view.
+  np.testing.assert_allclose(np.diagonal(g_id), 0.0, atol=1e-7)
+  np.testing.assert_allclose(np.diagonal(g_mm), 0.0, atol=1e-7)
+  # Elsewhere: t/2 (q_id - q_mm), q = the softmax over the row's non-target candidates at t.
+  off = ~np.eye(3, 5, dtype=bool)
+
+  def q(z):
+    z = z.numpy() / t
+    e = np.where(off, np.exp(z - z.max(axis=1, keepdims=True)), 0.0)
+    return e / e.sum(axis=1, keepdims=True)
+
+  np.testing.assert_allclose(g_id[off], (0.5 * t * (q(logits_id) - q(logits_mm)))[off], atol=1e-6)
+  assert np.abs(g_id[off]).max() > 1e-3
+  # Views that differ only in the target's logit agree on the negatives: the loss is that of
+  # identical views (the cross-entropy's floor, the entropy), unlike full mutual distillation.
+  bumped = logits_id + 3.0 * tf.eye(3, 5)
+  np.testing.assert_allclose(
+    non_target_distillation_loss(logits_id, bumped, t),
+    non_target_distillation_loss(logits_id, logits_id, t),
+    rtol=1e-5,
+  )
+  gap = mutual_distillation_loss(logits_id, bumped, t) - mutual_distillation_loss(
+    logits_id, logits_id, t
+  )
+  assert float(tf.reduce_min(gap)) > 1e-3
