@@ -82,7 +82,7 @@ def pipeline_options(args):
   return PipelineOptions(flags)
 
 
-def _log(args, msg: str) -> None:
+def log_step(args, msg: str) -> None:
   if not args.quiet:
     print(msg, file=sys.stderr)
 
@@ -93,7 +93,7 @@ def _run(options, build, args, what: str) -> None:
   start = time.perf_counter()
   with beam.Pipeline(options=options) as p:
     build(beam, p)
-  _log(args, f"beam job {what}: {time.perf_counter() - start:.1f}s")
+  log_step(args, f"beam job {what}: {time.perf_counter() - start:.1f}s")
 
 
 def _dump(beam, pcoll, path: str, label: str):
@@ -123,7 +123,7 @@ def prepare(args, out: pathlib.Path) -> tuple[pathlib.Path, list]:
       item_ids, known, written, seen, meta, text_src, auto = _unisrec(args, options, tmp, work)
     else:
       item_ids, known, written, seen, meta, text_src, auto = _log_flow(args, options, tmp, work)
-    _log(args, f"{len(item_ids):,} items, protocol {meta['protocol']}")
+    log_step(args, f"{len(item_ids):,} items, protocol {meta['protocol']}")
     needed = bool(args.features or auto or text_src)  # `known` is read only for features
     features, modality_info = prep.build_features(
       args, item_ids, known() if needed else set(), text_src, auto
@@ -367,7 +367,7 @@ def _log_flow(args, options, tmp: pathlib.Path, work: pathlib.Path):
   ends = dict(_load(work, "ends.pkl"))
   starts = [p[2] for p in parts[1:]]
   if any(ends.get(k) != s for k, s in enumerate(starts) if k in ends):
-    _log(args, "a quoted field runs across a part boundary: reading the file as one part")
+    log_step(args, "a quoted field runs across a part boundary: reading the file as one part")
     for f in work.iterdir():
       f.unlink()
     parts = _text_parts(src_in.path, 0)
@@ -391,7 +391,7 @@ def _log_flow(args, options, tmp: pathlib.Path, work: pathlib.Path):
     _kcore_job(args, options, job, buckets, round_, str(work))
     state = _load(work, f"summary-r{round_:03d}.pkl")
     failing = sum(_load(work, f"failing-r{round_:03d}.pkl"))
-    _log(args, f"k-core round {round_}: {sum(s['removed'] for s in state):,} rows removed")
+    log_step(args, f"k-core round {round_}: {sum(s['removed'] for s in state):,} rows removed")
   left = sum(s["rows"] for s in state)
   if left == 0:
     raise protocols.no_rows_left(str(src_in.path), filt.dedup, min_u, min_i)

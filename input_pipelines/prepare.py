@@ -42,10 +42,10 @@ from input_pipelines import protocols, text_encoders, tfx_layout
 from input_pipelines.errors import run_cli
 from input_pipelines.prepare_steps import (  # the steps both paths share
   FORMATS,
-  _from_log,
-  _from_unisrec,
-  _log,
-  _progress,
+  from_log,
+  from_unisrec,
+  log_step,
+  progress,
   build_features,
   complete_meta,
   num_shards,
@@ -54,17 +54,16 @@ from input_pipelines.prepare_steps import (  # the steps both paths share
 
 def _prepare_in_process(args, out: pathlib.Path) -> tuple[pathlib.Path, list]:
   if args.format == "unisrec":
-    item_ids, known, splits, totals, meta, text_src, auto = _from_unisrec(args)
+    item_ids, known, splits, totals, meta, text_src, auto = from_unisrec(args)
   else:
-    item_ids, known, splits, totals, meta, text_src, auto = _from_log(args)
-  _log(args, f"{len(item_ids):,} items, protocol {meta['protocol']}")
+    item_ids, known, splits, totals, meta, text_src, auto = from_log(args)
+  log_step(args, f"{len(item_ids):,} items, protocol {meta['protocol']}")
   features, modality_info = build_features(args, item_ids, known, text_src, auto)
   meta = complete_meta(args, meta, modality_info)
   import tensorflow  # noqa: F401  (import before the progress bars start)
 
   written = {
-    name: _progress(args, gen(), totals.get(name), f"writing {name}")
-    for name, gen in splits.items()
+    name: progress(args, gen(), totals.get(name), f"writing {name}") for name, gen in splits.items()
   }
   from input_pipelines.prepared import write_prepared  # imports TensorFlow lazily
 
@@ -94,9 +93,9 @@ def run(args) -> pathlib.Path:
     path, item_ids = beam_prepare.prepare(args, out)
   else:
     path, item_ids = _prepare_in_process(args, out)
-  _log(args, f"wrote {path} in {time.time() - start:.1f}s")
+  log_step(args, f"wrote {path} in {time.time() - start:.1f}s")
   if args.tfx_out:
-    _log(args, f"wrote {tfx_layout.write_tfx_layout(path, args.tfx_out, args.overwrite)}")
+    log_step(args, f"wrote {tfx_layout.write_tfx_layout(path, args.tfx_out, args.overwrite)}")
   stats = json.loads((path / "dataset.json").read_text())["statistics"]
   if True:  # the one-line summary is printed even with --quiet
     ex = stats["num_examples"]

@@ -43,12 +43,12 @@ DEFAULT_COLUMNS = {
 DEFAULT_COLUMNS["parquet"] = DEFAULT_COLUMNS["csv"]
 
 
-def _log(args, msg: str) -> None:
+def log_step(args, msg: str) -> None:
   if not args.quiet:
     print(msg, file=sys.stderr)
 
 
-def _progress(args, iterable, total=None, desc=None):
+def progress(args, iterable, total=None, desc=None):
   """`iterable` with a progress bar that appears when iteration starts (not at creation)."""
   if args.quiet:
     return iterable
@@ -237,7 +237,7 @@ def log_meta(
   }
 
 
-def _from_log(args):
+def from_log(args):
   src = log_input(args)
   if src.parquet:
     inter = readers.read_parquet(src.path, src.columns, time_optional=src.time_optional)
@@ -250,7 +250,7 @@ def _from_log(args):
       progress=not args.quiet,
       time_optional=src.time_optional,
     )
-  _log(args, f"read {len(inter):,} interactions from {src.path}")
+  log_step(args, f"read {len(inter):,} interactions from {src.path}")
   protocol = choose_protocol(args, inter.labels is not None)
   filt = filtering(args, protocol)
   seq = protocols.build_sequences(
@@ -344,7 +344,7 @@ def unisrec_meta(
   }
 
 
-def _from_unisrec(args):
+def from_unisrec(args):
   src = unisrec_input(args)
   data = {
     s: readers.read_unisrec_split(f, src.id_map, progress=not args.quiet)
@@ -410,7 +410,7 @@ def build_features(args, item_ids, known, text_src, auto_features) -> tuple[dict
     values, present, counts = feats.align(src, item_ids, known, args.ignore_unknown_items)
     features[name] = (values, present)
     modality_info[name] = {"source": str(file), **counts}
-    _log(
+    log_step(
       args,
       f"modality {name}: dim {values.shape[1]}, {present.sum():,}/{len(item_ids):,} items present",
     )
@@ -426,7 +426,7 @@ def build_features(args, item_ids, known, text_src, auto_features) -> tuple[dict
     values, present, counts = feats.align(src, item_ids, known, args.ignore_unknown_items)
     features["text"] = (values, present)
     modality_info["text"] = {**info, **counts}
-    _log(
+    log_step(
       args,
       f"modality text ({info['encoder']}): dim {values.shape[1]}, "
       f"{present.sum():,}/{len(item_ids):,} items have text",
