@@ -87,6 +87,9 @@ class ModelConfig:
   # scores all candidates (label-aware, ComiRec), or "max+target": both retrieval losses; inference
   # uses the max
   routing: str = "max"
+  # the MM item tower's fusion of its modalities: "mlp" (DESIGN.md: Dense_d(GELU(Dense_2d(concat z)))
+  # + mean z) or "mean" (mean z only: no fusion MLP, a cheaper tower)
+  mm_fusion: str = "mlp"
   # Recommendation similarity.
   similarity: str = "cosine"  # "cosine" or "dot"
   tau_rec: float = 0.07
@@ -146,6 +149,8 @@ class ModelConfig:
       )
     if self.routing not in ("max", "target", "max+target"):
       _fail("routing", self.routing, "must be 'max', 'target' or 'max+target'")
+    if self.mm_fusion not in ("mlp", "mean"):
+      _fail("mm_fusion", self.mm_fusion, "must be 'mlp' or 'mean'")
     if self.similarity not in ("cosine", "dot"):
       _fail("similarity", self.similarity, "must be 'cosine' or 'dot'")
     if not self.tau_rec > 0:

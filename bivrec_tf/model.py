@@ -193,7 +193,9 @@ class BivRecModel(tf.keras.Model):
       tower = (
         IdTower(vocab_size, m.dim, name="id_tower")
         if v == "id"
-        else MultimodalTower.from_tables(features, present, m.dim, name="mm_tower")
+        else MultimodalTower.from_tables(
+          features, present, m.dim, fusion=m.mm_fusion, name="mm_tower"
+        )
       )
       self.views[v] = ViewEncoder(tower, m, max_len, name=f"{v}_view")
     self.cross_view = len(self.view_names) == 2

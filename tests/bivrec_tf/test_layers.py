@@ -335,3 +335,24 @@ def test_mm_tower_tables_are_weights_so_a_clone_scores_items_only_after_copying_
   np.testing.assert_allclose(clone(ids).numpy(), out, atol=1e-6)
   with pytest.raises(ValueError, match="features_text"):
     MultimodalTower(6, {"text": 5}, D, features={"text": feats})
+
+
+def test_mm_tower_mean_fusion_is_the_mean_of_the_modality_vectors_and_builds_no_mlp():
+  rng = np.random.default_rng(3)
+  feats = {"text": rng.normal(size=(5, 4)), "image": rng.normal(size=(5, 3))}
+  feats = {m: f.astype(np.float32) for m, f in feats.items()}
+  present = {m: np.ones(5, bool) for m in feats}
+  mean = MultimodalTower.from_tables(feats, present, D, fusion="mean")
+  mlp = MultimodalTower.from_tables(feats, present, D)
+  ids = tf.constant([1, 4])
+  out = mean(ids).numpy()
+  z = [
+    mean.norms[m](mean.projections[m](tf.gather(feats[m], ids))).numpy() for m in ("image", "text")
+  ]
+  np.testing.assert_allclose(out, (z[0] + z[1]) / 2, atol=1e-5)
+  mlp(ids)
+  names = lambda layer: {w.name.split("/")[-2] for w in layer.trainable_weights}  # noqa: E731
+  assert "fuse_hidden" in names(mlp) and not any(n.startswith("fuse") for n in names(mean))
+  assert len(mean.trainable_weights) < len(mlp.trainable_weights)
+  with pytest.raises(ValueError, match="fusion"):
+    MultimodalTower.from_tables(feats, present, D, fusion="sum")
