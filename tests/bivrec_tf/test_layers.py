@@ -351,8 +351,12 @@ def test_mm_tower_mean_fusion_is_the_mean_of_the_modality_vectors_and_builds_no_
   ]
   np.testing.assert_allclose(out, (z[0] + z[1]) / 2, atol=1e-5)
   mlp(ids)
-  names = lambda layer: {w.name.split("/")[-2] for w in layer.trainable_weights}  # noqa: E731
-  assert "fuse_hidden" in names(mlp) and not any(n.startswith("fuse") for n in names(mean))
+
+  def layer_names(tower):  # "mm_tower/fuse_hidden/kernel:0" -> "fuse_hidden"
+    return {w.name.split("/")[-2] for w in tower.trainable_weights}
+
+  assert "fuse_hidden" in layer_names(mlp)
+  assert not any(n.startswith("fuse") for n in layer_names(mean))
   assert len(mean.trainable_weights) < len(mlp.trainable_weights)
   with pytest.raises(ValueError, match="fusion"):
     MultimodalTower.from_tables(feats, present, D, fusion="sum")
