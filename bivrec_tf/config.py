@@ -17,6 +17,8 @@ from typing import Any, Optional, Tuple
 
 VIEWS = ("id", "mm")
 TABLE_DTYPES = ("float32", "bfloat16", "float16")  # storage of the served item tables
+# L_sem's forms (`LossConfig.sem_mode`, several joined by '+')
+SEM_MODES = ("contrast", "mutual", "mutual_nt", "guided", "cross", "fused", "item")
 
 
 def _fail(field: str, value: Any, why: str) -> None:
@@ -196,14 +198,12 @@ class LossConfig:
     if not -1.0 <= self.div_margin < 1.0:
       _fail("div_margin", self.div_margin, "must be in [-1, 1)")
     modes = self.sem_mode.split("+")
-    if not all(
-      m in ("contrast", "mutual", "mutual_nt", "guided", "cross", "fused", "item") for m in modes
-    ) or len(set(modes)) != len(modes):
+    if not all(m in SEM_MODES for m in modes) or len(set(modes)) != len(modes):
       _fail(
         "sem_mode",
         self.sem_mode,
-        "must be 'contrast', 'mutual', 'mutual_nt', 'guided', 'cross', 'fused' or "
-        "'item', or several of them joined by '+' (summed)",
+        f"must be one of {', '.join(map(repr, SEM_MODES))}, or several of them joined by '+' "
+        "(summed)",
       )
     if self.alloc_mode not in ("mse", "cka"):
       _fail("alloc_mode", self.alloc_mode, "must be 'mse' or 'cka'")

@@ -53,8 +53,8 @@ class MultimodalTower(tf.keras.layers.Layer):
 
   Per modality m: `z_m = LayerNorm(Dense_d(f_m(i)))`, or a learned "missing" vector when item i
   lacks modality m; fused `e_mm(i) = Dense_d(GELU(Dense_2d(concat_m z_m))) + mean_m z_m`
-  (`fusion="mlp"`), or `e_mm(i) = mean_m z_m` (`fusion="mean"`: no fusion MLP, about a sixth of
-  the tower's multiply-adds at d = 64 with two small modalities).
+  (`fusion="mlp"`), or `e_mm(i) = mean_m z_m` (`fusion="mean"`: no fusion MLP; the MLP is 0.84
+  of the tower's 0.97 GFLOP per training step in docs/performance.md's setting).
   The feature tables `f_m` (`[V, D_m]`, standardized at preparation time) and presence masks
   (`[V]`) are non-trainable weights created in `build`, so a served model needs only item ids and
   the tables travel with the weights (checkpoints, `get_weights`); the config holds their shapes.
