@@ -18,7 +18,7 @@ from typing import Any, Optional, Tuple
 VIEWS = ("id", "mm")
 TABLE_DTYPES = ("float32", "bfloat16", "float16")  # storage of the served item tables
 # L_sem's forms (`LossConfig.sem_mode`, several joined by '+')
-SEM_MODES = ("contrast", "mutual", "mutual_nt", "guided", "cross", "fused", "item")
+SEM_MODES = ("contrast", "mutual", "mutual_nt", "ensemble", "guided", "cross", "fused", "item")
 
 
 def _fail(field: str, value: Any, why: str) -> None:
@@ -182,7 +182,8 @@ class LossConfig:
   # view's next-item distribution over the candidates distils into the other's), "guided"
   # (mutual, but per example only the view that gives the target the higher probability teaches),
   # "mutual_nt" (mutual, over the non-target candidates only: the target column masked out),
-  # "cross" (each view's interests predict the target in the other view's item space), "fused"
+  # "ensemble" (both views distil into the stop-gradient distribution of their ensemble, the fused
+  # score at w = 1/2), "cross" (each view's interests predict the target in the other view's item space), "fused"
   # (the retrieval loss on the fused score 1/2 (s_id + s_mm): each view learns what the other
   # misses) or "item" (each candidate item's ID vector contrasted with its MM vector); several
   # joined by '+' are summed ("mutual+item")

@@ -44,6 +44,7 @@ from bivrec_tf.layers import (
   allocation_loss,
   interest_similarity,
   item_alignment_loss,
+  ensemble_distillation_loss,
   guided_distillation_loss,
   mutual_distillation_loss,
   non_target_distillation_loss,
@@ -375,6 +376,8 @@ class BivRecModel(tf.keras.Model):
       return mutual_distillation_loss(logits["id"], logits["mm"], lc.tau_kd)
     if mode == "mutual_nt":
       return non_target_distillation_loss(logits["id"], logits["mm"], lc.tau_kd)
+    if mode == "ensemble":
+      return ensemble_distillation_loss(logits["id"], logits["mm"], lc.tau_kd)
     if mode == "guided":
       return guided_distillation_loss(logits["id"], logits["mm"], lc.tau_kd)
     if mode == "item":

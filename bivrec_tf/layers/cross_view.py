@@ -18,6 +18,9 @@ Measured alternatives (config `sem_mode`, `alloc_mode`; docs/model.md has the nu
   non-target part of decoupled knowledge distillation, Zhao et al. 2022): the target column is
   masked out of both distributions, so each view passes on which negatives look plausible without
   pulling the other's confidence in the target toward its own.
+- `sem_mode="ensemble"`: both views distil into the (stop-gradient) distribution of their ensemble,
+  p_ens^T = softmax((logits_id + logits_mm) / 2T) (online ensemble distillation): no view is pulled
+  toward a teacher weaker than itself, since the teacher is the fused score both are judged by.
 - `sem_mode="cross"`: each view's interests predict the target in the other view's item space
   (U_id against e_mm(candidates), U_mm against e_id(candidates)), the retrieval loss itself.
 - `sem_mode="fused"`: the retrieval loss on the fused score 1/2 (s_id + s_mm) (the inference rule
@@ -150,6 +153,20 @@ def non_target_distillation_loss(logits_id, logits_mm, temperature: float = 1.0)
   """
   mask = -1e9 * tf.eye(tf.shape(logits_id)[0], tf.shape(logits_id)[1], dtype=logits_id.dtype)
   return mutual_distillation_loss(logits_id + mask, logits_mm + mask, temperature)
+
+
+def ensemble_distillation_loss(logits_id, logits_mm, temperature: float = 1.0):
+  """Each view learns the (stop-gradient) distribution of the two views' ensemble.
+
+  Args: logits_id, logits_mm `[B, C]` (after logQ correction and accidental-hit removal).
+  Returns: per-example `T^2 / 2 (CE(sg p_ens, p_id) + CE(sg p_ens, p_mm))`, `[B]`, with
+  `p_ens = softmax((logits_id + logits_mm) / 2T)` (the fusion rule's scores at w = 1/2).
+  """
+  t = temperature
+  p_ens = tf.stop_gradient(tf.nn.softmax(0.5 * (logits_id + logits_mm) / t, axis=-1))
+  ce_id = tf.nn.softmax_cross_entropy_with_logits(labels=p_ens, logits=logits_id / t)
+  ce_mm = tf.nn.softmax_cross_entropy_with_logits(labels=p_ens, logits=logits_mm / t)
+  return 0.5 * t * t * (ce_id + ce_mm)
 
 
 def guided_distillation_loss(logits_id, logits_mm, temperature: float = 1.0):

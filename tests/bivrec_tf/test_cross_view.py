@@ -280,3 +280,33 @@ def test_non_target_distillation_leaves_the_target_alone_and_matches_the_negativ
     logits_id, logits_id, t
   )
   assert float(tf.reduce_min(gap)) > 1e-3
+
+
+def test_ensemble_distillation_pulls_each_view_toward_the_fused_distribution():
+  from bivrec_tf.layers import ensemble_distillation_loss  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng(5)
+  logits_id = tf.constant(rng.normal(size=(3, 5)), tf.float32)
+  logits_mm = tf.constant(rng.normal(size=(3, 5)), tf.float32)
+  t = 2.0
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch([logits_id, logits_mm])
+    loss = tf.reduce_sum(ensemble_distillation_loss(logits_id, logits_mm, t))
+  g_id = tape.gradient(loss, logits_id).numpy()
+  g_mm = tape.gradient(loss, logits_mm).numpy()
+
+  def p(z):
+    z = z / t
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+  # The teacher is the softmax of the mean logits (stop-gradient): d/dz_v = t/2 (p_v - p_ens).
+  p_ens = p(0.5 * (logits_id.numpy() + logits_mm.numpy()))
+  np.testing.assert_allclose(g_id, 0.5 * t * (p(logits_id.numpy()) - p_ens), atol=1e-6)
+  np.testing.assert_allclose(g_mm, 0.5 * t * (p(logits_mm.numpy()) - p_ens), atol=1e-6)
+  assert np.abs(g_id).max() > 1e-3
+  # Identical views are their own ensemble: nothing to teach.
+  with tf.GradientTape() as tape:
+    tape.watch(logits_id)
+    same = tf.reduce_sum(ensemble_distillation_loss(logits_id, logits_id, t))
+  np.testing.assert_allclose(tape.gradient(same, logits_id), 0.0, atol=1e-6)

@@ -188,7 +188,8 @@ def test_mutual_distillation_pulls_each_view_towards_the_other_and_not_the_teach
 
 
 @pytest.mark.parametrize(
-  "sem_mode", ["contrast", "mutual", "mutual_nt", "cross", "fused", "item", "mutual+item"]
+  "sem_mode",
+  ["contrast", "mutual", "mutual_nt", "ensemble", "cross", "fused", "item", "mutual+item"],
 )
 def test_every_sem_mode_trains_both_views(sem_mode):
   model = _model(loss={"sem_mode": sem_mode, "lambda_sem": 1.0})
