@@ -7,7 +7,9 @@ popularity-weighted mean cosine between two items' candidate vectors, the norm o
 direction, the mean pairwise cosine of a user's K interests, and that cosine after removing the
 mean item direction from every interest. Interests that stay alike after the mean direction is
 removed read the same items (docs/model.md, "Module 2: competing interests and label-aware
-routing"). Writes nothing.
+routing"). Which items: the tokens each interest's seeding attention reads (exp of its entropy,
+median over users, interests sorted from the sharpest), against the user's valid tokens. Writes
+nothing.
 """
 
 import argparse
@@ -31,6 +33,14 @@ def _mean_pairwise_cosine(u):
   if k < 2:
     return float("nan")
   return float(np.einsum("bkd,bjd->bkj", u, u)[:, ~np.eye(k, dtype=bool)].mean())
+
+
+def tokens_read(alpha, valid):
+  """alpha `[B, K, T]` (softmax over the valid tokens), valid `[B, T]` -> (median over users of the
+  number of tokens each interest reads, exp(entropy), sorted ascending `[K]`; median number of
+  valid tokens)."""
+  entropy = -np.sum(alpha * np.log(np.where(alpha > 0, alpha, 1.0)), axis=-1)  # [B, K]
+  return np.median(np.sort(np.exp(entropy), axis=1), axis=0), float(np.median(valid.sum(1)))
 
 
 def _load_config(run_dir: Path) -> config_lib.Config:
@@ -60,6 +70,7 @@ def geometry(run_dir: Path, pairs: int = 20_000, seed: int = 0) -> dict:
   batch = next(iter(eval_dataset(ds, "test", max_len, 512)))
   out = {}
   for v, u in model.queries(batch["history"]).items():
+    attention = model.views[v].seeding_attention(batch["history"])
     table = model.item_table(v).numpy()
     table /= np.linalg.norm(table, axis=1, keepdims=True)
     a, b = rng.choice(len(p), pairs, p=p), rng.choice(len(p), pairs, p=p)
@@ -71,6 +82,9 @@ def geometry(run_dir: Path, pairs: int = 20_000, seed: int = 0) -> dict:
       "interest_cosine": _mean_pairwise_cosine(u),
       "centred_interest_cosine": _mean_pairwise_cosine(u - mean_dir),
     }
+    if attention is not None:
+      read, n_valid = tokens_read(*(np.asarray(x) for x in attention))
+      out[v].update(tokens_read=read.tolist(), valid_tokens=n_valid)
   return out
 
 
@@ -78,13 +92,18 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("run_dirs", nargs="+", type=Path)
   args = parser.parse_args(argv)
-  print("| run | view | item cosine | mean direction norm | interest cosine | centred |")
-  print("|---|---|---|---|---|---|")
+  print(
+    "| run | view | item cosine | mean direction norm | interest cosine | centred | "
+    "tokens each interest reads (median) | valid tokens (median) |"
+  )
+  print("|---|---|---|---|---|---|---|---|")
   for run in args.run_dirs:
     for v, g in geometry(run).items():
       print(
         f"| {run.name} | {v} | {g['item_cosine']:.3f} | {g['mean_direction_norm']:.3f} | "
-        f"{g['interest_cosine']:.3f} | {g['centred_interest_cosine']:.3f} |"
+        f"{g['interest_cosine']:.3f} | {g['centred_interest_cosine']:.3f} | "
+        f"{' / '.join(f'{x:.1f}' for x in g.get('tokens_read', [])) or '-'} | "
+        f"{g.get('valid_tokens', float('nan')):.0f} |"
       )
 
 

@@ -142,6 +142,17 @@ class ViewEncoder(tf.keras.layers.Layer):
       u = tf.math.l2_normalize(u, axis=-1)
     return u, a, valid
 
+  def seeding_attention(self, history):
+    """Module 2's seeding attention, for diagnostics: (alpha `[B, K, T]`, each interest's softmax
+    over the valid tokens; valid bool `[B, T]`), or None with the "last" read-out (inference
+    mode)."""
+    if self.interest_decomposition is None:
+      return None
+    history = self._align(tf.cast(history, tf.int64))
+    h, tau, valid = self.interest_embedding(self.embed(history), history >= FIRST_ITEM)
+    _, alpha = self.interest_decomposition.gaussian(h, tau, valid, return_attention=True)
+    return alpha, valid
+
   def get_config(self):
     return {
       **super().get_config(),

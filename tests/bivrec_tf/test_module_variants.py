@@ -343,3 +343,28 @@ def test_sem_warmup_scales_the_weight_by_the_step_while_training_only():
   model.optimizer.iterations.assign(25)  # past the warm-up: the full weight
   parts, terms = model.loss_parts(batch, training=True)
   np.testing.assert_allclose(parts["sem"], 2.0 * terms["sem"], rtol=1e-5)
+
+
+def test_seeding_attention_reads_only_valid_tokens_and_counts_what_each_interest_reads():
+  from benchmarks.interest_geometry import tokens_read  # pylint: disable=import-outside-toplevel
+
+  model = _model()
+  history = _batch()["history"]
+  for view in ("id", "mm"):
+    alpha, valid = model.views[view].seeding_attention(history)
+    alpha, valid = alpha.numpy(), valid.numpy()
+    assert alpha.shape == (4, 3, L) and valid.sum(1).tolist() == [4] * 4
+    np.testing.assert_allclose(alpha.sum(-1), 1.0, rtol=1e-5)
+    assert np.all(alpha[:, :, ~valid[0]] == 0.0)  # padding gets no attention
+  # exp(entropy): a one-hot interest reads 1 token, a uniform one all n valid tokens.
+  n = 4
+  one_hot = np.eye(1, n)[0]
+  uniform = np.full(n, 1.0 / n)
+  half = np.array([0.5, 0.5, 0.0, 0.0])
+  read, n_valid = tokens_read(np.stack([[uniform, one_hot, half]] * 2), np.ones((2, n), bool))
+  np.testing.assert_allclose(read, [1.0, 2.0, 4.0], rtol=1e-6)  # sorted from the sharpest
+  assert n_valid == n
+  assert (
+    _model(model={"num_interests": 1, "readout": "last"}).views["id"].seeding_attention(history)
+    is None
+  )
