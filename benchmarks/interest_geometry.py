@@ -22,6 +22,7 @@ import numpy as np
 
 from bivrec_tf import config as config_lib
 from bivrec_tf.builders import build_model, restore_trained
+from bivrec_tf.diagnostics import tokens_read
 from bivrec_tf.train import DEFAULT_MAX_LEN, load_data
 from input_pipelines.dataset import eval_dataset
 
@@ -33,14 +34,6 @@ def _mean_pairwise_cosine(u):
   if k < 2:
     return float("nan")
   return float(np.einsum("bkd,bjd->bkj", u, u)[:, ~np.eye(k, dtype=bool)].mean())
-
-
-def tokens_read(alpha, valid):
-  """alpha `[B, K, T]` (softmax over the valid tokens), valid `[B, T]` -> (median over users of the
-  number of tokens each interest reads, exp(entropy), sorted ascending `[K]`; median number of
-  valid tokens)."""
-  entropy = -np.sum(alpha * np.log(np.where(alpha > 0, alpha, 1.0)), axis=-1)  # [B, K]
-  return np.median(np.sort(np.exp(entropy), axis=1), axis=0), float(np.median(valid.sum(1)))
 
 
 def _load_config(run_dir: Path) -> config_lib.Config:
@@ -83,8 +76,10 @@ def geometry(run_dir: Path, pairs: int = 20_000, seed: int = 0) -> dict:
       "centred_interest_cosine": _mean_pairwise_cosine(u - mean_dir),
     }
     if attention is not None:
-      read, n_valid = tokens_read(*(np.asarray(x) for x in attention))
-      out[v].update(tokens_read=read.tolist(), valid_tokens=n_valid)
+      read, n_valid = tokens_read(*attention)
+      out[v].update(
+        tokens_read=np.median(read, axis=0).tolist(), valid_tokens=float(np.median(n_valid))
+      )
   return out
 
 

@@ -77,7 +77,7 @@ class ValidationCallback(tf.keras.callbacks.Callback):
     else:
       logs[self.monitor] = next(iter(results.values()))[key]
     for name, value in interest_diagnostics(self.model, self.data).items():
-      if not name.startswith("win_"):
+      if not isinstance(value, list):  # the per-interest lists (win_, read_) stay out of the logs
         logs[f"val_{name}"] = value
     strategy = self.model.distribute_strategy
     if (

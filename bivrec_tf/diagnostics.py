@@ -5,6 +5,11 @@
 - `win_<view>`: for every (user, target) pair, the interest that scores the target highest (the
   max-over-interests rule of inference "wins" it); the share of targets won by each interest,
   sorted from the most to the least winning (`maxwin_<view>` = the first share; 1/K = balanced).
+- `read_<view>`: how many tokens each interest's seeding attention reads, exp(entropy of its
+  softmax over the user's valid tokens) (1 = one item; all valid tokens = a plain average of the
+  history), median over users, interests sorted from the sharpest; `tokens_<view>`: the median
+  number of valid tokens. Interests that all read most of the history are alike whatever their
+  queries (docs/model.md, "Module 2: what the interests read"). Absent with the "last" read-out.
 
 Gradient shares of the loss terms are `BivRecModel.gradient_shares`.
 """
@@ -21,10 +26,12 @@ from bivrec_tf.model import FIRST_ITEM
 def interest_diagnostics(model, dataset: tf.data.Dataset) -> Dict[str, object]:
   """Diagnostics over an eval dataset of {"history" `[B, L]`, "targets" `[B, T]`} batches.
 
-  Returns {"cos_<v>": float, "win_<v>": [K floats, descending], "maxwin_<v>": float} per view.
+  Returns {"cos_<v>": float, "win_<v>": [K floats, descending], "maxwin_<v>": float} per view,
+  and {"read_<v>": [K floats, ascending], "tokens_<v>": float} for views with module 2.
   """
   cos_sum = {v: 0.0 for v in model.view_names}
   wins = {v: None for v in model.view_names}
+  read = {v: [] for v in model.view_names}  # per batch: ([B, K] tokens read, [B] valid tokens)
   users = 0
   for batch in dataset:
     history = tf.convert_to_tensor(batch["history"], tf.int64)
@@ -45,6 +52,9 @@ def interest_diagnostics(model, dataset: tf.data.Dataset) -> Dict[str, object]:
         dtype=tf.float64,
       ).numpy()
       wins[v] = counts if wins[v] is None else wins[v] + counts
+      attention = model.views[v].seeding_attention(history)
+      if attention is not None:
+        read[v].append(tokens_read(*attention))
   if not users:
     raise ValueError("interest diagnostics: the evaluation dataset is empty")
   out: Dict[str, object] = {}
@@ -53,4 +63,20 @@ def interest_diagnostics(model, dataset: tf.data.Dataset) -> Dict[str, object]:
     out[f"cos_{v}"] = cos_sum[v] / users
     out[f"win_{v}"] = [round(float(s), 4) for s in share]
     out[f"maxwin_{v}"] = float(share[0])
+    if read[v]:
+      per_user = np.concatenate([r for r, _ in read[v]])
+      out[f"read_{v}"] = [round(float(x), 2) for x in np.median(per_user, axis=0)]
+      out[f"tokens_{v}"] = float(np.median(np.concatenate([n for _, n in read[v]])))
   return out
+
+
+def tokens_read(alpha, valid):
+  """Per user, how many tokens each interest reads.
+
+  Args: alpha `[B, K, T]` (each interest's softmax over the valid tokens), valid bool `[B, T]`.
+  Returns: (exp(entropy) of each interest's attention, sorted ascending `[B, K]`; the number of
+  valid tokens `[B]`), numpy.
+  """
+  alpha = np.asarray(alpha, np.float64)
+  entropy = -np.sum(alpha * np.log(np.where(alpha > 0, alpha, 1.0)), axis=-1)
+  return np.sort(np.exp(entropy), axis=1), np.asarray(valid).sum(axis=1)

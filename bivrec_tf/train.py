@@ -120,8 +120,8 @@ def format_diagnostics(diag: dict, views: Sequence[str]) -> str:
   """Interest diagnostics on test and gradient shares at the best epoch, one line per view."""
   lines = [
     "Interests on test (mean pairwise cosine of a user's K interests; share of test targets "
-    "won by each interest) and each loss term's share of the gradient on the view's "
-    "encoder at the best epoch:"
+    "won by each interest; tokens each interest reads, of the user's valid tokens, medians) and "
+    "each loss term's share of the gradient on the view's encoder at the best epoch:"
   ]
   for v in views:
     shares = ", ".join(
@@ -131,7 +131,12 @@ def format_diagnostics(diag: dict, views: Sequence[str]) -> str:
     )
     wins = " / ".join(f"{w:.0%}" for w in diag[f"win_{v}"])
     shares = shares or "(measured on single-device runs only)"
-    lines.append(f"  {v}: cosine {diag[f'cos_{v}']:.3f}; wins {wins}; gradient {shares}")
+    read = (
+      f"; reads {' / '.join(f'{x:.1f}' for x in diag[f'read_{v}'])} of {diag[f'tokens_{v}']:.0f}"
+      if f"read_{v}" in diag
+      else ""
+    )
+    lines.append(f"  {v}: cosine {diag[f'cos_{v}']:.3f}; wins {wins}{read}; gradient {shares}")
   return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from bivrec_tf.config import Config
-from bivrec_tf.diagnostics import interest_diagnostics
+from bivrec_tf.diagnostics import interest_diagnostics, tokens_read
 from bivrec_tf.late_fusion import LateFusion
 from bivrec_tf.layers import (
   GaussianAttention,
@@ -225,6 +225,9 @@ def test_interest_diagnostics_shares_sum_to_one_and_single_interest_wins_everyth
     np.testing.assert_allclose(sum(diag[f"win_{view}"]), 1.0, rtol=1e-4)
     assert diag[f"maxwin_{view}"] >= 1.0 / 3 - 1e-6
     assert -1.0 <= diag[f"cos_{view}"] <= 1.0
+    # Each of the 3 interests reads between one and all of the 4 valid tokens, sharpest first.
+    assert diag[f"tokens_{view}"] == 4.0 and len(diag[f"read_{view}"]) == 3
+    assert 1.0 <= diag[f"read_{view}"][0] <= diag[f"read_{view}"][-1] <= 4.0
   single = interest_diagnostics(_model(model={"num_interests": 1}), _eval_data())
   assert single["win_id"] == [1.0] and single["cos_id"] == 0.0
 
@@ -346,8 +349,6 @@ def test_sem_warmup_scales_the_weight_by_the_step_while_training_only():
 
 
 def test_seeding_attention_reads_only_valid_tokens_and_counts_what_each_interest_reads():
-  from benchmarks.interest_geometry import tokens_read  # pylint: disable=import-outside-toplevel
-
   model = _model()
   history = _batch()["history"]
   for view in ("id", "mm"):
@@ -362,8 +363,8 @@ def test_seeding_attention_reads_only_valid_tokens_and_counts_what_each_interest
   uniform = np.full(n, 1.0 / n)
   half = np.array([0.5, 0.5, 0.0, 0.0])
   read, n_valid = tokens_read(np.stack([[uniform, one_hot, half]] * 2), np.ones((2, n), bool))
-  np.testing.assert_allclose(read, [1.0, 2.0, 4.0], rtol=1e-6)  # sorted from the sharpest
-  assert n_valid == n
+  np.testing.assert_allclose(read, [[1.0, 2.0, 4.0]] * 2, rtol=1e-6)  # sorted from the sharpest
+  assert n_valid.tolist() == [n, n]
   assert (
     _model(model={"num_interests": 1, "readout": "last"}).views["id"].seeding_attention(history)
     is None
