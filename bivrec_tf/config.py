@@ -76,6 +76,13 @@ class ModelConfig:
   # tokens through its own W_V^k: distinct interests even over the same few items) or
   # "shared+per_interest" (W_V + W_V^k)
   interest_values: str = "shared"
+  # what module 2's seeding attention reads to pick tokens: "tokens" (the module-1 tokens, recency
+  # included) or "content" (the tokens without their recency term: queries pick items by what they
+  # are; needs encoder_layers 0)
+  interest_keys: str = "tokens"
+  # interest 0 is the most recent item's token itself, the other K - 1 attend (needs K >= 2 and
+  # interest_values "shared")
+  recent_interest: bool = False
   # module 1: "tokens" (every scale's patches are tokens) or "context" (item tokens only, each
   # enriched with the patches that contain it: same T as one scale)
   patch_mode: str = "tokens"
@@ -128,6 +135,20 @@ class ModelConfig:
         "interest_values",
         self.interest_values,
         "must be 'shared', 'per_interest' or 'shared+per_interest'",
+      )
+    if self.interest_keys not in ("tokens", "content"):
+      _fail("interest_keys", self.interest_keys, "must be 'tokens' or 'content'")
+    if self.interest_keys == "content" and self.encoder_layers:
+      _fail(
+        "interest_keys",
+        self.interest_keys,
+        "'content' needs encoder_layers = 0 (a Transformer block mixes the recency back in)",
+      )
+    if self.recent_interest and (self.num_interests < 2 or self.interest_values != "shared"):
+      _fail(
+        "recent_interest",
+        self.recent_interest,
+        "needs num_interests >= 2 and interest_values 'shared'",
       )
     if self.patch_mode not in ("tokens", "context"):
       _fail("patch_mode", self.patch_mode, "must be 'tokens' or 'context'")

@@ -81,6 +81,7 @@ class ViewEncoder(tf.keras.layers.Layer):
     self.patch_sizes = m.patch_sizes
     self.normalize = m.similarity == "cosine"
     self.readout = m.readout
+    self.content_keys = m.interest_keys == "content"
     self.interest_embedding = MultiScaleInterestEmbedding(
       m.dim,
       m.patch_sizes,
@@ -105,6 +106,7 @@ class ViewEncoder(tf.keras.layers.Layer):
         m.prior_mode,
         m.interest_init,
         m.interest_values,
+        m.recent_interest,
         name="interest_decomposition",
       )
     )
@@ -133,14 +135,21 @@ class ViewEncoder(tf.keras.layers.Layer):
   def call(self, history, training=False, table=None):
     history = self._align(tf.cast(history, tf.int64))
     mask = history >= FIRST_ITEM
-    h, tau, valid = self.interest_embedding(self.embed(history, table), mask, training=training)
+    h, tau, valid, keys = self._tokens(self.embed(history, table), mask, training)
     if self.interest_decomposition is None:  # readout "last": T = L', the most recent item last
       u, a = h[:, -1:], tf.cast(valid, h.dtype)[..., None]
     else:
-      u, a = self.interest_decomposition(h, tau, valid)
+      u, a = self.interest_decomposition(h, tau, valid, keys=keys)
     if self.normalize:
       u = tf.math.l2_normalize(u, axis=-1)
     return u, a, valid
+
+  def _tokens(self, item_emb, mask, training=False):
+    """Module 1: (h `[B, T, d]`, tau `[T]`, valid `[B, T]`, keys: the tokens module 2's attention
+    reads, `[B, T, d]` without recency with interest_keys "content", else None (= h))."""
+    if self.content_keys:
+      return self.interest_embedding(item_emb, mask, training=training, content=True)
+    return (*self.interest_embedding(item_emb, mask, training=training), None)
 
   def seeding_attention(self, history):
     """Module 2's seeding attention, for diagnostics: (alpha `[B, K, T]`, each interest's softmax
@@ -149,8 +158,8 @@ class ViewEncoder(tf.keras.layers.Layer):
     if self.interest_decomposition is None:
       return None
     history = self._align(tf.cast(history, tf.int64))
-    h, tau, valid = self.interest_embedding(self.embed(history), history >= FIRST_ITEM)
-    _, alpha = self.interest_decomposition.gaussian(h, tau, valid, return_attention=True)
+    h, tau, valid, keys = self._tokens(self.embed(history), history >= FIRST_ITEM)
+    _, alpha = self.interest_decomposition.gaussian(h, tau, valid, return_attention=True, keys=keys)
     return alpha, valid
 
   def get_config(self):

@@ -9,6 +9,10 @@ Gaussian attention (K interests, temporal prior):
   own span (tau_t / tau_oldest valid token, so every user's history covers [0, 1]) and the prior
   is scaled by a learned gate g_k = softplus(beta_k), starting at 0.1, so content decides first:
     logit[k, t] = content - g_k (tau_t - mu_k)^2 / (2 sigma_k^2)
+  interest_keys "content" (measured alternative): the keys are the tokens without their recency
+  term, h_t^c W_K, so the queries pick items by what they are, not by where they sit.
+  recent_interest: interest 0 is the most recent item's token itself (alpha[0] one-hot on it,
+  c_0 = h_last W_V) and the other K - 1 attend as above.
   Queries q_k start as orthogonal rows of norm sqrt(d) (per-element unit scale, like the
   LayerNorm-ed tokens) with interest_init "orthogonal" (K <= d), else
   N(0, 0.05^2) (near-identical interests at the start: they tend to stay collapsed).
@@ -44,8 +48,11 @@ class GaussianAttention(tf.keras.layers.Layer):
     or "per_interest" (interest k reads its tokens through its own W_V^k, `[K, d, d]`: c_k =
     (sum_t alpha[k, t] h_t) W_V^k, so interests that attend to the same items still differ), or
     "shared+per_interest" (W_V + W_V^k: a shared map every example trains plus each interest's own).
-  Call: `h` `[B, T, d]`, `tau` `[T]`, `valid` bool `[B, T]` -> seeds `[B, K, d]` (and alpha
-    `[B, K, T]` with `return_attention=True`).
+    recent_interest: interest 0 is the most recent item's token (the token at tau = 0, which a
+    patch size of 1 provides), K - 1 queries attend (module docstring); needs values "shared".
+  Call: `h` `[B, T, d]`, `tau` `[T]`, `valid` bool `[B, T]`, optional `keys` `[B, T, d]` (the
+    tokens the attention logits read; default `h`) -> seeds `[B, K, d]` (and alpha `[B, K, T]`
+    with `return_attention=True`).
   """
 
   def __init__(
@@ -57,10 +64,13 @@ class GaussianAttention(tf.keras.layers.Layer):
     prior_mode: str = "fixed",
     interest_init: str = "normal",
     values: str = "shared",
+    recent_interest: bool = False,
     **kwargs,
   ):
     super().__init__(**kwargs)
-    self.dim, self.num_interests = dim, num_interests
+    if recent_interest and (values != "shared" or num_interests < 2):
+      raise ValueError("recent_interest needs values 'shared' and num_interests >= 2")
+    self.dim, self.num_interests, self.recent_interest = dim, num_interests, recent_interest
     self.gaussian_prior, self.sigma_init = gaussian_prior, sigma_init
     self.prior_mode, self.interest_init, self.values = prior_mode, interest_init, values
     self.w_q = tf.keras.layers.Dense(dim, use_bias=False, name="w_q")
@@ -71,7 +81,7 @@ class GaussianAttention(tf.keras.layers.Layer):
     )
 
   def build(self, input_shape):
-    k = self.num_interests
+    k = self.num_interests - int(self.recent_interest)  # the attending interests
     centres = [(i + 0.5) / k for i in range(k)]
     # Orthogonal rows of norm sqrt(d): per-element unit scale, like the LayerNorm-ed tokens, so
     # the attention logits start O(1) and each interest attends differently from the first step.
@@ -119,10 +129,10 @@ class GaussianAttention(tf.keras.layers.Layer):
     """sigma `[K]` >= 0.05."""
     return tf.nn.softplus(self.width_logits) + 0.05
 
-  def call(self, h, tau, valid, return_attention=False):
+  def call(self, h, tau, valid, return_attention=False, keys=None):
     """Seeds `[B, K, d]`; with `return_attention`, also alpha `[B, K, T]` (softmax over valid
     tokens)."""
-    keys = self.w_k(h)  # [B, T, d]
+    keys = self.w_k(h if keys is None else keys)  # [B, T, d]
     logits = tf.einsum("kd,btd->bkt", self.w_q(self.queries), keys) / math.sqrt(self.dim)
     if self.gaussian_prior:
       mu, sigma = self.centres, self.widths
@@ -139,7 +149,10 @@ class GaussianAttention(tf.keras.layers.Layer):
       else:
         logits -= tf.square(tau[None, :] - mu[:, None]) / (2.0 * tf.square(sigma))[:, None]
     logits += (1.0 - tf.cast(valid, h.dtype))[:, None, :] * NEG_INF
-    alpha = tf.nn.softmax(logits, axis=-1)  # [B, K, T]
+    alpha = tf.nn.softmax(logits, axis=-1)  # [B, K, T] (K - 1 with recent_interest)
+    if self.recent_interest:  # interest 0 reads the most recent item's token only
+      recent = tf.one_hot(tf.argmin(tau), tf.shape(h)[1], dtype=h.dtype)  # [T]
+      alpha = tf.concat([tf.tile(recent[None, None, :], [tf.shape(h)[0], 1, 1]), alpha], axis=1)
     if self.values == "shared":
       seeds = tf.einsum("bkt,btd->bkd", alpha, self.w_v(h))
     else:  # per-interest values: pool the tokens, then map (B K d^2, not B T d^2)
@@ -159,6 +172,7 @@ class GaussianAttention(tf.keras.layers.Layer):
       "prior_mode": self.prior_mode,
       "interest_init": self.interest_init,
       "values": self.values,
+      "recent_interest": self.recent_interest,
     }
 
 
@@ -216,7 +230,8 @@ def seed_allocation(alpha, valid):
 class InterestDecomposition(tf.keras.layers.Layer):
   """Gaussian attention seeds followed by cluster-attention rounds.
 
-  Call: `h` `[B, T, d]`, `tau` `[T]`, `valid` bool `[B, T]` -> (U `[B, K, d]`, A `[B, T, K]`).
+  Call: `h` `[B, T, d]`, `tau` `[T]`, `valid` bool `[B, T]`, optional `keys` `[B, T, d]` (what
+    the seeding attention's logits read, default `h`) -> (U `[B, K, d]`, A `[B, T, K]`).
   """
 
   def __init__(
@@ -229,6 +244,7 @@ class InterestDecomposition(tf.keras.layers.Layer):
     prior_mode: str = "fixed",
     interest_init: str = "normal",
     values: str = "shared",
+    recent_interest: bool = False,
     **kwargs,
   ):
     super().__init__(**kwargs)
@@ -241,13 +257,14 @@ class InterestDecomposition(tf.keras.layers.Layer):
       prior_mode,
       interest_init,
       values,
+      recent_interest,
       name="gaussian",
     )
     # With R = 0 no cluster-attention weights exist (nothing would train or use them).
     self.cluster = ClusterAttention(dim, cluster_rounds, name="cluster") if cluster_rounds else None
 
-  def call(self, h, tau, valid):
-    seeds, alpha = self.gaussian(h, tau, valid, return_attention=True)
+  def call(self, h, tau, valid, keys=None):
+    seeds, alpha = self.gaussian(h, tau, valid, return_attention=True, keys=keys)
     if self.cluster is None:
       return seeds, seed_allocation(alpha, valid)
     return self.cluster(h, seeds, valid)
@@ -264,6 +281,7 @@ class InterestDecomposition(tf.keras.layers.Layer):
       "prior_mode": g.prior_mode,
       "interest_init": g.interest_init,
       "values": g.values,
+      "recent_interest": g.recent_interest,
     }
 
 

@@ -26,6 +26,11 @@ so the read-out keeps one token per item while each token carries its local cont
 
 Because padding is masked everywhere and positions are counted from the most recent end, extra left
 padding changes no output.
+
+With `content=True` the layer also returns each token without its recency term,
+`LayerNorm(W_p · mean + s_p)` (then the same final LayerNorm): what the item says, not where it sits
+(module 2's `interest_keys="content"`, docs/model.md). It needs `encoder_layers = 0`, since a
+Transformer block would mix the positions back in.
 """
 
 from typing import Sequence
@@ -121,7 +126,8 @@ class MultiScaleInterestEmbedding(tf.keras.layers.Layer):
     patch_mode: "tokens" or "context" (module docstring).
     causal: causal self-attention (SASRec); needs P = {1}, one token per item.
   Call: `item_emb` float `[B, L', d]`, `mask` bool `[B, L']` with L' <= padded max_len and L' a
-    multiple of max(P) -> (`h` float `[B, T, d]`, `tau` float `[T]`, `valid` bool `[B, T]`).
+    multiple of max(P) -> (`h` float `[B, T, d]`, `tau` float `[T]`, `valid` bool `[B, T]`), and
+    with `content=True` also the tokens without recency `[B, T, d]` (module docstring).
   """
 
   def __init__(
@@ -173,8 +179,9 @@ class MultiScaleInterestEmbedding(tf.keras.layers.Layer):
     ]
     super().build(input_shape)
 
-  def _scale_tokens(self, item_emb, mask, s, normalize=True):
-    """Tokens of scale number s (patch size p): ([B, L'/p, d], [L'/p], [B, L'/p])."""
+  def _scale_tokens(self, item_emb, mask, s, normalize=True, recency=True):
+    """Tokens of scale number s (patch size p): ([B, L'/p, d], [L'/p], [B, L'/p]); without the
+    recency term r_{p,j} with `recency=False`."""
     p = self.patch_sizes[s]
     b, length = tf.shape(item_emb)[0], tf.shape(item_emb)[1]
     n = length // p
@@ -183,33 +190,44 @@ class MultiScaleInterestEmbedding(tf.keras.layers.Layer):
     counts = tf.reduce_sum(tf.reshape(m, [b, n, p]), axis=2)  # [B, n]
     mean = tf.reduce_sum(windows, axis=2) / tf.maximum(counts, 1.0)[..., None]
     j = tf.range(n - 1, -1, -1)  # recency index
-    recency = tf.gather(self.recency_emb[s], j)  # [n, d]
-    x = self.patch_proj[s](mean) + self.scale_emb[s] + recency
+    x = self.patch_proj[s](mean) + self.scale_emb[s]
+    if recency:
+      x += tf.gather(self.recency_emb[s], j)  # [n, d]
     x = self.patch_norm[s](x) if normalize else x
     tau = (tf.cast(j * p, item_emb.dtype) + (p - 1) / 2.0) / float(self.max_len)
     return x, tau, counts > 0
 
-  def _context_tokens(self, item_emb, mask):
+  def _context_tokens(self, item_emb, mask, recency=True):
     """One token per position, summing the terms of every scale's window that contains it."""
     parts = [
-      self._scale_tokens(item_emb, mask, s, normalize=False) for s in range(len(self.patch_sizes))
+      self._scale_tokens(item_emb, mask, s, normalize=False, recency=recency)
+      for s in range(len(self.patch_sizes))
     ]
     h = tf.add_n([tf.repeat(x, p, axis=1) for (x, _, _), p in zip(parts, self.patch_sizes)])
     length = tf.shape(item_emb)[1]
     tau = tf.cast(tf.range(length - 1, -1, -1), item_emb.dtype) / float(self.max_len)
     return self.patch_norm[0](h), tau, mask
 
-  def call(self, item_emb, mask, training=False):
+  def _tokens(self, item_emb, mask, recency=True):
     if self.patch_mode == "context":
-      h, tau, valid = self._context_tokens(item_emb, mask)
-    else:
-      parts = [self._scale_tokens(item_emb, mask, s) for s in range(len(self.patch_sizes))]
-      h = tf.concat([x for x, _, _ in parts], axis=1)
-      tau = tf.concat([t for _, t, _ in parts], axis=0)
-      valid = tf.concat([v for _, _, v in parts], axis=1)
+      return self._context_tokens(item_emb, mask, recency)
+    parts = [
+      self._scale_tokens(item_emb, mask, s, recency=recency) for s in range(len(self.patch_sizes))
+    ]
+    h = tf.concat([x for x, _, _ in parts], axis=1)
+    tau = tf.concat([t for _, t, _ in parts], axis=0)
+    valid = tf.concat([v for _, _, v in parts], axis=1)
+    return h, tau, valid
+
+  def call(self, item_emb, mask, training=False, content=False):
+    h, tau, valid = self._tokens(item_emb, mask)
     for block in self.blocks:
       h = block(h, valid, training=training)
-    return self.final_norm(h), tau, valid
+    if not content:
+      return self.final_norm(h), tau, valid
+    if self.blocks:
+      raise ValueError("content tokens need encoder_layers = 0 (a block mixes positions back in)")
+    return self.final_norm(h), tau, valid, self.final_norm(self._tokens(item_emb, mask, False)[0])
 
   def get_config(self):
     return {

@@ -369,3 +369,49 @@ def test_seeding_attention_reads_only_valid_tokens_and_counts_what_each_interest
     _model(model={"num_interests": 1, "readout": "last"}).views["id"].seeding_attention(history)
     is None
   )
+
+
+def test_content_keys_make_the_attention_blind_to_recency_and_tokens_keys_do_not():
+  history = _batch()["history"]
+
+  def attention_after_shuffling_recency(**fields):
+    model = _model(model=fields)
+    view = model.views["id"]
+    before = view.seeding_attention(history)[0].numpy()
+    for table in view.interest_embedding.recency_emb:
+      table.assign(tf.random.stateless_normal(table.shape, seed=[7, 0]))
+    return before, view.seeding_attention(history)[0].numpy()
+
+  before, after = attention_after_shuffling_recency(interest_keys="content")
+  np.testing.assert_allclose(after, before, atol=1e-6)
+  before, after = attention_after_shuffling_recency(interest_keys="tokens")
+  assert np.abs(after - before).max() > 1e-3
+
+
+def test_recent_interest_is_the_most_recent_items_token():
+  model = _model(model={"recent_interest": True})
+  history = _batch()["history"]
+  for view in ("id", "mm"):
+    encoder = model.views[view]
+    alpha, valid = encoder.seeding_attention(history)
+    np.testing.assert_allclose(alpha[:, 0].numpy(), np.eye(L)[[L - 1] * 4])  # one-hot, last token
+    assert encoder.interest_decomposition.gaussian.queries.shape[0] == 2  # K - 1 attend
+    aligned = encoder._align(tf.constant(history))  # pylint: disable=protected-access
+    h = encoder._tokens(encoder.embed(aligned), aligned >= 2)[0]  # pylint: disable=protected-access
+    last = encoder.interest_decomposition.gaussian.w_v(h[:, -1])
+    u = model.queries(history)[view][:, 0]
+    np.testing.assert_allclose(u, tf.math.l2_normalize(last, axis=-1), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "fields",
+  [
+    {"interest_keys": "content", "encoder_layers": 1},
+    {"interest_keys": "recency"},
+    {"recent_interest": True, "num_interests": 1},
+    {"recent_interest": True, "interest_values": "per_interest"},
+  ],
+)
+def test_interest_key_and_recent_interest_settings_that_cannot_work_are_refused(fields):
+  with pytest.raises(ValueError, match="interest_keys|recent_interest"):
+    Config().replace(model=fields)
