@@ -77,7 +77,8 @@ class ValidationCallback(tf.keras.callbacks.Callback):
     else:
       logs[self.monitor] = next(iter(results.values()))[key]
     for name, value in interest_diagnostics(self.model, self.data).items():
-      if not isinstance(value, list):  # the per-interest lists (win_, read_) stay out of the logs
+      # per-interest lists (win_, read_) and the token count stay out of the per-epoch logs
+      if not isinstance(value, list) and not name.startswith("tokens_"):
         logs[f"val_{name}"] = value
     strategy = self.model.distribute_strategy
     if (
