@@ -80,8 +80,8 @@ class ModelConfig:
   # included) or "content" (the tokens without their recency term: queries pick items by what they
   # are; needs encoder_layers 0)
   interest_keys: str = "tokens"
-  # interest 0 is the most recent item's token itself, the other K - 1 attend (needs K >= 2 and
-  # interest_values "shared")
+  # interest 0 is the most recent item's token itself (its seed, with cluster rounds), the other
+  # K - 1 attend (needs K >= 2 and interest_values "shared")
   recent_interest: bool = False
   # module 1: "tokens" (every scale's patches are tokens) or "context" (item tokens only, each
   # enriched with the patches that contain it: same T as one scale)
@@ -204,8 +204,8 @@ class LossConfig:
   # (mutual, but per example only the view that gives the target the higher probability teaches),
   # "mutual_nt" (mutual, over the non-target candidates only: the target column masked out),
   # "ensemble" (both views distil into the stop-gradient distribution of their ensemble, the fused
-  # score at w = 1/2), "cross" (each view's interests predict the target in the other view's item space), "fused"
-  # (the retrieval loss on the fused score 1/2 (s_id + s_mm): each view learns what the other
+  # score at w = 1/2), "cross" (each view's interests predict the target in the other view's item
+  # space), "fused" (the retrieval loss on the fused score 1/2 (s_id + s_mm): each view learns what the other
   # misses) or "item" (each candidate item's ID vector contrasted with its MM vector); several
   # joined by '+' are summed ("mutual+item")
   sem_mode: str = "mutual"

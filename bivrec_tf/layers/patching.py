@@ -28,8 +28,8 @@ Because padding is masked everywhere and positions are counted from the most rec
 padding changes no output.
 
 With `content=True` the layer also returns each token without its recency term,
-`LayerNorm(W_p · mean + s_p)` (then the same final LayerNorm): what the item says, not where it sits
-(module 2's `interest_keys="content"`, docs/model.md). It needs `encoder_layers = 0`, since a
+`LayerNorm(W_p · mean + s_p)` (then the same final LayerNorm): what the item says, not where it
+sits (module 2's `interest_keys="content"`, docs/model.md). It needs `encoder_layers = 0`, since a
 Transformer block would mix the positions back in.
 """
 
