@@ -3,6 +3,8 @@
     python -m benchmarks.train_throughput            # the sweep of docs/performance.md
     python -m benchmarks.train_throughput --quick    # the two target rows only
     python -m benchmarks.train_throughput --quick --reference comirec_sa   # + ratio to a preset
+    python -m benchmarks.train_throughput --quick --reference comirec_sa \
+        --model-flags "--num-interests 2 --mm-fusion mean"   # a form against comirec_sa's defaults
 
 Each configuration runs in its own process (so peak memory is its own): random in-memory batches
 feed `model.fit`, so the number is the training step itself (forward, backward, optimizer); the
@@ -18,6 +20,7 @@ import os
 import json
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -27,7 +30,7 @@ import bivrec_tf  # noqa: F401  (Keras-2 guard before TensorFlow)
 import numpy as np
 import tensorflow as tf
 
-from bivrec_tf.config import Config
+from bivrec_tf.config import Config, add_flags, from_flags
 from bivrec_tf.model import BivRecModel
 from bivrec_tf.presets import apply_preset
 
@@ -46,13 +49,29 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 20) -> float:
 
 
 def make_model(
-  length, interests, dim, items, batch, negatives, jit, text_dim=48, image_dim=32, preset="bivrec"
+  length,
+  interests,
+  dim,
+  items,
+  batch,
+  negatives,
+  jit,
+  text_dim=48,
+  image_dim=32,
+  preset="bivrec",
+  flags="",
 ):
+  """The preset at K = `interests`, d = `dim`, then `flags` (train CLI flags, e.g.
+  "--num-interests 2 --mm-fusion mean") on top."""
   cfg = apply_preset(Config(), preset).replace(
     model={"num_interests": interests, "dim": dim},
     loss={"num_negatives": negatives},
     train={"batch_size": batch, "jit_compile": jit},
   )
+  if flags:
+    parser = argparse.ArgumentParser(prog="--model-flags", add_help=False)
+    add_flags(parser)
+    cfg = from_flags(parser.parse_args(shlex.split(flags)), base=cfg)
   rng = np.random.default_rng(0)
   v = items + 2
   feats = {
@@ -120,8 +139,10 @@ def train_step_flops(model, batch_example) -> float:
   return float(info.total_float_ops)
 
 
-def measure(length, interests, dim, items, batch, negatives, jit, steps, preset="bivrec"):
-  model = make_model(length, interests, dim, items, batch, negatives, jit, preset=preset)
+def measure(length, interests, dim, items, batch, negatives, jit, steps, preset="bivrec", flags=""):
+  model = make_model(
+    length, interests, dim, items, batch, negatives, jit, preset=preset, flags=flags
+  )
   data = random_batches(length, items, batch, negatives)
   example = next(iter(data))
   model.fit(data, steps_per_epoch=3, epochs=1, verbose=0)  # build + XLA compile
@@ -136,13 +157,16 @@ def measure(length, interests, dim, items, batch, negatives, jit, steps, preset=
   float(logs["loss"])
   seconds = time.perf_counter() - start
   flops = train_step_flops(
-    make_model(length, interests, dim, items, batch, negatives, False, preset=preset), example
+    make_model(length, interests, dim, items, batch, negatives, False, preset=preset, flags=flags),
+    example,
   )
+  m = model.config.model
   return {
     "preset": preset,
+    "flags": flags,
     "L": length,
-    "K": interests,
-    "d": dim,
+    "K": m.num_interests,
+    "d": m.dim,
     "items": items,
     "batch": batch,
     "negatives": negatives,
@@ -198,6 +222,7 @@ def run_one(spec: dict) -> dict:
     spec["xla"],
     spec["steps"],
     preset,
+    spec.get("flags", ""),
   )
   if spec.get("eval"):
     row["eval_users_per_s"] = eval_users_per_s(
@@ -287,6 +312,14 @@ def main(argv=None):
     help="also time this preset on every row, interleaved, and print the "
     "ratio of sequences/s (e.g. comirec_sa, the one-view baseline)",
   )
+  parser.add_argument(
+    "--model-flags",
+    default="",
+    metavar="FLAGS",
+    help="train CLI flags applied to --preset only, not to --reference (quote them: "
+    '"--num-interests 2 --mm-fusion mean"), so a form is timed against the reference at its '
+    "defaults",
+  )
   parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one spec (JSON)
   args = parser.parse_args(argv)
   if args.one:
@@ -302,14 +335,16 @@ def main(argv=None):
     negatives=args.negatives,
     xla=True,
     steps=args.steps,
+    flags=args.model_flags,
   )
   peak = matmul_peak_gflops()
   rows = []
   specs = sweep(base, args.quick)
   if args.only:
     specs = [specs[int(i)] for i in args.only.split(",")]
-  if args.reference:  # interleaved, so both see the same machine load
-    specs = [s for spec in specs for s in (spec, dict(spec, preset=args.reference))]
+  specs = [dict(spec, row=i) for i, spec in enumerate(specs)]
+  if args.reference:  # interleaved, so both see the same machine load; flags apply to --preset
+    specs = [s for spec in specs for s in (spec, dict(spec, preset=args.reference, flags=""))]
   for spec in specs:
     proc = subprocess.run(
       [sys.executable, "-m", "benchmarks.train_throughput", "--one", json.dumps(spec)],
@@ -323,6 +358,7 @@ def main(argv=None):
       continue
     row = json.loads(lines[-1][7:])
     row["peak_share"] = row["gflops"] / peak
+    row["row"] = spec["row"]
     rows.append(row)
     print(
       f"{row['preset']} L={row['L']} K={row['K']} items={row['items']} xla={row['xla']}: "
@@ -343,7 +379,11 @@ def main(argv=None):
   if args.pipeline:
     result["pipeline_seq_per_s"] = pipeline_rate(args.pipeline, 20, args.batch, args.negatives)
   print(f"\nfp32 matmul peak measured: {peak:.0f} GFLOP/s\n")
-  print(f"preset: {args.preset}" + (f", reference {args.reference}" if args.reference else ""))
+  print(
+    f"preset: {args.preset}"
+    + (f" with {args.model_flags}" if args.model_flags else "")
+    + (f", reference {args.reference}" if args.reference else "")
+  )
   print(
     "| preset | L | K | items | batch | XLA | train seq/s | ms/step | GFLOP/step | GFLOP/s | "
     "share of peak | peak RSS MB | eval users/s |"
@@ -363,15 +403,7 @@ def main(argv=None):
     for r in rows:
       if r["preset"] != args.preset:
         continue
-      ref = [
-        x
-        for x in rows
-        if x["preset"] == args.reference
-        and x["L"] == r["L"]
-        and x["K"] == r["K"]
-        and x["items"] == r["items"]
-        and x["xla"] == r["xla"]
-      ]
+      ref = [x for x in rows if x["preset"] == args.reference and x["row"] == r["row"]]
       if ref:
         ratio = r["seq_per_s"] / ref[0]["seq_per_s"]
         result["ratios"].append({"L": r["L"], "ratio": ratio})
