@@ -99,6 +99,7 @@ class ModelConfig:
   # the MM item tower's fusion of its modalities: "mlp" (DESIGN.md: Dense_d(GELU(Dense_2d(concat z)))
   # + mean z) or "mean" (mean z only: no fusion MLP, a cheaper tower)
   mm_fusion: str = "mlp"
+  mm_fusion_hidden: int = 0  # hidden width of that MLP; 0 = 2d (DESIGN.md), narrower is cheaper
   # Recommendation similarity.
   similarity: str = "cosine"  # "cosine" or "dot"
   tau_rec: float = 0.07
@@ -174,6 +175,8 @@ class ModelConfig:
       _fail("routing", self.routing, "must be 'max', 'target' or 'max+target'")
     if self.mm_fusion not in ("mlp", "mean"):
       _fail("mm_fusion", self.mm_fusion, "must be 'mlp' or 'mean'")
+    if self.mm_fusion_hidden < 0:
+      _fail("mm_fusion_hidden", self.mm_fusion_hidden, "must be >= 0 (0 = 2 dim)")
     if self.similarity not in ("cosine", "dot"):
       _fail("similarity", self.similarity, "must be 'cosine' or 'dot'")
     if not self.tau_rec > 0:

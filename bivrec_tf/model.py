@@ -215,7 +215,12 @@ class BivRecModel(tf.keras.Model):
         IdTower(vocab_size, m.dim, name="id_tower")
         if v == "id"
         else MultimodalTower.from_tables(
-          features, present, m.dim, fusion=m.mm_fusion, name="mm_tower"
+          features,
+          present,
+          m.dim,
+          fusion=m.mm_fusion,
+          fusion_hidden=m.mm_fusion_hidden,
+          name="mm_tower",
         )
       )
       self.views[v] = ViewEncoder(tower, m, max_len, name=f"{v}_view")

@@ -64,6 +64,8 @@ class MultimodalTower(tf.keras.layers.Layer):
     feature_dims: modality name -> D_m.
     dim: d.
     fusion: "mlp" (default) or "mean" (above).
+    fusion_hidden: width of the fusion MLP's hidden layer (0 = 2d, DESIGN.md; a narrower one is
+      cheaper: the MLP costs about V (M d h + h d) multiply-adds for M modalities, h hidden).
     features / present: optional initial values of the tables, modality -> float `[V, D_m]` /
       bool `[V]` (default zeros / all present); `from_tables` derives the shapes from them.
   Call: `item_ids` int `[...]` -> float `[..., d]`.
@@ -77,6 +79,7 @@ class MultimodalTower(tf.keras.layers.Layer):
     features: Optional[Dict[str, np.ndarray]] = None,
     present: Optional[Dict[str, np.ndarray]] = None,
     fusion: str = "mlp",
+    fusion_hidden: int = 0,
     **kwargs,
   ):
     super().__init__(**kwargs)
@@ -85,7 +88,9 @@ class MultimodalTower(tf.keras.layers.Layer):
       raise ValueError("MultimodalTower needs at least one modality")
     if fusion not in ("mlp", "mean"):
       raise ValueError(f"MultimodalTower fusion must be 'mlp' or 'mean', got {fusion!r}")
-    self.fusion = fusion
+    if fusion_hidden < 0:
+      raise ValueError(f"MultimodalTower fusion_hidden must be >= 0, got {fusion_hidden}")
+    self.fusion, self.fusion_hidden = fusion, int(fusion_hidden)
     self.vocab_size, self.dim = int(vocab_size), int(dim)
     self.feature_dims = {m: int(feature_dims[m]) for m in self.modalities}
     # Table name -> initial value, dropped once the weights exist; not config (tables are
@@ -109,7 +114,9 @@ class MultimodalTower(tf.keras.layers.Layer):
     self.projections = {m: tf.keras.layers.Dense(dim, name=f"proj_{m}") for m in self.modalities}
     self.norms = {m: tf.keras.layers.LayerNormalization(name=f"norm_{m}") for m in self.modalities}
     if fusion == "mlp":  # no fusion weights are built for "mean"
-      self.fuse_hidden = tf.keras.layers.Dense(2 * dim, activation="gelu", name="fuse_hidden")
+      self.fuse_hidden = tf.keras.layers.Dense(
+        self.fusion_hidden or 2 * dim, activation="gelu", name="fuse_hidden"
+      )
       self.fuse_out = tf.keras.layers.Dense(dim, name="fuse_out")
 
   @classmethod
@@ -177,4 +184,5 @@ class MultimodalTower(tf.keras.layers.Layer):
       "feature_dims": dict(self.feature_dims),
       "dim": self.dim,
       "fusion": self.fusion,
+      "fusion_hidden": self.fusion_hidden,
     }

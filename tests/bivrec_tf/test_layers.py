@@ -360,3 +360,18 @@ def test_mm_tower_mean_fusion_is_the_mean_of_the_modality_vectors_and_builds_no_
   assert len(mean.trainable_weights) < len(mlp.trainable_weights)
   with pytest.raises(ValueError, match="fusion"):
     MultimodalTower.from_tables(feats, present, D, fusion="sum")
+
+
+def test_mm_tower_fusion_hidden_sets_the_mlp_width_and_survives_the_config():
+  rng = np.random.default_rng(4)
+  feats = {"text": rng.normal(size=(5, 4)).astype(np.float32)}
+  present = {"text": np.ones(5, bool)}
+  narrow = MultimodalTower.from_tables(feats, present, D, fusion_hidden=3)
+  default = MultimodalTower.from_tables(feats, present, D)
+  ids = tf.constant([1, 4])
+  narrow(ids), default(ids)
+  assert narrow.fuse_hidden.kernel.shape == (D, 3)  # one modality: concat z is [d]
+  assert default.fuse_hidden.kernel.shape == (D, 2 * D)  # DESIGN.md's 2d
+  assert MultimodalTower.from_config(narrow.get_config()).fusion_hidden == 3
+  with pytest.raises(ValueError, match="fusion_hidden"):
+    MultimodalTower.from_tables(feats, present, D, fusion_hidden=-1)
