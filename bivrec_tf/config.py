@@ -208,9 +208,9 @@ class LossConfig:
   # "mutual_nt" (mutual, over the non-target candidates only: the target column masked out),
   # "ensemble" (both views distil into the stop-gradient distribution of their ensemble, the fused
   # score at w = 1/2), "cross" (each view's interests predict the target in the other view's item
-  # space), "fused" (the retrieval loss on the fused score 1/2 (s_id + s_mm): each view learns what the other
-  # misses) or "item" (each candidate item's ID vector contrasted with its MM vector); several
-  # joined by '+' are summed ("mutual+item")
+  # space), "fused" (the retrieval loss on the fused score 1/2 (s_id + s_mm): each view learns
+  # what the other misses) or "item" (each candidate item's ID vector contrasted with its MM
+  # vector); several joined by '+' are summed ("mutual+item")
   sem_mode: str = "mutual"
   # L_alloc: "mse" (DESIGN.md) or "cka" (1 - centred kernel alignment of the co-allocations:
   # scale-free, uniform != 0)

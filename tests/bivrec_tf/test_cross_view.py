@@ -221,17 +221,26 @@ def test_allocation_loss_equals_the_explicit_masked_co_allocation_distance():
   np.testing.assert_allclose(allocation_loss(a_id, a_mm, valid), explicit, rtol=1e-4, atol=1e-6)
 
 
+def _logits_and_gradients(loss_fn, seed, shape, *args):
+  """Random `[B, C]` logits for both views and the gradient of sum(loss_fn) on each (numpy)."""
+  rng = np.random.default_rng(seed)
+  logits_id = tf.constant(rng.normal(size=shape), tf.float32)
+  logits_mm = tf.constant(rng.normal(size=shape), tf.float32)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch([logits_id, logits_mm])
+    loss = tf.reduce_sum(loss_fn(logits_id, logits_mm, *args))
+  return (
+    logits_id,
+    logits_mm,
+    tape.gradient(loss, logits_id).numpy(),
+    tape.gradient(loss, logits_mm).numpy(),
+  )
+
+
 def test_guided_distillation_teaches_only_from_the_view_that_ranks_the_target_higher():
   from bivrec_tf.layers import guided_distillation_loss  # pylint: disable=import-outside-toplevel
 
-  rng = np.random.default_rng(3)
-  logits_id = tf.constant(rng.normal(size=(4, 6)), tf.float32)
-  logits_mm = tf.constant(rng.normal(size=(4, 6)), tf.float32)
-  with tf.GradientTape(persistent=True) as tape:
-    tape.watch([logits_id, logits_mm])
-    loss = tf.reduce_sum(guided_distillation_loss(logits_id, logits_mm))
-  g_id = tape.gradient(loss, logits_id).numpy()
-  g_mm = tape.gradient(loss, logits_mm).numpy()
+  logits_id, logits_mm, g_id, g_mm = _logits_and_gradients(guided_distillation_loss, 3, (4, 6))
   p_id = tf.nn.softmax(logits_id).numpy()
   p_mm = tf.nn.softmax(logits_mm).numpy()
   mm_better = np.array([p_mm[i, i] > p_id[i, i] for i in range(4)])
@@ -246,15 +255,10 @@ def test_guided_distillation_teaches_only_from_the_view_that_ranks_the_target_hi
 def test_non_target_distillation_leaves_the_target_alone_and_matches_the_negatives():
   from bivrec_tf.layers import non_target_distillation_loss  # pylint: disable=import-outside-toplevel
 
-  rng = np.random.default_rng(4)
-  logits_id = tf.constant(rng.normal(size=(3, 5)), tf.float32)
-  logits_mm = tf.constant(rng.normal(size=(3, 5)), tf.float32)
   t = 2.0
-  with tf.GradientTape(persistent=True) as tape:
-    tape.watch([logits_id, logits_mm])
-    loss = tf.reduce_sum(non_target_distillation_loss(logits_id, logits_mm, t))
-  g_id = tape.gradient(loss, logits_id).numpy()
-  g_mm = tape.gradient(loss, logits_mm).numpy()
+  logits_id, logits_mm, g_id, g_mm = _logits_and_gradients(
+    non_target_distillation_loss, 4, (3, 5), t
+  )
   # The target column (row i's candidate i) gets no gradient in either view.
   np.testing.assert_allclose(np.diagonal(g_id), 0.0, atol=1e-7)
   np.testing.assert_allclose(np.diagonal(g_mm), 0.0, atol=1e-7)
@@ -285,15 +289,8 @@ def test_non_target_distillation_leaves_the_target_alone_and_matches_the_negativ
 def test_ensemble_distillation_pulls_each_view_toward_the_fused_distribution():
   from bivrec_tf.layers import ensemble_distillation_loss  # pylint: disable=import-outside-toplevel
 
-  rng = np.random.default_rng(5)
-  logits_id = tf.constant(rng.normal(size=(3, 5)), tf.float32)
-  logits_mm = tf.constant(rng.normal(size=(3, 5)), tf.float32)
   t = 2.0
-  with tf.GradientTape(persistent=True) as tape:
-    tape.watch([logits_id, logits_mm])
-    loss = tf.reduce_sum(ensemble_distillation_loss(logits_id, logits_mm, t))
-  g_id = tape.gradient(loss, logits_id).numpy()
-  g_mm = tape.gradient(loss, logits_mm).numpy()
+  logits_id, logits_mm, g_id, g_mm = _logits_and_gradients(ensemble_distillation_loss, 5, (3, 5), t)
 
   def p(z):
     z = z / t
