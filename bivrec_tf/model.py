@@ -317,7 +317,7 @@ class BivRecModel(tf.keras.Model):
     label-aware read-out; inference keeps the max)."""
     routing = routing or self.config.model.routing
     if routing in ("max", "max+target"):
-      return view_scores(u, vectors, tau)
+      return view_scores(u, vectors, tau, argmax_gradient=True)
     target = vectors[: tf.shape(u)[0]]  # [B, d]
     pick = tf.argmax(tf.einsum("bkd,bd->bk", u, target), axis=-1)  # [B]
     chosen = tf.gather(u, pick, axis=1, batch_dims=1)  # [B, d]
@@ -465,6 +465,7 @@ class BivRecModel(tf.keras.Model):
     with tf.GradientTape() as tape:
       loss = self.compute_loss(data, training=True)
     grads = tape.gradient(loss, self.trainable_variables)
+    grads = [dense_if_small(g, v) for g, v in zip(grads, self.trainable_variables)]
     self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
     return {m.name: m.result() for m in self.metrics}
 
@@ -508,9 +509,40 @@ def gather_replicas(x, local_first: bool = True):
   return tf.roll(gathered, -r * b, axis=0)
 
 
-def view_scores(queries, table, tau_rec: float):
-  """s_v = max_k <U[k], e(i)> / tau_rec. queries `[B, K, d]`, table `[N, d]` -> `[B, N]`."""
-  return tf.reduce_max(tf.einsum("bkd,nd->bkn", queries, table), axis=1) / tau_rec
+def view_scores(queries, table, tau_rec: float, argmax_gradient: bool = False):
+  """s_v = max_k <U[k], e(i)> / tau_rec. queries `[B, K, d]`, table `[N, d]` -> `[B, N]`.
+
+  argmax_gradient (training): the max is read out through a stop-gradient one-hot of the argmax,
+  so the gradient goes to the winning interest of each (user, item) pair, as tf.reduce_max's
+  does away from exact ties (at a tie it goes to the first winner instead of being split; the
+  tied interests of one user are then the same function of the weights, e.g. a one-item
+  history, and their summed gradient is unchanged). Same values; the backward pass is a
+  multiply instead of reduce_max's equality mask, tie count, division and transposes, which
+  under XLA on CPU cost more than the score einsum itself (docs/performance.md).
+  """
+  scores = tf.einsum("bkd,nd->bkn", queries, table)
+  if not argmax_gradient:
+    return tf.reduce_max(scores, axis=1) / tau_rec
+  winner = tf.one_hot(tf.argmax(scores, axis=1), tf.shape(scores)[1], axis=1, dtype=scores.dtype)
+  return tf.reduce_sum(scores * tf.stop_gradient(winner), axis=1) / tau_rec
+
+
+def dense_if_small(gradient, variable, factor: int = 4):
+  """A sparse (`tf.IndexedSlices`) gradient of `variable` `[V, ...]` as a dense tensor when V is
+  at most `factor` x its number of rows; anything else unchanged.
+
+  The optimizer sums a sparse gradient's repeated rows before its update (a tf.unique, a sort
+  under XLA) and Adam then updates the whole table anyway (its moments decay everywhere), so a
+  dense gradient of a table not much larger than the batch's rows is the same update for less
+  work (the unique was ~20 % of a default training step, docs/performance.md). Large tables keep
+  the sparse gradient, whose all-reduce across replicas is smaller.
+  """
+  if not isinstance(gradient, tf.IndexedSlices):
+    return gradient
+  rows, table_rows = gradient.values.shape[0], variable.shape[0]
+  if rows is None or table_rows is None or table_rows > factor * rows:
+    return gradient
+  return tf.convert_to_tensor(gradient)
 
 
 def fuse_scores(s_id, s_mm, w, cold):
