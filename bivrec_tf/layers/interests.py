@@ -98,6 +98,7 @@ class GaussianAttention(tf.keras.layers.Layer):
         initializer=tf.keras.initializers.GlorotUniform(),
       )
     if not self.gaussian_prior:  # no prior weights that nothing would train
+      self._build_key_map()
       super().build(input_shape)
       return
     if self.prior_mode == "gated":
@@ -117,7 +118,13 @@ class GaussianAttention(tf.keras.layers.Layer):
       shape=(k,),
       initializer=tf.constant_initializer(math.log(math.expm1(width))),
     )
+    self._build_key_map()
     super().build(input_shape)
+
+  def _build_key_map(self):
+    """W_K is read as a matrix in `call` (folded into the queries), never called on the tokens;
+    built last, where its first call used to build it, so seeded initial weights are unchanged."""
+    self.w_k.build((None, self.dim))
 
   @property
   def centres(self):
@@ -132,8 +139,10 @@ class GaussianAttention(tf.keras.layers.Layer):
   def call(self, h, tau, valid, return_attention=False, keys=None):
     """Seeds `[B, K, d]`; with `return_attention`, also alpha `[B, K, T]` (softmax over valid
     tokens)."""
-    keys = self.w_k(h if keys is None else keys)  # [B, T, d]
-    logits = tf.einsum("kd,btd->bkt", self.w_q(self.queries), keys) / math.sqrt(self.dim)
+    # (q_k W_Q)·(h_t W_K) = (q_k W_Q W_K^T)·h_t: the key map folded into the K queries, so no
+    # token is projected (B T d^2 multiply-adds saved; the same logits).
+    queries = tf.matmul(self.w_q(self.queries), self.w_k.kernel, transpose_b=True)  # [K, d]
+    logits = tf.einsum("kd,btd->bkt", queries, h if keys is None else keys) / math.sqrt(self.dim)
     if self.gaussian_prior:
       mu, sigma = self.centres, self.widths
       if self.prior_mode == "gated":
@@ -153,10 +162,12 @@ class GaussianAttention(tf.keras.layers.Layer):
     if self.recent_interest:  # interest 0 reads the most recent item's token only
       recent = tf.one_hot(tf.argmin(tau), tf.shape(h)[1], dtype=h.dtype)  # [T]
       alpha = tf.concat([tf.tile(recent[None, None, :], [tf.shape(h)[0], 1, 1]), alpha], axis=1)
+    # sum_t alpha[k, t] h_t W_V = (sum_t alpha[k, t] h_t) W_V: pool the tokens, then map
+    # (B K d^2 multiply-adds, not B T d^2).
+    pooled = tf.einsum("bkt,btd->bkd", alpha, h)
     if self.values == "shared":
-      seeds = tf.einsum("bkt,btd->bkd", alpha, self.w_v(h))
-    else:  # per-interest values: pool the tokens, then map (B K d^2, not B T d^2)
-      pooled = tf.einsum("bkt,btd->bkd", alpha, h)
+      seeds = self.w_v(pooled)
+    else:
       seeds = tf.einsum("bkd,kde->bke", pooled, self.value_kernels)
       if self.w_v is not None:
         seeds += self.w_v(pooled)

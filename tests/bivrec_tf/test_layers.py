@@ -113,6 +113,33 @@ def test_gaussian_prior_pulls_interests_towards_their_time_window():
   np.testing.assert_allclose(seeds[1], values[1], atol=1e-2)
 
 
+@pytest.mark.parametrize("prior", [False, True])
+def test_gaussian_attention_is_the_formula_with_every_token_projected(prior):
+  # The layer folds W_K into the queries and applies W_V after pooling; both are the same
+  # numbers as projecting every token first (module 2's formula in its docstring).
+  rng = np.random.default_rng(0)
+  layer = GaussianAttention(D, K, gaussian_prior=prior, sigma_init=0.3)
+  h = tf.constant(rng.normal(size=(B, 6, D)), tf.float32)
+  tau = tf.constant(np.linspace(0.9, 0.0, 6), tf.float32)
+  valid = tf.constant([[True] * 6, [False, False] + [True] * 4, [False] * 5 + [True]])
+  seeds, alpha = layer(h, tau, valid, return_attention=True)
+  q = layer.queries.numpy() @ layer.w_q.kernel.numpy()  # [K, d]
+  keys = h.numpy() @ layer.w_k.kernel.numpy()  # [B, T, d]: every token projected
+  logits = np.einsum("kd,btd->bkt", q, keys) / np.sqrt(D)
+  if prior:
+    mu, sigma = layer.centres.numpy(), layer.widths.numpy()
+    logits -= (tau.numpy()[None, :] - mu[:, None]) ** 2 / (2 * sigma[:, None] ** 2)
+  logits = np.where(valid.numpy()[:, None, :], logits, -np.inf)
+  expected_alpha = np.exp(logits - logits.max(axis=-1, keepdims=True))
+  expected_alpha /= expected_alpha.sum(axis=-1, keepdims=True)
+  np.testing.assert_allclose(alpha.numpy(), expected_alpha, rtol=1e-4, atol=1e-6)
+  values = h.numpy() @ layer.w_v.kernel.numpy()  # [B, T, d]: every token projected
+  np.testing.assert_allclose(
+    seeds.numpy(), np.einsum("bkt,btd->bkd", expected_alpha, values), rtol=1e-4, atol=1e-5
+  )
+  assert not np.allclose(expected_alpha[0, 0], expected_alpha[0, 1])  # the queries differ
+
+
 def test_allocation_rows_sum_to_one_on_valid_tokens_and_zero_on_padding():
   for rounds in (0, 2):
     model = _model(cluster_rounds=rounds)
