@@ -534,7 +534,7 @@ def dense_if_small(gradient, variable, factor: int = 4):
   The optimizer sums a sparse gradient's repeated rows before its update (a tf.unique, a sort
   under XLA) and Adam then updates the whole table anyway (its moments decay everywhere), so a
   dense gradient of a table not much larger than the batch's rows is the same update for less
-  work (the unique was ~20 % of a default training step, docs/performance.md). Large tables keep
+  work (the unique took a fifth of the one-view step, docs/performance.md). Large tables keep
   the sparse gradient, whose all-reduce across replicas is smaller.
   """
   if not isinstance(gradient, tf.IndexedSlices):
