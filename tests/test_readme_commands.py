@@ -221,7 +221,7 @@ def _readme_python_example():
 @pytest.mark.slow
 def test_readme_python_example_answers_from_the_history(tmp_path):
   env = {**os.environ, "PYTHONPATH": str(ROOT)}
-  # README's main job on the default dataset, shortened to six small epochs (about 70 s); run
+  # README's main job on the default dataset, shortened to eight small epochs (about 90 s); run
   # where the example expects it (data_cache/ and saved_models/ in the working directory).
   train = subprocess.run(
     [
@@ -229,7 +229,7 @@ def test_readme_python_example_answers_from_the_history(tmp_path):
       "-m",
       "bivrec_tf.train",
       "--epochs",
-      "6",
+      "8",
       "--dim",
       "32",
       "--num-negatives",
@@ -273,7 +273,8 @@ def test_readme_python_example_answers_from_the_history(tmp_path):
   # The example user's last items share one latent topic of the generator; the recommendations
   # follow it (measured at lambda_sem 3: 5 of 5 after six epochs, 0 of 5 after four, since strong
   # mutual distillation slows the first epochs; at lambda_sem 1: 5 of 5 after two), the fallback
-  # does not.
+  # does not. Six epochs sit on that transition (validation NDCG@20 0.13 against 0.27 when
+  # converged): a float-level change of the training step moved it to 3 of 5; eight give 5 of 5.
   topic = item_topics(data)
   (history_topic,) = {topic[index[i]] for i in history}
   assert sum(topic[index[i]] == history_topic for i in after) >= 4, (after, fallback)
