@@ -84,7 +84,10 @@ def test_adam_makes_the_same_update_from_the_dense_and_the_sparse_gradient():
     optimizer = tf.keras.optimizers.Adam(0.01)
     for step in range(3):
       grad = _sparse_gradient(20, 6, seed=step)
-      optimizer.apply_gradients([(dense_if_small(grad, variable) if densify else grad, variable)])
+      if densify:
+        grad = dense_if_small(grad, variable)
+        assert not isinstance(grad, tf.IndexedSlices)  # the dense path really is taken
+      optimizer.apply_gradients([(grad, variable)])
     results.append(variable.numpy())
   np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-6)
   assert np.abs(results[0] - start).max() > 1e-3
