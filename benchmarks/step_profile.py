@@ -22,7 +22,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 # Operations that contain others (executors, thread pools, the input pipeline), not work.
@@ -92,28 +91,20 @@ def profile(spec: dict) -> dict:
   import bivrec_tf  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-  from benchmarks.train_throughput import make_model, random_batches  # pylint: disable=import-outside-toplevel
+  from benchmarks.train_throughput import compiled_steps, make_model, random_batches  # pylint: disable=import-outside-toplevel
   from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=import-outside-toplevel
 
   args = (spec["L"], 4, spec["d"], spec["items"], spec["batch"], spec["negatives"], True)
   model = make_model(*args, preset=spec["preset"], flags=spec["flags"])
   data = random_batches(spec["L"], spec["items"], spec["batch"], spec["negatives"])
-  model.fit(data, steps_per_epoch=3, epochs=1, verbose=0)  # build + XLA compile
-  iterator, step = iter(data), model.train_function
-  float(step(iterator)["loss"])
-  start = time.perf_counter()
-  for _ in range(spec["steps"]):
-    logs = step(iterator)
-  float(logs["loss"])
-  step_ms = 1000 * (time.perf_counter() - start) / spec["steps"]
+  run = compiled_steps(model, data)
+  step_ms = 1000 * run(spec["steps"]) / spec["steps"]
   names = {}
   for path in glob.glob(os.path.join(spec["dump"], "*cpu_after_optimizations.txt")):
     names.update(hlo_op_names(Path(path).read_text()))
   logdir = tempfile.mkdtemp(prefix="step_profile_trace_")
   tf.profiler.experimental.start(logdir)
-  for _ in range(spec["steps"]):
-    logs = step(iterator)
-  float(logs["loss"])
+  run(spec["steps"])
   tf.profiler.experimental.stop()
   space = xplane_pb2.XSpace()
   space.ParseFromString(Path(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0]).read_bytes())

@@ -139,23 +139,33 @@ def train_step_flops(model, batch_example) -> float:
   return float(info.total_float_ops)
 
 
+def compiled_steps(model, data):
+  """Builds and XLA-compiles `model`'s training step on `data` (one short `fit`) and returns
+  run(steps) -> seconds taken by that many steps of Keras' own compiled train function on one
+  iterator, the last step's result awaited (one step already run, so no compilation is timed).
+  (A second `model.fit` call in one process can run its steps ~1.7x slower here for reasons
+  outside the step; a real run is one `fit`, whose per-epoch times are in the training logs.)"""
+  model.fit(data, steps_per_epoch=3, epochs=1, verbose=0)
+  iterator, train_function = iter(data), model.train_function
+
+  def run(steps):
+    start = time.perf_counter()
+    for _ in range(steps):
+      logs = train_function(iterator)
+    float(logs["loss"])
+    return time.perf_counter() - start
+
+  run(1)
+  return run
+
+
 def measure(length, interests, dim, items, batch, negatives, jit, steps, preset="bivrec", flags=""):
   model = make_model(
     length, interests, dim, items, batch, negatives, jit, preset=preset, flags=flags
   )
   data = random_batches(length, items, batch, negatives)
   example = next(iter(data))
-  model.fit(data, steps_per_epoch=3, epochs=1, verbose=0)  # build + XLA compile
-  # Time Keras' own compiled train function on an iterator. (A second `model.fit` call in one
-  # process can run its steps ~1.7x slower here for reasons outside the step; a real run is one
-  # `fit`, whose per-epoch times are in the training logs.)
-  iterator, train_function = iter(data), model.train_function
-  float(train_function(iterator)["loss"])
-  start = time.perf_counter()
-  for _ in range(steps):
-    logs = train_function(iterator)
-  float(logs["loss"])
-  seconds = time.perf_counter() - start
+  seconds = compiled_steps(model, data)(steps)
   flops = train_step_flops(
     make_model(length, interests, dim, items, batch, negatives, False, preset=preset, flags=flags),
     example,
