@@ -96,6 +96,12 @@ class ModelConfig:
   # scores all candidates (label-aware, ComiRec), or "max+target": both retrieval losses; inference
   # uses the max
   routing: str = "max"
+  # training augmentation: each history item but the most recent becomes padding with this
+  # probability, drawn for each view apart ("independent": the views read different histories of
+  # the same user, and L_sem distils one into the other across them) or once for both ("shared");
+  # 0 = off, inference never drops
+  history_dropout: float = 0.0
+  history_dropout_views: str = "independent"
   # the MM item tower's fusion of its modalities: "mlp" (DESIGN.md: Dense_d(GELU(Dense_2d(concat z)))
   # + mean z) or "mean" (mean z only: no fusion MLP, a cheaper tower)
   mm_fusion: str = "mlp"
@@ -173,6 +179,12 @@ class ModelConfig:
       )
     if self.routing not in ("max", "target", "max+target"):
       _fail("routing", self.routing, "must be 'max', 'target' or 'max+target'")
+    if not 0.0 <= self.history_dropout < 1.0:
+      _fail("history_dropout", self.history_dropout, "must be in [0, 1)")
+    if self.history_dropout_views not in ("independent", "shared"):
+      _fail(
+        "history_dropout_views", self.history_dropout_views, "must be 'independent' or 'shared'"
+      )
     if self.mm_fusion not in ("mlp", "mean"):
       _fail("mm_fusion", self.mm_fusion, "must be 'mlp' or 'mean'")
     if self.mm_fusion_hidden < 0:

@@ -343,7 +343,10 @@ class BivRecModel(tf.keras.Model):
       else None
       for v in self.view_names
     }
-    outputs = {v: enc(history, training=training, table=tables[v]) for v, enc in self.views.items()}
+    histories = self._training_histories(history, training)
+    outputs = {
+      v: enc(histories[v], training=training, table=tables[v]) for v, enc in self.views.items()
+    }
     lc = self.config.loss
     terms, parts = {}, {}
     logits = {}
@@ -371,6 +374,9 @@ class BivRecModel(tf.keras.Model):
       ]  # lambda_sem = 0: no heads, no term
       if sem:
         terms["sem"] = tf.add_n(sem)
+      if histories["id"] is not histories["mm"]:  # views read different items: compare the shared
+        valid = valid & outputs["mm"][2]
+        a_id, a_mm = (a * tf.cast(valid, a.dtype)[..., None] for a in (a_id, a_mm))
       alloc = allocation_cka_loss if lc.alloc_mode == "cka" else allocation_loss
       terms["alloc"] = alloc(a_id, a_mm, valid)
       if lc.lambda_sem > 0 and "sem" in terms:
@@ -378,6 +384,27 @@ class BivRecModel(tf.keras.Model):
       if lc.lambda_alloc > 0:
         parts["alloc"] = lc.lambda_alloc * terms["alloc"]
     return parts, terms
+
+  def _training_histories(self, history, training):
+    """{view: history `[B, L]`} each view reads: `history` itself, or while training with
+    `history_dropout` p > 0 a copy where each item but the most recent (last column) became
+    padding with probability p; one draw per view ("independent") or one for both ("shared").
+    The draws are stateless, from (seed, view, replica, optimizer step): reproducible, and the
+    same on CPU, GPU and under XLA."""
+    m = self.config.model
+    if not training or m.history_dropout <= 0 or self.optimizer is None:
+      return {v: history for v in self.view_names}
+    step = tf.cast(self.optimizer.iterations, tf.int32)
+    replica = tf.distribute.get_replica_context()
+    replica = 0 if replica is None else replica.replica_id_in_sync_group
+    draws = 1 if m.history_dropout_views == "shared" else len(self.view_names)
+    out = []
+    for i in range(draws):
+      seed = tf.stack([self.config.train.seed * 16 + i, step * 1024 + replica])
+      keep = tf.random.stateless_uniform(tf.shape(history), seed) >= m.history_dropout
+      keep = tf.concat([keep[:, :-1], tf.ones_like(keep[:, -1:])], axis=1)  # the most recent stays
+      out.append(tf.where(keep, history, tf.zeros_like(history)))
+    return {v: out[min(i, draws - 1)] for i, v in enumerate(self.view_names)}
 
   def _sem_ramp(self, training):
     """The L_sem weight's warm-up factor: min(1, step / sem_warmup_steps) while training (the
