@@ -415,3 +415,53 @@ def test_recent_interest_is_the_most_recent_items_token():
 def test_interest_key_and_recent_interest_settings_that_cannot_work_are_refused(fields):
   with pytest.raises(ValueError, match="interest_keys|recent_interest"):
     Config().replace(model=fields)
+
+
+def _dropout_histories(views="independent", rate=0.5, step=3, training=True):
+  model = _model(model={"history_dropout": rate, "history_dropout_views": views})
+  model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+  model.optimizer.iterations.assign(step)
+  history = tf.constant(np.arange(2, 2 + 64 * L).reshape(64, L))
+  return history, model._training_histories(history, training)
+
+
+def test_history_dropout_drops_items_but_the_most_recent_at_its_rate_per_view():
+  history, out = _dropout_histories()
+  for v in ("id", "mm"):
+    h = out[v].numpy()
+    np.testing.assert_array_equal(h[:, -1], history[:, -1])  # the most recent item stays
+    kept = h[:, :-1] != 0
+    np.testing.assert_array_equal(h[:, :-1][kept], history.numpy()[:, :-1][kept])  # not moved
+    assert 0.4 < 1.0 - kept.mean() < 0.6  # rate 0.5 over 448 items
+  assert (out["id"].numpy() != out["mm"].numpy()).mean() > 0.2  # independent draws
+  again = _dropout_histories()[1]
+  np.testing.assert_array_equal(again["id"], out["id"])  # reproducible from (seed, step)
+  later = _dropout_histories(step=4)[1]
+  assert (later["id"].numpy() != out["id"].numpy()).any()  # a new draw each step
+
+
+def test_shared_history_dropout_gives_both_views_one_draw_and_inference_never_drops():
+  history, out = _dropout_histories("shared")
+  np.testing.assert_array_equal(out["id"], out["mm"])
+  assert (out["id"].numpy() == 0).any()
+  history, out = _dropout_histories(training=False)
+  assert out["id"] is history and out["mm"] is history
+
+
+def test_history_dropout_trains_and_l_alloc_compares_only_the_items_both_views_read():
+  model = _model(model={"history_dropout": 0.5}, loss={"lambda_alloc": 1.0})
+  model.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
+  batch = _batch()
+  _, terms = model.loss_parts(batch, training=True)
+  assert np.isfinite(terms["alloc"]).all()
+  before = [w.numpy() for w in model.trainable_weights]
+  model.train_step(batch)
+  changed = {
+    w.name for w, b in zip(model.trainable_weights, before) if np.abs(w.numpy() - b).max() > 0
+  }
+  assert any("id_view" in n for n in changed) and any("mm_view" in n for n in changed)
+  assert all(np.isfinite(w.numpy()).all() for w in model.trainable_weights)
+  with pytest.raises(ValueError, match="history_dropout"):
+    Config().replace(model={"history_dropout": 1.0})
+  with pytest.raises(ValueError, match="history_dropout_views"):
+    Config().replace(model={"history_dropout_views": "both"})
