@@ -37,6 +37,13 @@ from bivrec_tf.layers.patching import NEG_INF
 EPS = 1e-6
 
 
+def build_under_own_name(dense: tf.keras.layers.Dense, input_dim: int) -> None:
+  """Builds a sublayer that is read as a matrix, never called, under its own name scope, as its
+  first call would have (`.../w_k/kernel`, not `.../kernel`: unique weight names)."""
+  with tf.name_scope(dense.name):
+    dense.build((None, input_dim))
+
+
 @tf.keras.utils.register_keras_serializable(package="bivrec_tf")
 class GaussianAttention(tf.keras.layers.Layer):
   """Seeds K interests from tokens with a learned temporal (recency) prior per interest.
@@ -124,7 +131,7 @@ class GaussianAttention(tf.keras.layers.Layer):
   def _build_key_map(self):
     """W_K is read as a matrix in `call` (folded into the queries), never called on the tokens;
     built last, where its first call used to build it, so seeded initial weights are unchanged."""
-    self.w_k.build((None, self.dim))
+    build_under_own_name(self.w_k, self.dim)
 
   @property
   def centres(self):
@@ -209,17 +216,28 @@ class ClusterAttention(tf.keras.layers.Layer):
     self.ffn_out = tf.keras.layers.Dense(dim, name="ffn_out")
     self.norm2 = tf.keras.layers.LayerNormalization(name="norm2")
 
-  def allocate(self, keys, interests, valid):
-    """A `[B, T, K]`: softmax over interests per token, zero rows on padded tokens."""
-    logits = tf.einsum("btd,bkd->btk", keys, self.w_q(interests)) / math.sqrt(self.dim)
-    return tf.nn.softmax(logits, axis=-1) * tf.cast(valid, keys.dtype)[..., None]
+  def build(self, input_shape):
+    # W_K and W_V are read as matrices in `call`, never called on the tokens; built first, where
+    # their first calls on the tokens used to build them, so seeded initial weights are unchanged.
+    build_under_own_name(self.w_k, self.dim)
+    build_under_own_name(self.w_v, self.dim)
+    super().build(input_shape)
+
+  def allocate(self, h, interests, valid):
+    """A `[B, T, K]`: softmax over interests per token, zero rows on padded tokens. The logits
+    (h_t W_K')·(c_k W_Q') are read as h_t·(c_k W_Q' W_K'^T): the key map folded into the K
+    interests, so no token is projected (the same logits)."""
+    queries = tf.matmul(self.w_q(interests), self.w_k.kernel, transpose_b=True)  # [B, K, d]
+    logits = tf.einsum("btd,bkd->btk", h, queries) / math.sqrt(self.dim)
+    return tf.nn.softmax(logits, axis=-1) * tf.cast(valid, h.dtype)[..., None]
 
   def call(self, h, seeds, valid):
-    keys, values = self.w_k(h), self.w_v(h)
     c = seeds
     for _ in range(self.rounds):
-      a = self.allocate(keys, c, valid)  # [B, T, K]
-      pooled = tf.einsum("btk,btd->bkd", a, values)
+      a = self.allocate(h, c, valid)  # [B, T, K]
+      # sum_t A[t, k] h_t W_V' = (sum_t A[t, k] h_t) W_V': pool the tokens, then map (B K d^2
+      # multiply-adds per round instead of B T d^2).
+      pooled = tf.matmul(tf.einsum("btk,btd->bkd", a, h), self.w_v.kernel)
       pooled /= (tf.reduce_sum(a, axis=1) + EPS)[..., None]
       c = self.norm1(c + self.w_o(pooled))
       c = self.norm2(c + self.ffn_out(self.ffn_in(c)))

@@ -140,6 +140,43 @@ def test_gaussian_attention_is_the_formula_with_every_token_projected(prior):
   assert not np.allclose(expected_alpha[0, 0], expected_alpha[0, 1])  # the queries differ
 
 
+def test_cluster_attention_is_the_formula_with_every_token_projected():
+  # The layer folds W_K' into the interests' queries and applies W_V' after pooling; both are the
+  # same numbers as projecting every token first (the formula in the module docstring).
+  rng = np.random.default_rng(1)
+  layer = ClusterAttention(D, rounds=2)
+  h = tf.constant(rng.normal(size=(B, 6, D)), tf.float32)
+  seeds = tf.constant(rng.normal(size=(B, K, D)), tf.float32)
+  valid = tf.constant([[True] * 6, [False, False] + [True] * 4, [False] * 5 + [True]])
+  interests, allocation = layer(h, seeds, valid)
+  keys = h.numpy() @ layer.w_k.kernel.numpy()  # [B, T, d]: every token projected
+  values = h.numpy() @ layer.w_v.kernel.numpy()
+  c = seeds
+  for _ in range(2):
+    logits = np.einsum("btd,bkd->btk", keys, layer.w_q(c).numpy()) / np.sqrt(D)
+    a = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    a = a / a.sum(axis=-1, keepdims=True) * valid.numpy()[..., None]
+    pooled = np.einsum("btk,btd->bkd", a, values) / (a.sum(axis=1) + 1e-6)[..., None]
+    c = layer.norm1(c + layer.w_o(tf.constant(pooled, tf.float32)))
+    c = layer.norm2(c + layer.ffn_out(layer.ffn_in(c)))
+  np.testing.assert_allclose(allocation.numpy(), a, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(interests.numpy(), c.numpy(), rtol=1e-4, atol=1e-4)
+  assert not np.allclose(a[0, :, 0], a[0, :, 1])  # the interests compete
+
+
+@pytest.mark.parametrize("preset", ["bivrec", "bivrec_design"])
+def test_weight_names_are_unique_and_maps_read_as_matrices_keep_their_own_names(preset):
+  model = _model(preset=preset)
+  model.build_all()
+  trackers = {id(v) for m in model.metrics for v in m.variables}  # Keras metrics: total, count
+  names = [w.name for w in model.weights if id(w) not in trackers]
+  assert len(set(names)) == len(names)
+  assert any("gaussian/w_k/kernel" in n for n in names)
+  if preset == "bivrec_design":
+    assert any("cluster/w_k/kernel" in n for n in names)
+    assert any("cluster/w_v/kernel" in n for n in names)
+
+
 def test_allocation_rows_sum_to_one_on_valid_tokens_and_zero_on_padding():
   for rounds in (0, 2):
     model = _model(cluster_rounds=rounds)
