@@ -227,7 +227,9 @@ class ClusterAttention(tf.keras.layers.Layer):
     """A `[B, T, K]`: softmax over interests per token, zero rows on padded tokens. The logits
     (h_t W_K')·(c_k W_Q') are read as h_t·(c_k W_Q' W_K'^T): the key map folded into the K
     interests, so no token is projected (the same logits)."""
-    queries = tf.matmul(self.w_q(interests), self.w_k.kernel, transpose_b=True)  # [B, K, d]
+    # einsum, not a broadcast matmul: the kernel's gradient is one contraction over (b, k),
+    # not B per-example [d, d] products summed afterwards
+    queries = tf.einsum("bke,de->bkd", self.w_q(interests), self.w_k.kernel)  # [B, K, d]
     logits = tf.einsum("btd,bkd->btk", h, queries) / math.sqrt(self.dim)
     return tf.nn.softmax(logits, axis=-1) * tf.cast(valid, h.dtype)[..., None]
 
@@ -237,7 +239,7 @@ class ClusterAttention(tf.keras.layers.Layer):
       a = self.allocate(h, c, valid)  # [B, T, K]
       # sum_t A[t, k] h_t W_V' = (sum_t A[t, k] h_t) W_V': pool the tokens, then map (B K d^2
       # multiply-adds per round instead of B T d^2).
-      pooled = tf.matmul(tf.einsum("btk,btd->bkd", a, h), self.w_v.kernel)
+      pooled = tf.einsum("bkd,de->bke", tf.einsum("btk,btd->bkd", a, h), self.w_v.kernel)
       pooled /= (tf.reduce_sum(a, axis=1) + EPS)[..., None]
       c = self.norm1(c + self.w_o(pooled))
       c = self.norm2(c + self.ffn_out(self.ffn_in(c)))
