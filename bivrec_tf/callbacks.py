@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 import tensorflow as tf
 
-from bivrec_tf.diagnostics import interest_diagnostics
+from bivrec_tf.diagnostics import InterestDiagnostics
 from bivrec_tf.evaluate import Ranker, best_fusion, evaluate
 from bivrec_tf.io_utils import write_text_atomic
 
@@ -50,6 +50,7 @@ class ValidationCallback(tf.keras.callbacks.Callback):
     self.best_path, self.patience, self.history_path = best_path, patience, history_path
     self.verbose = verbose
     self.history: List[dict] = []
+    self._compiled: dict = {}
     if history_path is not None and Path(history_path).exists():
       self.history = json.loads(Path(history_path).read_text())
 
@@ -76,7 +77,13 @@ class ValidationCallback(tf.keras.callbacks.Callback):
       logs[self.monitor] = results[f"fused@{w:.2f}"][key]
     else:
       logs[self.monitor] = next(iter(results.values()))[key]
-    for name, value in interest_diagnostics(self.model, self.data).items():
+    if self._compiled.get("model") is not self.model:  # compiled once per model, not per epoch
+      self._compiled = {
+        "model": self.model,
+        "diagnostics": InterestDiagnostics(self.model),
+        "gradient_norms": tf.function(self.model.gradient_norms, reduce_retracing=True),
+      }
+    for name, value in self._compiled["diagnostics"](self.data).items():
       # per-interest lists (win_, read_) and the token count stay out of the per-epoch logs
       if not isinstance(value, list) and not name.startswith("tokens_"):
         logs[f"val_{name}"] = value
@@ -88,7 +95,7 @@ class ValidationCallback(tf.keras.callbacks.Callback):
     ):
       # Distributed variables cannot be differentiated outside a replica context: the shares
       # are measured on single-device runs only.
-      logs.update(self.model.gradient_shares(self.probe))
+      logs.update(self.model.gradient_shares(self.probe, self._compiled["gradient_norms"]))
     improved = not self.history or logs[self.monitor] > max(h[self.monitor] for h in self.history)
     self.history.append({k: float(v) for k, v in logs.items()})
     if improved and self.best_path is not None:

@@ -24,50 +24,72 @@ from bivrec_tf.model import FIRST_ITEM
 
 
 def interest_diagnostics(model, dataset: tf.data.Dataset) -> Dict[str, object]:
-  """Diagnostics over an eval dataset of {"history" `[B, L]`, "targets" `[B, T]`} batches.
+  """Diagnostics over an eval dataset of {"history" `[B, L]`, "targets" `[B, T]`} batches (a
+  one-off `InterestDiagnostics(model)(dataset)`).
 
   Returns {"cos_<v>": float, "win_<v>": [K floats, descending], "maxwin_<v>": float} per view,
   and {"read_<v>": [K floats, ascending], "tokens_<v>": float} for views with module 2.
   """
-  cos_sum = {v: 0.0 for v in model.view_names}
-  wins = {v: None for v in model.view_names}
-  read = {v: [] for v in model.view_names}  # per batch: ([B, K] tokens read, [B] valid tokens)
-  users = 0
-  for batch in dataset:
-    history = tf.convert_to_tensor(batch["history"], tf.int64)
-    targets = tf.convert_to_tensor(batch["targets"], tf.int64)
-    valid = targets >= FIRST_ITEM  # [B, T]
-    queries = model.queries(history)
-    users += int(history.shape[0])
-    for v, u in queries.items():
+  return InterestDiagnostics(model)(dataset)
+
+
+class InterestDiagnostics:
+  """`interest_diagnostics` with its per-batch work compiled once (a `tf.function`), for callers
+  that measure the same model repeatedly (the per-epoch validation callback).
+  Call: an eval dataset -> the dict of `interest_diagnostics`."""
+
+  def __init__(self, model):
+    self.model = model
+    self._batch = tf.function(self._batch_stats, reduce_retracing=True)
+
+  def _batch_stats(self, history, targets):
+    """Per view: (sum over users of the mean interest cosine `[]`, targets won by each interest
+    `[K]`, seeding attention alpha `[B, K, T]` and valid `[B, T]`, or None without module 2)."""
+    model = self.model
+    valid_targets = targets >= FIRST_ITEM  # [B, T]
+    out = {}
+    for v, u in model.queries(history).items():
       cos, _ = interest_similarity(u)
-      cos_sum[v] += float(tf.reduce_sum(cos))
       e = model.views[v].item_vectors(tf.maximum(targets, FIRST_ITEM))  # [B, T, d]
       winner = tf.argmax(tf.einsum("bkd,btd->btk", u, e), axis=-1)  # [B, T]
       k = u.shape[1]
       counts = tf.math.bincount(
-        tf.cast(tf.boolean_mask(winner, valid), tf.int32),
+        tf.cast(tf.boolean_mask(winner, valid_targets), tf.int32),
         minlength=k,
         maxlength=k,
         dtype=tf.float64,
-      ).numpy()
-      wins[v] = counts if wins[v] is None else wins[v] + counts
-      attention = model.views[v].seeding_attention(history)
-      if attention is not None:
-        read[v].append(tokens_read(*attention))
-  if not users:
-    raise ValueError("interest diagnostics: the evaluation dataset is empty")
-  out: Dict[str, object] = {}
-  for v in model.view_names:
-    share = np.sort(wins[v] / max(wins[v].sum(), 1.0))[::-1]
-    out[f"cos_{v}"] = cos_sum[v] / users
-    out[f"win_{v}"] = [round(float(s), 4) for s in share]
-    out[f"maxwin_{v}"] = float(share[0])
-    if read[v]:
-      per_user = np.concatenate([r for r, _ in read[v]])
-      out[f"read_{v}"] = [round(float(x), 2) for x in np.median(per_user, axis=0)]
-      out[f"tokens_{v}"] = float(np.median(np.concatenate([n for _, n in read[v]])))
-  return out
+      )
+      out[v] = (tf.reduce_sum(cos), counts, model.views[v].seeding_attention(history))
+    return out
+
+  def __call__(self, dataset: tf.data.Dataset) -> Dict[str, object]:
+    model = self.model
+    cos_sum = {v: 0.0 for v in model.view_names}
+    wins = {v: None for v in model.view_names}
+    read = {v: [] for v in model.view_names}  # per batch: ([B, K] tokens read, [B] valid tokens)
+    users = 0
+    for batch in dataset:
+      history = tf.convert_to_tensor(batch["history"], tf.int64)
+      targets = tf.convert_to_tensor(batch["targets"], tf.int64)
+      users += int(history.shape[0])
+      for v, (cos, counts, attention) in self._batch(history, targets).items():
+        cos_sum[v] += float(cos)
+        wins[v] = counts.numpy() if wins[v] is None else wins[v] + counts.numpy()
+        if attention is not None:
+          read[v].append(tokens_read(*attention))
+    if not users:
+      raise ValueError("interest diagnostics: the evaluation dataset is empty")
+    out: Dict[str, object] = {}
+    for v in model.view_names:
+      share = np.sort(wins[v] / max(wins[v].sum(), 1.0))[::-1]
+      out[f"cos_{v}"] = cos_sum[v] / users
+      out[f"win_{v}"] = [round(float(s), 4) for s in share]
+      out[f"maxwin_{v}"] = float(share[0])
+      if read[v]:
+        per_user = np.concatenate([r for r, _ in read[v]])
+        out[f"read_{v}"] = [round(float(x), 2) for x in np.median(per_user, axis=0)]
+        out[f"tokens_{v}"] = float(np.median(np.concatenate([n for _, n in read[v]])))
+    return out
 
 
 def tokens_read(alpha, valid):

@@ -175,6 +175,9 @@ class Ranker:
     self.item_chunk = item_chunk
     self.exclude_history = bool(exclude_history)
     self.tables = None
+    # The queries of each batch through one compiled function (eager, a batch's forward pass
+    # costs ~4x as much; the same numbers).
+    self._queries = tf.function(model.queries, reduce_retracing=True)
 
   def refresh(self):
     self.tables = {v: self.model.item_table(v) for v in self.model.view_names}
@@ -223,7 +226,7 @@ class Ranker:
     cold_rule = tf.constant([c for _, _, c in rules], tf.bool)
     history = tf.convert_to_tensor(history, tf.int64)
     seen = history if seen is None else tf.convert_to_tensor(seen, tf.int64)
-    queries = self.model.queries(history)
+    queries = self._queries(history)
     best_s, best_i = None, None
     vocab = self.model.vocab_size
     for start in range(0, vocab, self.item_chunk):

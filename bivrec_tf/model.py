@@ -454,23 +454,34 @@ class BivRecModel(tf.keras.Model):
       out += 0.5 * self._retrieval_loss(cross)
     return out
 
-  def gradient_shares(self, batch) -> Dict[str, float]:
+  def gradient_shares(self, batch, norms_fn=None) -> Dict[str, float]:
     """Each loss term's share of the gradient norm on each view's encoder (item tower and
     modules 1-2): {"gshare_<term>_<view>": ||grad lambda_j L_j|| / sum_j ||grad lambda_j L_j||}.
-    One batch, inference mode (no dropout), outside any distribution strategy."""
+    One batch, inference mode (no dropout), outside any distribution strategy. `norms_fn`:
+    `gradient_norms` itself or a compiled copy of it (`tf.function(model.gradient_norms)`, what
+    the per-epoch callback keeps)."""
+    norms = (norms_fn or self.gradient_norms)(batch)
+    out = {}
+    for v in self.views:
+      per_term = {name: float(n) for name, n in norms[v].items()}
+      total = sum(per_term.values()) or 1.0
+      out.update({f"gshare_{name}_{v}": n / total for name, n in per_term.items()})
+    return out
+
+  def gradient_norms(self, batch) -> Dict[str, Dict[str, tf.Tensor]]:
+    """{view: {term: ||grad of the batch mean of lambda_j L_j on the view's encoder||} (0 for a
+    term that does not reach the view), inference mode; `gradient_shares` normalises them."""
     with tf.GradientTape(persistent=True) as tape:
       parts, _ = self.loss_parts(batch, training=False)
       losses = {name: tf.reduce_mean(value) for name, value in parts.items()}
     out = {}
     for v, encoder in self.views.items():
       variables = encoder.trainable_variables
-      norms = {}
+      out[v] = {}
       for name, loss in losses.items():
         grads = [g for g in tape.gradient(loss, variables) if g is not None]
         grads = [tf.convert_to_tensor(g) for g in grads]
-        norms[name] = float(tf.linalg.global_norm(grads)) if grads else 0.0
-      total = sum(norms.values()) or 1.0
-      out.update({f"gshare_{name}_{v}": n / total for name, n in norms.items()})
+        out[v][name] = tf.linalg.global_norm(grads) if grads else tf.constant(0.0)
     del tape
     return out
 

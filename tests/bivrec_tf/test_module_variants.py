@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from bivrec_tf.config import Config
-from bivrec_tf.diagnostics import interest_diagnostics, tokens_read
+from bivrec_tf.diagnostics import InterestDiagnostics, interest_diagnostics, tokens_read
 from bivrec_tf.late_fusion import LateFusion
 from bivrec_tf.layers import (
   GaussianAttention,
@@ -465,3 +465,22 @@ def test_history_dropout_trains_and_l_alloc_compares_only_the_items_both_views_r
     Config().replace(model={"history_dropout": 1.0})
   with pytest.raises(ValueError, match="history_dropout_views"):
     Config().replace(model={"history_dropout_views": "both"})
+
+
+def test_compiled_diagnostics_and_gradient_shares_equal_the_eager_ones():
+  # The validation callback keeps compiled copies (a tf.function each), made once per model.
+  model = _model()
+  compiled = InterestDiagnostics(model)
+  eager = InterestDiagnostics(model)
+  eager._batch = eager._batch_stats  # the same per-batch work, op by op
+  got, want = compiled(_eval_data()), eager(_eval_data())
+  assert got.keys() == want.keys() and {"cos_id", "win_mm", "read_id"} <= set(got)
+  for name in got:
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+  batch = _batch()
+  shares = model.gradient_shares(batch, tf.function(model.gradient_norms))
+  expected = model.gradient_shares(batch)
+  assert shares.keys() == expected.keys() and "gshare_sem_mm" in shares
+  for name in shares:
+    np.testing.assert_allclose(shares[name], expected[name], rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(sum(v for k, v in shares.items() if k.endswith("_id")), 1.0, 1e-5)
