@@ -394,13 +394,15 @@ class BivRecModel(tf.keras.Model):
     m = self.config.model
     if not training or m.history_dropout <= 0 or self.optimizer is None:
       return {v: history for v in self.view_names}
-    step = tf.cast(self.optimizer.iterations, tf.int32)
+    step = tf.cast(self.optimizer.iterations, tf.int64)
     replica = tf.distribute.get_replica_context()
-    replica = 0 if replica is None else replica.replica_id_in_sync_group
+    replica = tf.cast(0 if replica is None else replica.replica_id_in_sync_group, tf.int64)
     draws = 1 if m.history_dropout_views == "shared" else len(self.view_names)
     out = []
     for i in range(draws):
-      seed = tf.stack([self.config.train.seed * 16 + i, step * 1024 + replica])
+      seed = tf.stack(
+        [tf.constant(self.config.train.seed * 16 + i, tf.int64), step * 1024 + replica]
+      )
       keep = tf.random.stateless_uniform(tf.shape(history), seed) >= m.history_dropout
       keep = tf.concat([keep[:, :-1], tf.ones_like(keep[:, -1:])], axis=1)  # the most recent stays
       out.append(tf.where(keep, history, tf.zeros_like(history)))
