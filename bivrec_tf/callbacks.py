@@ -14,6 +14,7 @@ import tensorflow as tf
 from bivrec_tf.diagnostics import InterestDiagnostics
 from bivrec_tf.evaluate import Ranker, best_fusion, evaluate
 from bivrec_tf.io_utils import write_text_atomic
+from bivrec_tf.warm_compiled import WarmCompiled
 
 
 class ValidationCallback(tf.keras.callbacks.Callback):
@@ -81,7 +82,8 @@ class ValidationCallback(tf.keras.callbacks.Callback):
       self._compiled = {
         "model": self.model,
         "diagnostics": InterestDiagnostics(self.model),
-        "gradient_norms": tf.function(self.model.gradient_norms, reduce_retracing=True),
+        # traced after 3 eager epochs: ~5 s to trace, ~0.5 s saved per epoch
+        "gradient_norms": WarmCompiled(self.model.gradient_norms, eager_calls=3),
       }
     for name, value in self._compiled["diagnostics"](self.data).items():
       # per-interest lists (win_, read_) and the token count stay out of the per-epoch logs

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from bivrec_tf.layers import interest_similarity
 from bivrec_tf.model import FIRST_ITEM
+from bivrec_tf.warm_compiled import WarmCompiled
 
 
 def interest_diagnostics(model, dataset: tf.data.Dataset) -> Dict[str, object]:
@@ -34,13 +35,14 @@ def interest_diagnostics(model, dataset: tf.data.Dataset) -> Dict[str, object]:
 
 
 class InterestDiagnostics:
-  """`interest_diagnostics` with its per-batch work compiled once (a `tf.function`), for callers
-  that measure the same model repeatedly (the per-epoch validation callback).
+  """`interest_diagnostics` for callers that measure the same model repeatedly (the per-epoch
+  validation callback): the per-batch work runs eagerly for the first `eager_batches` batches,
+  then compiled (`WarmCompiled`: tracing costs ~2.5 s, each compiled batch saves ~0.15 s).
   Call: an eval dataset -> the dict of `interest_diagnostics`."""
 
-  def __init__(self, model):
+  def __init__(self, model, eager_batches: int = 8):
     self.model = model
-    self._batch = tf.function(self._batch_stats, reduce_retracing=True)
+    self._batch = WarmCompiled(self._batch_stats, eager_calls=eager_batches)
 
   def _batch_stats(self, history, targets):
     """Per view: (sum over users of the mean interest cosine `[]`, targets won by each interest

@@ -470,10 +470,10 @@ def test_history_dropout_trains_and_l_alloc_compares_only_the_items_both_views_r
 def test_compiled_diagnostics_and_gradient_shares_equal_the_eager_ones():
   # The validation callback keeps compiled copies (a tf.function each), made once per model.
   model = _model()
-  compiled = InterestDiagnostics(model)
-  eager = InterestDiagnostics(model)
-  eager._batch = eager._batch_stats  # the same per-batch work, op by op
+  compiled = InterestDiagnostics(model, eager_batches=0)
+  eager = InterestDiagnostics(model, eager_batches=100)  # the same per-batch work, op by op
   got, want = compiled(_eval_data()), eager(_eval_data())
+  assert compiled._batch.compiled is not None and eager._batch.compiled is None
   assert got.keys() == want.keys() and {"cos_id", "win_mm", "read_id"} <= set(got)
   for name in got:
     np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
@@ -484,3 +484,21 @@ def test_compiled_diagnostics_and_gradient_shares_equal_the_eager_ones():
   for name in shares:
     np.testing.assert_allclose(shares[name], expected[name], rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(sum(v for k, v in shares.items() if k.endswith("_id")), 1.0, 1e-5)
+
+
+def test_warm_compiled_runs_eagerly_first_then_traces_once():
+  from bivrec_tf.warm_compiled import WarmCompiled
+
+  eager_flags = []
+
+  def double(x):
+    eager_flags.append(tf.executing_eagerly())  # Python runs eagerly, or once per trace
+    return 2 * x
+
+  f = WarmCompiled(double, eager_calls=2)
+  for n in (3, 3, 3, 4, 3, 5):  # batch sizes, as an evaluation's last batch is smaller
+    np.testing.assert_array_equal(f(tf.ones([n])), 2 * np.ones(n))
+  assert eager_flags[:2] == [True, True] and f.compiled is not None
+  assert 1 <= eager_flags.count(False) <= 2  # traced once, or once more with a relaxed shape
+  with pytest.raises(ValueError, match="eager_calls"):
+    WarmCompiled(double, eager_calls=-1)
