@@ -460,8 +460,8 @@ class BivRecModel(tf.keras.Model):
     """Each loss term's share of the gradient norm on each view's encoder (item tower and
     modules 1-2): {"gshare_<term>_<view>": ||grad lambda_j L_j|| / sum_j ||grad lambda_j L_j||}.
     One batch, inference mode (no dropout), outside any distribution strategy. `norms_fn`:
-    `gradient_norms` itself or a compiled copy of it (`tf.function(model.gradient_norms)`, what
-    the per-epoch callback keeps)."""
+    `gradient_norms` itself (the default) or a compiled copy of it (the per-epoch callback keeps
+    a `WarmCompiled(model.gradient_norms, ...)`)."""
     norms = (norms_fn or self.gradient_norms)(batch)
     out = {}
     for v in self.views:
