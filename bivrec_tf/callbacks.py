@@ -82,8 +82,8 @@ class ValidationCallback(tf.keras.callbacks.Callback):
       self._compiled = {
         "model": self.model,
         "diagnostics": InterestDiagnostics(self.model),
-        # traced after 3 eager epochs: ~5 s to trace, ~0.5 s saved per epoch
-        "gradient_norms": WarmCompiled(self.model.gradient_norms, eager_calls=3),
+        # one probe batch: ~5 s to trace, ~0.5 s saved per epoch, so it pays after ~10 epochs
+        "gradient_norms": WarmCompiled(self.model.gradient_norms, eager_calls=10),
       }
     for name, value in self._compiled["diagnostics"](self.data).items():
       # per-interest lists (win_, read_) and the token count stay out of the per-epoch logs
