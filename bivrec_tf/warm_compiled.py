@@ -3,9 +3,9 @@
 Tracing a model's forward pass (or its gradients) costs seconds; each later call then saves a
 fraction of a second against eager execution. Short runs (a test's one epoch, a small
 evaluation) never earn the trace back; a 20-epoch job does. `WarmCompiled(fn, eager_calls=n)`
-calls `fn` eagerly n times, then traces it once (`reduce_retracing`, so a smaller last batch
-does not trace again) and uses the compiled copy from then on. Both give the same numbers
-(tested where it is used).
+calls `fn` eagerly n times, then traces it (`reduce_retracing`: a batch of another size traces
+at most once more, with a shape that fits every size) and uses the compiled copy from then on.
+Both give the same numbers (tested where it is used).
 """
 
 from typing import Callable
