@@ -51,9 +51,16 @@ class ValidationCallback(tf.keras.callbacks.Callback):
     self.best_path, self.patience, self.history_path = best_path, patience, history_path
     self.verbose = verbose
     self.history: List[dict] = []
-    self._compiled: dict = {}
     if history_path is not None and Path(history_path).exists():
       self.history = json.loads(Path(history_path).read_text())
+
+  def set_model(self, model):
+    """Keras hands the callback its model at the start of `fit`: the per-epoch passes that are
+    compiled once they pay (`WarmCompiled`) are made here, once per model, not per epoch."""
+    super().set_model(model)
+    self._diagnostics = InterestDiagnostics(model)
+    # one probe batch: ~5 s to trace, ~0.5 s saved per epoch, so it pays after ~10 epochs
+    self._gradient_norms = WarmCompiled(model.gradient_norms, eager_calls=10)
 
   @property
   def best_epoch(self) -> int:
@@ -78,14 +85,7 @@ class ValidationCallback(tf.keras.callbacks.Callback):
       logs[self.monitor] = results[f"fused@{w:.2f}"][key]
     else:
       logs[self.monitor] = next(iter(results.values()))[key]
-    if self._compiled.get("model") is not self.model:  # compiled once per model, not per epoch
-      self._compiled = {
-        "model": self.model,
-        "diagnostics": InterestDiagnostics(self.model),
-        # one probe batch: ~5 s to trace, ~0.5 s saved per epoch, so it pays after ~10 epochs
-        "gradient_norms": WarmCompiled(self.model.gradient_norms, eager_calls=10),
-      }
-    for name, value in self._compiled["diagnostics"](self.data).items():
+    for name, value in self._diagnostics(self.data).items():
       # per-interest lists (win_, read_) and the token count stay out of the per-epoch logs
       if not isinstance(value, list) and not name.startswith("tokens_"):
         logs[f"val_{name}"] = value
@@ -97,7 +97,7 @@ class ValidationCallback(tf.keras.callbacks.Callback):
     ):
       # Distributed variables cannot be differentiated outside a replica context: the shares
       # are measured on single-device runs only.
-      logs.update(self.model.gradient_shares(self.probe, self._compiled["gradient_norms"]))
+      logs.update(self.model.gradient_shares(self.probe, self._gradient_norms))
     improved = not self.history or logs[self.monitor] > max(h[self.monitor] for h in self.history)
     self.history.append({k: float(v) for k, v in logs.items()})
     if improved and self.best_path is not None:

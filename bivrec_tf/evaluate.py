@@ -177,7 +177,7 @@ class Ranker:
     self.exclude_history = bool(exclude_history)
     self.tables = None
     # The queries of each batch: eagerly for a short evaluation, compiled once it has seen 8
-    # batches (compiled, a batch's forward pass costs ~1/4; tracing it costs ~1.5 s).
+    # batches (compiled, a batch's forward pass costs ~1/4; tracing it costs ~1.6 s).
     self._queries = WarmCompiled(model.queries, eager_calls=8)
 
   def refresh(self):
