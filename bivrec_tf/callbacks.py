@@ -7,7 +7,7 @@ best checkpoint and patience counter instead of starting them afresh.
 
 import json
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
@@ -42,8 +42,10 @@ class ValidationCallback(tf.keras.callbacks.Callback):
     history_path: Optional[Path] = None,
     verbose: int = 1,
     probe: Optional[dict] = None,
+    view_paths: Optional[Dict[str, Path]] = None,
   ):
     super().__init__()
+    self.view_paths = dict(view_paths or {})
     self.probe = probe
     self.ranker, self.data, self.ks = ranker, data, ks
     self.monitor_k, self.fusion_weights = monitor_k, fusion_weights
@@ -65,8 +67,20 @@ class ValidationCallback(tf.keras.callbacks.Callback):
   @property
   def best_epoch(self) -> int:
     """1-based epoch with the best monitored score (0 before the first epoch)."""
-    scores = [h[self.monitor] for h in self.history]
+    return self._best_epoch_of(self.monitor)
+
+  @property
+  def view_best_epochs(self) -> Dict[str, int]:
+    """{view: 1-based epoch of its best `val_ndcg<K>_<view>`} for the views of `view_paths`."""
+    return {v: self._best_epoch_of(f"{self.monitor}_{v}") for v in self.view_paths}
+
+  def _best_epoch_of(self, name: str) -> int:
+    scores = [h[name] for h in self.history if name in h]
     return scores.index(max(scores)) + 1 if scores else 0
+
+  def _improved(self, logs: dict, name: str) -> bool:
+    earlier = [h[name] for h in self.history if name in h]
+    return not earlier or logs[name] > max(earlier)
 
   def on_epoch_begin(self, epoch, logs=None):
     # A resumed run restarts at `epoch`: forget epochs whose backup never completed.
@@ -98,16 +112,21 @@ class ValidationCallback(tf.keras.callbacks.Callback):
       # Distributed variables cannot be differentiated outside a replica context: the shares
       # are measured on single-device runs only.
       logs.update(self.model.gradient_shares(self.probe, self._gradient_norms))
-    improved = not self.history or logs[self.monitor] > max(h[self.monitor] for h in self.history)
+    improved = self._improved(logs, self.monitor)
+    views_improved = [v for v in self.view_paths if self._improved(logs, f"{self.monitor}_{v}")]
     self.history.append({k: float(v) for k, v in logs.items()})
     if improved and self.best_path is not None:
       self.model.save_weights(str(self.best_path))
+    for v in views_improved:
+      self.model.save_weights(str(self.view_paths[v]))
     if self.history_path is not None:
       write_text_atomic(self.history_path, json.dumps(self.history, indent=1))
     if self.verbose:
       print(
         " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k.startswith(("val_", "gshare_")))
         + (" (best)" if improved else "")
+        + "".join(f" (best {v})" for v in views_improved)
       )
-    if self.patience and len(self.history) - self.best_epoch >= self.patience:
+    last_gain = max([self.best_epoch, *self.view_best_epochs.values()])
+    if self.patience and len(self.history) - last_gain >= self.patience:
       self.model.stop_training = True

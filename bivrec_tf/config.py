@@ -267,6 +267,11 @@ class TrainConfig:
   batch_size: int = 256  # global batch size (all replicas together)
   learning_rate: float = 2e-3
   patience: int = 3  # epochs without val NDCG@20 gain before stopping; 0 = never
+  # which weights a two-view run keeps: "joint" (the epoch of the best fused validation NDCG@20)
+  # or "per_view" (each view's weights from the epoch of its own best validation NDCG@20, kept
+  # when that composite's fused validation score is higher; early stopping then waits until
+  # neither the fused score nor either view has improved for `patience` epochs)
+  view_selection: str = "joint"
   jit_compile: bool = True
   strategy: str = "auto"  # auto|default|mirrored|multi_worker|parameter_server
   logical_cpus: int = 0  # >1: split the CPU into logical devices (try `mirrored`)
@@ -284,6 +289,8 @@ class TrainConfig:
       _fail("learning_rate", self.learning_rate, "must be > 0")
     if self.patience < 0:
       _fail("patience", self.patience, "must be >= 0")
+    if self.view_selection not in ("joint", "per_view"):
+      _fail("view_selection", self.view_selection, "must be 'joint' or 'per_view'")
     if self.strategy not in ("auto", "default", "mirrored", "multi_worker", "parameter_server"):
       _fail("strategy", self.strategy, "unknown strategy")
     if self.logical_cpus < 0:

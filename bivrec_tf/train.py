@@ -34,6 +34,7 @@ from bivrec_tf.evaluate import (
 from bivrec_tf.export import export_model
 from bivrec_tf.io_utils import write_text_atomic
 from bivrec_tf.presets import PRESETS, apply_preset
+from bivrec_tf.view_selection import assemble_views
 from input_pipelines.dataset import PreparedDataset, eval_dataset, train_dataset
 from input_pipelines.synthetic import ensure_synthetic, is_synthetic_spec, parse_synthetic_spec
 
@@ -230,6 +231,10 @@ def run(
   ps = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
   epochs, steps_per_epoch, budget = step_plan(cfg.train.epochs, steps_per_epoch, train_steps, ps)
   best_path = run_dir / "checkpoints" / "best"
+  per_view = cfg.train.view_selection == "per_view" and len(model.view_names) == 2
+  view_paths = (
+    {v: run_dir / "checkpoints" / f"best_{v}" for v in model.view_names} if per_view else None
+  )
   # One fixed training batch for the per-epoch gradient shares of the loss terms.
   probe = next(
     iter(
@@ -254,6 +259,7 @@ def run(
     run_dir / "epoch_logs.json",
     verbose,
     probe=probe,
+    view_paths=view_paths,
   )
   callbacks = [
     validation,  # first: the callbacks after it see the val_* logs
@@ -281,6 +287,23 @@ def run(
   key = f"ndcg@{ev.monitor_k}"
   fused = len(model.view_names) == 2
   w = best_fusion(valid_results, key) if fused else (1.0 if model.view_names == ("id",) else 0.0)
+  selection = None
+  if per_view:
+    selection = {
+      "epochs": validation.view_best_epochs,
+      "joint_valid": valid_results[f"fused@{w:.2f}"][key],
+    }
+    assemble_views(model, view_paths)
+    composite = evaluate(ranker, valid, ev.ks, grid)
+    w_composite = best_fusion(composite, key)
+    selection["per_view_valid"] = composite[f"fused@{w_composite:.2f}"][key]
+    selection["kept"] = (
+      "per_view" if selection["per_view_valid"] > selection["joint_valid"] else "joint"
+    )
+    if selection["kept"] == "per_view":
+      valid_results, w = composite, w_composite
+    else:
+      model.load_weights(str(best_path)).expect_partial()
   test_results = evaluate(ranker, test, ev.ks, [w])
   rows = {"Popularity": popularity_metrics(ds.item_counts, test, ev.ks, exclude)}
   names = {"id": "ID view", "mm": "MM view"}
@@ -296,6 +319,7 @@ def run(
     "max_len": max_len,
     "fusion_weight": w,
     "best_epoch": best_epoch,
+    "view_selection": selection,
     "epochs_run": len(validation.history),
     "fit_seconds": fit_seconds,
     "train_steps": steps_run,
@@ -341,7 +365,9 @@ def run(
     hist = "history items excluded" if exclude else "history items not excluded"
     print(
       f"\n{table_split.capitalize()}, full ranking over {ds.vocab_size - 2} items ({hist}); "
-      f"fusion weight w={w:.2f} tuned on validation; best epoch {best_epoch}.\n"
+      f"fusion weight w={w:.2f} tuned on validation; best epoch {best_epoch}"
+      + describe_selection(selection)
+      + ".\n"
     )
     print(table)
     print("\n" + format_diagnostics(diagnostics, model.view_names))
@@ -350,6 +376,17 @@ def run(
       print(f"exported SavedModel: {export_path}")
     print(f"wall time: {summary['wall_seconds']:.1f} s")
   return summary
+
+
+def describe_selection(selection: Optional[dict]) -> str:
+  """The printout's note on per-view selection ('' for a joint run)."""
+  if not selection:
+    return ""
+  epochs = ", ".join(f"{v} {e}" for v, e in selection["epochs"].items())
+  scores = f"validation {selection['per_view_valid']:.4f} vs {selection['joint_valid']:.4f}"
+  if selection["kept"] == "per_view":
+    return f"; views from their own best epochs ({epochs}), {scores} at the best epoch"
+  return f"; views' own best epochs ({epochs}) not kept: {scores}"
 
 
 def parse_config(argv: Optional[Sequence[str]] = None) -> config_lib.Config:
