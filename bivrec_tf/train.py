@@ -300,8 +300,9 @@ def run(
     selection["kept"] = (
       "per_view" if selection["per_view_valid"] > selection["joint_valid"] else "joint"
     )
-    if selection["kept"] == "per_view":
+    if selection["kept"] == "per_view":  # checkpoints/best is what was evaluated and exported
       valid_results, w = composite, w_composite
+      model.save_weights(str(best_path))
     else:
       model.load_weights(str(best_path)).expect_partial()
   test_results = evaluate(ranker, test, ev.ks, [w])

@@ -1,0 +1,160 @@
+"""Per-view selection (`view_selection="per_view"`): a checkpoint per view, early stopping that
+waits for every view, and the composite built from each view's own checkpoint."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bivrec_tf import callbacks as callbacks_lib
+from bivrec_tf import train
+from bivrec_tf.config import Config
+from bivrec_tf.model import BivRecModel
+from bivrec_tf.view_selection import assemble_views
+from input_pipelines.synthetic import generate
+
+V, L = 20, 6
+
+# Validation NDCG@20 per epoch: (fused, ID view, MM view). The fused score and the ID view peak
+# at epoch 2, the MM view at epoch 3.
+SCRIPT = [(0.10, 0.08, 0.09), (0.12, 0.09, 0.08), (0.11, 0.07, 0.10), (0.11, 0.07, 0.09)] + [
+  (0.11, 0.07, 0.09)
+] * 4
+
+
+class _FakeModel:
+  """What the callback touches: weights saving, the stop flag, the strategy."""
+
+  def __init__(self):
+    self.saved = []
+    self.stop_training = False
+    self.distribute_strategy = tf.distribute.get_strategy()
+
+  def save_weights(self, path):
+    self.saved.append(Path(path).name)
+
+  def gradient_norms(self, batch):  # never called: the callback gets no probe batch
+    raise AssertionError("no probe batch was given")
+
+
+def _run_callback(monkeypatch, tmp_path, view_paths):
+  epoch = {"i": 0}
+
+  def scripted_evaluate(ranker, data, ks, weights):
+    fused, id_, mm = SCRIPT[epoch["i"]]
+    return {"id": {"ndcg@20": id_}, "mm": {"ndcg@20": mm}, "fused@0.50": {"ndcg@20": fused}}
+
+  monkeypatch.setattr(callbacks_lib, "evaluate", scripted_evaluate)
+  monkeypatch.setattr(callbacks_lib, "InterestDiagnostics", lambda model: lambda data: {})
+  cb = callbacks_lib.ValidationCallback(
+    None, None, [20], 20, [0.5], tmp_path / "best", 2, None, 0, view_paths=view_paths
+  )
+  model = _FakeModel()
+  cb.set_model(model)
+  saved_per_epoch = []
+  while not model.stop_training:
+    before = len(model.saved)
+    cb.on_epoch_begin(epoch["i"])
+    cb.on_epoch_end(epoch["i"], {})
+    saved_per_epoch.append(model.saved[before:])
+    epoch["i"] += 1
+  return cb, saved_per_epoch
+
+
+def test_per_view_callback_keeps_a_checkpoint_per_view_and_waits_for_every_view(
+  monkeypatch, tmp_path
+):
+  paths = {"id": tmp_path / "best_id", "mm": tmp_path / "best_mm"}
+  cb, saved = _run_callback(monkeypatch, tmp_path, paths)
+  assert saved[:3] == [["best", "best_id", "best_mm"], ["best", "best_id"], ["best_mm"]]
+  assert all(not s for s in saved[3:])
+  assert cb.best_epoch == 2
+  assert cb.view_best_epochs == {"id": 2, "mm": 3}
+  # patience 2 counted from the MM view's gain at epoch 3
+  assert len(saved) == 5
+
+
+def test_joint_callback_stops_on_the_fused_score_alone(monkeypatch, tmp_path):
+  cb, saved = _run_callback(monkeypatch, tmp_path, None)
+  assert saved[:3] == [["best"], ["best"], []]
+  assert cb.view_best_epochs == {}
+  assert len(saved) == 4  # patience 2 counted from the fused score's gain at epoch 2
+
+
+def _model():
+  cfg = Config().replace(model={"dim": 8, "num_interests": 2}, loss={"num_negatives": 2})
+  rng = np.random.default_rng(0)
+  model = BivRecModel(
+    cfg,
+    V,
+    L,
+    {"text": rng.normal(size=(V, 4)).astype(np.float32)},
+    {"text": np.ones(V, bool)},
+    item_counts=np.ones(V),
+    seen_in_train=np.ones(V, bool),
+  )
+  model.build_all()
+  return model
+
+
+def test_assemble_views_takes_each_view_from_its_own_checkpoint(tmp_path):
+  model = _model()
+  snapshots = {}
+  for name, shift in (("a", 0.1), ("b", 0.2)):
+    for v in model.variables:
+      v.assign(v + shift)
+    model.save_weights(str(tmp_path / name))
+    snapshots[name] = {v: [x.numpy() for x in model.views[v].variables] for v in model.views}
+  assert not np.allclose(snapshots["a"]["id"][0], snapshots["b"]["id"][0])
+  assemble_views(model, {"id": tmp_path / "a", "mm": tmp_path / "b"})
+  for view, source in (("id", "a"), ("mm", "b")):
+    for variable, expected in zip(model.views[view].variables, snapshots[source][view]):
+      np.testing.assert_array_equal(variable.numpy(), expected)
+  # the queries really come from the two checkpoints
+  history = tf.constant([[0, 0, 3, 4, 5, 6]], tf.int64)
+  assembled = model.queries(history)
+  model.load_weights(str(tmp_path / "a")).expect_partial()
+  np.testing.assert_allclose(model.queries(history)["id"], assembled["id"], rtol=1e-6)
+  assert not np.allclose(model.queries(history)["mm"], assembled["mm"])
+
+
+@pytest.mark.slow
+def test_per_view_run_records_its_choice_and_best_holds_what_was_evaluated(tmp_path):
+  data = generate(tmp_path / "data", seed=3, num_items=300, num_users=400, num_topics=8)
+  cfg = Config().replace(
+    data={"data": str(data)},
+    train={
+      "epochs": 4,
+      "batch_size": 128,
+      "patience": 4,
+      "run_dir": str(tmp_path / "run"),
+      "view_selection": "per_view",
+    },
+    model={"dim": 16},
+    loss={"num_negatives": 32},
+    export={"export": False},
+  )
+  summary = train.run(cfg, verbose=0)
+  selection = summary["view_selection"]
+  logs = summary["epoch_logs"]
+  for view in ("id", "mm"):
+    curve = [e[f"val_ndcg20_{view}"] for e in logs]
+    assert selection["epochs"][view] == int(np.argmax(curve)) + 1
+    assert (tmp_path / "run" / "checkpoints" / f"best_{view}.index").exists()
+  assert selection["joint_valid"] == pytest.approx(max(e["val_ndcg20"] for e in logs), abs=1e-6)
+  fused = max(v["ndcg@20"] for k, v in summary["valid"].items() if k.startswith("fused@"))
+  kept = max(selection["joint_valid"], selection["per_view_valid"])
+  assert fused == pytest.approx(kept, abs=1e-6)
+  assert selection["kept"] == (
+    "per_view" if selection["per_view_valid"] > selection["joint_valid"] else "joint"
+  )
+  # checkpoints/best is the model the run evaluated: restored, it scores the same on validation
+  ds = train.PreparedDataset.load(cfg.data.data)
+  model = train.build_model(cfg, ds, summary["max_len"])
+  model.load_weights(str(tmp_path / "run" / "checkpoints" / "best")).expect_partial()
+  valid = train.eval_dataset(ds, "valid", summary["max_len"], 512)
+  ranker = train.Ranker(model, 50, exclude_history=summary["exclude_history"])
+  again = train.evaluate(ranker, valid, [20], [summary["fusion_weight"]])
+  w = f"fused@{summary['fusion_weight']:.2f}"
+  assert again[w]["ndcg@20"] == pytest.approx(summary["valid"][w]["ndcg@20"], abs=1e-5)
