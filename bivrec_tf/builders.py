@@ -62,7 +62,11 @@ def build_model(
   )
   model.build_all()
   model.compile(
-    optimizer=tf.keras.optimizers.Adam(cfg.train.learning_rate),
+    optimizer=tf.keras.optimizers.Adam(
+      cfg.train.learning_rate,
+      use_ema=cfg.train.ema_momentum > 0,
+      ema_momentum=cfg.train.ema_momentum or 0.99,  # (Keras's default; unused when off)
+    ),
     jit_compile=use_xla(cfg, strategy),
     steps_per_execution=cfg.train.steps_per_execution,
   )

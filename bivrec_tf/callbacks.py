@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import tensorflow as tf
 
 from bivrec_tf.diagnostics import InterestDiagnostics
+from bivrec_tf.ema import averaged_weights
 from bivrec_tf.evaluate import Ranker, best_fusion, evaluate
 from bivrec_tf.io_utils import write_text_atomic
 from bivrec_tf.warm_compiled import WarmCompiled
@@ -87,7 +88,11 @@ class ValidationCallback(tf.keras.callbacks.Callback):
     del self.history[epoch:]
 
   def on_epoch_end(self, epoch, logs=None):
-    logs = logs if logs is not None else {}
+    # With `ema_momentum` > 0 the averaged weights are the model: validated, saved, exported.
+    with averaged_weights(self.model):
+      self._validate(logs if logs is not None else {})
+
+  def _validate(self, logs):
     results = evaluate(self.ranker, self.data, self.ks, self.fusion_weights)
     key = f"ndcg@{self.monitor_k}"
     for rule in ("id", "mm"):

@@ -266,6 +266,9 @@ class TrainConfig:
   epochs: int = 40
   batch_size: int = 256  # global batch size (all replicas together)
   learning_rate: float = 2e-3
+  # > 0: Adam keeps an exponential moving average of the weights (`use_ema`, this momentum per
+  # step); validation, the best checkpoint, the metrics and the export use the average
+  ema_momentum: float = 0.0
   patience: int = 3  # epochs without val NDCG@20 gain before stopping; 0 = never
   # which weights a two-view run keeps: "joint" (the epoch of the best fused validation NDCG@20)
   # or "per_view" (each view's weights from the epoch of its own best validation NDCG@20, kept
@@ -287,6 +290,8 @@ class TrainConfig:
       _fail("batch_size", self.batch_size, "must be >= 2 (in-batch negatives)")
     if not self.learning_rate > 0:
       _fail("learning_rate", self.learning_rate, "must be > 0")
+    if not 0.0 <= self.ema_momentum < 1.0:
+      _fail("ema_momentum", self.ema_momentum, "must be in [0, 1) (0 = no weight averaging)")
     if self.patience < 0:
       _fail("patience", self.patience, "must be >= 0")
     if self.view_selection not in ("joint", "per_view"):

@@ -502,3 +502,33 @@ def test_warm_compiled_runs_eagerly_first_then_traces_once():
   assert 1 <= eager_flags.count(False) <= 2  # traced once, or once more with a relaxed shape
   with pytest.raises(ValueError, match="eager_calls"):
     WarmCompiled(double, eager_calls=-1)
+
+
+def test_averaged_weights_swaps_in_the_moving_average_and_back():
+  from bivrec_tf.ema import averaged_weights, moving_averages
+
+  model = _model()
+  momentum = 0.5
+  model.compile(optimizer=tf.keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=momentum))
+  assert moving_averages(model) == []  # no averages before the first step: the block is a no-op
+  with averaged_weights(model):
+    pass
+  batch = _batch()
+  start = [w.numpy() for w in model.trainable_variables]
+  model.train_step(batch)
+  after_one = [w.numpy() for w in model.trainable_variables]
+  model.train_step(batch)
+  raw = [w.numpy() for w in model.trainable_variables]
+  # avg starts at the initial weights: avg_2 = m (m w0 + (1 - m) w1) + (1 - m) w2
+  expected = [
+    momentum * (momentum * w0 + (1 - momentum) * w1) + (1 - momentum) * w2
+    for w0, w1, w2 in zip(start, after_one, raw)
+  ]
+  assert any(np.abs(e - r).max() > 1e-6 for e, r in zip(expected, raw))
+  with averaged_weights(model):
+    for w, e in zip(model.trainable_variables, expected):
+      np.testing.assert_allclose(w.numpy(), e, rtol=1e-5, atol=1e-6)
+  for w, r in zip(model.trainable_variables, raw):  # training goes on from the raw weights
+    np.testing.assert_array_equal(w.numpy(), r)
+  with pytest.raises(ValueError, match="ema_momentum"):
+    Config().replace(train={"ema_momentum": 1.0})
