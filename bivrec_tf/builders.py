@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from bivrec_tf import config as config_lib
+from bivrec_tf.ema import AveragingAdam
 from bivrec_tf.model import BivRecModel
 from input_pipelines.dataset import PreparedDataset
 
@@ -62,7 +63,7 @@ def build_model(
   )
   model.build_all()
   model.compile(
-    optimizer=tf.keras.optimizers.Adam(
+    optimizer=AveragingAdam(
       cfg.train.learning_rate,
       use_ema=cfg.train.ema_momentum > 0,
       ema_momentum=cfg.train.ema_momentum or 0.99,  # (Keras's default; unused when off)

@@ -504,12 +504,12 @@ def test_warm_compiled_runs_eagerly_first_then_traces_once():
     WarmCompiled(double, eager_calls=-1)
 
 
-def test_averaged_weights_swaps_in_the_moving_average_and_back():
-  from bivrec_tf.ema import averaged_weights, moving_averages
+def test_averaged_weights_swaps_in_the_warmed_up_moving_average_and_back():
+  from bivrec_tf.ema import AveragingAdam, averaged_weights, moving_averages
 
   model = _model()
   momentum = 0.5
-  model.compile(optimizer=tf.keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=momentum))
+  model.compile(optimizer=AveragingAdam(1e-2, use_ema=True, ema_momentum=momentum))
   assert moving_averages(model) == []  # no averages before the first step: the block is a no-op
   with averaged_weights(model):
     pass
@@ -519,10 +519,10 @@ def test_averaged_weights_swaps_in_the_moving_average_and_back():
   after_one = [w.numpy() for w in model.trainable_variables]
   model.train_step(batch)
   raw = [w.numpy() for w in model.trainable_variables]
-  # avg starts at the initial weights: avg_2 = m (m w0 + (1 - m) w1) + (1 - m) w2
+  # avg starts at the initial weights; m_t = min(m, (1 + t) / (10 + t)): 0.1 at t = 0, 2/11 at 1
+  m0, m1 = min(momentum, 1 / 10), min(momentum, 2 / 11)
   expected = [
-    momentum * (momentum * w0 + (1 - momentum) * w1) + (1 - momentum) * w2
-    for w0, w1, w2 in zip(start, after_one, raw)
+    m1 * (m0 * w0 + (1 - m0) * w1) + (1 - m1) * w2 for w0, w1, w2 in zip(start, after_one, raw)
   ]
   assert any(np.abs(e - r).max() > 1e-6 for e, r in zip(expected, raw))
   with averaged_weights(model):
