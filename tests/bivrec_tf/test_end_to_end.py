@@ -11,9 +11,9 @@ import tensorflow as tf
 
 from bivrec_tf import train
 from bivrec_tf.config import Config
-from bivrec_tf.evaluate import Ranker
+from bivrec_tf.evaluate import Ranker, evaluate
 from bivrec_tf.model import FIRST_ITEM
-from input_pipelines.dataset import PreparedDataset
+from input_pipelines.dataset import PreparedDataset, eval_dataset
 from input_pipelines.synthetic import generate
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,15 @@ def trained(tmp_path_factory):
   data = generate(root / "data", seed=3, **SMALL)
   cfg = Config().replace(
     data={"data": str(data)},
-    train={"epochs": 6, "batch_size": 128, "patience": 6, "run_dir": str(root / "run"), "seed": 7},
+    # per-view selection on: the export and checkpoints/best must hold whichever model it kept
+    train={
+      "epochs": 6,
+      "batch_size": 128,
+      "patience": 6,
+      "run_dir": str(root / "run"),
+      "seed": 7,
+      "view_selection": "per_view",
+    },
     model={"dim": 32},
     loss={"num_negatives": 64},
     export={"export_base": str(root / "saved_models"), "top_k": 10},
@@ -139,3 +147,26 @@ def test_export_has_a_version_directory_and_metadata(trained):
   meta = json.loads((root / "saved_models/bivrec/1/assets.extra/bivrec_metadata.json").read_text())
   assert meta["fusion_weight"] == summary["fusion_weight"]
   assert meta["top_k"] == 10
+
+
+def test_per_view_selection_records_its_choice_and_best_restores_the_reported_score(trained):
+  cfg, summary, root = trained
+  selection, logs = summary["view_selection"], summary["epoch_logs"]
+  for view in ("id", "mm"):
+    curve = [e[f"val_ndcg20_{view}"] for e in logs]
+    assert selection["epochs"][view] == int(np.argmax(curve)) + 1
+    assert (root / "run" / "checkpoints" / f"best_{view}.index").exists()
+  assert selection["joint_valid"] == pytest.approx(max(e["val_ndcg20"] for e in logs), abs=1e-6)
+  kept = max(selection["joint_valid"], selection["per_view_valid"])
+  w = f"fused@{summary['fusion_weight']:.2f}"
+  assert summary["valid"][w]["ndcg@20"] == pytest.approx(kept, abs=1e-6)
+  assert selection["kept"] == (
+    "per_view" if selection["per_view_valid"] > selection["joint_valid"] else "joint"
+  )
+  ds = PreparedDataset.load(cfg.data.data)
+  model = train.build_model(cfg, ds, summary["max_len"])
+  model.load_weights(f"{summary['run_dir']}/checkpoints/best").expect_partial()
+  ranker = Ranker(model, 20, exclude_history=summary["exclude_history"])
+  valid = eval_dataset(ds, "valid", summary["max_len"], 512)
+  again = evaluate(ranker, valid, [20], [summary["fusion_weight"]])
+  assert again[w]["ndcg@20"] == pytest.approx(summary["valid"][w]["ndcg@20"], abs=1e-5)

@@ -1,18 +1,16 @@
 """Per-view selection (`view_selection="per_view"`): a checkpoint per view, early stopping that
-waits for every view, and the composite built from each view's own checkpoint."""
+waits for every view, and the composite built from each view's own checkpoint. A whole per-view
+run is checked in tests/bivrec_tf/test_end_to_end.py (its fixture trains with it)."""
 
 from pathlib import Path
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from bivrec_tf import callbacks as callbacks_lib
-from bivrec_tf import train
 from bivrec_tf.config import Config
 from bivrec_tf.model import BivRecModel
 from bivrec_tf.view_selection import assemble_views
-from input_pipelines.synthetic import generate
 
 V, L = 20, 6
 
@@ -27,6 +25,7 @@ class _FakeModel:
   """What the callback touches: weights saving, the stop flag, the strategy."""
 
   def __init__(self):
+    self.optimizer = None  # (no weight averaging: `averaged_weights` is a no-op)
     self.saved = []
     self.stop_training = False
     self.distribute_strategy = tf.distribute.get_strategy()
@@ -117,44 +116,3 @@ def test_assemble_views_takes_each_view_from_its_own_checkpoint(tmp_path):
   model.load_weights(str(tmp_path / "a")).expect_partial()
   np.testing.assert_allclose(model.queries(history)["id"], assembled["id"], rtol=1e-6)
   assert not np.allclose(model.queries(history)["mm"], assembled["mm"])
-
-
-@pytest.mark.slow
-def test_per_view_run_records_its_choice_and_best_holds_what_was_evaluated(tmp_path):
-  data = generate(tmp_path / "data", seed=3, num_items=300, num_users=400, num_topics=8)
-  cfg = Config().replace(
-    data={"data": str(data)},
-    train={
-      "epochs": 4,
-      "batch_size": 128,
-      "patience": 4,
-      "run_dir": str(tmp_path / "run"),
-      "view_selection": "per_view",
-    },
-    model={"dim": 16},
-    loss={"num_negatives": 32},
-    export={"export": False},
-  )
-  summary = train.run(cfg, verbose=0)
-  selection = summary["view_selection"]
-  logs = summary["epoch_logs"]
-  for view in ("id", "mm"):
-    curve = [e[f"val_ndcg20_{view}"] for e in logs]
-    assert selection["epochs"][view] == int(np.argmax(curve)) + 1
-    assert (tmp_path / "run" / "checkpoints" / f"best_{view}.index").exists()
-  assert selection["joint_valid"] == pytest.approx(max(e["val_ndcg20"] for e in logs), abs=1e-6)
-  fused = max(v["ndcg@20"] for k, v in summary["valid"].items() if k.startswith("fused@"))
-  kept = max(selection["joint_valid"], selection["per_view_valid"])
-  assert fused == pytest.approx(kept, abs=1e-6)
-  assert selection["kept"] == (
-    "per_view" if selection["per_view_valid"] > selection["joint_valid"] else "joint"
-  )
-  # checkpoints/best is the model the run evaluated: restored, it scores the same on validation
-  ds = train.PreparedDataset.load(cfg.data.data)
-  model = train.build_model(cfg, ds, summary["max_len"])
-  model.load_weights(str(tmp_path / "run" / "checkpoints" / "best")).expect_partial()
-  valid = train.eval_dataset(ds, "valid", summary["max_len"], 512)
-  ranker = train.Ranker(model, 50, exclude_history=summary["exclude_history"])
-  again = train.evaluate(ranker, valid, [20], [summary["fusion_weight"]])
-  w = f"fused@{summary['fusion_weight']:.2f}"
-  assert again[w]["ndcg@20"] == pytest.approx(summary["valid"][w]["ndcg@20"], abs=1e-5)
