@@ -19,7 +19,7 @@ import tensorflow as tf
 @tf.keras.utils.register_keras_serializable(package="bivrec_tf")
 class AveragingAdam(tf.keras.optimizers.Adam):
   """Adam with `use_ema` whose momentum warms up: m_t = min(ema_momentum, (1 + t) / (10 + t)) at
-  step t (0-based); from t = 10 m / (1 - m) - 1 on (990 steps at m = 0.99) it is Keras's EMA."""
+  step t (0-based); from t = (10 m - 1) / (1 - m) on (890 steps at m = 0.99) it is Keras's EMA."""
 
   def _update_model_variables_moving_average(self, var_list):
     if not self.use_ema:
@@ -36,13 +36,14 @@ class AveragingAdam(tf.keras.optimizers.Adam):
 
 
 def moving_averages(model):
-  """[(variable, its moving average)] for the model's trainable variables, or [] when the
-  optimizer keeps no averages (EMA off, or not built before the first step)."""
-  opt = model.optimizer
+  """[(variable, its moving average)] for the model's trainable variables the optimizer averages
+  (those it was built for), or [] when it keeps no averages (EMA off, or before the first step)."""
+  opt = getattr(model, "optimizer", None)
   averages = getattr(opt, "_model_variables_moving_average", None)
   if not getattr(opt, "use_ema", False) or not averages:
     return []
-  return [(v, averages[opt._index_dict[opt._var_key(v)]]) for v in model.trainable_variables]
+  keyed = [(v, opt._var_key(v)) for v in model.trainable_variables]
+  return [(v, averages[opt._index_dict[k]]) for v, k in keyed if k in opt._index_dict]
 
 
 def _swap(pairs):
