@@ -8,11 +8,9 @@ import numpy as np
 import tensorflow as tf
 
 from bivrec_tf import callbacks as callbacks_lib
-from bivrec_tf.config import Config
-from bivrec_tf.model import BivRecModel
 from bivrec_tf.view_selection import assemble_views
+from tests.bivrec_tf.test_restore import _model
 
-V, L = 20, 6
 
 # Validation NDCG@20 per epoch: (fused, ID view, MM view). The fused score and the ID view peak
 # at epoch 2, the MM view at epoch 3.
@@ -81,24 +79,8 @@ def test_joint_callback_stops_on_the_fused_score_alone(monkeypatch, tmp_path):
   assert len(saved) == 4  # patience 2 counted from the fused score's gain at epoch 2
 
 
-def _model():
-  cfg = Config().replace(model={"dim": 8, "num_interests": 2}, loss={"num_negatives": 2})
-  rng = np.random.default_rng(0)
-  model = BivRecModel(
-    cfg,
-    V,
-    L,
-    {"text": rng.normal(size=(V, 4)).astype(np.float32)},
-    {"text": np.ones(V, bool)},
-    item_counts=np.ones(V),
-    seen_in_train=np.ones(V, bool),
-  )
-  model.build_all()
-  return model
-
-
 def test_assemble_views_takes_each_view_from_its_own_checkpoint(tmp_path):
-  model = _model()
+  model = _model(("id", "mm"))  # (V = 20 items, L = 6)
   snapshots = {}
   for name, shift in (("a", 0.1), ("b", 0.2)):
     for v in model.variables:
