@@ -79,10 +79,6 @@ class ValidationCallback(tf.keras.callbacks.Callback):
     scores = [h[name] for h in self.history if name in h]
     return scores.index(max(scores)) + 1 if scores else 0
 
-  def _improved(self, logs: dict, name: str) -> bool:
-    earlier = [h[name] for h in self.history if name in h]
-    return not earlier or logs[name] > max(earlier)
-
   def on_epoch_begin(self, epoch, logs=None):
     # A resumed run restarts at `epoch`: forget epochs whose backup never completed.
     del self.history[epoch:]
@@ -117,9 +113,10 @@ class ValidationCallback(tf.keras.callbacks.Callback):
       # Distributed variables cannot be differentiated outside a replica context: the shares
       # are measured on single-device runs only.
       logs.update(self.model.gradient_shares(self.probe, self._gradient_norms))
-    improved = self._improved(logs, self.monitor)
-    views_improved = [v for v in self.view_paths if self._improved(logs, f"{self.monitor}_{v}")]
     self.history.append({k: float(v) for k, v in logs.items()})
+    epoch = len(self.history)  # improved = this epoch is the first to reach the best score
+    improved = self.best_epoch == epoch
+    views_improved = [v for v, best in self.view_best_epochs.items() if best == epoch]
     if improved and self.best_path is not None:
       self.model.save_weights(str(self.best_path))
     for v in views_improved:
