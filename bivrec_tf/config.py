@@ -83,6 +83,11 @@ class ModelConfig:
   # interest 0 is the most recent item's token itself (its seed, with cluster rounds), the other
   # K - 1 attend (needs K >= 2 and interest_values "shared")
   recent_interest: bool = False
+  # MIND's dynamic interest number (Li et al. 2019): a user with n history items has
+  # K_u = max(1, min(K, floor(log2 n))) interests; the other K - K_u slots repeat interest 0, so
+  # the max over interests (training, ranking, serving) reads only the K_u, and the diagnostics
+  # count only them. Off = every user has K.
+  adaptive_interests: bool = False
   # module 1: "tokens" (every scale's patches are tokens) or "context" (item tokens only, each
   # enriched with the patches that contain it: same T as one scale)
   patch_mode: str = "tokens"
@@ -157,6 +162,8 @@ class ModelConfig:
         self.recent_interest,
         "needs num_interests >= 2 and interest_values 'shared'",
       )
+    if self.adaptive_interests and self.readout != "interests":
+      _fail("adaptive_interests", self.adaptive_interests, "needs readout 'interests' (module 2)")
     if self.patch_mode not in ("tokens", "context"):
       _fail("patch_mode", self.patch_mode, "must be 'tokens' or 'context'")
     if self.cluster_rounds < 0:

@@ -1,7 +1,8 @@
 """Interest diagnostics that tell whether the K interests of a user differ and are all used.
 
 - `cos_<view>`: mean pairwise cosine between a user's K interests (1 = every interest the same
-  vector; the target is <= 0.5), averaged over users.
+  vector; the target is <= 0.5), averaged over users (with adaptive interest counts: over each
+  user's own K_u interests, averaged over the users who have two or more).
 - `win_<view>`: for every (user, target) pair, the interest that scores the target highest (the
   max-over-interests rule of inference "wins" it); the share of targets won by each interest,
   sorted from the most to the least winning (`maxwin_<view>` = the first share; 1/K = balanced).
@@ -51,9 +52,13 @@ class InterestDiagnostics:
     valid_targets = targets >= FIRST_ITEM  # [B, T]
     out = {}
     for v, u in model.queries(history).items():
-      cos, _ = interest_similarity(u)
+      active = model.views[v].active_interests(history)  # [B, K]: all K unless adaptive
+      cos, _ = interest_similarity(u, active=active)
+      paired = tf.reduce_sum(tf.cast(active, tf.int32), axis=1) >= 2  # [B]
       e = model.views[v].item_vectors(tf.maximum(targets, FIRST_ITEM))  # [B, T, d]
-      winner = tf.argmax(tf.einsum("bkd,btd->btk", u, e), axis=-1)  # [B, T]
+      scores = tf.einsum("bkd,btd->btk", u, e)
+      scores = tf.where(active[:, None, :], scores, tf.fill(tf.shape(scores), -1e30))
+      winner = tf.argmax(scores, axis=-1)  # [B, T], over the user's own interests
       k = u.shape[1]
       counts = tf.math.bincount(
         tf.cast(tf.boolean_mask(winner, valid_targets), tf.int32),
@@ -61,12 +66,18 @@ class InterestDiagnostics:
         maxlength=k,
         dtype=tf.float64,
       )
-      out[v] = (tf.reduce_sum(cos), counts, model.views[v].seeding_attention(history))
+      out[v] = (
+        tf.reduce_sum(tf.where(paired, cos, tf.zeros_like(cos))),
+        tf.reduce_sum(tf.cast(paired, tf.float64)),
+        counts,
+        model.views[v].seeding_attention(history),
+      )
     return out
 
   def __call__(self, dataset: tf.data.Dataset) -> Dict[str, object]:
     model = self.model
     cos_sum = {v: 0.0 for v in model.view_names}
+    paired = {v: 0.0 for v in model.view_names}  # users with >= 2 interests (all, unless adaptive)
     wins = {v: None for v in model.view_names}
     read = {v: [] for v in model.view_names}  # per batch: ([B, K] tokens read, [B] valid tokens)
     users = 0
@@ -74,8 +85,9 @@ class InterestDiagnostics:
       history = tf.convert_to_tensor(batch["history"], tf.int64)
       targets = tf.convert_to_tensor(batch["targets"], tf.int64)
       users += int(history.shape[0])
-      for v, (cos, counts, attention) in self._batch(history, targets).items():
+      for v, (cos, pairs, counts, attention) in self._batch(history, targets).items():
         cos_sum[v] += float(cos)
+        paired[v] += float(pairs)
         wins[v] = counts.numpy() if wins[v] is None else wins[v] + counts.numpy()
         if attention is not None:
           read[v].append(tokens_read(*attention))
@@ -84,7 +96,7 @@ class InterestDiagnostics:
     out: Dict[str, object] = {}
     for v in model.view_names:
       share = np.sort(wins[v] / max(wins[v].sum(), 1.0))[::-1]
-      out[f"cos_{v}"] = cos_sum[v] / users
+      out[f"cos_{v}"] = cos_sum[v] / max(paired[v], 1.0)
       out[f"win_{v}"] = [round(float(s), 4) for s in share]
       out[f"maxwin_{v}"] = float(share[0])
       if read[v]:

@@ -26,6 +26,7 @@ except items never seen in training (cold), scored s_mm(i).
 """
 
 import dataclasses
+import math
 from typing import Dict, Optional
 
 import numpy as np
@@ -65,6 +66,8 @@ class ViewEncoder(tf.keras.layers.Layer):
     max_len: history length L.
   Call: `history` int `[B, L']` (right-aligned, 0 = padding; ids < 2 are ignored)
     -> (U `[B, K, d]` (unit-norm for cosine similarity), A `[B, T, K]`, valid bool `[B, T]`).
+  With `adaptive_interests` a user's slots beyond their K_u (`active_interests`) hold copies of
+  interest 0, which leaves every max over interests what it is over the K_u alone.
   Histories longer than `max_len` keep their most recent `max_len` items. With
   `readout="last"` (one token per item) U is the last token's encoding, the most recent item's
   (K = 1), and A gives every valid token to that one interest.
@@ -82,6 +85,8 @@ class ViewEncoder(tf.keras.layers.Layer):
     self.normalize = m.similarity == "cosine"
     self.readout = m.readout
     self.content_keys = m.interest_keys == "content"
+    self.adaptive = m.adaptive_interests
+    self.num_interests = m.num_interests
     self.interest_embedding = MultiScaleInterestEmbedding(
       m.dim,
       m.patch_sizes,
@@ -142,7 +147,25 @@ class ViewEncoder(tf.keras.layers.Layer):
       u, a = self.interest_decomposition(h, tau, valid, keys=keys)
     if self.normalize:
       u = tf.math.l2_normalize(u, axis=-1)
+    if self.adaptive:  # after the normalisation: the copies are exact
+      u = tf.where(self._active(mask)[..., None], u, u[:, :1])
     return u, a, valid
+
+  def _active(self, mask):
+    """MIND's K_u = max(1, min(K, floor(log2 n))) of each user's n valid items (`mask` bool
+    `[B, L']`) -> bool `[B, K]`, True for the first K_u interests."""
+    n = tf.reduce_sum(tf.cast(mask, tf.float32), axis=1)
+    k_u = tf.floor(tf.math.log(tf.maximum(n, 1.0)) / math.log(2.0) + 1e-6)
+    k_u = tf.clip_by_value(k_u, 1.0, float(self.num_interests))
+    return tf.range(self.num_interests, dtype=tf.float32)[None, :] < k_u[:, None]
+
+  def active_interests(self, history):
+    """Which of a user's K interests are their own, bool `[B, K]`: the first K_u with
+    `adaptive_interests`, else all (history int `[B, L']`, as for `call`)."""
+    history = self._align(tf.cast(history, tf.int64))
+    if not self.adaptive:
+      return tf.ones([tf.shape(history)[0], self.num_interests], tf.bool)
+    return self._active(history >= FIRST_ITEM)
 
   def _tokens(self, item_emb, mask, training=False):
     """Module 1: (h `[B, T, d]`, tau `[T]`, valid `[B, T]`, keys: the tokens module 2's attention
@@ -362,7 +385,14 @@ class BivRecModel(tf.keras.Model):
       stats = AllocationStats(a, valid)
       terms[f"entropy_{v}"] = stats.token_entropy
       terms[f"interests_{v}"] = stats.effective_interests
-      terms[f"cos_{v}"], cos_sq = interest_similarity(u, lc.div_margin)
+      if self.config.model.adaptive_interests:  # the cosine over users with >= 2 interests
+        active = self.views[v].active_interests(histories[v])
+        cos, cos_sq = interest_similarity(u, lc.div_margin, active)
+        paired = tf.cast(tf.reduce_sum(tf.cast(active, tf.int32), axis=1) >= 2, cos.dtype)
+        mean = tf.reduce_sum(cos * paired) / tf.maximum(tf.reduce_sum(paired), 1.0)
+        terms[f"cos_{v}"] = tf.fill(tf.shape(cos), mean)
+      else:
+        terms[f"cos_{v}"], cos_sq = interest_similarity(u, lc.div_margin)
       if lc.lambda_div > 0:
         parts[f"div_{v}"] = lc.lambda_div * cos_sq
     if self.cross_view:

@@ -316,19 +316,24 @@ class InterestDecomposition(tf.keras.layers.Layer):
     }
 
 
-def interest_similarity(interests, margin: float = 0.0):
+def interest_similarity(interests, margin: float = 0.0, active=None):
   """Pairwise cosines of each user's K interests `[B, K, d]` -> (mean cosine `[B]`, mean of
   relu(cos - margin)^2 `[B]`) over the K (K - 1) ordered pairs (0 for K = 1). The first is the
   collapse diagnostic (1 = every interest the same vector), the second the diversity penalty
-  (margin 0: the squared cosine of pairs pointing the same way)."""
+  (margin 0: the squared cosine of pairs pointing the same way). `active` bool `[B, K]`
+  (adaptive interest counts): only pairs of active interests count, and a user with fewer than
+  two gets 0 for both (callers that average the cosine leave such users out)."""
   k = interests.shape[-2]
   if k is None or k < 2:
     zero = tf.zeros(tf.shape(interests)[:1], interests.dtype)
     return zero, zero
   u = tf.math.l2_normalize(interests, axis=-1)
   cos = tf.matmul(u, u, transpose_b=True)  # [B, K, K]
-  off = 1.0 - tf.eye(k, dtype=interests.dtype)
-  pairs = float(k * (k - 1))
+  off = (1.0 - tf.eye(k, dtype=interests.dtype))[None]
+  if active is not None:
+    on = tf.cast(active, interests.dtype)
+    off = off * on[:, :, None] * on[:, None, :]
+  pairs = tf.maximum(tf.reduce_sum(off, axis=[1, 2]), 1.0)
   return (
     tf.reduce_sum(cos * off, axis=[1, 2]) / pairs,
     tf.reduce_sum(tf.square(tf.nn.relu(cos - margin)) * off, axis=[1, 2]) / pairs,

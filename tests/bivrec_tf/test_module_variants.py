@@ -532,3 +532,39 @@ def test_averaged_weights_swaps_in_the_warmed_up_moving_average_and_back():
     np.testing.assert_array_equal(w.numpy(), r)
   with pytest.raises(ValueError, match="ema_momentum"):
     Config().replace(train={"ema_momentum": 1.0})
+
+
+def test_adaptive_interests_follow_mind_rule_and_score_as_the_users_own_interests():
+  """MIND's K_u = max(1, min(K, floor(log2 n))): slots beyond K_u repeat interest 0, so every
+  max over interests equals the max over the user's own K_u, and the diagnostics count only
+  them (a user with one interest adds no cosine and wins with interest 0)."""
+  h = np.zeros((4, L), np.int64)
+  for row, n in enumerate([1, 3, 4, 8]):  # K_u = 1, 1, 2, 3 (K = 3)
+    h[row, L - n :] = np.arange(2, 2 + n)
+  fixed, adaptive = _model(), _model(model={"adaptive_interests": True})
+  adaptive.set_weights(fixed.get_weights())  # the same weights: only the count differs
+  active = adaptive.views["id"].active_interests(h).numpy()
+  np.testing.assert_array_equal(active.sum(axis=1), [1, 1, 2, 3])
+  np.testing.assert_array_equal(fixed.views["id"].active_interests(h).numpy().sum(axis=1), 3)
+  table = adaptive.item_table("id")
+  for v in ("id", "mm"):
+    u_all, u_own = fixed.queries(h)[v].numpy(), adaptive.queries(h)[v].numpy()
+    for row, k_u in enumerate(active.sum(axis=1)):
+      np.testing.assert_allclose(u_own[row, :k_u], u_all[row, :k_u], rtol=1e-6, atol=1e-7)
+      np.testing.assert_array_equal(u_own[row, k_u:], np.repeat(u_own[row, :1], 3 - k_u, 0))
+  own = view_scores(adaptive.queries(h)["id"], table, 0.07).numpy()
+  u_all = fixed.queries(h)["id"].numpy()
+  want = [np.max(u_all[r, :k] @ table.numpy().T, axis=0) / 0.07 for r, k in enumerate([1, 1, 2, 3])]
+  np.testing.assert_allclose(own, np.stack(want), rtol=1e-5, atol=1e-5)
+  data = tf.data.Dataset.from_tensor_slices(
+    {"history": h, "targets": np.array([[20, 0], [21, 0], [22, 0], [23, 0]])}
+  ).batch(4)
+  diag = interest_diagnostics(adaptive, data)
+  for v in ("id", "mm"):
+    u_all = fixed.queries(h)[v].numpy()
+    cos = [interest_similarity(u_all[None, r, :k])[0].numpy()[0] for r, k in ((2, 2), (3, 3))]
+    assert diag[f"cos_{v}"] == pytest.approx(np.mean(cos), rel=1e-5)  # rows 0, 1 add nothing
+  # rows 0 and 1 have one interest: interest 0 wins their targets
+  assert max(diag["win_id"]) >= 0.5 and sum(diag["win_id"]) == pytest.approx(1.0)
+  _, terms = adaptive.loss_parts(_batch(), training=True)
+  assert np.all(np.isfinite(terms["cos_id"].numpy()))
