@@ -235,6 +235,9 @@ class LossConfig:
   # scale-free, uniform != 0)
   alloc_mode: str = "mse"
   tau_kd: float = 1.0  # temperature of the "mutual" and "guided" distillation
+  # "mutual": the weight of the ID -> MM direction (the MM view as the student) relative to the
+  # MM -> ID one; 1 = symmetric (the default), 0 = only the ID view learns from the other
+  sem_to_mm: float = 1.0
 
   def validate(self) -> None:
     if self.num_negatives < 0:
@@ -255,7 +258,7 @@ class LossConfig:
       _fail("tau_kd", self.tau_kd, "temperature must be > 0")
     if self.sem_warmup_steps < 0:
       _fail("sem_warmup_steps", self.sem_warmup_steps, "must be >= 0")
-    for name in ("lambda_sem", "lambda_alloc", "lambda_div"):
+    for name in ("lambda_sem", "lambda_alloc", "lambda_div", "sem_to_mm"):
       value = getattr(self, name)
       if not (value >= 0 and math.isfinite(value)):
         _fail(name, value, "must be a finite number >= 0")

@@ -457,7 +457,7 @@ class BivRecModel(tf.keras.Model):
       # Contrast against the whole global batch (the gather passes gradients back).
       return semantic_loss(g_id, g_mm, lc.tau_c, gather_replicas(g_id), gather_replicas(g_mm))
     if mode == "mutual":
-      return mutual_distillation_loss(logits["id"], logits["mm"], lc.tau_kd)
+      return mutual_distillation_loss(logits["id"], logits["mm"], lc.tau_kd, lc.sem_to_mm)
     if mode == "mutual_nt":
       return non_target_distillation_loss(logits["id"], logits["mm"], lc.tau_kd)
     if mode == "ensemble":

@@ -128,18 +128,20 @@ class AllocationStats:
     self.effective_interests = tf.exp(usage_entropy)
 
 
-def mutual_distillation_loss(logits_id, logits_mm, temperature: float = 1.0):
+def mutual_distillation_loss(logits_id, logits_mm, temperature: float = 1.0, to_mm: float = 1.0):
   """Each view learns the other's (stop-gradient) distribution over the same candidates.
 
-  Args: logits_id, logits_mm `[B, C]` (after logQ correction and accidental-hit removal).
-  Returns: per-example `T^2 / 2 (CE(sg p_mm, p_id) + CE(sg p_id, p_mm))`, `[B]`.
+  Args: logits_id, logits_mm `[B, C]` (after logQ correction and accidental-hit removal);
+    to_mm: the weight of the ID -> MM direction (the MM view as the student) relative to the
+    MM -> ID one (1 = symmetric; 0 = the ID view learns from the MM view only).
+  Returns: per-example `T^2 / 2 (CE(sg p_mm, p_id) + to_mm CE(sg p_id, p_mm))`, `[B]`.
   """
   t = temperature
   p_id = tf.stop_gradient(tf.nn.softmax(logits_id / t, axis=-1))
   p_mm = tf.stop_gradient(tf.nn.softmax(logits_mm / t, axis=-1))
   ce_id = tf.nn.softmax_cross_entropy_with_logits(labels=p_mm, logits=logits_id / t)
   ce_mm = tf.nn.softmax_cross_entropy_with_logits(labels=p_id, logits=logits_mm / t)
-  return 0.5 * t * t * (ce_id + ce_mm)
+  return 0.5 * t * t * (ce_id + to_mm * ce_mm)
 
 
 def non_target_distillation_loss(logits_id, logits_mm, temperature: float = 1.0):

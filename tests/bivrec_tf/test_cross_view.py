@@ -91,6 +91,20 @@ def test_mutual_distillation_gradient_pulls_each_view_toward_the_others_distribu
   np.testing.assert_allclose(tape.gradient(loss, z_mm), 0.5 * t * (p_mm - p_id), atol=1e-6)
 
 
+def test_mutual_distillation_to_mm_scales_only_the_mm_views_side():
+  # to_mm weights the ID -> MM direction: the MM view's gradient scales with it, the ID view's
+  # does not change, and 0 leaves the MM view untaught.
+  z_id, z_mm, t = _logits(1), _logits(2), 2.0
+  p_id, p_mm = tf.nn.softmax(z_id / t), tf.nn.softmax(z_mm / t)
+  for to_mm in (0.0, 0.3):
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch([z_id, z_mm])
+      loss = tf.reduce_sum(mutual_distillation_loss(z_id, z_mm, t, to_mm))
+    np.testing.assert_allclose(tape.gradient(loss, z_id), 0.5 * t * (p_id - p_mm), atol=1e-6)
+    want = 0.5 * t * to_mm * (p_mm - p_id)
+    np.testing.assert_allclose(tape.gradient(loss, z_mm), want, atol=1e-6)
+
+
 def test_mutual_distillation_gradient_vanishes_exactly_when_the_views_agree():
   z = _logits(3)
   shifted = z + tf.random.stateless_normal([6, 1], seed=[4, 1])  # same softmax per row
