@@ -256,6 +256,8 @@ class LossConfig:
       _fail("alloc_mode", self.alloc_mode, "must be 'mse' or 'cka'")
     if not self.tau_kd > 0:
       _fail("tau_kd", self.tau_kd, "temperature must be > 0")
+    if self.sem_to_mm != 1.0 and "mutual" not in modes:
+      _fail("sem_to_mm", self.sem_to_mm, "weights a direction of sem_mode 'mutual' only")
     if self.sem_warmup_steps < 0:
       _fail("sem_warmup_steps", self.sem_warmup_steps, "must be >= 0")
     for name in ("lambda_sem", "lambda_alloc", "lambda_div", "sem_to_mm"):

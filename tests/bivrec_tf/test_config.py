@@ -101,11 +101,18 @@ def test_importing_after_keras3_tensorflow_is_a_clear_error():
     ({"causal": True, "encoder_layers": 2, "patch_sizes": (1, 2)}, "causal"),
     ({"readout": "last", "num_interests": 1, "patch_sizes": (1, 2)}, "readout"),
     ({"readout": "last", "num_interests": 4}, "readout"),
+    ({"readout": "last", "num_interests": 1, "adaptive_interests": True}, "adaptive_interests"),
   ],
 )
 def test_switches_that_cannot_act_on_the_model_are_rejected_naming_the_field(fields, field):
   with pytest.raises(ValueError, match=f"`{field}`"):
     Config().replace(model=fields)
+
+
+def test_sem_to_mm_is_rejected_where_no_mutual_distillation_reads_it():
+  with pytest.raises(ValueError, match="`sem_to_mm`"):
+    Config().replace(loss={"sem_mode": "contrast", "sem_to_mm": 0.3})
+  assert Config().replace(loss={"sem_mode": "mutual+item", "sem_to_mm": 0.3}).loss.sem_to_mm == 0.3
 
 
 def test_removed_fields_are_rejected_when_loading_an_old_config():
