@@ -7,7 +7,8 @@
         --model-flags "--num-interests 2 --mm-fusion mean"   # a form against comirec_sa's defaults
 
 Each configuration runs in its own process (so peak memory is its own): random in-memory batches
-feed `model.fit`, so the number is the training step itself (forward, backward, optimizer); the
+feed `model.fit`, so the number is the training step itself (forward, backward, optimizer),
+timed over `--repeats` windows of `--steps` steps and reported as the median window's rate; the
 real tf.data pipeline is timed separately. FLOPs per step are counted by TensorFlow's graph
 profiler on the train step (plus Einsum, which it does not count), and compared with this CPU's
 fp32 matmul peak, measured with a large matmul. Evaluation: users/s of full ranking over the
