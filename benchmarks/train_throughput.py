@@ -164,7 +164,7 @@ def measure(
   length, interests, dim, items, batch, negatives, jit, steps, preset="bivrec", flags="", repeats=1
 ):
   """One configuration: `repeats` timed windows of `steps` steps each; the rate is the median
-  window's (a one-view step takes ~14 ms here, so one short window on the shared host can be off
+  window's (a one-view step takes 9-14 ms on these machines, so one short window can be off
   by 2x; the median of several is stable). Every window's rate is kept in the row."""
   model = make_model(
     length, interests, dim, items, batch, negatives, jit, preset=preset, flags=flags
