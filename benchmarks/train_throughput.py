@@ -243,7 +243,7 @@ def run_one(spec: dict) -> dict:
     spec["steps"],
     preset,
     spec.get("flags", ""),
-    spec.get("repeats", 1),
+    spec["repeats"],
   )
   if spec.get("eval"):
     row["eval_users_per_s"] = eval_users_per_s(

@@ -20,7 +20,7 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
-from bivrec_tf.layers import interest_similarity
+from bivrec_tf.layers import interest_similarity, paired_users
 from bivrec_tf.model import FIRST_ITEM
 from bivrec_tf.warm_compiled import WarmCompiled
 
@@ -54,7 +54,7 @@ class InterestDiagnostics:
     for v, u in model.queries(history).items():
       active = model.views[v].active_interests(history)  # [B, K]: all K unless adaptive
       cos, _ = interest_similarity(u, active=active)
-      paired = tf.reduce_sum(tf.cast(active, tf.int32), axis=1) >= 2  # [B]
+      paired = paired_users(active)  # [B]
       e = model.views[v].item_vectors(tf.maximum(targets, FIRST_ITEM))  # [B, T, d]
       scores = tf.einsum("bkd,btd->btk", u, e)
       scores = tf.where(active[:, None, :], scores, tf.fill(tf.shape(scores), -1e30))

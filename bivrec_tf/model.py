@@ -44,6 +44,7 @@ from bivrec_tf.layers import (
   allocation_cka_loss,
   allocation_loss,
   interest_similarity,
+  paired_users,
   item_alignment_loss,
   ensemble_distillation_loss,
   guided_distillation_loss,
@@ -388,7 +389,7 @@ class BivRecModel(tf.keras.Model):
       if self.config.model.adaptive_interests:  # the cosine over users with >= 2 interests
         active = self.views[v].active_interests(histories[v])
         cos, cos_sq = interest_similarity(u, lc.div_margin, active)
-        paired = tf.cast(tf.reduce_sum(tf.cast(active, tf.int32), axis=1) >= 2, cos.dtype)
+        paired = tf.cast(paired_users(active), cos.dtype)
         mean = tf.reduce_sum(cos * paired) / tf.maximum(tf.reduce_sum(paired), 1.0)
         terms[f"cos_{v}"] = tf.fill(tf.shape(cos), mean)
       else:

@@ -17,6 +17,7 @@ from bivrec_tf.layers.interests import (
   GaussianAttention,
   InterestDecomposition,
   interest_similarity,
+  paired_users,
 )
 from bivrec_tf.layers.patching import MultiScaleInterestEmbedding, TransformerBlock
 from bivrec_tf.layers.towers import IdTower, MultimodalTower
@@ -34,6 +35,7 @@ __all__ = [
   "allocation_cka_loss",
   "allocation_loss",
   "interest_similarity",
+  "paired_users",
   "item_alignment_loss",
   "ensemble_distillation_loss",
   "guided_distillation_loss",

@@ -338,3 +338,9 @@ def interest_similarity(interests, margin: float = 0.0, active=None):
     tf.reduce_sum(cos * off, axis=[1, 2]) / pairs,
     tf.reduce_sum(tf.square(tf.nn.relu(cos - margin)) * off, axis=[1, 2]) / pairs,
   )
+
+
+def paired_users(active):
+  """Users with at least two interests of their own (a pairwise cosine to report): `active` bool
+  `[B, K]` -> bool `[B]`."""
+  return tf.reduce_sum(tf.cast(active, tf.int32), axis=1) >= 2

@@ -74,6 +74,18 @@ def test_served_top_k_equals_brute_force_full_ranking(exported):
     np.testing.assert_allclose(out["scores"][row], scores, rtol=1e-5, atol=1e-5)
 
 
+def test_adaptive_interest_counts_serve_as_in_process(tmp_path):
+  # K = 2: a history of 1-3 items has K_u = 1 (the second slot copies the first), 4+ items 2.
+  model = tiny.tiny_model(seed=1, adaptive_interests=True)
+  path = export_lib.export_model(model, tiny.vocab(), W, str(tmp_path), "bivrec", tiny.TOP_K)
+  histories = [["item-39", "", "", ""], ["item-3", "item-9", "item-12", "item-30"]]
+  out = _serve(tf.saved_model.load(str(path)), histories)
+  for row, history in enumerate(histories):
+    ids, scores = _reference_top_k(model, history, tiny.TOP_K)
+    np.testing.assert_array_equal(out["item_ids"][row].astype(str), ids)
+    np.testing.assert_allclose(out["scores"][row], scores, rtol=1e-5, atol=1e-5)
+
+
 def test_chunked_scoring_matches_single_chunk(exported, tmp_path):
   model, _, loaded = exported
   chunked = tf.saved_model.load(

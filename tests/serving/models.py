@@ -24,10 +24,13 @@ def vocab(num_items: int = NUM_ITEMS) -> np.ndarray:
   return np.array(["[PAD]", "[OOV]"] + [f"item-{i}" for i in range(num_items)])
 
 
-def tiny_model(seed: int = 0, num_items: int = NUM_ITEMS, views=("id", "mm")) -> BivRecModel:
-  """A BivRecModel with random weights; items 0..4 are cold, item-0 is the most popular."""
+def tiny_model(
+  seed: int = 0, num_items: int = NUM_ITEMS, views=("id", "mm"), **model_fields
+) -> BivRecModel:
+  """A BivRecModel with random weights; items 0..4 are cold, item-0 is the most popular.
+  `model_fields` override ModelConfig fields (e.g. a switch under test)."""
   tf.keras.utils.set_random_seed(seed)
-  cfg = Config().replace(model={**MODEL_FIELDS, "views": tuple(views)})
+  cfg = Config().replace(model={**MODEL_FIELDS, "views": tuple(views), **model_fields})
   v = num_items + FIRST_ITEM
   rng = np.random.default_rng(seed)
   feats = {
