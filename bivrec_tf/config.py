@@ -114,6 +114,11 @@ class ModelConfig:
   # Recommendation similarity.
   similarity: str = "cosine"  # "cosine" or "dot"
   tau_rec: float = 0.07
+  # How the two views' scores are fused (evaluation, w tuning, export): "score" (DESIGN.md:
+  # s = w s_id + (1 - w) s_mm, each view's max over its own interests) or "interest" (interest k
+  # of both views scores an item together: s = max_k [w s_id,k + (1 - w) s_mm,k]); cold items are
+  # scored by the MM view alone either way
+  fusion: str = "score"
 
   def validate(self) -> None:
     if (
@@ -200,6 +205,8 @@ class ModelConfig:
       _fail("similarity", self.similarity, "must be 'cosine' or 'dot'")
     if not self.tau_rec > 0:
       _fail("tau_rec", self.tau_rec, "temperature must be > 0")
+    if self.fusion not in ("score", "interest"):
+      _fail("fusion", self.fusion, "must be 'score' or 'interest'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,6 +245,10 @@ class LossConfig:
   # "mutual": the weight of the ID -> MM direction (the MM view as the student) relative to the
   # MM -> ID one; 1 = symmetric (the default), 0 = only the ID view learns from the other
   sem_to_mm: float = 1.0
+  # weight of the retrieval loss on the interest-level fused score at w = 1/2,
+  # max_k (s_id,k + s_mm,k) / 2: interest k of both views must predict the target together, which
+  # aligns the views' interest indices (what `ModelConfig.fusion` "interest" scores); 0 = off
+  lambda_joint: float = 0.0
 
   def validate(self) -> None:
     if self.num_negatives < 0:
@@ -260,7 +271,7 @@ class LossConfig:
       _fail("sem_to_mm", self.sem_to_mm, "weights a direction of sem_mode 'mutual' only")
     if self.sem_warmup_steps < 0:
       _fail("sem_warmup_steps", self.sem_warmup_steps, "must be >= 0")
-    for name in ("lambda_sem", "lambda_alloc", "lambda_div", "sem_to_mm"):
+    for name in ("lambda_sem", "lambda_alloc", "lambda_div", "sem_to_mm", "lambda_joint"):
       value = getattr(self, name)
       if not (value >= 0 and math.isfinite(value)):
         _fail(name, value, "must be a finite number >= 0")

@@ -23,7 +23,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from bivrec_tf.model import FIRST_ITEM, view_scores
+from bivrec_tf.model import FIRST_ITEM, interest_fused_scores, view_scores
 from bivrec_tf.warm_compiled import WarmCompiled
 
 METRICS = ("recall", "ndcg", "hitrate", "mrr")
@@ -157,8 +157,9 @@ def history_mask(items, start, size) -> tf.Tensor:
 class Ranker:
   """Top-k over the full catalogue for several scoring rules at once.
 
-  Rules are (name, w, cold_rule): score = w s_id + (1 - w) s_mm, with cold items scored s_mm when
-  cold_rule; a single-view model has just its own view. Item tables are computed once per call
+  Rules are (name, w, cold_rule): score = w s_id + (1 - w) s_mm (with `ModelConfig.fusion`
+  "interest": max_k [w s_id,k + (1 - w) s_mm,k]), with cold items scored s_mm when cold_rule; a
+  single-view model has just its own view. Item tables are computed once per call
   to `refresh()` (after training changes the weights). `exclude_history` is the resolved setting
   (a bool: resolve "auto" with `resolve_history_exclusion` first); when True, every item of the
   `seen` rows given to `topk` (the whole history) is never ranked.
@@ -201,8 +202,16 @@ class Ranker:
     s_id = scores.get("id", scores.get("mm"))
     s_mm = scores.get("mm", s_id)
     cold = tf.gather(self.model.cold, ids)
-    w = weights[:, None, None]
-    plain = w * s_id[None] + (1.0 - w) * s_mm[None]  # [G, B, n]
+    if len(queries) == 2 and self.model.config.model.fusion == "interest":
+      plain = tf.map_fn(  # [G, B, n], one [B, K, n] intermediate at a time
+        lambda w: interest_fused_scores(
+          queries["id"], tables["id"], queries["mm"], tables["mm"], w, tau
+        ),
+        weights,
+      )
+    else:
+      w = weights[:, None, None]
+      plain = w * s_id[None] + (1.0 - w) * s_mm[None]  # [G, B, n]
     use_mm = cold_rule[:, None, None] & cold[None, None, :]
     s = tf.where(use_mm, s_mm[None], plain)
     banned = ids < FIRST_ITEM

@@ -55,7 +55,13 @@ from bivrec_tf.builders import build_model, restore_trained
 from bivrec_tf.catalogue.served import Catalogue
 from bivrec_tf.config import TABLE_DTYPES
 from bivrec_tf.evaluate import history_mask, resolve_history_exclusion
-from bivrec_tf.model import FIRST_ITEM, BivRecModel, fuse_scores, view_scores
+from bivrec_tf.model import (
+  FIRST_ITEM,
+  BivRecModel,
+  fuse_interest_scores,
+  fuse_scores,
+  view_scores,
+)
 
 SIGNATURES = ("serving_default", "user_interests", "item_embeddings", "predict_examples")
 METADATA_FILE = "bivrec_metadata.json"
@@ -125,6 +131,7 @@ class ServingModule(tf.Module):
     self.top_k = int(min(top_k, int(catalogue.servable.sum())))
     self.item_chunk = int(max(1, item_chunk))
     self.tau_rec = float(model.config.model.tau_rec)
+    self.interest_fusion = model.config.model.fusion == "interest"
     self.num_items = num_items
     self.id_lookup = tf.lookup.StaticHashTable(
       tf.lookup.KeyValueTensorInitializer(
@@ -190,14 +197,23 @@ class ServingModule(tf.Module):
     best_s, best_i = None, None
     for start in range(0, self.num_items, self.item_chunk):
       end = min(start + self.item_chunk, self.num_items)
-      scores = {
-        v: view_scores(q, tf.cast(self.tables[v][start:end], tf.float32), self.tau_rec)
-        for v, q in queries.items()
-      }
-      if len(scores) == 2:
-        s = fuse_scores(scores["id"], scores["mm"], self.fusion_weight, self.cold[start:end])
+      tables = {v: tf.cast(self.tables[v][start:end], tf.float32) for v in queries}
+      if len(queries) == 2 and self.interest_fusion:
+        s = fuse_interest_scores(
+          queries["id"],
+          tables["id"],
+          queries["mm"],
+          tables["mm"],
+          self.fusion_weight,
+          self.cold[start:end],
+          self.tau_rec,
+        )
+      elif len(queries) == 2:
+        s_id, s_mm = (view_scores(queries[v], tables[v], self.tau_rec) for v in ("id", "mm"))
+        s = fuse_scores(s_id, s_mm, self.fusion_weight, self.cold[start:end])
       else:
-        s = next(iter(scores.values()))
+        (v,) = queries
+        s = view_scores(queries[v], tables[v], self.tau_rec)
       if self.masks_retired:
         s = tf.where(self.servable[None, start:end], s, tf.constant(-np.inf, s.dtype))
       if seen is not None:
@@ -425,6 +441,7 @@ def export_model(
       "model_name": model_name,
       "version": version,
       "fusion_weight": float(fusion_weight),
+      "fusion": model.config.model.fusion,
       "top_k": module.top_k,
       "views": list(model.view_names),
       "max_len": model.max_len,

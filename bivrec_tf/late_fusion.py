@@ -2,7 +2,10 @@
 
 The baseline that tells whether BivRec's joint training earns anything: both views trained alone
 (presets `id_only` and `mm_only`), then fused by BivRec's own rule, s = w s_id + (1 - w) s_mm with
-cold items scored s_mm, w tuned on validation. `LateFusion` exposes what `evaluate.Ranker` and the
+cold items scored s_mm, w tuned on validation. Always the score-level rule: interest-level fusion
+(`ModelConfig.fusion` "interest") pairs interest k of one view with interest k of the other, which
+only joint training (`LossConfig.lambda_joint`) aligns; separately trained views' interest indices
+mean nothing to each other. `LateFusion` exposes what `evaluate.Ranker` and the
 diagnostics read from a `BivRecModel` (view names, queries, item tables, cold mask), so the same
 evaluation code ranks it.
 """
@@ -30,7 +33,7 @@ class LateFusion:
     if id_model.config.model.tau_rec != mm_model.config.model.tau_rec:
       raise ValueError("the two models must share tau_rec (the fusion rule mixes their scores)")
     self.models = {"id": id_model, "mm": mm_model}
-    self.config = id_model.config
+    self.config = id_model.config.replace(model={"fusion": "score"})  # see the module docstring
     self.vocab_size = id_model.vocab_size
     self.cold = id_model.cold
     self.views = {"id": id_model.views["id"], "mm": mm_model.views["mm"]}

@@ -271,7 +271,7 @@ class BivRecModel(tf.keras.Model):
     names = ["loss"] + [f"rec_{v}" for v in self.view_names]
     if self.cross_view:
       names += ["sem"] if self.contrast_heads or self.config.loss.sem_mode != "contrast" else []
-      names += ["alloc"]
+      names += ["alloc"] + (["joint"] if self.config.loss.lambda_joint > 0 else [])
     names += [f"{stat}_{v}" for v in self.view_names for stat in ("cos", "entropy", "interests")]
     return names
 
@@ -373,11 +373,12 @@ class BivRecModel(tf.keras.Model):
     }
     lc = self.config.loss
     terms, parts = {}, {}
-    logits = {}
+    logits, vectors_of = {}, {}
     for v, (u, a, valid) in outputs.items():
       # Formed once per view; the cross-view terms reuse them (scoring is the step's main cost).
       tau = self.config.model.tau_rec
       vectors = self.views[v].item_vectors(candidates, tables[v])  # [C, d], once per view
+      vectors_of[v] = vectors
       logits[v] = self._logits(self._route(u, vectors, tau), candidates, probs)
       terms[f"rec_{v}"] = parts[f"rec_{v}"] = self._retrieval_loss(logits[v])
       if self.config.model.routing == "max+target":  # + the label-aware term (ComiRec/MIND)
@@ -414,6 +415,18 @@ class BivRecModel(tf.keras.Model):
         parts["sem"] = lc.lambda_sem * self._sem_ramp(training) * terms["sem"]
       if lc.lambda_alloc > 0:
         parts["alloc"] = lc.lambda_alloc * terms["alloc"]
+      if lc.lambda_joint > 0:  # interest k of both views predicts the target together
+        joint = interest_fused_scores(
+          u_id,
+          vectors_of["id"],
+          u_mm,
+          vectors_of["mm"],
+          0.5,
+          self.config.model.tau_rec,
+          argmax_gradient=True,
+        )
+        terms["joint"] = self._retrieval_loss(self._logits(joint, candidates, probs))
+        parts["joint"] = lc.lambda_joint * terms["joint"]
     return parts, terms
 
   def _training_histories(self, history, training):
@@ -591,7 +604,23 @@ def view_scores(queries, table, tau_rec: float, argmax_gradient: bool = False):
   multiply instead of reduce_max's equality mask, tie count, division and transposes, which
   under XLA on CPU cost more than the score einsum itself (docs/performance.md).
   """
-  scores = tf.einsum("bkd,nd->bkn", queries, table)
+  return max_over_interests(tf.einsum("bkd,nd->bkn", queries, table), tau_rec, argmax_gradient)
+
+
+def interest_fused_scores(q_id, t_id, q_mm, t_mm, w, tau_rec: float, argmax_gradient=False):
+  """Interest-level fusion: s(i) = max_k [w <U_id[k], e_id(i)> + (1 - w) <U_mm[k], e_mm(i)>] /
+  tau_rec, interest k of the two views scoring an item together (`ModelConfig.fusion`
+  "interest"). q_id, q_mm `[B, K, d]`; t_id, t_mm `[N, d]`; w a scalar -> `[B, N]`. At w = 1 or
+  0 it is `view_scores` of one view; for 0 < w < 1 it is at most the score-level fusion
+  `w s_id + (1 - w) s_mm` and equals it where one interest wins in both views."""
+  scores = w * tf.einsum("bkd,nd->bkn", q_id, t_id)
+  scores += (1.0 - w) * tf.einsum("bkd,nd->bkn", q_mm, t_mm)
+  return max_over_interests(scores, tau_rec, argmax_gradient)
+
+
+def max_over_interests(scores, tau_rec: float, argmax_gradient: bool = False):
+  """`[B, K, N]` per-interest scores -> `[B, N]` max over K / tau_rec (argmax_gradient: see
+  `view_scores`)."""
   if not argmax_gradient:
     return tf.reduce_max(scores, axis=1) / tau_rec
   winner = tf.one_hot(tf.argmax(scores, axis=1), tf.shape(scores)[1], axis=1, dtype=scores.dtype)
@@ -619,3 +648,10 @@ def dense_if_small(gradient, variable, factor: int = 4):
 def fuse_scores(s_id, s_mm, w, cold):
   """s = w s_id + (1 - w) s_mm; cold items (`cold` bool `[N]`) get s_mm alone. -> `[B, N]`."""
   return tf.where(cold[None, :], s_mm, w * s_id + (1.0 - w) * s_mm)
+
+
+def fuse_interest_scores(q_id, t_id, q_mm, t_mm, w, cold, tau_rec: float):
+  """`interest_fused_scores`, with cold items (`cold` bool `[N]`) scored by the MM view alone,
+  max_k <U_mm[k], e_mm(i)> / tau_rec, as `fuse_scores` does. -> `[B, N]`."""
+  fused = interest_fused_scores(q_id, t_id, q_mm, t_mm, w, tau_rec)
+  return tf.where(cold[None, :], view_scores(q_mm, t_mm, tau_rec), fused)

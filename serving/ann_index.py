@@ -13,6 +13,9 @@ Fusion-aware parts. The fused score of a warm item is
 (the two maxima are independent), so one index over the joined vectors [e_id, e_mm] of the warm
 items (part "fused"), searched with the K x K joined queries, ranks warm items exactly by their
 fused score: an item in the fused top-n is in the top-n of the query pair that attains its score.
+An export with interest-level fusion (`ModelConfig.fusion` "interest", index field `fusion`)
+scores max_k <[w U_id[k], (1 - w) U_mm[k]], [e_id, e_mm]>: the same index, searched with the K
+joined queries of matching interests (k = j) only.
 Cold items (fused score = s_mm) are in their own MM index (part "cold", searched with the K MM
 interests). Searching each view separately instead misses the items whose fused score is high but
 neither view's alone is (measured: docs/serving.md, "Large catalogues"). A one-view export has
@@ -21,7 +24,7 @@ one part, named after its view.
 On disk (`save` writes a temporary sibling directory and renames it; `load` memory-maps the
 arrays):
 
-    index.json                views, fusion_weight, tau_rec, exclude_history, spec, nprobe,
+    index.json                views, fusion_weight, fusion, tau_rec, exclude_history, spec, nprobe,
                               the export it was built from, build seconds, library version
     item_ids.npy              bytes [N] raw item ids by row;  item_order.npy  int64 [N] sort order
     cold.npy servable.npy     bool [N]
@@ -55,6 +58,7 @@ AUTO_HNSW_QUANTIZER_FROM = 2_000_000  # items assigned to lists through an HNSW 
 TRAIN_PER_LIST = 40
 ADD_CHUNK = 1_000_000
 DEFAULT_NPROBE = 32
+FUSIONS = ("score", "interest")  # ModelConfig.fusion
 SEED = 0
 
 
@@ -133,7 +137,8 @@ class ItemIndex:
     vectors: view -> float32 `[N, d]` unit-norm item vectors (may be memory-mapped).
     popular: int64 `[P]` rows answering a history without a known item, popular_scores `[P]`.
     ann: view -> FAISS index over that view's searchable rows.
-    fusion_weight, tau_rec, exclude_history: the export's scoring settings.
+    fusion_weight, tau_rec, exclude_history: the export's scoring settings; fusion: its rule,
+      "score" (w s_id + (1 - w) s_mm) or "interest" (max_k of w s_id,k + (1 - w) s_mm,k).
     info: where it came from and how it was built (written to index.json).
   """
 
@@ -149,8 +154,11 @@ class ItemIndex:
   exclude_history: bool
   info: dict = dataclasses.field(default_factory=dict)
   item_order: Optional[np.ndarray] = None
+  fusion: str = "score"
 
   def __post_init__(self):
+    if self.fusion not in FUSIONS:
+      raise ValueError(f"ann index: fusion = {self.fusion!r} must be one of {FUSIONS}")
     if self.item_order is None:
       self.item_order = np.argsort(self.item_ids, kind="stable")
     self._sorted_ids = np.asarray(self.item_ids[self.item_order])  # for `rows`
@@ -161,12 +169,16 @@ class ItemIndex:
 
   def queries(self, interests: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """interests view -> `[B, K, d]` -> part -> float32 `[B, Q, d']` search queries: for the fused
-    part the K x K joined queries [w U_id[k], (1 - w) U_mm[j]] (Q = K^2, d' = 2d)."""
+    part the K x K joined queries [w U_id[k], (1 - w) U_mm[j]] (Q = K^2, d' = 2d), or with
+    interest-level fusion the K joined queries [w U_id[k], (1 - w) U_mm[k]] (Q = K)."""
     u = {v: np.asarray(interests[v], np.float32) for v in self.views}
     if len(u) == 1:
       return u
     w = np.float32(self.fusion_weight)
     b, k, d = u["id"].shape
+    if self.fusion == "interest":
+      joined = np.concatenate([w * u["id"], (1 - w) * u["mm"]], axis=-1)
+      return {"fused": joined.astype(np.float32), "cold": u["mm"]}
     left = np.broadcast_to((w * u["id"])[:, :, None, :], (b, k, k, d))
     right = np.broadcast_to(((1 - w) * u["mm"])[:, None, :, :], (b, k, k, d))
     joined = np.concatenate([left, right], axis=-1).reshape(b, k * k, 2 * d)
@@ -191,6 +203,7 @@ class ItemIndex:
     spec: str = "auto",
     nprobe: int = DEFAULT_NPROBE,
     info: Optional[dict] = None,
+    fusion: str = "score",
   ) -> "ItemIndex":
     """Builds the views' ANN indexes (see the module docstring for what each one holds)."""
     ids = np.asarray([x if isinstance(x, bytes) else str(x).encode() for x in item_ids])
@@ -230,6 +243,7 @@ class ItemIndex:
       tau_rec=float(tau_rec),
       exclude_history=bool(exclude_history),
       info=info,
+      fusion=fusion,
     )
 
   def rows(self, ids: Sequence[str]) -> np.ndarray:
@@ -286,6 +300,7 @@ class ItemIndex:
         **self.info,
         "views": list(self.views),
         "fusion_weight": self.fusion_weight,
+        "fusion": self.fusion,
         "tau_rec": self.tau_rec,
         "exclude_history": self.exclude_history,
       }
@@ -312,7 +327,7 @@ class ItemIndex:
     info = {
       k: v
       for k, v in meta.items()
-      if k not in ("views", "fusion_weight", "tau_rec", "exclude_history")
+      if k not in ("views", "fusion_weight", "fusion", "tau_rec", "exclude_history")
     }
     return cls(
       item_ids=arr("item_ids"),
@@ -327,4 +342,5 @@ class ItemIndex:
       tau_rec=meta["tau_rec"],
       exclude_history=meta["exclude_history"],
       info=info,
+      fusion=meta.get("fusion", "score"),  # indexes built before the field: score level
     )

@@ -106,16 +106,20 @@ class TwoStageRetriever:
 
 def fused_scores(queries: Dict[str, np.ndarray], index: ItemIndex, rows: np.ndarray) -> np.ndarray:
   """The export's score of `rows` int64 `[n]` for one request: queries view -> `[K, d]` ->
-  float32 `[n]` (max over interests / tau_rec per view; w s_id + (1 - w) s_mm, cold: s_mm)."""
-  s = {
-    v: (np.asarray(q, np.float32) @ np.asarray(index.vectors[v][rows]).T).max(axis=0)
-    / np.float32(index.tau_rec)
+  float32 `[n]` (max over interests / tau_rec per view; w s_id + (1 - w) s_mm, or with the
+  index's interest-level fusion max_k [w s_id,k + (1 - w) s_mm,k]; cold: s_mm)."""
+  per_interest = {  # [K, n]
+    v: np.asarray(q, np.float32) @ np.asarray(index.vectors[v][rows]).T / np.float32(index.tau_rec)
     for v, q in queries.items()
   }
+  s = {v: p.max(axis=0) for v, p in per_interest.items()}
   if len(s) == 1:
     return next(iter(s.values())).astype(np.float32)
   w = np.float32(index.fusion_weight)
-  fused = w * s["id"] + (np.float32(1) - w) * s["mm"]
+  if index.fusion == "interest":
+    fused = (w * per_interest["id"] + (np.float32(1) - w) * per_interest["mm"]).max(axis=0)
+  else:
+    fused = w * s["id"] + (np.float32(1) - w) * s["mm"]
   return np.where(index.cold[rows], s["mm"], fused).astype(np.float32)
 
 
@@ -186,6 +190,7 @@ def index_from_export(
     {v: np.concatenate(p) for v, p in parts.items()},
     cold,
     fusion_weight=meta["fusion_weight"],
+    fusion=meta.get("fusion", "score"),  # exports made before the field: score level
     tau_rec=tau,
     exclude_history=meta.get("exclude_history", True),
     servable=servable,

@@ -115,6 +115,19 @@ def test_sem_to_mm_is_rejected_where_no_mutual_distillation_reads_it():
   assert Config().replace(loss={"sem_mode": "mutual+item", "sem_to_mm": 0.3}).loss.sem_to_mm == 0.3
 
 
+@pytest.mark.parametrize(
+  "section,fields,field",
+  [
+    ("model", {"fusion": "product"}, "fusion"),
+    ("loss", {"lambda_joint": -1.0}, "lambda_joint"),
+    ("loss", {"lambda_joint": float("nan")}, "lambda_joint"),
+  ],
+)
+def test_bad_fusion_settings_are_rejected_naming_the_field(section, fields, field):
+  with pytest.raises(ValueError, match=f"`{field}`"):
+    Config().replace(**{section: fields})
+
+
 def test_removed_fields_are_rejected_when_loading_an_old_config():
   raw = Config().to_dict()
   raw["loss"]["lambda_balance"] = 0.0

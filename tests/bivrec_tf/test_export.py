@@ -38,16 +38,22 @@ def exported(tmp_path_factory):
   return model, path, tf.saved_model.load(str(path))
 
 
-def _reference_top_k(model, history, k):
-  """Brute force over the whole catalogue in numpy: fused score, history and padding excluded."""
+def _reference_top_k(model, history, k, fusion="score"):
+  """Brute force over the whole catalogue in numpy: fused score (score level, or interest level:
+  max_k [W s_id,k + (1 - W) s_mm,k]), history and padding excluded."""
   index = {item: i for i, item in enumerate(tiny.vocab())}
   ids = [index[x] for x in history if x in index and index[x] >= FIRST_ITEM][-tiny.MAX_LEN :]
   row = np.array([[0] * (tiny.MAX_LEN - len(ids)) + ids], np.int64)
   queries = {v: q.numpy()[0] for v, q in model.queries(row).items()}
   tau = model.config.model.tau_rec
-  s = {v: (queries[v] @ model.item_table(v).numpy().T).max(axis=0) / tau for v in queries}
+  per_interest = {v: queries[v] @ model.item_table(v).numpy().T / tau for v in queries}  # [K, V]
+  s = {v: p.max(axis=0) for v, p in per_interest.items()}
   cold = np.asarray(model.cold)
-  fused = np.where(cold, s["mm"], W * s["id"] + (1 - W) * s["mm"])
+  if fusion == "interest":
+    warm = (W * per_interest["id"] + (1 - W) * per_interest["mm"]).max(axis=0)
+  else:
+    warm = W * s["id"] + (1 - W) * s["mm"]
+  fused = np.where(cold, s["mm"], warm)
   fused[:FIRST_ITEM] = -np.inf
   fused[ids] = -np.inf
   order = np.argsort(-fused, kind="stable")[:k]
@@ -84,6 +90,35 @@ def test_adaptive_interest_counts_serve_as_in_process(tmp_path):
     ids, scores = _reference_top_k(model, history, tiny.TOP_K)
     np.testing.assert_array_equal(out["item_ids"][row].astype(str), ids)
     np.testing.assert_allclose(out["scores"][row], scores, rtol=1e-5, atol=1e-5)
+
+
+def test_interest_level_fusion_serves_as_the_ranker_and_brute_force_rank(tmp_path):
+  # ModelConfig.fusion "interest": interest k of both views scores an item together.
+  model = tiny.tiny_model(seed=2, fusion="interest", interest_init="orthogonal")
+  path = export_lib.export_model(
+    model, tiny.vocab(), W, str(tmp_path), "bivrec", tiny.TOP_K, item_chunk=7
+  )
+  loaded = tf.saved_model.load(str(path))
+  assert json.loads((path / "assets.extra" / export_lib.METADATA_FILE).read_text())["fusion"] == (
+    "interest"
+  )
+  histories = [
+    ["item-3", "item-9", "item-12", "item-30"],
+    ["item-1", "item-20", "item-2", "item-7"],
+    ["item-39", "", "", ""],
+  ]
+  out = _serve(loaded, histories)
+  differs = False
+  for row, history in enumerate(histories):
+    ids, scores = _reference_top_k(model, history, tiny.TOP_K, fusion="interest")
+    np.testing.assert_array_equal(out["item_ids"][row].astype(str), ids)
+    np.testing.assert_allclose(out["scores"][row], scores, rtol=1e-5, atol=1e-5)
+    score_level, _ = _reference_top_k(model, history, tiny.TOP_K)
+    differs |= list(score_level) != list(ids)
+  assert differs  # the rule is not the score-level one in disguise
+  np.testing.assert_array_equal(
+    _offline_top_k(model, histories, exclude=True), out["item_ids"].astype(str)
+  )
 
 
 def test_chunked_scoring_matches_single_chunk(exported, tmp_path):

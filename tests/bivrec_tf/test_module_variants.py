@@ -213,6 +213,36 @@ def test_gradient_shares_sum_to_one_per_view_and_zero_lambda_terms_are_absent():
   assert shares["gshare_rec_mm_id"] == 0.0  # the MM view's loss never reaches the ID encoder
 
 
+def test_joint_term_is_the_interest_level_fused_retrieval_loss_and_trains_both_views():
+  """lambda_joint: the retrieval loss on max_k (s_id,k + s_mm,k) / 2 (interest k of both views
+  scoring the candidates together), weighted, with its gradient in both encoders; off by default."""
+  assert "joint" not in _model().compute_losses(_batch())[1]
+  model = _model(loss={"lambda_joint": 2.0, "lambda_sem": 0.0, "lambda_alloc": 0.0})
+  batch = _batch()
+  with tf.GradientTape(persistent=True) as tape:
+    parts, terms = model.loss_parts(batch)
+    loss = tf.reduce_mean(parts["joint"])
+  np.testing.assert_allclose(parts["joint"], 2.0 * terms["joint"], rtol=1e-6)
+  # The formula, from the model's own queries and candidate vectors (no accidental hits here:
+  # targets and negatives are distinct; the sampling correction as the model applies it).
+  candidates, n_pos = model.global_candidates(
+    tf.constant(batch["target"], tf.int64), tf.constant(batch["negatives"], tf.int64)
+  )
+  u = {v: model.views[v](tf.constant(batch["history"]))[0].numpy() for v in ("id", "mm")}
+  e = {v: model.views[v].item_vectors(candidates).numpy() for v in ("id", "mm")}
+  per_interest = sum(np.einsum("bkd,nd->bkn", u[v], e[v]) for v in ("id", "mm")) / 2
+  probs = model._sampling_probability(candidates, n_pos, tf.shape(candidates)[0] - n_pos)
+  logits = per_interest.max(axis=1) / model.config.model.tau_rec - np.log(probs.numpy())[None]
+  logits -= logits.max(axis=1, keepdims=True)
+  want = -np.log(np.exp(np.diag(logits)) / np.exp(logits).sum(axis=1))
+  np.testing.assert_allclose(terms["joint"], want, rtol=1e-4, atol=1e-5)
+  for view in ("id", "mm"):
+    grads = [g for g in tape.gradient(loss, model.views[view].trainable_variables) if g is not None]
+    assert float(tf.linalg.global_norm([tf.convert_to_tensor(g) for g in grads])) > 1e-4
+  shares = model.gradient_shares(batch)
+  assert shares["gshare_joint_id"] > 0 and shares["gshare_joint_mm"] > 0
+
+
 def test_no_semantic_heads_without_the_contrastive_loss():
   assert not hasattr(_model(loss={"sem_mode": "contrast", "lambda_sem": 0.0}), "semantic_heads")
   assert not hasattr(_model(loss={"sem_mode": "mutual"}), "semantic_heads")

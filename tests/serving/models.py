@@ -3,6 +3,8 @@ the export and the REST contract do not depend on the weights being trained)."""
 
 from pathlib import Path
 
+from typing import Optional
+
 import numpy as np
 import tensorflow as tf
 
@@ -56,7 +58,13 @@ def tiny_model(
 
 
 def export_tiny(
-  base: Path, name: str = "bivrec", seed: int = 0, fusion_weight: float = 0.6, **kwargs
+  base: Path,
+  name: str = "bivrec",
+  seed: int = 0,
+  fusion_weight: float = 0.6,
+  model_fields: Optional[dict] = None,
+  **kwargs,
 ) -> Path:
-  model = tiny_model(seed)
+  """`tiny_model(seed, **model_fields)` exported under `base/name`; kwargs go to export_model."""
+  model = tiny_model(seed, **(model_fields or {}))
   return export_model(model, vocab(), fusion_weight, str(base), name, TOP_K, **kwargs)

@@ -64,6 +64,32 @@ def test_an_index_that_finds_every_item_answers_as_the_export(export, spec, npro
   assert more.shape == (1, 3 * tiny.TOP_K) and list(more[0, : tiny.TOP_K]) == list(want_ids[0])
 
 
+def test_interest_level_fusion_searches_matching_interest_pairs_and_answers_as_the_export(
+  tmp_path,
+):
+  # ModelConfig.fusion "interest": the export scores max_k [w s_id,k + (1 - w) s_mm,k]; the index
+  # takes the rule from the export's metadata and searches the K joined queries k = j.
+  path = tiny.export_tiny(
+    tmp_path, "bivrec", seed=2, model_fields={"fusion": "interest", "interest_init": "orthogonal"}
+  )
+  loaded = tf.saved_model.load(str(path))
+  index = two_stage.index_from_export(path, spec="Flat")
+  assert index.fusion == "interest"
+  interests = two_stage.saved_model_interests(path, ("id", "mm"))
+  queries = index.queries(interests(pad_histories(HISTORIES[:1])))
+  assert queries["fused"].shape == (1, tiny.NUM_INTERESTS, 2 * tiny.DIM)
+  for candidates in (tiny.NUM_ITEMS, tiny.TOP_K + len(HISTORIES[0])):
+    retriever = two_stage.TwoStageRetriever(index, interests, candidates=candidates)
+    ids, scores = retriever.recommend(HISTORIES, k=tiny.TOP_K)
+    want_ids, want_scores = _served(loaded, HISTORIES)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+  saved = ItemIndex.load(index.save(tmp_path / "index"))
+  assert saved.fusion == "interest"
+  with pytest.raises(ValueError, match="fusion"):
+    _rebuilt(index, fusion="nearest")
+
+
 def test_k_plus_history_candidates_per_joined_query_find_the_exact_top_k(export):
   """The fused score of a warm item is its best joined-query score, so an exact index searched
   for k + |history| items per query finds the exact fused top k (views searched separately do
