@@ -98,9 +98,11 @@ class ModelConfig:
   # (SASRec's read-out; needs patch_sizes (1,) and num_interests 1, builds no module-2 weights)
   readout: str = "interests"
   # training read-out: "max" over interests per candidate, "target": the interest nearest the target
-  # scores all candidates (label-aware, ComiRec), or "max+target": both retrieval losses; inference
-  # uses the max
+  # scores all candidates (label-aware, ComiRec), "max+target": both retrieval losses, or "lse": a
+  # soft max, t log sum_k exp(s_k / t) with t = routing_temperature, so every interest gets
+  # gradient in proportion to its softmax weight (-> "max" as t -> 0); inference uses the max
   routing: str = "max"
+  routing_temperature: float = 1.0  # t of routing "lse" (in units of the logits s_k)
   # training augmentation: each history item but the most recent becomes padding with this
   # probability, drawn for each view apart ("independent": the views read different histories of
   # the same user, and L_sem distils one into the other across them) or once for both ("shared");
@@ -189,8 +191,12 @@ class ModelConfig:
         "causal attention needs patch_sizes (1,) (one token per item) "
         "and encoder_layers >= 1 (it acts in the Transformer blocks)",
       )
-    if self.routing not in ("max", "target", "max+target"):
-      _fail("routing", self.routing, "must be 'max', 'target' or 'max+target'")
+    if self.routing not in ("max", "target", "max+target", "lse"):
+      _fail("routing", self.routing, "must be 'max', 'target', 'max+target' or 'lse'")
+    if not (self.routing_temperature > 0 and math.isfinite(self.routing_temperature)):
+      _fail("routing_temperature", self.routing_temperature, "must be a finite number > 0")
+    if self.routing_temperature != 1.0 and self.routing != "lse":
+      _fail("routing_temperature", self.routing_temperature, "is read by routing 'lse' only")
     if not 0.0 <= self.history_dropout < 1.0:
       _fail("history_dropout", self.history_dropout, "must be in [0, 1)")
     if self.history_dropout_views not in ("independent", "shared"):

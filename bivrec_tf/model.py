@@ -338,10 +338,15 @@ class BivRecModel(tf.keras.Model):
     """Training scores `[B, C]` of queries u `[B, K, d]` against candidate vectors `[C, d]`
     (row i's positive is candidate i). routing "max": max over interests for every candidate;
     "target": the interest closest to the row's target scores every candidate (ComiRec/MIND's
-    label-aware read-out; inference keeps the max)."""
+    label-aware read-out; inference keeps the max); "lse": t log sum_k exp(s_k / t), a soft max
+    whose gradient reaches every interest by its softmax weight (inference keeps the max)."""
     routing = routing or self.config.model.routing
     if routing in ("max", "max+target"):
       return view_scores(u, vectors, tau, argmax_gradient=True)
+    if routing == "lse":  # t log sum_k exp(s_k / t): every interest gets gradient
+      t = self.config.model.routing_temperature
+      scores = tf.einsum("bkd,nd->bkn", u, vectors) / tau
+      return t * tf.reduce_logsumexp(scores / t, axis=1)
     target = vectors[: tf.shape(u)[0]]  # [B, d]
     pick = tf.argmax(tf.einsum("bkd,bd->bk", u, target), axis=-1)  # [B]
     chosen = tf.gather(u, pick, axis=1, batch_dims=1)  # [B, d]

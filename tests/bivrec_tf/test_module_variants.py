@@ -336,6 +336,31 @@ def test_retrieval_loss_equals_the_tfrs_retrieval_task_with_multi_interest_queri
 # --- routing: what each interest is trained on ---
 
 
+def test_lse_routing_is_a_soft_max_that_trains_every_interest():
+  tf.keras.utils.set_random_seed(0)
+  model = _model(model={"routing": "lse", "routing_temperature": 0.5})
+  u = tf.Variable(tf.math.l2_normalize(tf.random.normal([2, 3, D]), axis=-1))
+  vectors = tf.math.l2_normalize(tf.random.normal([5, D]), axis=-1)
+  tau = model.config.model.tau_rec
+  with tf.GradientTape() as tape:
+    soft = model._route(u, vectors, tau)
+    total = tf.reduce_sum(soft)
+  hard = model._route(u, vectors, tau, "max")
+  per_interest = np.einsum("bkd,nd->bkn", u.numpy(), vectors.numpy()) / tau
+  want = 0.5 * np.log(np.exp(per_interest / 0.5).sum(axis=1))
+  np.testing.assert_allclose(soft, want, rtol=1e-5)
+  # Between the max and the max + t log K; every interest gets gradient.
+  assert np.all(soft.numpy() >= hard.numpy() - 1e-5)
+  assert np.all(soft.numpy() <= hard.numpy() + 0.5 * np.log(3) + 1e-5)
+  grad = tape.gradient(total, u).numpy()
+  assert np.all(np.linalg.norm(grad, axis=-1) > 0)
+  # A colder temperature is closer to the max (what inference uses).
+  cold = _model(model={"routing": "lse", "routing_temperature": 0.01})._route(u, vectors, tau)
+  np.testing.assert_allclose(cold, hard, atol=0.01 * np.log(3) + 1e-5)
+  with pytest.raises(ValueError, match="`routing_temperature`"):
+    Config().replace(model={"routing_temperature": 0.5})  # read by "lse" only
+
+
 def test_target_routing_scores_the_positive_as_max_and_negatives_no_higher():
   tf.keras.utils.set_random_seed(0)
   model = _model(model={"routing": "target"})
