@@ -206,6 +206,8 @@ class ItemIndex:
     fusion: str = "score",
   ) -> "ItemIndex":
     """Builds the views' ANN indexes (see the module docstring for what each one holds)."""
+    if fusion not in FUSIONS:  # before any index is built
+      raise ValueError(f"ann index: fusion = {fusion!r} must be one of {FUSIONS}")
     ids = np.asarray([x if isinstance(x, bytes) else str(x).encode() for x in item_ids])
     n = len(ids)
     cold = np.asarray(cold, bool)
