@@ -23,7 +23,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from bivrec_tf.model import FIRST_ITEM, interest_fused_scores, view_scores
+from bivrec_tf.model import FIRST_ITEM, interest_fused_scores, interest_scores, max_over_interests
 from bivrec_tf.warm_compiled import WarmCompiled
 
 METRICS = ("recall", "ndcg", "hitrate", "mrr")
@@ -198,16 +198,14 @@ class Ranker:
     items of `seen` `[B, H]` excluded when `exclude_history`: (`[G, B, k]` scores, `[G, B, k]`
     ids)."""
     tau = self.model.config.model.tau_rec
-    scores = {v: view_scores(queries[v], tables[v], tau) for v in queries}
+    per_interest = {v: interest_scores(queries[v], tables[v]) for v in queries}  # [B, K, n]
+    scores = {v: max_over_interests(p, tau) for v, p in per_interest.items()}
     s_id = scores.get("id", scores.get("mm"))
     s_mm = scores.get("mm", s_id)
     cold = tf.gather(self.model.cold, ids)
     if len(queries) == 2 and self.model.config.model.fusion == "interest":
-      plain = tf.map_fn(  # [G, B, n], one [B, K, n] intermediate at a time
-        lambda w: interest_fused_scores(
-          queries["id"], tables["id"], queries["mm"], tables["mm"], w, tau
-        ),
-        weights,
+      plain = tf.map_fn(  # [G, B, n], one [B, K, n] sum at a time
+        lambda w: interest_fused_scores(per_interest["id"], per_interest["mm"], w, tau), weights
       )
     else:
       w = weights[:, None, None]

@@ -60,6 +60,7 @@ from bivrec_tf.model import (
   BivRecModel,
   fuse_interest_scores,
   fuse_scores,
+  interest_scores,
   view_scores,
 )
 
@@ -76,7 +77,8 @@ class ServingModule(tf.Module):
   Args:
     model: a BivRecModel (trained, or freshly built for tests/benchmarks).
     vocab: str `[V]` raw item ids by index (rows 0 and 1 = padding / out-of-vocabulary).
-    fusion_weight: w of the fused score `w s_id + (1 - w) s_mm` (cold items: `s_mm`).
+    fusion_weight: w of the fused score `w s_id + (1 - w) s_mm` (with the model's
+      `ModelConfig.fusion` "interest": max_k [w s_id,k + (1 - w) s_mm,k]; cold items: `s_mm`).
     top_k: number of recommendations per request row (fixed at export time).
     item_chunk: items scored at once per request (bounds the `[B, K, chunk]` intermediate).
     jit_compile: XLA-compile the interest extractor (the model part of every signature). TF
@@ -199,15 +201,8 @@ class ServingModule(tf.Module):
       end = min(start + self.item_chunk, self.num_items)
       tables = {v: tf.cast(self.tables[v][start:end], tf.float32) for v in queries}
       if len(queries) == 2 and self.interest_fusion:
-        s = fuse_interest_scores(
-          queries["id"],
-          tables["id"],
-          queries["mm"],
-          tables["mm"],
-          self.fusion_weight,
-          self.cold[start:end],
-          self.tau_rec,
-        )
+        s_id, s_mm = (interest_scores(queries[v], tables[v]) for v in ("id", "mm"))
+        s = fuse_interest_scores(s_id, s_mm, self.fusion_weight, self.cold[start:end], self.tau_rec)
       elif len(queries) == 2:
         s_id, s_mm = (view_scores(queries[v], tables[v], self.tau_rec) for v in ("id", "mm"))
         s = fuse_scores(s_id, s_mm, self.fusion_weight, self.cold[start:end])

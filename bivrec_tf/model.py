@@ -345,8 +345,7 @@ class BivRecModel(tf.keras.Model):
       return view_scores(u, vectors, tau, argmax_gradient=True)
     if routing == "lse":  # t log sum_k exp(s_k / t): every interest gets gradient
       t = self.config.model.routing_temperature
-      scores = tf.einsum("bkd,nd->bkn", u, vectors) / tau
-      return t * tf.reduce_logsumexp(scores / t, axis=1)
+      return t * tf.reduce_logsumexp(interest_scores(u, vectors) / tau / t, axis=1)
     target = vectors[: tf.shape(u)[0]]  # [B, d]
     pick = tf.argmax(tf.einsum("bkd,bd->bk", u, target), axis=-1)  # [B]
     chosen = tf.gather(u, pick, axis=1, batch_dims=1)  # [B, d]
@@ -422,10 +421,8 @@ class BivRecModel(tf.keras.Model):
         parts["alloc"] = lc.lambda_alloc * terms["alloc"]
       if lc.lambda_joint > 0:  # interest k of both views predicts the target together
         joint = interest_fused_scores(
-          u_id,
-          vectors_of["id"],
-          u_mm,
-          vectors_of["mm"],
+          interest_scores(u_id, vectors_of["id"]),
+          interest_scores(u_mm, vectors_of["mm"]),
           0.5,
           self.config.model.tau_rec,
           argmax_gradient=True,
@@ -609,18 +606,21 @@ def view_scores(queries, table, tau_rec: float, argmax_gradient: bool = False):
   multiply instead of reduce_max's equality mask, tie count, division and transposes, which
   under XLA on CPU cost more than the score einsum itself (docs/performance.md).
   """
-  return max_over_interests(tf.einsum("bkd,nd->bkn", queries, table), tau_rec, argmax_gradient)
+  return max_over_interests(interest_scores(queries, table), tau_rec, argmax_gradient)
 
 
-def interest_fused_scores(q_id, t_id, q_mm, t_mm, w, tau_rec: float, argmax_gradient=False):
+def interest_scores(queries, table):
+  """<U[k], e(i)> per interest: queries `[B, K, d]`, table `[N, d]` -> `[B, K, N]`."""
+  return tf.einsum("bkd,nd->bkn", queries, table)
+
+
+def interest_fused_scores(s_id, s_mm, w, tau_rec: float, argmax_gradient=False):
   """Interest-level fusion: s(i) = max_k [w <U_id[k], e_id(i)> + (1 - w) <U_mm[k], e_mm(i)>] /
   tau_rec, interest k of the two views scoring an item together (`ModelConfig.fusion`
-  "interest"). q_id, q_mm `[B, K, d]`; t_id, t_mm `[N, d]`; w a scalar -> `[B, N]`. At w = 1 or
-  0 it is `view_scores` of one view; for 0 < w < 1 it is at most the score-level fusion
+  "interest"). s_id, s_mm: the views' `interest_scores` `[B, K, N]`; w a scalar -> `[B, N]`. At
+  w = 1 or 0 it is `view_scores` of one view; for 0 < w < 1 it is at most the score-level fusion
   `w s_id + (1 - w) s_mm` and equals it where one interest wins in both views."""
-  scores = w * tf.einsum("bkd,nd->bkn", q_id, t_id)
-  scores += (1.0 - w) * tf.einsum("bkd,nd->bkn", q_mm, t_mm)
-  return max_over_interests(scores, tau_rec, argmax_gradient)
+  return max_over_interests(w * s_id + (1.0 - w) * s_mm, tau_rec, argmax_gradient)
 
 
 def max_over_interests(scores, tau_rec: float, argmax_gradient: bool = False):
@@ -655,8 +655,9 @@ def fuse_scores(s_id, s_mm, w, cold):
   return tf.where(cold[None, :], s_mm, w * s_id + (1.0 - w) * s_mm)
 
 
-def fuse_interest_scores(q_id, t_id, q_mm, t_mm, w, cold, tau_rec: float):
-  """`interest_fused_scores`, with cold items (`cold` bool `[N]`) scored by the MM view alone,
-  max_k <U_mm[k], e_mm(i)> / tau_rec, as `fuse_scores` does. -> `[B, N]`."""
-  fused = interest_fused_scores(q_id, t_id, q_mm, t_mm, w, tau_rec)
-  return tf.where(cold[None, :], view_scores(q_mm, t_mm, tau_rec), fused)
+def fuse_interest_scores(s_id, s_mm, w, cold, tau_rec: float):
+  """`interest_fused_scores` of the views' `interest_scores` `[B, K, N]`, with cold items (`cold`
+  bool `[N]`) scored by the MM view alone, max_k <U_mm[k], e_mm(i)> / tau_rec, as `fuse_scores`
+  does. -> `[B, N]`."""
+  fused = interest_fused_scores(s_id, s_mm, w, tau_rec)
+  return tf.where(cold[None, :], max_over_interests(s_mm, tau_rec), fused)

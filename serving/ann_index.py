@@ -62,6 +62,11 @@ FUSIONS = ("score", "interest")  # ModelConfig.fusion
 SEED = 0
 
 
+def check_fusion(fusion: str) -> None:
+  if fusion not in FUSIONS:
+    raise ValueError(f"ann index: fusion = {fusion!r} must be one of {FUSIONS}")
+
+
 def auto_spec(num_items: int) -> str:
   """The FAISS factory string "auto" stands for at `num_items` items."""
   if num_items < AUTO_EXACT_BELOW:
@@ -157,8 +162,7 @@ class ItemIndex:
   fusion: str = "score"
 
   def __post_init__(self):
-    if self.fusion not in FUSIONS:
-      raise ValueError(f"ann index: fusion = {self.fusion!r} must be one of {FUSIONS}")
+    check_fusion(self.fusion)
     if self.item_order is None:
       self.item_order = np.argsort(self.item_ids, kind="stable")
     self._sorted_ids = np.asarray(self.item_ids[self.item_order])  # for `rows`
@@ -206,8 +210,7 @@ class ItemIndex:
     fusion: str = "score",
   ) -> "ItemIndex":
     """Builds the views' ANN indexes (see the module docstring for what each one holds)."""
-    if fusion not in FUSIONS:  # before any index is built
-      raise ValueError(f"ann index: fusion = {fusion!r} must be one of {FUSIONS}")
+    check_fusion(fusion)  # before any index is built
     ids = np.asarray([x if isinstance(x, bytes) else str(x).encode() for x in item_ids])
     n = len(ids)
     cold = np.asarray(cold, bool)

@@ -2,7 +2,6 @@
 the export and the REST contract do not depend on the weights being trained)."""
 
 from pathlib import Path
-
 from typing import Optional
 
 import numpy as np

@@ -84,8 +84,13 @@ def test_interest_level_fusion_searches_matching_interest_pairs_and_answers_as_t
     want_ids, want_scores = _served(loaded, HISTORIES)
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
-  saved = ItemIndex.load(index.save(tmp_path / "index"))
-  assert saved.fusion == "interest"
+  saved_dir = index.save(tmp_path / "index")
+  assert ItemIndex.load(saved_dir).fusion == "interest"
+  # An index.json written before the field existed reads as the score-level rule.
+  meta = json.loads((saved_dir / "index.json").read_text())
+  del meta["fusion"]
+  (saved_dir / "index.json").write_text(json.dumps(meta))
+  assert ItemIndex.load(saved_dir).fusion == "score"
   with pytest.raises(ValueError, match="fusion"):
     _rebuilt(index, fusion="nearest")
 
