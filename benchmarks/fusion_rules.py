@@ -17,7 +17,8 @@ Ties: the rank rule ties often (at w = 0.5 an item ranked (0, 5) ties one ranked
 target that ties counts as above every tied item when only strictly greater scores are counted.
 `target_rank` therefore breaks ties by the `score` rule (what a served top k would have to do to
 be deterministic and sensible); `--ties optimistic` shows the inflated number for comparison
-(docs/results.md, "Session 13"). Writes nothing; prints one line per (model, rule).
+(docs/results.md, "Session 13"). Prints one line per (seed, model, rule) and a markdown table;
+`--out FILE` also writes the per-seed results as JSON (atomically).
 """
 
 import argparse
@@ -29,6 +30,7 @@ import numpy as np
 
 from benchmarks.quality.runs import load_trained
 from bivrec_tf.evaluate import resolve_history_exclusion
+from bivrec_tf.io_utils import write_text_atomic
 from bivrec_tf.model import FIRST_ITEM, view_scores
 from input_pipelines.dataset import eval_dataset
 
@@ -144,6 +146,7 @@ def main(argv=None):
   parser.add_argument("--rules", default="score,z,prob,rank")
   parser.add_argument("--depth", type=int, default=200, help="rank rule: ranks truncated here")
   parser.add_argument("--ties", choices=("score", "optimistic"), default="score")
+  parser.add_argument("--out", help="also write the results here as JSON")
   args = parser.parse_args(argv)
   records = json.loads(open(args.store).read())
   by = {(r["model"], r["seed"]): r for r in records}
@@ -164,6 +167,14 @@ def main(argv=None):
     v, t = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
     ws = ", ".join(f"{r[2]:.1f}" for r in rows)
     print(f"| {name} | {rule} | {v.mean():.4f} | {t.mean():.4f} ± {t.std():.4f} | {ws} |")
+  if args.out:
+    rows = [
+      {"model": name, "rule": rule, "seeds": [dict(zip(("valid", "test", "w"), r)) for r in rs]}
+      for (name, rule), rs in results.items()
+    ]
+    payload = {"store": args.store, "ties": args.ties, "depth": args.depth, "results": rows}
+    write_text_atomic(args.out, json.dumps(payload, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -255,6 +255,11 @@ class LossConfig:
   # max_k (s_id,k + s_mm,k) / 2: interest k of both views must predict the target together, which
   # aligns the views' interest indices (what `ModelConfig.fusion` "interest" scores); 0 = off
   lambda_joint: float = 0.0
+  # weight of the mixture-of-experts likelihood of the target, -log(p_id(t) / 2 + p_mm(t) / 2)
+  # over each view's retrieval softmax: each view's gradient is weighted by its responsibility
+  # for the example, so the views may specialise on the users they already serve better (what a
+  # probability mixture of two views trained apart exploits; docs/results.md, "Session 13"); 0 = off
+  lambda_mix: float = 0.0
 
   def validate(self) -> None:
     if self.num_negatives < 0:
@@ -277,7 +282,14 @@ class LossConfig:
       _fail("sem_to_mm", self.sem_to_mm, "weights a direction of sem_mode 'mutual' only")
     if self.sem_warmup_steps < 0:
       _fail("sem_warmup_steps", self.sem_warmup_steps, "must be >= 0")
-    for name in ("lambda_sem", "lambda_alloc", "lambda_div", "sem_to_mm", "lambda_joint"):
+    for name in (
+      "lambda_sem",
+      "lambda_alloc",
+      "lambda_div",
+      "sem_to_mm",
+      "lambda_joint",
+      "lambda_mix",
+    ):
       value = getattr(self, name)
       if not (value >= 0 and math.isfinite(value)):
         _fail(name, value, "must be a finite number >= 0")

@@ -272,6 +272,7 @@ class BivRecModel(tf.keras.Model):
     if self.cross_view:
       names += ["sem"] if self.contrast_heads or self.config.loss.sem_mode != "contrast" else []
       names += ["alloc"] + (["joint"] if self.config.loss.lambda_joint > 0 else [])
+      names += ["mix"] if self.config.loss.lambda_mix > 0 else []
     names += [f"{stat}_{v}" for v in self.view_names for stat in ("cos", "entropy", "interests")]
     return names
 
@@ -429,6 +430,9 @@ class BivRecModel(tf.keras.Model):
         )
         terms["joint"] = self._retrieval_loss(self._logits(joint, candidates, probs))
         parts["joint"] = lc.lambda_joint * terms["joint"]
+      if lc.lambda_mix > 0:  # the two views as a mixture of experts for the target
+        terms["mix"] = mixture_loss(terms["rec_id"], terms["rec_mm"])
+        parts["mix"] = lc.lambda_mix * terms["mix"]
     return parts, terms
 
   def _training_histories(self, history, training):
@@ -621,6 +625,15 @@ def interest_fused_scores(s_id, s_mm, w, tau_rec: float, argmax_gradient=False):
   w = 1 or 0 it is `view_scores` of one view; for 0 < w < 1 it is at most the score-level fusion
   `w s_id + (1 - w) s_mm` and equals it where one interest wins in both views."""
   return max_over_interests(w * s_id + (1.0 - w) * s_mm, tau_rec, argmax_gradient)
+
+
+def mixture_loss(ce_id, ce_mm):
+  """-log(p_id(t) / 2 + p_mm(t) / 2) per example `[B]` from the views' cross-entropies
+  -log p_v(t) `[B]`. Its gradient on view v is its own cross-entropy's times the responsibility
+  p_v(t) / (p_id(t) + p_mm(t)): each view learns most from the examples it already predicts
+  better."""
+  log_half = tf.math.log(tf.constant(0.5, ce_id.dtype))
+  return -tf.reduce_logsumexp(tf.stack([log_half - ce_id, log_half - ce_mm]), axis=0)
 
 
 def max_over_interests(scores, tau_rec: float, argmax_gradient: bool = False):

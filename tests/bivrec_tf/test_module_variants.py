@@ -14,7 +14,7 @@ from bivrec_tf.layers import (
   interest_similarity,
   mutual_distillation_loss,
 )
-from bivrec_tf.model import BivRecModel, view_scores
+from bivrec_tf.model import BivRecModel, mixture_loss, view_scores
 
 D, V, L = 8, 30, 8
 
@@ -241,6 +241,26 @@ def test_joint_term_is_the_interest_level_fused_retrieval_loss_and_trains_both_v
     assert float(tf.linalg.global_norm([tf.convert_to_tensor(g) for g in grads])) > 1e-4
   shares = model.gradient_shares(batch)
   assert shares["gshare_joint_id"] > 0 and shares["gshare_joint_mm"] > 0
+
+
+def test_mixture_term_is_the_target_likelihood_of_the_views_as_equal_experts():
+  """lambda_mix: -log(p_id(t) / 2 + p_mm(t) / 2) from the views' own retrieval losses, weighted;
+  each view's gradient is its own loss's times its responsibility p_v / (p_id + p_mm)."""
+  assert "mix" not in _model().compute_losses(_batch())[1]
+  model = _model(loss={"lambda_mix": 3.0, "lambda_sem": 0.0, "lambda_alloc": 0.0})
+  parts, terms = model.loss_parts(_batch())
+  p_id, p_mm = np.exp(-terms["rec_id"].numpy()), np.exp(-terms["rec_mm"].numpy())
+  np.testing.assert_allclose(terms["mix"], -np.log(p_id / 2 + p_mm / 2), rtol=1e-5)
+  np.testing.assert_allclose(parts["mix"], 3.0 * terms["mix"], rtol=1e-6)
+  ce_id, ce_mm = tf.Variable([0.5, 3.0]), tf.Variable([2.0, 0.1])
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(mixture_loss(ce_id, ce_mm))
+  g_id, g_mm = tape.gradient(loss, [ce_id, ce_mm])
+  r_id = np.exp(-0.5) / (np.exp(-0.5) + np.exp(-2.0)), np.exp(-3.0) / (np.exp(-3.0) + np.exp(-0.1))
+  np.testing.assert_allclose(g_id, r_id, rtol=1e-5)
+  np.testing.assert_allclose(g_id + g_mm, [1.0, 1.0], rtol=1e-5)
+  shares = model.gradient_shares(_batch())
+  assert shares["gshare_mix_id"] > 0 and shares["gshare_mix_mm"] > 0
 
 
 def test_no_semantic_heads_without_the_contrastive_loss():
