@@ -23,6 +23,7 @@ be deterministic and sensible); `--ties optimistic` shows the inflated number fo
 
 import argparse
 import json
+from pathlib import Path
 from typing import Dict, Optional
 
 import bivrec_tf  # noqa: F401  (Keras-2 guard before TensorFlow)
@@ -148,7 +149,7 @@ def main(argv=None):
   parser.add_argument("--ties", choices=("score", "optimistic"), default="score")
   parser.add_argument("--out", help="also write the results here as JSON")
   args = parser.parse_args(argv)
-  records = json.loads(open(args.store).read())
+  records = json.loads(Path(args.store).read_text())
   by = {(r["model"], r["seed"]): r for r in records}
   rules = args.rules.split(",")
   results: Dict[tuple, list] = {}
