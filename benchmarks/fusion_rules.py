@@ -18,7 +18,9 @@ target that ties counts as above every tied item when only strictly greater scor
 `target_rank` therefore breaks ties by the `score` rule (what a served top k would have to do to
 be deterministic and sensible); `--ties optimistic` shows the inflated number for comparison
 (docs/results.md, "Session 13"). Prints one line per (seed, model, rule) and a markdown table;
-`--out FILE` also writes the per-seed results as JSON (atomically).
+`--out FILE` also writes the per-seed results as JSON (atomically). Also printed: how alike
+the two views' test rankings are (`agreement`: per-user NDCG@20 correlation, the share of users
+only one view hits, and the per-user oracle of the two).
 """
 
 import argparse
@@ -130,6 +132,23 @@ def tuned(rule: str, splits: Dict[str, tuple], optimistic: bool, depth: int) -> 
   return best
 
 
+def agreement(splits: Dict[str, tuple]) -> Dict[str, float]:
+  """How alike the two views' test rankings are, per user: the correlation of their NDCG@20,
+  the share of users where exactly one view puts the target in its top 20, and the NDCG@20 of
+  an oracle that takes the better view for each user (an upper bound no rule reaches)."""
+  s_id, s_mm, target, mask, cold = splits["test"]
+  per = []
+  for scores in (np.where(cold[None], -np.inf, s_id), s_mm):
+    rank = target_rank(np.where(mask, -np.inf, scores), target)
+    per.append(np.where(rank < 20, 1.0 / np.log2(rank + 2.0), 0.0))
+  hit_id, hit_mm = per[0] > 0, per[1] > 0
+  return {
+    "ndcg_correlation": float(np.corrcoef(per[0], per[1])[0, 1]),
+    "one_view_hits": float(np.mean(hit_id != hit_mm)),
+    "oracle": float(np.mean(np.maximum(per[0], per[1]))),
+  }
+
+
 def pair_splits(id_rec: dict, mm_rec: Optional[dict] = None) -> Dict[str, tuple]:
   """{split: (s_id, s_mm, targets, mask, cold)} of one joint run, or of two single-view runs."""
   out = {}
@@ -158,6 +177,12 @@ def main(argv=None):
     if ("id_only", seed) in by and ("mm_only", seed) in by:
       models["late_fusion"] = pair_splits(by[("id_only", seed)], by[("mm_only", seed)])
     for name, splits in models.items():
+      a = agreement(splits)
+      results.setdefault((name, "agreement"), []).append(a)
+      print(
+        f"seed {seed} {name}: per-user NDCG@20 correlation {a['ndcg_correlation']:.3f}, "
+        f"one view only hits {a['one_view_hits']:.3f}, oracle {a['oracle']:.4f}"
+      )
       for rule in rules:
         res = tuned(rule, splits, args.ties == "optimistic", args.depth)
         results.setdefault((name, rule), []).append(res)
@@ -165,12 +190,27 @@ def main(argv=None):
   print("\n| model | rule | validation NDCG@20 | test NDCG@20 (mean ± std) | w per seed |")
   print("|---|---|---|---|---|")
   for (name, rule), rows in results.items():
+    if rule == "agreement":
+      continue
     v, t = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
     ws = ", ".join(f"{r[2]:.1f}" for r in rows)
     print(f"| {name} | {rule} | {v.mean():.4f} | {t.mean():.4f} ± {t.std():.4f} | {ws} |")
+  print("\n| model | per-user NDCG@20 correlation | one view only hits | oracle NDCG@20 |")
+  print("|---|---|---|---|")
+  for (name, rule), rows in results.items():
+    if rule == "agreement":
+      mean = {k: np.mean([r[k] for r in rows]) for k in rows[0]}
+      print(
+        f"| {name} | {mean['ndcg_correlation']:.3f} | {mean['one_view_hits']:.3f} | "
+        f"{mean['oracle']:.4f} |"
+      )
   if args.out:
     rows = [
-      {"model": name, "rule": rule, "seeds": [dict(zip(("valid", "test", "w"), r)) for r in rs]}
+      {
+        "model": name,
+        "rule": rule,
+        "seeds": rs if rule == "agreement" else [dict(zip(("valid", "test", "w"), r)) for r in rs],
+      }
       for (name, rule), rs in results.items()
     ]
     payload = {"store": args.store, "ties": args.ties, "depth": args.depth, "results": rows}

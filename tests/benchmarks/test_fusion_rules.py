@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from benchmarks.fusion_rules import fused_scores, ndcg_at, target_rank
+from benchmarks.fusion_rules import agreement, fused_scores, ndcg_at, target_rank
 
 
 def test_ties_count_against_the_target_unless_optimistic():
@@ -37,3 +37,22 @@ def test_score_rule_is_the_projects_rule():
   cold = np.array([False, False, False, True])
   out = fused_scores("score", s_id, s_mm, 0.3, mask, cold)
   np.testing.assert_allclose(out[0, 2:], [0.3 * 1.0 + 0.7 * 3.0, 2.0])
+
+
+def test_agreement_measures_how_alike_the_views_rank_each_user():
+  # Three users, catalogue of 2 padding rows + 3 items; targets 2, 3, 4.
+  mask = np.zeros((3, 5), bool)
+  mask[:, :2] = True
+  cold = np.zeros(5, bool)
+  target = np.array([2, 3, 4])
+  s_id = np.array([[0, 0, 3.0, 2.0, 1.0]] * 3)  # ID ranks item 2 first, then 3, then 4
+  s_mm = np.array([[0, 0, 1.0, 3.0, 2.0], [0, 0, 1.0, 3.0, 2.0], [0, 0, 1.0, 2.0, 3.0]])
+  splits = {"test": (s_id, s_mm, target, mask, cold)}
+  a = agreement(splits)
+  # Every target is in both top 20 (three items): no user is hit by one view only.
+  assert a["one_view_hits"] == 0.0
+  ndcg = lambda r: 1.0 / np.log2(r + 2.0)  # noqa: E731
+  per_id, per_mm = [ndcg(0), ndcg(1), ndcg(2)], [ndcg(2), ndcg(0), ndcg(0)]
+  np.testing.assert_allclose(a["oracle"], np.mean(np.maximum(per_id, per_mm)))
+  np.testing.assert_allclose(a["ndcg_correlation"], np.corrcoef(per_id, per_mm)[0, 1])
+  assert a["ndcg_correlation"] < 0  # the views are right for different users here
