@@ -32,9 +32,9 @@ import bivrec_tf  # noqa: F401  (Keras-2 guard before TensorFlow)
 import numpy as np
 
 from benchmarks.quality.runs import load_trained
-from bivrec_tf.evaluate import resolve_history_exclusion
+from bivrec_tf.evaluate import history_mask, resolve_history_exclusion
 from bivrec_tf.io_utils import write_text_atomic
-from bivrec_tf.model import FIRST_ITEM, view_scores
+from bivrec_tf.model import FIRST_ITEM, fuse_scores, view_scores
 from input_pipelines.dataset import eval_dataset
 
 GRID = np.round(np.linspace(0.0, 1.0, 11), 2)
@@ -64,20 +64,18 @@ def view_matrices(record: dict, split: str):
   exclude = resolve_history_exclusion(cfg.eval, ds)["exclude_history"]
   tables = {v: model.item_table(v) for v in model.view_names}
   scores = {v: [] for v in model.view_names}
-  targets, seen = [], []
+  targets, masks = [], []
   for batch in eval_dataset(ds, split, record["max_len"], cfg.eval.eval_batch_size):
     queries = model.queries(batch["history"])
     for v in model.view_names:
       scores[v].append(view_scores(queries[v], tables[v], cfg.model.tau_rec).numpy())
     targets.append(batch["targets"].numpy()[:, 0])
-    seen.extend(batch["full_history"].numpy())
+    if exclude:  # the whole history, as the Ranker excludes it
+      masks.append(history_mask(batch["full_history"], 0, model.vocab_size).numpy())
   scores = {v: np.concatenate(s) for v, s in scores.items()}
   target = np.concatenate(targets)
-  mask = np.zeros((len(target), model.vocab_size), bool)
+  mask = np.concatenate(masks) if exclude else np.zeros((len(target), model.vocab_size), bool)
   mask[:, :FIRST_ITEM] = True
-  if exclude:
-    for row, items in enumerate(seen):
-      mask[row, items[items >= FIRST_ITEM]] = True
   return scores, target, mask, np.asarray(model.cold.numpy(), bool)
 
 
@@ -94,8 +92,8 @@ def _log_softmax(scores, mask):
 
 def fused_scores(rule: str, s_id, s_mm, w: float, mask, cold, constant=60.0, depth=200):
   """`[U, N]` fused scores of one rule (module docstring), not-rankable items at -inf."""
-  if rule == "score":
-    out = np.where(cold[None], s_mm, w * s_id + (1 - w) * s_mm)
+  if rule == "score":  # the project's rule, as the Ranker and the export apply it
+    out = fuse_scores(s_id, s_mm, np.float32(w), cold).numpy()
   elif rule == "z":
     kept = np.where(mask, np.nan, s_id), np.where(mask, np.nan, s_mm)
     z_id, z_mm = (
