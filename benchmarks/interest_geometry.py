@@ -63,7 +63,6 @@ def geometry(run_dir: Path, pairs: int = 20_000, seed: int = 0) -> dict:
   batch = next(iter(eval_dataset(ds, "test", max_len, 512)))
   out = {}
   for v, u in model.queries(batch["history"]).items():
-    u = model.views[v].interest_vectors(u)
     attention = model.views[v].seeding_attention(batch["history"])
     table = model.item_table(v).numpy()
     table /= np.linalg.norm(table, axis=1, keepdims=True)

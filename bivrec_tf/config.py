@@ -121,12 +121,6 @@ class ModelConfig:
   # of both views scores an item together: s = max_k [w s_id,k + (1 - w) s_mm,k]); cold items are
   # scored by the MM view alone either way
   fusion: str = "score"
-  # each interest's strength in the max over interests: "none" (DESIGN.md: s_k(i) = <U_k, e_i> /
-  # tau_rec) or "history": s_k(i) = (<U_k, e_i> + beta c_k) / tau_rec, where c_k is the mean
-  # similarity of interest k to the user's own history items and beta a learned scalar per view
-  # (from 1), so an interest that explains little of the history wins only items it matches
-  # clearly. Served by one extra coordinate: queries [U_k, beta c_k], items [e_i, 1] (d + 1)
-  interest_bias: str = "none"
 
   def validate(self) -> None:
     if (
@@ -197,8 +191,6 @@ class ModelConfig:
         "causal attention needs patch_sizes (1,) (one token per item) "
         "and encoder_layers >= 1 (it acts in the Transformer blocks)",
       )
-    if self.interest_bias not in ("none", "history"):
-      _fail("interest_bias", self.interest_bias, "must be 'none' or 'history'")
     if self.routing not in ("max", "target", "max+target", "lse"):
       _fail("routing", self.routing, "must be 'max', 'target', 'max+target' or 'lse'")
     if not (self.routing_temperature > 0 and math.isfinite(self.routing_temperature)):

@@ -88,13 +88,6 @@ class ViewEncoder(tf.keras.layers.Layer):
     self.content_keys = m.interest_keys == "content"
     self.adaptive = m.adaptive_interests
     self.num_interests = m.num_interests
-    self.dim = m.dim
-    # interest_bias "history": beta, built only when on
-    self.bias_scale = (
-      self.add_weight(name="interest_bias_scale", shape=(), initializer="ones")
-      if m.interest_bias == "history"
-      else None
-    )
     self.interest_embedding = MultiScaleInterestEmbedding(
       m.dim,
       m.patch_sizes,
@@ -141,36 +134,14 @@ class ViewEncoder(tf.keras.layers.Layer):
     return self.tower(item_ids) if table is None else tf.gather(table, item_ids)
 
   def item_vectors(self, item_ids, table=None):
-    """Candidate-side embeddings `[..., d]`, unit-norm for cosine similarity; `[..., d + 1]`
-    with a last coordinate of 1 under interest_bias "history" (it reads the queries' bias)."""
-    e = self._unit(self.embed(item_ids, table))
-    if self.bias_scale is None:
-      return e
-    return tf.concat([e, tf.ones_like(e[..., :1])], axis=-1)
-
-  def _unit(self, e):
+    """Candidate-side embeddings `[..., d]`, unit-norm for cosine similarity."""
+    e = self.embed(item_ids, table)
     return tf.math.l2_normalize(e, axis=-1) if self.normalize else e
-
-  def interest_vectors(self, u):
-    """U `[B, K, d]` from the encoder's queries (which carry the bias coordinate, `[B, K, d + 1]`,
-    under interest_bias "history"): what the interest diagnostics compare."""
-    return u if self.bias_scale is None else u[..., : self.dim]
-
-  def _history_bias(self, u, items, mask):
-    """[U_k, beta c_k] `[B, K, d + 1]`: c_k the mean of <U_k, e_t> over the user's valid history
-    items (`items` `[B, L', d]` tower outputs, `mask` bool `[B, L']`)."""
-    fmask = tf.cast(mask, u.dtype)
-    sim = tf.einsum("bkd,btd->bkt", u, self._unit(items))
-    c = tf.reduce_sum(sim * fmask[:, None, :], axis=-1) / tf.maximum(
-      tf.reduce_sum(fmask, axis=-1, keepdims=True), 1.0
-    )
-    return tf.concat([u, (self.bias_scale * c)[..., None]], axis=-1)
 
   def call(self, history, training=False, table=None):
     history = self._align(tf.cast(history, tf.int64))
     mask = history >= FIRST_ITEM
-    items = self.embed(history, table)
-    h, tau, valid, keys = self._tokens(items, mask, training)
+    h, tau, valid, keys = self._tokens(self.embed(history, table), mask, training)
     if self.interest_decomposition is None:  # readout "last": T = L', the most recent item last
       u, a = h[:, -1:], tf.cast(valid, h.dtype)[..., None]
     else:
@@ -179,8 +150,6 @@ class ViewEncoder(tf.keras.layers.Layer):
       u = tf.math.l2_normalize(u, axis=-1)
     if self.adaptive:  # after the normalisation: the copies are exact
       u = tf.where(self._active(mask)[..., None], u, u[:, :1])
-    if self.bias_scale is not None:
-      u = self._history_bias(u, items, mask)
     return u, a, valid
 
   def _active(self, mask):
@@ -425,14 +394,12 @@ class BivRecModel(tf.keras.Model):
       terms[f"interests_{v}"] = stats.effective_interests
       if self.config.model.adaptive_interests:  # the cosine over users with >= 2 interests
         active = self.views[v].active_interests(histories[v])
-        cos, cos_sq = interest_similarity(self.views[v].interest_vectors(u), lc.div_margin, active)
+        cos, cos_sq = interest_similarity(u, lc.div_margin, active)
         paired = tf.cast(paired_users(active), cos.dtype)
         mean = tf.reduce_sum(cos * paired) / tf.maximum(tf.reduce_sum(paired), 1.0)
         terms[f"cos_{v}"] = tf.fill(tf.shape(cos), mean)
       else:
-        terms[f"cos_{v}"], cos_sq = interest_similarity(
-          self.views[v].interest_vectors(u), lc.div_margin
-        )
+        terms[f"cos_{v}"], cos_sq = interest_similarity(u, lc.div_margin)
       if lc.lambda_div > 0:
         parts[f"div_{v}"] = lc.lambda_div * cos_sq
     if self.cross_view:

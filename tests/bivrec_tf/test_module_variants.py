@@ -643,37 +643,3 @@ def test_adaptive_interests_follow_mind_rule_and_score_as_the_users_own_interest
   assert max(diag["win_id"]) >= 0.5 and sum(diag["win_id"]) == pytest.approx(1.0)
   _, terms = adaptive.loss_parts(_batch(), training=True)
   assert np.all(np.isfinite(terms["cos_id"].numpy()))
-
-
-def test_history_bias_adds_beta_times_the_interests_mean_history_similarity():
-  """interest_bias "history": s_k(i) = (<U_k, e_i> + beta c_k) / tau, c_k the mean similarity of
-  interest k to the user's valid history items, served by one extra coordinate."""
-  model = _model(model={"interest_bias": "history"})
-  enc = model.views["id"]
-  enc.bias_scale.assign(0.7)
-  h = _batch()["history"]
-  u = model.queries(h)["id"].numpy()  # [B, K, d + 1]
-  assert u.shape == (4, 3, D + 1)
-  table = model.item_table("id").numpy()  # [V, d + 1]
-  np.testing.assert_allclose(table[:, -1], 1.0)
-  items = table[:, :D]
-  np.testing.assert_allclose(np.linalg.norm(items, axis=1), 1.0, rtol=1e-5)
-  unit = u[..., :D]
-  for b in range(4):
-    ids = h[b][h[b] >= 2]
-    c = (unit[b] @ items[ids].T).mean(axis=1)  # [K]
-    np.testing.assert_allclose(u[b, :, -1], 0.7 * c, rtol=1e-4, atol=1e-6)
-  tau = model.config.model.tau_rec
-  scores = view_scores(tf.constant(u), tf.constant(table), tau).numpy()
-  manual = np.max(np.einsum("bkd,nd->bkn", unit, items) + u[..., -1:], axis=1) / tau
-  np.testing.assert_allclose(scores, manual, rtol=1e-4, atol=1e-4)
-  # The diagnostics compare the interests themselves, not the bias coordinate.
-  np.testing.assert_allclose(enc.interest_vectors(tf.constant(u)).numpy(), unit)
-  # beta trains: the retrieval loss reaches it.
-  with tf.GradientTape() as tape:
-    total, _ = model.compute_losses(_batch(), training=True)
-    loss = tf.reduce_mean(total)
-  assert float(tf.abs(tape.gradient(loss, enc.bias_scale))) > 0
-  # Off, no beta is built.
-  assert _model().views["id"].bias_scale is None
-  assert not any("interest_bias" in w.name for w in _model().weights)
