@@ -18,7 +18,17 @@ from typing import Any, Optional, Tuple
 VIEWS = ("id", "mm")
 TABLE_DTYPES = ("float32", "bfloat16", "float16")  # storage of the served item tables
 # L_sem's forms (`LossConfig.sem_mode`, several joined by '+')
-SEM_MODES = ("contrast", "mutual", "mutual_nt", "ensemble", "guided", "cross", "fused", "item")
+SEM_MODES = (
+  "contrast",
+  "mutual",
+  "mutual_nt",
+  "ensemble",
+  "guided",
+  "soft_guided",
+  "cross",
+  "fused",
+  "item",
+)
 
 
 def _fail(field: str, value: Any, why: str) -> None:
@@ -237,6 +247,8 @@ class LossConfig:
   # L_sem: "contrast" (DESIGN.md: InfoNCE between the views' pooled interests), "mutual" (each
   # view's next-item distribution over the candidates distils into the other's), "guided"
   # (mutual, but per example only the view that gives the target the higher probability teaches),
+  # "soft_guided" (mutual, each direction weighted per example by the teacher's share of the two
+  # views' target probability, p_T(t) / (p_id(t) + p_mm(t)): mutual where they are equally right),
   # "mutual_nt" (mutual, over the non-target candidates only: the target column masked out),
   # "ensemble" (both views distil into the stop-gradient distribution of their ensemble, the fused
   # score at w = 1/2), "cross" (each view's interests predict the target in the other view's item
@@ -247,7 +259,7 @@ class LossConfig:
   # L_alloc: "mse" (DESIGN.md) or "cka" (1 - centred kernel alignment of the co-allocations:
   # scale-free, uniform != 0)
   alloc_mode: str = "mse"
-  tau_kd: float = 1.0  # temperature of the "mutual" and "guided" distillation
+  tau_kd: float = 1.0  # temperature of the "mutual", "guided" and "soft_guided" distillation
   # "mutual": the weight of the ID -> MM direction (the MM view as the student) relative to the
   # MM -> ID one; 1 = symmetric (the default), 0 = only the ID view learns from the other
   sem_to_mm: float = 1.0

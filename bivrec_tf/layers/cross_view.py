@@ -193,6 +193,29 @@ def guided_distillation_loss(logits_id, logits_mm, temperature: float = 1.0):
   return t * t * (gate_id * ce_id + gate_mm * ce_mm)
 
 
+def soft_guided_distillation_loss(logits_id, logits_mm, temperature: float = 1.0):
+  """Mutual distillation where each view teaches in proportion to how right it is on the example.
+
+  Row i's positive is candidate i. The MM -> ID direction of example i is weighted by the MM
+  view's responsibility for the target, r_mm = p_mm(i) / (p_mm(i) + p_id(i)) (stop-gradient), the
+  ID -> MM direction by r_id = 1 - r_mm: where the views are equally right this is
+  `mutual_distillation_loss` (r = 1/2 each), and a view that is much weaker on an example hardly
+  teaches on it (the soft form of `guided_distillation_loss`'s 0/1 gate).
+  Args: logits_id, logits_mm `[B, C]`. Returns: per-example `T^2 (r_mm CE(sg p_mm, p_id) +
+  r_id CE(sg p_id, p_mm))`, `[B]`.
+  """
+  t = temperature
+  p_id = tf.stop_gradient(tf.nn.softmax(logits_id / t, axis=-1))
+  p_mm = tf.stop_gradient(tf.nn.softmax(logits_mm / t, axis=-1))
+  rows = tf.shape(logits_id)[0]
+  target_id = tf.linalg.diag_part(p_id[:, :rows])
+  target_mm = tf.linalg.diag_part(p_mm[:, :rows])
+  r_mm = tf.math.divide_no_nan(target_mm, target_mm + target_id)
+  ce_id = tf.nn.softmax_cross_entropy_with_logits(labels=p_mm, logits=logits_id / t)
+  ce_mm = tf.nn.softmax_cross_entropy_with_logits(labels=p_id, logits=logits_mm / t)
+  return t * t * (r_mm * ce_id + (1.0 - r_mm) * ce_mm)
+
+
 def allocation_cka_loss(alloc_id, alloc_mm, valid):
   """1 - CKA of the co-allocations, computed through K x K Gram matrices.
 

@@ -266,6 +266,39 @@ def test_guided_distillation_teaches_only_from_the_view_that_ranks_the_target_hi
   np.testing.assert_allclose(g_mm[~mm_better], (p_mm - p_id)[~mm_better], atol=1e-6)
 
 
+def test_soft_guided_distillation_weights_each_direction_by_the_teachers_responsibility():
+  from bivrec_tf.layers import (  # pylint: disable=import-outside-toplevel
+    mutual_distillation_loss,
+    soft_guided_distillation_loss,
+  )
+
+  t = 2.0
+  logits_id, logits_mm, g_id, g_mm = _logits_and_gradients(
+    soft_guided_distillation_loss, 5, (4, 6), t
+  )
+  q_id = tf.nn.softmax(logits_id / t).numpy()
+  q_mm = tf.nn.softmax(logits_mm / t).numpy()
+  r_mm = np.diagonal(q_mm) / (np.diagonal(q_mm) + np.diagonal(q_id))  # [B]
+  assert r_mm.min() < 0.5 < r_mm.max()  # each view is the main teacher somewhere in this batch
+  # d/dlogits of t^2 r CE(sg q_T, softmax(logits / t)) = t r (q_S - q_T); r is stop-gradient.
+  np.testing.assert_allclose(g_id, t * r_mm[:, None] * (q_id - q_mm), atol=1e-5)
+  np.testing.assert_allclose(g_mm, t * (1 - r_mm)[:, None] * (q_mm - q_id), atol=1e-5)
+  # Where both views give the target the same probability (the MM row is the ID row with its
+  # non-target logits permuted: same target logit, same normaliser) it is the mutual distillation.
+  base = np.random.default_rng(6).normal(size=(4, 6)).astype(np.float32)
+  perm = base.copy()
+  for i in range(4):
+    others = [j for j in range(6) if j != i]
+    perm[i, others] = base[i, others[::-1]]
+  a, b = tf.constant(base), tf.constant(perm)
+  assert not np.allclose(base, perm)
+  np.testing.assert_allclose(
+    soft_guided_distillation_loss(a, b, t).numpy(),
+    mutual_distillation_loss(a, b, t).numpy(),
+    rtol=1e-5,
+  )
+
+
 def test_non_target_distillation_leaves_the_target_alone_and_matches_the_negatives():
   from bivrec_tf.layers import non_target_distillation_loss  # pylint: disable=import-outside-toplevel
 

@@ -643,3 +643,17 @@ def test_adaptive_interests_follow_mind_rule_and_score_as_the_users_own_interest
   assert max(diag["win_id"]) >= 0.5 and sum(diag["win_id"]) == pytest.approx(1.0)
   _, terms = adaptive.loss_parts(_batch(), training=True)
   assert np.all(np.isfinite(terms["cos_id"].numpy()))
+
+
+@pytest.mark.parametrize("mode", ["guided", "soft_guided"])
+def test_guided_distillation_modes_train_both_encoders(mode):
+  model = _model(loss={"sem_mode": mode, "lambda_alloc": 0.0})
+  with tf.GradientTape(persistent=True) as tape:
+    parts, _ = model.loss_parts(_batch(), training=True)
+    sem = tf.reduce_mean(parts["sem"])
+  assert np.isfinite(float(sem)) and float(sem) > 0
+  for view in ("id", "mm"):
+    grads = tape.gradient(sem, model.views[view].trainable_variables)
+    assert any(
+      g is not None and float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(g)))) > 0 for g in grads
+    ), view
