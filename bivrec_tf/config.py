@@ -25,6 +25,7 @@ SEM_MODES = (
   "ensemble",
   "guided",
   "soft_guided",
+  "batch_guided",
   "cross",
   "fused",
   "item",
@@ -249,6 +250,8 @@ class LossConfig:
   # (mutual, but per example only the view that gives the target the higher probability teaches),
   # "soft_guided" (mutual, each direction weighted per example by the teacher's share of the two
   # views' target probability, p_T(t) / (p_id(t) + p_mm(t)): mutual where they are equally right),
+  # "batch_guided" (the same with the batch's mean target probabilities P_v, to the power
+  # guide_power: r_mm = P_mm^g / (P_mm^g + P_id^g), one weight per batch and direction),
   # "mutual_nt" (mutual, over the non-target candidates only: the target column masked out),
   # "ensemble" (both views distil into the stop-gradient distribution of their ensemble, the fused
   # score at w = 1/2), "cross" (each view's interests predict the target in the other view's item
@@ -260,6 +263,7 @@ class LossConfig:
   # scale-free, uniform != 0)
   alloc_mode: str = "mse"
   tau_kd: float = 1.0  # temperature of the "mutual", "guided" and "soft_guided" distillation
+  guide_power: float = 1.0  # g of "batch_guided": how sharply the better view of a batch teaches
   # "mutual": the weight of the ID -> MM direction (the MM view as the student) relative to the
   # MM -> ID one; 1 = symmetric (the default), 0 = only the ID view learns from the other
   sem_to_mm: float = 1.0
@@ -292,6 +296,10 @@ class LossConfig:
       _fail("tau_kd", self.tau_kd, "temperature must be > 0")
     if self.sem_to_mm != 1.0 and "mutual" not in modes:
       _fail("sem_to_mm", self.sem_to_mm, "weights a direction of sem_mode 'mutual' only")
+    if not (self.guide_power > 0 and math.isfinite(self.guide_power)):
+      _fail("guide_power", self.guide_power, "must be a finite number > 0")
+    if self.guide_power != 1.0 and "batch_guided" not in modes:
+      _fail("guide_power", self.guide_power, "is read by sem_mode 'batch_guided' only")
     if self.sem_warmup_steps < 0:
       _fail("sem_warmup_steps", self.sem_warmup_steps, "must be >= 0")
     for name in (

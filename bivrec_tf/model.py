@@ -48,6 +48,7 @@ from bivrec_tf.layers import (
   item_alignment_loss,
   ensemble_distillation_loss,
   guided_distillation_loss,
+  batch_guided_distillation_loss,
   soft_guided_distillation_loss,
   mutual_distillation_loss,
   non_target_distillation_loss,
@@ -487,6 +488,8 @@ class BivRecModel(tf.keras.Model):
       return guided_distillation_loss(logits["id"], logits["mm"], lc.tau_kd)
     if mode == "soft_guided":
       return soft_guided_distillation_loss(logits["id"], logits["mm"], lc.tau_kd)
+    if mode == "batch_guided":
+      return batch_guided_distillation_loss(logits["id"], logits["mm"], lc.tau_kd, lc.guide_power)
     if mode == "item":
       # Per candidate [C]; averaged over the batch's rows so the term is per example [B].
       per_item = item_alignment_loss(

@@ -299,6 +299,37 @@ def test_soft_guided_distillation_weights_each_direction_by_the_teachers_respons
   )
 
 
+def test_batch_guided_distillation_weights_directions_by_the_batch_mean_target_probability():
+  from bivrec_tf.layers import (  # pylint: disable=import-outside-toplevel
+    batch_guided_distillation_loss,
+    mutual_distillation_loss,
+  )
+
+  t, g = 2.0, 3.0
+  logits_id, logits_mm, g_id, g_mm = _logits_and_gradients(
+    batch_guided_distillation_loss, 7, (4, 6), t, g
+  )
+  q_id = tf.nn.softmax(logits_id / t).numpy()
+  q_mm = tf.nn.softmax(logits_mm / t).numpy()
+  big_id, big_mm = np.diagonal(q_id).mean(), np.diagonal(q_mm).mean()
+  r_mm = big_mm**g / (big_mm**g + big_id**g)  # one weight for the whole batch
+  assert abs(r_mm - 0.5) > 0.05
+  np.testing.assert_allclose(g_id, t * r_mm * (q_id - q_mm), atol=1e-5)
+  np.testing.assert_allclose(g_mm, t * (1 - r_mm) * (q_mm - q_id), atol=1e-5)
+  # A much better ID view on the batch hardly learns from the MM view.
+  sharp_id = tf.constant(np.eye(4, 6, dtype=np.float32) * 8.0)
+  flat_mm = tf.zeros([4, 6])
+  weighted = batch_guided_distillation_loss(sharp_id, flat_mm, 1.0, 3.0).numpy()
+  ce_mm = tf.nn.softmax_cross_entropy_with_logits(tf.nn.softmax(sharp_id), flat_mm).numpy()
+  ce_id = tf.nn.softmax_cross_entropy_with_logits(tf.nn.softmax(flat_mm), sharp_id).numpy()
+  p_id, p_mm = np.exp(8.0) / (np.exp(8.0) + 5.0), 1.0 / 6.0
+  r_mm = p_mm**3 / (p_mm**3 + p_id**3)
+  assert r_mm < 0.01  # the MM -> ID direction nearly off ...
+  np.testing.assert_allclose(weighted, r_mm * ce_id + (1 - r_mm) * ce_mm, rtol=1e-5)
+  mutual = mutual_distillation_loss(sharp_id, flat_mm, 1.0).numpy()  # = (ce_id + ce_mm) / 2
+  assert np.all(mutual > 2 * weighted)  # ... where the symmetric loss is dominated by it
+
+
 def test_non_target_distillation_leaves_the_target_alone_and_matches_the_negatives():
   from bivrec_tf.layers import non_target_distillation_loss  # pylint: disable=import-outside-toplevel
 

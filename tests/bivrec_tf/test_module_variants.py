@@ -645,7 +645,7 @@ def test_adaptive_interests_follow_mind_rule_and_score_as_the_users_own_interest
   assert np.all(np.isfinite(terms["cos_id"].numpy()))
 
 
-@pytest.mark.parametrize("mode", ["guided", "soft_guided"])
+@pytest.mark.parametrize("mode", ["guided", "soft_guided", "batch_guided"])
 def test_guided_distillation_modes_train_both_encoders(mode):
   model = _model(loss={"sem_mode": mode, "lambda_alloc": 0.0})
   with tf.GradientTape(persistent=True) as tape:
