@@ -250,8 +250,8 @@ class LossConfig:
   # (mutual, but per example only the view that gives the target the higher probability teaches),
   # "soft_guided" (mutual, each direction weighted per example by the teacher's share of the two
   # views' target probability, p_T(t) / (p_id(t) + p_mm(t)): mutual where they are equally right),
-  # "batch_guided" (the same with the batch's mean target probabilities P_v, to the power
-  # guide_power: r_mm = P_mm^g / (P_mm^g + P_id^g), one weight per batch and direction),
+  # "batch_guided" (mutual, but a teacher weaker than its student on the batch, by the views' mean
+  # target probabilities P_T < P_S, is discounted by (P_T / P_S)^guide_power),
   # "mutual_nt" (mutual, over the non-target candidates only: the target column masked out),
   # "ensemble" (both views distil into the stop-gradient distribution of their ensemble, the fused
   # score at w = 1/2), "cross" (each view's interests predict the target in the other view's item
@@ -263,7 +263,7 @@ class LossConfig:
   # scale-free, uniform != 0)
   alloc_mode: str = "mse"
   tau_kd: float = 1.0  # temperature of the "mutual", "guided" and "soft_guided" distillation
-  guide_power: float = 1.0  # g of "batch_guided": how sharply the better view of a batch teaches
+  guide_power: float = 1.0  # g of "batch_guided": how fast a weaker teacher is discounted
   # "mutual": the weight of the ID -> MM direction (the MM view as the student) relative to the
   # MM -> ID one; 1 = symmetric (the default), 0 = only the ID view learns from the other
   sem_to_mm: float = 1.0

@@ -219,28 +219,28 @@ def soft_guided_distillation_loss(logits_id, logits_mm, temperature: float = 1.0
 def batch_guided_distillation_loss(
   logits_id, logits_mm, temperature: float = 1.0, power: float = 1.0
 ):
-  """Mutual distillation where each direction is weighted by how right the teacher is on the batch.
+  """Mutual distillation in which a teacher weaker than its student on the batch is discounted.
 
   Row i's positive is candidate i. P_v is view v's mean probability of the target over the
-  batch's rows (stop-gradient); the MM -> ID direction is weighted by r_mm = P_mm^g / (P_mm^g +
-  P_id^g) (g = `power`), the ID -> MM direction by r_id = 1 - r_mm. Views that predict equally
-  well distil as in `mutual_distillation_loss` (r = 1/2 each); a view much weaker on the batch
-  hardly teaches, whatever a few examples say (unlike `soft_guided_distillation_loss`, whose
-  per-example weights follow the noisy target probabilities of hard examples).
-  Args: logits_id, logits_mm `[B, C]`. Returns: per-example `T^2 (r_mm CE(sg p_mm, p_id) +
-  r_id CE(sg p_id, p_mm))`, `[B]`.
+  batch's rows (stop-gradient). The direction with teacher T and student S keeps the weight 1/2
+  of `mutual_distillation_loss` when P_T >= P_S and gets 1/2 (P_T / P_S)^g (g = `power`) when the
+  teacher is the weaker view: views that predict equally well distil exactly as "mutual", and a
+  view much weaker on the batch hardly teaches, while the better view teaches it in full.
+  Args: logits_id, logits_mm `[B, C]`. Returns: per-example `T^2 (w_mm CE(sg p_mm, p_id) +
+  w_id CE(sg p_id, p_mm))`, `[B]`.
   """
   t = temperature
   p_id = tf.stop_gradient(tf.nn.softmax(logits_id / t, axis=-1))
   p_mm = tf.stop_gradient(tf.nn.softmax(logits_mm / t, axis=-1))
   rows = tf.shape(logits_id)[0]
-  # In log space: P^g of batches whose mean target probability is tiny stays representable.
-  log_id = power * tf.math.log(tf.reduce_mean(tf.linalg.diag_part(p_id[:, :rows])) + 1e-12)
-  log_mm = power * tf.math.log(tf.reduce_mean(tf.linalg.diag_part(p_mm[:, :rows])) + 1e-12)
-  r_mm = tf.sigmoid(log_mm - log_id)
+  # In log space: the ratio of two tiny mean probabilities stays representable.
+  log_id = tf.math.log(tf.reduce_mean(tf.linalg.diag_part(p_id[:, :rows])) + 1e-12)
+  log_mm = tf.math.log(tf.reduce_mean(tf.linalg.diag_part(p_mm[:, :rows])) + 1e-12)
+  w_mm = 0.5 * tf.exp(tf.minimum(0.0, power * (log_mm - log_id)))  # MM teaches ID
+  w_id = 0.5 * tf.exp(tf.minimum(0.0, power * (log_id - log_mm)))  # ID teaches MM
   ce_id = tf.nn.softmax_cross_entropy_with_logits(labels=p_mm, logits=logits_id / t)
   ce_mm = tf.nn.softmax_cross_entropy_with_logits(labels=p_id, logits=logits_mm / t)
-  return t * t * (r_mm * ce_id + (1.0 - r_mm) * ce_mm)
+  return t * t * (w_mm * ce_id + w_id * ce_mm)
 
 
 def allocation_cka_loss(alloc_id, alloc_mm, valid):
