@@ -94,6 +94,9 @@ class ValidationCallback(tf.keras.callbacks.Callback):
     for rule in ("id", "mm"):
       if rule in results:
         logs[f"{self.monitor}_{rule}"] = results[rule][key]
+    quality = getattr(self.model, "view_quality", None)
+    if quality is not None:  # sem_mode "val_guided" weighs its distillation by these
+      quality.assign([results["id"][key], results["mm"][key]])
     if any(n.startswith("fused@") for n in results):
       w = best_fusion(results, key)
       logs["val_fusion_w"] = w

@@ -26,6 +26,7 @@ SEM_MODES = (
   "guided",
   "soft_guided",
   "batch_guided",
+  "val_guided",
   "cross",
   "fused",
   "item",
@@ -251,7 +252,9 @@ class LossConfig:
   # "soft_guided" (mutual, each direction weighted per example by the teacher's share of the two
   # views' target probability, p_T(t) / (p_id(t) + p_mm(t)): mutual where they are equally right),
   # "batch_guided" (mutual, but a teacher weaker than its student on the batch, by the views' mean
-  # target probabilities P_T < P_S, is discounted by (P_T / P_S)^guide_power),
+  # target probabilities P_T < P_S, is discounted by (P_T / P_S)^guide_power), "val_guided" (the
+  # same with each view's validation NDCG@monitor_k of the last epoch instead of P: held-out
+  # quality, which an ID view that fits its training batches best does not fake),
   # "mutual_nt" (mutual, over the non-target candidates only: the target column masked out),
   # "ensemble" (both views distil into the stop-gradient distribution of their ensemble, the fused
   # score at w = 1/2), "cross" (each view's interests predict the target in the other view's item
@@ -263,7 +266,9 @@ class LossConfig:
   # scale-free, uniform != 0)
   alloc_mode: str = "mse"
   tau_kd: float = 1.0  # temperature of the "mutual", "guided" and "soft_guided" distillation
-  guide_power: float = 1.0  # g of "batch_guided": how fast a weaker teacher is discounted
+  guide_power: float = (
+    1.0  # g of "batch_guided" / "val_guided": how fast a weaker teacher is discounted
+  )
   # "mutual": the weight of the ID -> MM direction (the MM view as the student) relative to the
   # MM -> ID one; 1 = symmetric (the default), 0 = only the ID view learns from the other
   sem_to_mm: float = 1.0
@@ -298,8 +303,10 @@ class LossConfig:
       _fail("sem_to_mm", self.sem_to_mm, "weights a direction of sem_mode 'mutual' only")
     if not (self.guide_power > 0 and math.isfinite(self.guide_power)):
       _fail("guide_power", self.guide_power, "must be a finite number > 0")
-    if self.guide_power != 1.0 and "batch_guided" not in modes:
-      _fail("guide_power", self.guide_power, "is read by sem_mode 'batch_guided' only")
+    if self.guide_power != 1.0 and not {"batch_guided", "val_guided"} & set(modes):
+      _fail(
+        "guide_power", self.guide_power, "is read by sem_mode 'batch_guided' / 'val_guided' only"
+      )
     if self.sem_warmup_steps < 0:
       _fail("sem_warmup_steps", self.sem_warmup_steps, "must be >= 0")
     for name in (

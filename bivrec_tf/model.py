@@ -49,6 +49,8 @@ from bivrec_tf.layers import (
   ensemble_distillation_loss,
   guided_distillation_loss,
   batch_guided_distillation_loss,
+  discounted_teacher_weights,
+  weighted_distillation_loss,
   soft_guided_distillation_loss,
   mutual_distillation_loss,
   non_target_distillation_loss,
@@ -258,6 +260,13 @@ class BivRecModel(tf.keras.Model):
     )
     if self.contrast_heads:
       self.semantic_heads = {v: SemanticHead(m.dim, name=f"semantic_{v}") for v in self.view_names}
+    # sem_mode "val_guided": each view's validation NDCG@monitor_k (ID, MM), set by the validation
+    # callback after every epoch (equal until then: mutual distillation); saved with the weights
+    self.view_quality = (
+      tf.Variable([1.0, 1.0], trainable=False, name="view_quality")
+      if self.cross_view and "val_guided" in lc.sem_mode.split("+")
+      else None
+    )
     counts = (
       np.zeros(vocab_size, np.float64)
       if item_counts is None
@@ -490,6 +499,10 @@ class BivRecModel(tf.keras.Model):
       return soft_guided_distillation_loss(logits["id"], logits["mm"], lc.tau_kd)
     if mode == "batch_guided":
       return batch_guided_distillation_loss(logits["id"], logits["mm"], lc.tau_kd, lc.guide_power)
+    if mode == "val_guided":  # weights from each view's last validation NDCG (the callback's)
+      q = tf.stop_gradient(tf.convert_to_tensor(self.view_quality))
+      to_id, to_mm = discounted_teacher_weights(q[0], q[1], lc.guide_power)
+      return weighted_distillation_loss(logits["id"], logits["mm"], to_id, to_mm, lc.tau_kd)
     if mode == "item":
       # Per candidate [C]; averaged over the batch's rows so the term is per example [B].
       per_item = item_alignment_loss(

@@ -216,6 +216,28 @@ def soft_guided_distillation_loss(logits_id, logits_mm, temperature: float = 1.0
   return t * t * (r_mm * ce_id + (1.0 - r_mm) * ce_mm)
 
 
+def weighted_distillation_loss(logits_id, logits_mm, to_id, to_mm, temperature: float = 1.0):
+  """Mutual distillation with a weight per direction: `T^2 (to_id CE(sg p_mm, p_id) + to_mm
+  CE(sg p_id, p_mm))` per example `[B]` (to_id = to_mm = 1/2 is `mutual_distillation_loss`).
+  Args: logits_id, logits_mm `[B, C]`; to_id, to_mm scalars (the MM -> ID and ID -> MM weights)."""
+  t = temperature
+  p_id = tf.stop_gradient(tf.nn.softmax(logits_id / t, axis=-1))
+  p_mm = tf.stop_gradient(tf.nn.softmax(logits_mm / t, axis=-1))
+  ce_id = tf.nn.softmax_cross_entropy_with_logits(labels=p_mm, logits=logits_id / t)
+  ce_mm = tf.nn.softmax_cross_entropy_with_logits(labels=p_id, logits=logits_mm / t)
+  return t * t * (to_id * ce_id + to_mm * ce_mm)
+
+
+def discounted_teacher_weights(quality_id, quality_mm, power: float):
+  """(to_id, to_mm): each direction keeps mutual's weight 1/2 when its teacher is at least as
+  good as its student by `quality` (positive scalars), else 1/2 (q_T / q_S)^power."""
+  log_id = tf.math.log(tf.maximum(quality_id, 1e-12))
+  log_mm = tf.math.log(tf.maximum(quality_mm, 1e-12))
+  to_id = 0.5 * tf.exp(tf.minimum(0.0, power * (log_mm - log_id)))  # MM teaches ID
+  to_mm = 0.5 * tf.exp(tf.minimum(0.0, power * (log_id - log_mm)))  # ID teaches MM
+  return to_id, to_mm
+
+
 def batch_guided_distillation_loss(
   logits_id, logits_mm, temperature: float = 1.0, power: float = 1.0
 ):
@@ -226,21 +248,17 @@ def batch_guided_distillation_loss(
   of `mutual_distillation_loss` when P_T >= P_S and gets 1/2 (P_T / P_S)^g (g = `power`) when the
   teacher is the weaker view: views that predict equally well distil exactly as "mutual", and a
   view much weaker on the batch hardly teaches, while the better view teaches it in full.
-  Args: logits_id, logits_mm `[B, C]`. Returns: per-example `T^2 (w_mm CE(sg p_mm, p_id) +
-  w_id CE(sg p_id, p_mm))`, `[B]`.
+  Args: logits_id, logits_mm `[B, C]`. Returns: per-example loss `[B]`
+  (`weighted_distillation_loss` with those weights).
   """
   t = temperature
-  p_id = tf.stop_gradient(tf.nn.softmax(logits_id / t, axis=-1))
-  p_mm = tf.stop_gradient(tf.nn.softmax(logits_mm / t, axis=-1))
   rows = tf.shape(logits_id)[0]
-  # In log space: the ratio of two tiny mean probabilities stays representable.
-  log_id = tf.math.log(tf.reduce_mean(tf.linalg.diag_part(p_id[:, :rows])) + 1e-12)
-  log_mm = tf.math.log(tf.reduce_mean(tf.linalg.diag_part(p_mm[:, :rows])) + 1e-12)
-  w_mm = 0.5 * tf.exp(tf.minimum(0.0, power * (log_mm - log_id)))  # MM teaches ID
-  w_id = 0.5 * tf.exp(tf.minimum(0.0, power * (log_id - log_mm)))  # ID teaches MM
-  ce_id = tf.nn.softmax_cross_entropy_with_logits(labels=p_mm, logits=logits_id / t)
-  ce_mm = tf.nn.softmax_cross_entropy_with_logits(labels=p_id, logits=logits_mm / t)
-  return t * t * (w_mm * ce_id + w_id * ce_mm)
+  target = [
+    tf.reduce_mean(tf.linalg.diag_part(tf.stop_gradient(tf.nn.softmax(x / t, axis=-1))[:, :rows]))
+    for x in (logits_id, logits_mm)
+  ]
+  to_id, to_mm = discounted_teacher_weights(*target, power)
+  return weighted_distillation_loss(logits_id, logits_mm, to_id, to_mm, t)
 
 
 def allocation_cka_loss(alloc_id, alloc_mm, valid):

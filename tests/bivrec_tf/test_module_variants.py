@@ -657,3 +657,20 @@ def test_guided_distillation_modes_train_both_encoders(mode):
     assert any(
       g is not None and float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(g)))) > 0 for g in grads
     ), view
+
+
+def test_val_guided_distillation_discounts_the_view_weaker_on_validation():
+  model = _model(loss={"sem_mode": "val_guided", "guide_power": 2.0, "lambda_alloc": 0.0})
+  assert _model().view_quality is None  # built only for this mode
+  assert [float(q) for q in model.view_quality.numpy()] == [1.0, 1.0]  # mutual until validated
+
+  def sem(quality):  # the callback writes (ID, MM) validation NDCG after every epoch
+    model.view_quality.assign(quality)
+    return model.loss_parts(_batch(), training=False)[1]["sem"].numpy()
+
+  equal = sem([0.3, 0.3])  # 1/2 ce_id + 1/2 ce_mm (mutual)
+  mm_weaker = sem([0.3, 0.15])  # (1/2) (1/2)^2 ce_id + 1/2 ce_mm
+  id_weaker = sem([0.15, 0.3])  # 1/2 ce_id + (1/2) (1/2)^2 ce_mm
+  assert np.all(equal > 0) and not np.allclose(mm_weaker, id_weaker)
+  np.testing.assert_allclose(mm_weaker + id_weaker, 1.25 * equal, rtol=1e-5)
+  assert np.all(mm_weaker < equal) and np.all(id_weaker < equal)
