@@ -265,7 +265,7 @@ class LossConfig:
   # L_alloc: "mse" (DESIGN.md) or "cka" (1 - centred kernel alignment of the co-allocations:
   # scale-free, uniform != 0)
   alloc_mode: str = "mse"
-  tau_kd: float = 1.0  # temperature of the "mutual", "guided" and "soft_guided" distillation
+  tau_kd: float = 1.0  # temperature of the distillation forms ("mutual", "*guided", ...)
   guide_power: float = (
     1.0  # g of "batch_guided" / "val_guided": how fast a weaker teacher is discounted
   )

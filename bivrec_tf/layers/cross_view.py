@@ -204,22 +204,26 @@ def soft_guided_distillation_loss(logits_id, logits_mm, temperature: float = 1.0
   Args: logits_id, logits_mm `[B, C]`. Returns: per-example `T^2 (r_mm CE(sg p_mm, p_id) +
   r_id CE(sg p_id, p_mm))`, `[B]`.
   """
-  t = temperature
-  p_id = tf.stop_gradient(tf.nn.softmax(logits_id / t, axis=-1))
-  p_mm = tf.stop_gradient(tf.nn.softmax(logits_mm / t, axis=-1))
-  rows = tf.shape(logits_id)[0]
-  target_id = tf.linalg.diag_part(p_id[:, :rows])
-  target_mm = tf.linalg.diag_part(p_mm[:, :rows])
+  target_id, target_mm = _target_probabilities(logits_id, logits_mm, temperature)
   r_mm = tf.math.divide_no_nan(target_mm, target_mm + target_id)
-  ce_id = tf.nn.softmax_cross_entropy_with_logits(labels=p_mm, logits=logits_id / t)
-  ce_mm = tf.nn.softmax_cross_entropy_with_logits(labels=p_id, logits=logits_mm / t)
-  return t * t * (r_mm * ce_id + (1.0 - r_mm) * ce_mm)
+  return weighted_distillation_loss(logits_id, logits_mm, r_mm, 1.0 - r_mm, temperature)
+
+
+def _target_probabilities(logits_id, logits_mm, temperature: float):
+  """Each view's stop-gradient probability of row i's target (candidate i) at `temperature`,
+  `[B]` each."""
+  rows = tf.shape(logits_id)[0]
+  return [
+    tf.linalg.diag_part(tf.stop_gradient(tf.nn.softmax(x / temperature, axis=-1))[:, :rows])
+    for x in (logits_id, logits_mm)
+  ]
 
 
 def weighted_distillation_loss(logits_id, logits_mm, to_id, to_mm, temperature: float = 1.0):
   """Mutual distillation with a weight per direction: `T^2 (to_id CE(sg p_mm, p_id) + to_mm
   CE(sg p_id, p_mm))` per example `[B]` (to_id = to_mm = 1/2 is `mutual_distillation_loss`).
-  Args: logits_id, logits_mm `[B, C]`; to_id, to_mm scalars (the MM -> ID and ID -> MM weights)."""
+  Args: logits_id, logits_mm `[B, C]`; to_id, to_mm: the MM -> ID and ID -> MM weights, scalars
+  or per example `[B]` (stop-gradient)."""
   t = temperature
   p_id = tf.stop_gradient(tf.nn.softmax(logits_id / t, axis=-1))
   p_mm = tf.stop_gradient(tf.nn.softmax(logits_mm / t, axis=-1))
@@ -251,14 +255,11 @@ def batch_guided_distillation_loss(
   Args: logits_id, logits_mm `[B, C]`. Returns: per-example loss `[B]`
   (`weighted_distillation_loss` with those weights).
   """
-  t = temperature
-  rows = tf.shape(logits_id)[0]
-  target = [
-    tf.reduce_mean(tf.linalg.diag_part(tf.stop_gradient(tf.nn.softmax(x / t, axis=-1))[:, :rows]))
-    for x in (logits_id, logits_mm)
-  ]
-  to_id, to_mm = discounted_teacher_weights(*target, power)
-  return weighted_distillation_loss(logits_id, logits_mm, to_id, to_mm, t)
+  mean_id, mean_mm = (
+    tf.reduce_mean(p) for p in _target_probabilities(logits_id, logits_mm, temperature)
+  )
+  to_id, to_mm = discounted_teacher_weights(mean_id, mean_mm, power)
+  return weighted_distillation_loss(logits_id, logits_mm, to_id, to_mm, temperature)
 
 
 def allocation_cka_loss(alloc_id, alloc_mm, valid):
