@@ -98,3 +98,27 @@ def test_assemble_views_takes_each_view_from_its_own_checkpoint(tmp_path):
   model.load_weights(str(tmp_path / "a")).expect_partial()
   np.testing.assert_allclose(model.queries(history)["id"], assembled["id"], rtol=1e-6)
   assert not np.allclose(model.queries(history)["mm"], assembled["mm"])
+
+
+def test_callback_writes_each_views_validation_score_for_val_guided(monkeypatch, tmp_path):
+  """sem_mode "val_guided" reads (ID, MM) validation NDCG@20 from `model.view_quality`, which the
+  callback sets after every epoch."""
+  quality = tf.Variable([1.0, 1.0], trainable=False)
+  written = []
+  real_set_model = callbacks_lib.ValidationCallback.set_model
+
+  def set_model(self, model):
+    model.view_quality = quality
+    real_set_model(self, model)
+
+  monkeypatch.setattr(callbacks_lib.ValidationCallback, "set_model", set_model)
+  real_save = _FakeModel.save_weights
+  monkeypatch.setattr(
+    _FakeModel,
+    "save_weights",
+    lambda self, path: (written.append(tuple(quality.numpy().round(4))), real_save(self, path)),
+  )
+  cb, _ = _run_callback(monkeypatch, tmp_path, None)
+  # after epochs 1 and 2 (each saved "best"): that epoch's ID and MM scores of SCRIPT
+  assert written[:2] == [(0.08, 0.09), (0.09, 0.08)]
+  np.testing.assert_allclose(quality.numpy(), SCRIPT[len(cb.history) - 1][1:], rtol=1e-6)
