@@ -266,9 +266,8 @@ class LossConfig:
   # scale-free, uniform != 0)
   alloc_mode: str = "mse"
   tau_kd: float = 1.0  # temperature of the distillation forms ("mutual", "*guided", ...)
-  guide_power: float = (
-    1.0  # g of "batch_guided" / "val_guided": how fast a weaker teacher is discounted
-  )
+  # g of "batch_guided" / "val_guided": how fast a weaker teacher is discounted
+  guide_power: float = 1.0
   # "mutual": the weight of the ID -> MM direction (the MM view as the student) relative to the
   # MM -> ID one; 1 = symmetric (the default), 0 = only the ID view learns from the other
   sem_to_mm: float = 1.0

@@ -180,17 +180,10 @@ def guided_distillation_loss(logits_id, logits_mm, temperature: float = 1.0):
   Args: logits_id, logits_mm `[B, C]`. Returns: per-example loss `[B]` (0 where the views give
   the target the same probability).
   """
-  t = temperature
-  p_id = tf.stop_gradient(tf.nn.softmax(logits_id / t, axis=-1))
-  p_mm = tf.stop_gradient(tf.nn.softmax(logits_mm / t, axis=-1))
-  rows = tf.shape(logits_id)[0]
-  target_id = tf.linalg.diag_part(p_id[:, :rows])
-  target_mm = tf.linalg.diag_part(p_mm[:, :rows])
-  ce_id = tf.nn.softmax_cross_entropy_with_logits(labels=p_mm, logits=logits_id / t)
-  ce_mm = tf.nn.softmax_cross_entropy_with_logits(labels=p_id, logits=logits_mm / t)
-  gate_id = tf.cast(target_mm > target_id, ce_id.dtype)  # MM teaches ID
-  gate_mm = tf.cast(target_id > target_mm, ce_mm.dtype)  # ID teaches MM
-  return t * t * (gate_id * ce_id + gate_mm * ce_mm)
+  target_id, target_mm = _target_probabilities(logits_id, logits_mm, temperature)
+  gate_id = tf.cast(target_mm > target_id, logits_id.dtype)  # MM teaches ID
+  gate_mm = tf.cast(target_id > target_mm, logits_mm.dtype)  # ID teaches MM
+  return weighted_distillation_loss(logits_id, logits_mm, gate_id, gate_mm, temperature)
 
 
 def soft_guided_distillation_loss(logits_id, logits_mm, temperature: float = 1.0):
@@ -223,7 +216,8 @@ def weighted_distillation_loss(logits_id, logits_mm, to_id, to_mm, temperature: 
   """Mutual distillation with a weight per direction: `T^2 (to_id CE(sg p_mm, p_id) + to_mm
   CE(sg p_id, p_mm))` per example `[B]` (to_id = to_mm = 1/2 is `mutual_distillation_loss`).
   Args: logits_id, logits_mm `[B, C]`; to_id, to_mm: the MM -> ID and ID -> MM weights, scalars
-  or per example `[B]` (stop-gradient)."""
+  or per example `[B]` (stop-gradient). (`mutual_distillation_loss`, the default's term, keeps
+  its own expression of the same value, so the default trains bit for bit as it did.)"""
   t = temperature
   p_id = tf.stop_gradient(tf.nn.softmax(logits_id / t, axis=-1))
   p_mm = tf.stop_gradient(tf.nn.softmax(logits_mm / t, axis=-1))
