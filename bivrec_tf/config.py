@@ -268,6 +268,10 @@ class LossConfig:
   tau_kd: float = 1.0  # temperature of the distillation forms ("mutual", "*guided", ...)
   # g of "batch_guided" / "val_guided": how fast a weaker teacher is discounted
   guide_power: float = 1.0
+  # m of "batch_guided" / "val_guided": a teacher is discounted only below m times its student's
+  # quality, by (q_T / (m q_S))^guide_power (1 = any weaker teacher; < 1 leaves close views on
+  # plain mutual distillation)
+  guide_margin: float = 1.0
   # "mutual": the weight of the ID -> MM direction (the MM view as the student) relative to the
   # MM -> ID one; 1 = symmetric (the default), 0 = only the ID view learns from the other
   sem_to_mm: float = 1.0
@@ -305,6 +309,12 @@ class LossConfig:
     if self.guide_power != 1.0 and not {"batch_guided", "val_guided"} & set(modes):
       _fail(
         "guide_power", self.guide_power, "is read by sem_mode 'batch_guided' / 'val_guided' only"
+      )
+    if not 0 < self.guide_margin <= 1:
+      _fail("guide_margin", self.guide_margin, "must be in (0, 1]")
+    if self.guide_margin != 1.0 and not {"batch_guided", "val_guided"} & set(modes):
+      _fail(
+        "guide_margin", self.guide_margin, "is read by sem_mode 'batch_guided' / 'val_guided' only"
       )
     if self.sem_warmup_steps < 0:
       _fail("sem_warmup_steps", self.sem_warmup_steps, "must be >= 0")

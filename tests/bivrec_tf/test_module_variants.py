@@ -674,3 +674,27 @@ def test_val_guided_distillation_discounts_the_view_weaker_on_validation():
   assert np.all(equal > 0) and not np.allclose(mm_weaker, id_weaker)
   np.testing.assert_allclose(mm_weaker + id_weaker, 1.25 * equal, rtol=1e-5)
   assert np.all(mm_weaker < equal) and np.all(id_weaker < equal)
+
+
+def test_val_guided_margin_leaves_close_views_on_mutual_distillation():
+  from bivrec_tf.layers import cross_view  # pylint: disable=import-outside-toplevel
+
+  model = _model(
+    loss={"sem_mode": "val_guided", "guide_power": 2.0, "guide_margin": 0.8, "lambda_alloc": 0.0}
+  )
+
+  def sem(quality):
+    model.view_quality.assign(quality)
+    return model.loss_parts(_batch(), training=False)[1]["sem"].numpy()
+
+  equal = sem([0.3, 0.3])
+  np.testing.assert_allclose(sem([0.3, 0.25]), equal, rtol=1e-6)  # 0.25 >= 0.8 * 0.3: mutual
+  np.testing.assert_allclose(sem([0.25, 0.3]), equal, rtol=1e-6)
+  # below the margin: MM -> ID weighted 1/2 (0.12 / (0.8 * 0.3))^2 = 1/8, ID -> MM keeps 1/2
+  to_id, to_mm = cross_view.discounted_teacher_weights(0.3, 0.12, 2.0, 0.8)
+  assert float(to_id) == pytest.approx(0.125) and float(to_mm) == pytest.approx(0.5)
+  assert np.all(sem([0.3, 0.12]) < equal)
+  with pytest.raises(ValueError, match="guide_margin"):
+    _model(loss={"guide_margin": 0.8})  # read by the guided forms only
+  with pytest.raises(ValueError, match="guide_margin"):
+    _model(loss={"sem_mode": "val_guided", "guide_margin": 1.5})
