@@ -272,6 +272,9 @@ class LossConfig:
   # quality, by (q_T / (m q_S))^guide_power (1 = any weaker teacher; < 1 leaves close views on
   # plain mutual distillation)
   guide_margin: float = 1.0
+  # the views whose teacher "batch_guided" / "val_guided" may discount: "both", "id" (the MM view
+  # always learns from the ID view in full) or "mm"
+  guide_students: str = "both"
   # "mutual": the weight of the ID -> MM direction (the MM view as the student) relative to the
   # MM -> ID one; 1 = symmetric (the default), 0 = only the ID view learns from the other
   sem_to_mm: float = 1.0
@@ -315,6 +318,14 @@ class LossConfig:
     if self.guide_margin != 1.0 and not {"batch_guided", "val_guided"} & set(modes):
       _fail(
         "guide_margin", self.guide_margin, "is read by sem_mode 'batch_guided' / 'val_guided' only"
+      )
+    if self.guide_students not in ("both", "id", "mm"):
+      _fail("guide_students", self.guide_students, "must be 'both', 'id' or 'mm'")
+    if self.guide_students != "both" and not {"batch_guided", "val_guided"} & set(modes):
+      _fail(
+        "guide_students",
+        self.guide_students,
+        "is read by sem_mode 'batch_guided' / 'val_guided' only",
       )
     if self.sem_warmup_steps < 0:
       _fail("sem_warmup_steps", self.sem_warmup_steps, "must be >= 0")

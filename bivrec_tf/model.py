@@ -499,11 +499,13 @@ class BivRecModel(tf.keras.Model):
       return soft_guided_distillation_loss(logits["id"], logits["mm"], lc.tau_kd)
     if mode == "batch_guided":
       return batch_guided_distillation_loss(
-        logits["id"], logits["mm"], lc.tau_kd, lc.guide_power, lc.guide_margin
+        logits["id"], logits["mm"], lc.tau_kd, lc.guide_power, lc.guide_margin, lc.guide_students
       )
     if mode == "val_guided":  # weights from each view's last validation NDCG (the callback's)
       q = tf.stop_gradient(tf.convert_to_tensor(self.view_quality))
-      to_id, to_mm = discounted_teacher_weights(q[0], q[1], lc.guide_power, lc.guide_margin)
+      to_id, to_mm = discounted_teacher_weights(
+        q[0], q[1], lc.guide_power, lc.guide_margin, lc.guide_students
+      )
       return weighted_distillation_loss(logits["id"], logits["mm"], to_id, to_mm, lc.tau_kd)
     if mode == "item":
       # Per candidate [C]; averaged over the batch's rows so the term is per example [B].

@@ -228,37 +228,49 @@ def weighted_distillation_loss(logits_id, logits_mm, to_id, to_mm, temperature: 
   return t * t * (to_id * ce_id + to_mm * ce_mm)
 
 
-def discounted_teacher_weights(quality_id, quality_mm, power: float, margin: float = 1.0):
+def discounted_teacher_weights(
+  quality_id, quality_mm, power: float, margin: float = 1.0, students: str = "both"
+):
   """(to_id, to_mm): each direction keeps mutual's weight 1/2 while its teacher's `quality`
   (positive scalars) is at least `margin` times its student's, else 1/2 (q_T / (m q_S))^power.
   With margin m < 1 views that are close (q_T >= m q_S either way) distil exactly as "mutual";
-  only a teacher clearly weaker than its student is discounted."""
+  only a teacher clearly weaker than its student is discounted. `students`: the views whose
+  teacher may be discounted ("both", "id" or "mm"); the other direction keeps 1/2 always."""
   shift = math.log(margin)
   log_id = tf.math.log(tf.maximum(quality_id, 1e-12))
   log_mm = tf.math.log(tf.maximum(quality_mm, 1e-12))
   to_id = 0.5 * tf.exp(tf.minimum(0.0, power * (log_mm - log_id - shift)))  # MM teaches ID
   to_mm = 0.5 * tf.exp(tf.minimum(0.0, power * (log_id - log_mm - shift)))  # ID teaches MM
+  if students == "id":
+    to_mm = tf.constant(0.5, to_mm.dtype)
+  elif students == "mm":
+    to_id = tf.constant(0.5, to_id.dtype)
   return to_id, to_mm
 
 
 def batch_guided_distillation_loss(
-  logits_id, logits_mm, temperature: float = 1.0, power: float = 1.0, margin: float = 1.0
+  logits_id,
+  logits_mm,
+  temperature: float = 1.0,
+  power: float = 1.0,
+  margin: float = 1.0,
+  students: str = "both",
 ):
   """Mutual distillation in which a teacher weaker than its student on the batch is discounted.
 
   Row i's positive is candidate i. P_v is view v's mean probability of the target over the
   batch's rows (stop-gradient). The direction with teacher T and student S keeps the weight 1/2
   of `mutual_distillation_loss` when P_T >= m P_S and gets 1/2 (P_T / (m P_S))^g (g = `power`,
-  m = `margin`) when the teacher is the weaker view: views that predict equally well distil
-  exactly as "mutual", and a view much weaker on the batch hardly teaches, while the better view
-  teaches it in full.
+  m = `margin`; only for the `students` views) when the teacher is the weaker view: views that
+  predict equally well distil exactly as "mutual", and a view much weaker on the batch hardly
+  teaches, while the better view teaches it in full.
   Args: logits_id, logits_mm `[B, C]`. Returns: per-example loss `[B]`
   (`weighted_distillation_loss` with those weights).
   """
   mean_id, mean_mm = (
     tf.reduce_mean(p) for p in _target_probabilities(logits_id, logits_mm, temperature)
   )
-  to_id, to_mm = discounted_teacher_weights(mean_id, mean_mm, power, margin)
+  to_id, to_mm = discounted_teacher_weights(mean_id, mean_mm, power, margin, students)
   return weighted_distillation_loss(logits_id, logits_mm, to_id, to_mm, temperature)
 
 
