@@ -261,20 +261,23 @@ class LossConfig:
   # space), "fused" (the retrieval loss on the fused score 1/2 (s_id + s_mm): each view learns
   # what the other misses) or "item" (each candidate item's ID vector contrasted with its MM
   # vector); several joined by '+' are summed ("mutual+item")
-  sem_mode: str = "mutual"
+  sem_mode: str = "val_guided"
   # L_alloc: "mse" (DESIGN.md) or "cka" (1 - centred kernel alignment of the co-allocations:
   # scale-free, uniform != 0)
   alloc_mode: str = "mse"
   tau_kd: float = 1.0  # temperature of the distillation forms ("mutual", "*guided", ...)
   # g of "batch_guided" / "val_guided": how fast a weaker teacher is discounted
-  guide_power: float = 1.0
+  guide_power: float = 20.0
   # m of "batch_guided" / "val_guided": a teacher is discounted only below m times its student's
   # quality, by (q_T / (m q_S))^guide_power (1 = any weaker teacher; < 1 leaves close views on
   # plain mutual distillation)
-  guide_margin: float = 1.0
+  guide_margin: float = 0.75
   # the views whose teacher "batch_guided" / "val_guided" may discount: "both", "id" (the MM view
   # always learns from the ID view in full) or "mm"
-  guide_students: str = "both"
+  guide_students: str = "id"
+  # "val_guided": the directions guide_students judges stay silent until the first validation
+  # (instead of distilling as "mutual" during the first epoch)
+  guide_wait: bool = False
   # "mutual": the weight of the ID -> MM direction (the MM view as the student) relative to the
   # MM -> ID one; 1 = symmetric (the default), 0 = only the ID view learns from the other
   sem_to_mm: float = 1.0
@@ -309,24 +312,18 @@ class LossConfig:
       _fail("sem_to_mm", self.sem_to_mm, "weights a direction of sem_mode 'mutual' only")
     if not (self.guide_power > 0 and math.isfinite(self.guide_power)):
       _fail("guide_power", self.guide_power, "must be a finite number > 0")
-    if self.guide_power != 1.0 and not {"batch_guided", "val_guided"} & set(modes):
-      _fail(
-        "guide_power", self.guide_power, "is read by sem_mode 'batch_guided' / 'val_guided' only"
-      )
     if not 0 < self.guide_margin <= 1:
       _fail("guide_margin", self.guide_margin, "must be in (0, 1]")
-    if self.guide_margin != 1.0 and not {"batch_guided", "val_guided"} & set(modes):
-      _fail(
-        "guide_margin", self.guide_margin, "is read by sem_mode 'batch_guided' / 'val_guided' only"
-      )
     if self.guide_students not in ("both", "id", "mm"):
       _fail("guide_students", self.guide_students, "must be 'both', 'id' or 'mm'")
-    if self.guide_students != "both" and not {"batch_guided", "val_guided"} & set(modes):
-      _fail(
-        "guide_students",
-        self.guide_students,
-        "is read by sem_mode 'batch_guided' / 'val_guided' only",
-      )
+    if self.guide_wait and "val_guided" not in modes:
+      _fail("guide_wait", self.guide_wait, "is read by sem_mode 'val_guided' only")
+    if not {"batch_guided", "val_guided"} & set(modes):
+      for f in dataclasses.fields(self):  # set away from its default but read by no active mode
+        if f.name.startswith("guide_") and getattr(self, f.name) != f.default:
+          _fail(
+            f.name, getattr(self, f.name), "is read by sem_mode 'batch_guided' / 'val_guided' only"
+          )
     if self.sem_warmup_steps < 0:
       _fail("sem_warmup_steps", self.sem_warmup_steps, "must be >= 0")
     for name in (

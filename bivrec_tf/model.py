@@ -261,10 +261,12 @@ class BivRecModel(tf.keras.Model):
     if self.contrast_heads:
       self.semantic_heads = {v: SemanticHead(m.dim, name=f"semantic_{v}") for v in self.view_names}
     # sem_mode "val_guided": each view's validation NDCG@monitor_k (ID, MM), set by the validation
-    # callback after every epoch (equal until then: mutual distillation); saved with the weights
+    # callback after every epoch (equal until then: mutual distillation; 0 with guide_wait, whose
+    # judged directions stay silent until then); saved with the weights
+    unseen = 0.0 if lc.guide_wait else 1.0
     self.view_quality = (
-      tf.Variable([1.0, 1.0], trainable=False, name="view_quality")
-      if self.cross_view and "val_guided" in lc.sem_mode.split("+")
+      tf.Variable([unseen, unseen], trainable=False, name="view_quality")
+      if self.cross_view and "val_guided" in lc.sem_mode.split("+") and lc.lambda_sem > 0
       else None
     )
     counts = (
@@ -502,10 +504,16 @@ class BivRecModel(tf.keras.Model):
         logits["id"], logits["mm"], lc.tau_kd, lc.guide_power, lc.guide_margin, lc.guide_students
       )
     if mode == "val_guided":  # weights from each view's last validation NDCG (the callback's)
-      q = tf.stop_gradient(tf.convert_to_tensor(self.view_quality))
+      # (lambda_sem = 0 builds no variable: the term is then a diagnostic, at mutual's weights)
+      q = tf.ones([2]) if self.view_quality is None else tf.convert_to_tensor(self.view_quality)
+      q = tf.stop_gradient(q)
       to_id, to_mm = discounted_teacher_weights(
         q[0], q[1], lc.guide_power, lc.guide_margin, lc.guide_students
       )
+      if lc.guide_wait:  # the judged directions teach only once both views have been validated
+        seen = tf.cast(tf.reduce_all(q > 0), to_id.dtype)
+        to_id = to_id * seen if lc.guide_students in ("both", "id") else to_id
+        to_mm = to_mm * seen if lc.guide_students in ("both", "mm") else to_mm
       return weighted_distillation_loss(logits["id"], logits["mm"], to_id, to_mm, lc.tau_kd)
     if mode == "item":
       # Per candidate [C]; averaged over the batch's rows so the term is per example [B].

@@ -663,8 +663,16 @@ def test_guided_distillation_modes_train_both_encoders(mode):
 
 
 def test_val_guided_distillation_discounts_the_view_weaker_on_validation():
-  model = _model(loss={"sem_mode": "val_guided", "guide_power": 2.0, "lambda_alloc": 0.0})
-  assert _model().view_quality is None  # built only for this mode
+  model = _model(
+    loss={
+      "sem_mode": "val_guided",
+      "guide_power": 2.0,
+      "guide_margin": 1.0,
+      "guide_students": "both",
+      "lambda_alloc": 0.0,
+    }
+  )
+  assert _model(loss={"sem_mode": "mutual"}).view_quality is None  # built only for this mode
   assert [float(q) for q in model.view_quality.numpy()] == [1.0, 1.0]  # mutual until validated
 
   def sem(quality):  # the callback writes (ID, MM) validation NDCG after every epoch
@@ -683,7 +691,13 @@ def test_val_guided_margin_leaves_close_views_on_mutual_distillation():
   from bivrec_tf.layers import cross_view  # pylint: disable=import-outside-toplevel
 
   model = _model(
-    loss={"sem_mode": "val_guided", "guide_power": 2.0, "guide_margin": 0.8, "lambda_alloc": 0.0}
+    loss={
+      "sem_mode": "val_guided",
+      "guide_power": 2.0,
+      "guide_margin": 0.8,
+      "guide_students": "both",
+      "lambda_alloc": 0.0,
+    }
   )
 
   def sem(quality):
@@ -705,8 +719,22 @@ def test_val_guided_margin_leaves_close_views_on_mutual_distillation():
   to_id, to_mm = cross_view.discounted_teacher_weights(0.3, 0.12, 2.0, 0.8, "mm")
   assert float(to_id) == pytest.approx(0.5) and float(to_mm) == pytest.approx(0.5)
   with pytest.raises(ValueError, match="guide_margin"):
-    _model(loss={"guide_margin": 0.8})  # read by the guided forms only
+    _model(loss={"sem_mode": "mutual", "guide_margin": 0.8})  # read by the guided forms only
   with pytest.raises(ValueError, match="guide_margin"):
     _model(loss={"sem_mode": "val_guided", "guide_margin": 1.5})
   with pytest.raises(ValueError, match="guide_students"):
     _model(loss={"sem_mode": "val_guided", "guide_students": "ID"})
+
+
+def test_guide_wait_keeps_the_judged_direction_silent_until_the_first_validation():
+  model = _model(loss={"guide_wait": True, "lambda_alloc": 0.0})  # the default's judged form
+  assert [float(q) for q in model.view_quality.numpy()] == [0.0, 0.0]
+  sem = lambda: model.loss_parts(_batch(), training=False)[1]["sem"].numpy()  # noqa: E731
+  before = sem()  # only ID -> MM (weight 1/2): the MM view has not been judged yet
+  model.view_quality.assign([0.3, 0.3])
+  after = sem()  # both directions at 1/2
+  assert np.all(before > 0) and np.all(after > before)
+  model.view_quality.assign([0.3, 0.1])  # MM below 3/4 of ID: silent again (x (1/7.5)^20)
+  np.testing.assert_allclose(sem(), before, rtol=1e-4)
+  with pytest.raises(ValueError, match="guide_wait"):
+    _model(loss={"sem_mode": "batch_guided", "guide_wait": True})
