@@ -244,8 +244,11 @@ class LossConfig:
   lambda_div: float = 0.0
   div_margin: float = 0.0  # cosines below the margin are free (0 = plain squared cosine)
   tau_c: float = 0.1  # semantic contrastive temperature
-  # The default L_sem is "mutual" (at weight 3, above; docs/results.md, "Interests, module 3 and late
-  # fusion": both views beat their separately trained twins); DESIGN.md's is "contrast", 0.1.
+  # The default L_sem is "val_guided" with guide_margin 0.75 / guide_power 20 / guide_students "id"
+  # (session 15; docs/results.md, "Session 15"): "mutual" (at weight 3, above; "Interests, module 3
+  # and late fusion": both views beat their separately trained twins) as long as the MM view's
+  # validation NDCG@20 is >= 3/4 of the ID view's, the MM -> ID direction cut below that (long
+  # ID-dominated histories); DESIGN.md's is "contrast", 0.1.
   # L_sem: "contrast" (DESIGN.md: InfoNCE between the views' pooled interests), "mutual" (each
   # view's next-item distribution over the candidates distils into the other's), "guided"
   # (mutual, but per example only the view that gives the target the higher probability teaches),
