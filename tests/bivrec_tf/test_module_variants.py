@@ -738,3 +738,15 @@ def test_guide_wait_keeps_the_judged_direction_silent_until_the_first_validation
   np.testing.assert_allclose(sem(), before, rtol=1e-4)
   with pytest.raises(ValueError, match="guide_wait"):
     _model(loss={"sem_mode": "batch_guided", "guide_wait": True})
+
+
+def test_view_quality_travels_with_the_checkpoint(tmp_path):
+  """The default's guide (each view's last validation NDCG@20) is a model variable, so a run
+  resumed from its backup keeps weighting the distillation as before the interruption."""
+  model = _model()  # the default: val_guided
+  model.view_quality.assign([0.3, 0.1])
+  path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+  fresh = _model()
+  assert [float(q) for q in fresh.view_quality.numpy()] == [1.0, 1.0]
+  tf.train.Checkpoint(model=fresh).restore(path).expect_partial()
+  np.testing.assert_allclose(fresh.view_quality.numpy(), [0.3, 0.1])
