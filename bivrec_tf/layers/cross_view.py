@@ -14,7 +14,7 @@ Measured alternatives (config `sem_mode`, `alloc_mode`; docs/model.md has the nu
 - `sem_mode="mutual"`: the views' next-item distributions over the batch's candidates teach each
   other (mutual distillation): L_sem = T^2 / 2 [CE(sg p_mm^T, p_id^T) + CE(sg p_id^T, p_mm^T)],
   p_v^T = softmax(logits_v / T), sg = stop-gradient (each view is the other's teacher).
-- `sem_mode="val_guided"` (the default, with `guide_margin` m = 0.75, `guide_power` g = 20 and
+- `sem_mode="val_guided"` (e.g. with `guide_margin` m = 0.75, `guide_power` g = 20 and
   `guide_students="id"`): mutual distillation with per-direction weights from each view's
   validation NDCG@20 q of the last epoch (`discounted_teacher_weights`): the MM -> ID direction
   keeps 1/2 while q_mm >= m q_id and gets 1/2 (q_mm / (m q_id))^g below; ID -> MM keeps 1/2.

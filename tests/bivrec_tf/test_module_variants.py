@@ -726,8 +726,17 @@ def test_val_guided_margin_leaves_close_views_on_mutual_distillation():
     _model(loss={"sem_mode": "val_guided", "guide_students": "ID"})
 
 
+# session 15's screened form: the MM view teaches the ID view only above 3/4 of its validation
+GUIDED = {
+  "sem_mode": "val_guided",
+  "guide_margin": 0.75,
+  "guide_power": 20.0,
+  "guide_students": "id",
+}
+
+
 def test_guide_wait_keeps_the_judged_direction_silent_until_the_first_validation():
-  model = _model(loss={"guide_wait": True, "lambda_alloc": 0.0})  # the default's judged form
+  model = _model(loss={**GUIDED, "guide_wait": True, "lambda_alloc": 0.0})
   assert [float(q) for q in model.view_quality.numpy()] == [0.0, 0.0]
   sem = lambda: model.loss_parts(_batch(), training=False)[1]["sem"].numpy()  # noqa: E731
   before = sem()  # only ID -> MM (weight 1/2): the MM view has not been judged yet
@@ -741,12 +750,12 @@ def test_guide_wait_keeps_the_judged_direction_silent_until_the_first_validation
 
 
 def test_view_quality_travels_with_the_checkpoint(tmp_path):
-  """The default's guide (each view's last validation NDCG@20) is a model variable, so a run
+  """val_guided's guide (each view's last validation NDCG@20) is a model variable, so a run
   resumed from its backup keeps weighting the distillation as before the interruption."""
-  model = _model()  # the default: val_guided
+  model = _model(loss=GUIDED)
   model.view_quality.assign([0.3, 0.1])
   path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
-  fresh = _model()
+  fresh = _model(loss=GUIDED)
   assert [float(q) for q in fresh.view_quality.numpy()] == [1.0, 1.0]
   tf.train.Checkpoint(model=fresh).restore(path).expect_partial()
   np.testing.assert_allclose(fresh.view_quality.numpy(), [0.3, 0.1])
