@@ -673,6 +673,11 @@ def test_val_guided_distillation_discounts_the_view_weaker_on_validation():
     }
   )
   assert _model(loss={"sem_mode": "mutual"}).view_quality is None  # built only for this mode
+  # with lambda_sem = 0 nothing is built and the term stays a (mutual-weighted) diagnostic
+  off = _model(loss={"sem_mode": "val_guided", "lambda_sem": 0.0})
+  assert off.view_quality is None
+  parts, terms = off.loss_parts(_batch(), training=True)
+  assert "sem" not in parts and np.all(np.isfinite(terms["sem"].numpy()))
   assert [float(q) for q in model.view_quality.numpy()] == [1.0, 1.0]  # mutual until validated
 
   def sem(quality):  # the callback writes (ID, MM) validation NDCG after every epoch
@@ -739,11 +744,11 @@ def test_guide_wait_keeps_the_judged_direction_silent_until_the_first_validation
   model = _model(loss={**GUIDED, "guide_wait": True, "lambda_alloc": 0.0})
   assert [float(q) for q in model.view_quality.numpy()] == [0.0, 0.0]
   sem = lambda: model.loss_parts(_batch(), training=False)[1]["sem"].numpy()  # noqa: E731
-  before = sem()  # only ID -> MM (weight 1/2): the MM view has not been judged yet
+  before = sem()  # MM -> ID silent until both views are validated; ID -> MM at 1/2
   model.view_quality.assign([0.3, 0.3])
   after = sem()  # both directions at 1/2
   assert np.all(before > 0) and np.all(after > before)
-  model.view_quality.assign([0.3, 0.1])  # MM below 3/4 of ID: silent again (x (1/7.5)^20)
+  model.view_quality.assign([0.3, 0.1])  # MM below 3/4 of ID: x (0.1 / 0.225)^20 ~ 1e-7
   np.testing.assert_allclose(sem(), before, rtol=1e-4)
   with pytest.raises(ValueError, match="guide_wait"):
     _model(loss={"sem_mode": "batch_guided", "guide_wait": True})
