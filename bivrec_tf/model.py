@@ -507,13 +507,11 @@ class BivRecModel(tf.keras.Model):
       # (lambda_sem = 0 builds no variable: the term is then a diagnostic, at mutual's weights)
       q = tf.ones([2]) if self.view_quality is None else tf.convert_to_tensor(self.view_quality)
       q = tf.stop_gradient(q)
+      # guide_wait: the judged directions teach only once both views have been validated
+      seen = tf.cast(tf.reduce_all(q > 0), q.dtype) if lc.guide_wait else 1.0
       to_id, to_mm = discounted_teacher_weights(
-        q[0], q[1], lc.guide_power, lc.guide_margin, lc.guide_students
+        q[0], q[1], lc.guide_power, lc.guide_margin, lc.guide_students, seen
       )
-      if lc.guide_wait:  # the judged directions teach only once both views have been validated
-        seen = tf.cast(tf.reduce_all(q > 0), to_id.dtype)
-        to_id = to_id * seen if lc.guide_students in ("both", "id") else to_id
-        to_mm = to_mm * seen if lc.guide_students in ("both", "mm") else to_mm
       return weighted_distillation_loss(logits["id"], logits["mm"], to_id, to_mm, lc.tau_kd)
     if mode == "item":
       # Per candidate [C]; averaged over the batch's rows so the term is per example [B].

@@ -233,22 +233,21 @@ def weighted_distillation_loss(logits_id, logits_mm, to_id, to_mm, temperature: 
 
 
 def discounted_teacher_weights(
-  quality_id, quality_mm, power: float, margin: float = 1.0, students: str = "both"
+  quality_id, quality_mm, power: float, margin: float = 1.0, students: str = "both", judged=1.0
 ):
   """(to_id, to_mm): each direction keeps mutual's weight 1/2 while its teacher's `quality`
   (positive scalars) is at least `margin` times its student's, else 1/2 (q_T / (m q_S))^power.
   With margin m < 1 views that are close (q_T >= m q_S either way) distil exactly as "mutual";
   only a teacher clearly weaker than its student is discounted. `students`: the views whose
-  teacher may be discounted ("both", "id" or "mm"); the other direction keeps 1/2 always."""
+  teacher may be discounted ("both", "id" or "mm"); the other direction keeps 1/2 always.
+  `judged`: a factor on the judged directions only (0 = silent, e.g. before any validation)."""
   shift = math.log(margin)
   log_id = tf.math.log(tf.maximum(quality_id, 1e-12))
   log_mm = tf.math.log(tf.maximum(quality_mm, 1e-12))
   to_id = 0.5 * tf.exp(tf.minimum(0.0, power * (log_mm - log_id - shift)))  # MM teaches ID
   to_mm = 0.5 * tf.exp(tf.minimum(0.0, power * (log_id - log_mm - shift)))  # ID teaches MM
-  if students == "id":
-    to_mm = tf.constant(0.5, to_mm.dtype)
-  elif students == "mm":
-    to_id = tf.constant(0.5, to_id.dtype)
+  to_id = to_id * judged if students in ("both", "id") else tf.constant(0.5, to_id.dtype)
+  to_mm = to_mm * judged if students in ("both", "mm") else tf.constant(0.5, to_mm.dtype)
   return to_id, to_mm
 
 

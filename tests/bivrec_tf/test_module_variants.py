@@ -662,16 +662,19 @@ def test_guided_distillation_modes_train_both_encoders(mode):
     ), view
 
 
+def _val_guided(**loss):
+  """A model with sem_mode "val_guided" (no L_alloc, so the sem term is alone), `loss` on top."""
+  return _model(loss={"sem_mode": "val_guided", "lambda_alloc": 0.0, **loss})
+
+
+def _sem_at(model, quality):
+  """The per-example sem term after the callback wrote (ID, MM) validation NDCG `quality`."""
+  model.view_quality.assign(quality)
+  return model.loss_parts(_batch(), training=False)[1]["sem"].numpy()
+
+
 def test_val_guided_distillation_discounts_the_view_weaker_on_validation():
-  model = _model(
-    loss={
-      "sem_mode": "val_guided",
-      "guide_power": 2.0,
-      "guide_margin": 1.0,
-      "guide_students": "both",
-      "lambda_alloc": 0.0,
-    }
-  )
+  model = _val_guided(guide_power=2.0)
   assert _model(loss={"sem_mode": "mutual"}).view_quality is None  # built only for this mode
   # with lambda_sem = 0 nothing is built and the term stays a (mutual-weighted) diagnostic
   off = _model(loss={"sem_mode": "val_guided", "lambda_sem": 0.0})
@@ -680,13 +683,9 @@ def test_val_guided_distillation_discounts_the_view_weaker_on_validation():
   assert "sem" not in parts and np.all(np.isfinite(terms["sem"].numpy()))
   assert [float(q) for q in model.view_quality.numpy()] == [1.0, 1.0]  # mutual until validated
 
-  def sem(quality):  # the callback writes (ID, MM) validation NDCG after every epoch
-    model.view_quality.assign(quality)
-    return model.loss_parts(_batch(), training=False)[1]["sem"].numpy()
-
-  equal = sem([0.3, 0.3])  # 1/2 ce_id + 1/2 ce_mm (mutual)
-  mm_weaker = sem([0.3, 0.15])  # (1/2) (1/2)^2 ce_id + 1/2 ce_mm
-  id_weaker = sem([0.15, 0.3])  # 1/2 ce_id + (1/2) (1/2)^2 ce_mm
+  equal = _sem_at(model, [0.3, 0.3])  # 1/2 ce_id + 1/2 ce_mm (mutual)
+  mm_weaker = _sem_at(model, [0.3, 0.15])  # (1/2) (1/2)^2 ce_id + 1/2 ce_mm
+  id_weaker = _sem_at(model, [0.15, 0.3])  # 1/2 ce_id + (1/2) (1/2)^2 ce_mm
   assert np.all(equal > 0) and not np.allclose(mm_weaker, id_weaker)
   np.testing.assert_allclose(mm_weaker + id_weaker, 1.25 * equal, rtol=1e-5)
   assert np.all(mm_weaker < equal) and np.all(id_weaker < equal)
@@ -695,27 +694,15 @@ def test_val_guided_distillation_discounts_the_view_weaker_on_validation():
 def test_val_guided_margin_leaves_close_views_on_mutual_distillation():
   from bivrec_tf.layers import cross_view  # pylint: disable=import-outside-toplevel
 
-  model = _model(
-    loss={
-      "sem_mode": "val_guided",
-      "guide_power": 2.0,
-      "guide_margin": 0.8,
-      "guide_students": "both",
-      "lambda_alloc": 0.0,
-    }
-  )
-
-  def sem(quality):
-    model.view_quality.assign(quality)
-    return model.loss_parts(_batch(), training=False)[1]["sem"].numpy()
-
-  equal = sem([0.3, 0.3])
-  np.testing.assert_allclose(sem([0.3, 0.25]), equal, rtol=1e-6)  # 0.25 >= 0.8 * 0.3: mutual
-  np.testing.assert_allclose(sem([0.25, 0.3]), equal, rtol=1e-6)
+  model = _val_guided(guide_power=2.0, guide_margin=0.8)
+  equal = _sem_at(model, [0.3, 0.3])
+  # 0.25 >= 0.8 * 0.3: mutual
+  np.testing.assert_allclose(_sem_at(model, [0.3, 0.25]), equal, rtol=1e-6)
+  np.testing.assert_allclose(_sem_at(model, [0.25, 0.3]), equal, rtol=1e-6)
   # below the margin: MM -> ID weighted 1/2 (0.12 / (0.8 * 0.3))^2 = 1/8, ID -> MM keeps 1/2
   to_id, to_mm = cross_view.discounted_teacher_weights(0.3, 0.12, 2.0, 0.8)
   assert float(to_id) == pytest.approx(0.125) and float(to_mm) == pytest.approx(0.5)
-  assert np.all(sem([0.3, 0.12]) < equal)
+  assert np.all(_sem_at(model, [0.3, 0.12]) < equal)
   # guide_students "id": only the ID view's teacher is judged; the MM view learns in full
   to_id, to_mm = cross_view.discounted_teacher_weights(0.12, 0.3, 2.0, 0.8, "id")
   assert float(to_id) == pytest.approx(0.5) and float(to_mm) == pytest.approx(0.5)
@@ -723,6 +710,11 @@ def test_val_guided_margin_leaves_close_views_on_mutual_distillation():
   assert float(to_id) == pytest.approx(0.125) and float(to_mm) == pytest.approx(0.5)
   to_id, to_mm = cross_view.discounted_teacher_weights(0.3, 0.12, 2.0, 0.8, "mm")
   assert float(to_id) == pytest.approx(0.5) and float(to_mm) == pytest.approx(0.5)
+  to_id, to_mm = cross_view.discounted_teacher_weights(0.12, 0.3, 2.0, 0.8, "mm")
+  assert float(to_id) == pytest.approx(0.5) and float(to_mm) == pytest.approx(0.125)
+  # `judged` scales the judged directions only
+  to_id, to_mm = cross_view.discounted_teacher_weights(0.3, 0.3, 2.0, 0.8, "id", 0.0)
+  assert float(to_id) == 0.0 and float(to_mm) == pytest.approx(0.5)
   with pytest.raises(ValueError, match="guide_margin"):
     _model(loss={"sem_mode": "mutual", "guide_margin": 0.8})  # read by the guided forms only
   with pytest.raises(ValueError, match="guide_margin"):
@@ -741,15 +733,14 @@ GUIDED = {
 
 
 def test_guide_wait_keeps_the_judged_direction_silent_until_the_first_validation():
-  model = _model(loss={**GUIDED, "guide_wait": True, "lambda_alloc": 0.0})
+  model = _val_guided(**GUIDED, guide_wait=True)
   assert [float(q) for q in model.view_quality.numpy()] == [0.0, 0.0]
-  sem = lambda: model.loss_parts(_batch(), training=False)[1]["sem"].numpy()  # noqa: E731
-  before = sem()  # MM -> ID silent until both views are validated; ID -> MM at 1/2
-  model.view_quality.assign([0.3, 0.3])
-  after = sem()  # both directions at 1/2
+  # MM -> ID silent until both views are validated; ID -> MM at 1/2
+  before = _sem_at(model, [0.0, 0.0])
+  after = _sem_at(model, [0.3, 0.3])  # both directions at 1/2
   assert np.all(before > 0) and np.all(after > before)
-  model.view_quality.assign([0.3, 0.1])  # MM below 3/4 of ID: x (0.1 / 0.225)^20 ~ 1e-7
-  np.testing.assert_allclose(sem(), before, rtol=1e-4)
+  # MM below 3/4 of ID: x (0.1 / 0.225)^20 ~ 1e-7
+  np.testing.assert_allclose(_sem_at(model, [0.3, 0.1]), before, rtol=1e-4)
   with pytest.raises(ValueError, match="guide_wait"):
     _model(loss={"sem_mode": "batch_guided", "guide_wait": True})
 
