@@ -27,6 +27,7 @@ SEM_MODES = (
   "soft_guided",
   "batch_guided",
   "val_guided",
+  "probe_guided",
   "cross",
   "fused",
   "item",
@@ -281,6 +282,15 @@ class LossConfig:
   # "val_guided": the directions guide_students judges stay silent until the first validation
   # (instead of distilling as "mutual" during the first epoch)
   guide_wait: bool = False
+  # Every probe_every optimizer steps (0 = never), a probe measures for each view v the cosine
+  # between the gradient on v's encoder of its distillation from the other view (a training batch)
+  # and of v's own retrieval loss on a batch of *validation* examples: > 0 when what the teacher
+  # asks for also lowers the student's held-out loss (first order). Logged as `align_<v>` (epoch
+  # means) on single-device runs; "probe_guided" gates each judged direction by it.
+  probe_every: int = 0
+  # "probe_guided": a direction teaches (mutual's weight 1/2) while the moving average of its
+  # alignments, s <- m s + (1 - m) align, is > 0, and is silent while s <= 0
+  probe_momentum: float = 0.9
   # "mutual": the weight of the ID -> MM direction (the MM view as the student) relative to the
   # MM -> ID one; 1 = symmetric (the default), 0 = only the ID view learns from the other
   sem_to_mm: float = 1.0
@@ -321,12 +331,23 @@ class LossConfig:
       _fail("guide_students", self.guide_students, "must be 'both', 'id' or 'mm'")
     if self.guide_wait and "val_guided" not in modes:
       _fail("guide_wait", self.guide_wait, "is read by sem_mode 'val_guided' only")
-    if not {"batch_guided", "val_guided"} & set(modes):
-      for f in dataclasses.fields(self):  # set away from its default but read by no active mode
-        if f.name.startswith("guide_") and getattr(self, f.name) != f.default:
+    for f in dataclasses.fields(self):  # set away from its default but read by no active mode
+      readers = ("batch_guided", "val_guided") + (
+        ("probe_guided",) if f.name == "guide_students" else ()
+      )
+      if f.name.startswith("guide_") and getattr(self, f.name) != f.default:
+        if not set(readers) & set(modes):
           _fail(
-            f.name, getattr(self, f.name), "is read by sem_mode 'batch_guided' / 'val_guided' only"
+            f.name,
+            getattr(self, f.name),
+            f"is read by sem_mode {' / '.join(map(repr, readers))} only",
           )
+    if self.probe_every < 0:
+      _fail("probe_every", self.probe_every, "must be >= 0 (0 = no probe)")
+    if "probe_guided" in modes and self.probe_every == 0:
+      _fail("probe_every", self.probe_every, "sem_mode 'probe_guided' needs a probe (> 0 steps)")
+    if not 0 <= self.probe_momentum < 1:
+      _fail("probe_momentum", self.probe_momentum, "must be in [0, 1)")
     if self.sem_warmup_steps < 0:
       _fail("sem_warmup_steps", self.sem_warmup_steps, "must be >= 0")
     for name in (

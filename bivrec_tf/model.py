@@ -269,6 +269,13 @@ class BivRecModel(tf.keras.Model):
       if self.cross_view and "val_guided" in lc.sem_mode.split("+") and lc.lambda_sem > 0
       else None
     )
+    # sem_mode "probe_guided": the moving average of each direction's alignment (to ID, to MM),
+    # written by the `TeachingProbe` callback; 1 (teach) until the first probe; saved with the weights
+    self.teach_alignment = (
+      tf.Variable([1.0, 1.0], trainable=False, name="teach_alignment")
+      if self.cross_view and "probe_guided" in lc.sem_mode.split("+") and lc.lambda_sem > 0
+      else None
+    )
     counts = (
       np.zeros(vocab_size, np.float64)
       if item_counts is None
@@ -365,9 +372,11 @@ class BivRecModel(tf.keras.Model):
     chosen = tf.gather(u, pick, axis=1, batch_dims=1)  # [B, d]
     return tf.matmul(chosen, vectors, transpose_b=True) / tau
 
-  def loss_parts(self, batch, training=False):
+  def loss_parts(self, batch, training=False, ungated=False):
     """({term: weighted per-example loss `[B]`}, {name: raw term or diagnostic `[B]`}). The total
-    loss is the sum of the first dict; `gradient_shares` differentiates its entries one by one."""
+    loss is the sum of the first dict; `gradient_shares` differentiates its entries one by one.
+    `ungated`: "probe_guided" distils as "mutual" (both directions at 1/2), what
+    `teaching_alignment` measures."""
     history = tf.convert_to_tensor(batch["history"])
     target = tf.cast(batch["target"], tf.int64)
     negatives = tf.cast(batch.get("negatives", tf.zeros([0], tf.int64)), tf.int64)
@@ -418,7 +427,7 @@ class BivRecModel(tf.keras.Model):
     if self.cross_view:
       (u_id, a_id, valid), (u_mm, a_mm, _) = outputs["id"], outputs["mm"]
       sem = [
-        self._semantic_term(mode, u_id, u_mm, target, candidates, probs, logits)
+        self._semantic_term(mode, u_id, u_mm, target, candidates, probs, logits, ungated)
         for mode in lc.sem_mode.split("+")
         if mode != "contrast" or self.contrast_heads
       ]  # lambda_sem = 0: no heads, no term
@@ -481,10 +490,17 @@ class BivRecModel(tf.keras.Model):
     step = tf.cast(self.optimizer.iterations, tf.float32)
     return tf.minimum(1.0, step / float(warmup))
 
-  def _semantic_term(self, mode, u_id, u_mm, target, candidates, probs, logits):
+  def _semantic_term(self, mode, u_id, u_mm, target, candidates, probs, logits, ungated=False):
     """One L_sem variant (config `sem_mode`; several joined by '+' are summed), per example.
     `logits`: {view: `[B, C]`} the retrieval logits of each view."""
     lc = self.config.loss
+    if mode == "probe_guided":  # a judged direction teaches while its alignment average is > 0
+      gate = tf.ones([2])
+      if self.teach_alignment is not None and not ungated:
+        gate = tf.cast(tf.stop_gradient(self.teach_alignment) > 0, tf.float32)
+      judged = {"both": (1.0, 1.0), "id": (1.0, 0.0), "mm": (0.0, 1.0)}[lc.guide_students]
+      to_id, to_mm = (0.5 * (1.0 - j + j * gate[i]) for i, j in enumerate(judged))
+      return weighted_distillation_loss(logits["id"], logits["mm"], to_id, to_mm, lc.tau_kd)
     if mode == "contrast":
       g_id, g_mm = self.semantic_heads["id"](u_id), self.semantic_heads["mm"](u_mm)
       # Contrast against the whole global batch (the gather passes gradients back).
@@ -566,6 +582,35 @@ class BivRecModel(tf.keras.Model):
     del tape
     return out
 
+  def teaching_alignment(self, batch, held) -> Dict[str, tf.Tensor]:
+    """How well each view's teaching agrees with held-out data, first order, inference mode.
+
+    Args: batch: a training batch; held: a batch of the same form from validation examples.
+    Returns {"align_<v>": cos(grad L_sem(batch), grad L_rec_v(held)), "align_rec_<v>":
+    cos(grad L_rec_v(batch), grad L_rec_v(held))}, both on view v's encoder (item tower and
+    modules 1-2). With the distillation forms L_sem reaches v's encoder only through the
+    direction v learns in (the teacher is stop-gradient), so `align_v` > 0 says a step on what
+    the other view teaches also lowers v's loss on users it was not trained on; `align_rec_v` is
+    the same for v's own training loss, the scale to read it against. ("probe_guided" is read
+    ungated: both directions at mutual's weight.) Empty without a cross-view L_sem."""
+    with tf.GradientTape(persistent=True) as tape:
+      parts, _ = self.loss_parts(batch, training=False, ungated=True)
+      held_parts, _ = self.loss_parts(held, training=False)
+      losses = {name: tf.reduce_mean(value) for name, value in parts.items()}
+      held_losses = {name: tf.reduce_mean(value) for name, value in held_parts.items()}
+    out = {}
+    if "sem" not in losses:
+      return out
+    for v, encoder in self.views.items():
+      variables = encoder.trainable_variables
+      held_grad = tape.gradient(held_losses[f"rec_{v}"], variables)
+      out[f"align_{v}"] = gradient_cosine(tape.gradient(losses["sem"], variables), held_grad)
+      out[f"align_rec_{v}"] = gradient_cosine(
+        tape.gradient(losses[f"rec_{v}"], variables), held_grad
+      )
+    del tape
+    return out
+
   def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=False):
     """The training loss of batch `x` ({"history", "target", "negatives"}; the model reads the
     whole batch, so `y`, `y_pred` and `sample_weight` of Keras's signature are unused): the
@@ -606,6 +651,22 @@ class BivRecModel(tf.keras.Model):
       for start in range(0, self.vocab_size, chunk)
     ]
     return tf.concat(parts, axis=0)
+
+
+def gradient_cosine(a, b) -> tf.Tensor:
+  """Cosine between two gradients given as lists over the same variables (None = zero; sparse
+  gradients are densified). 0 when either is zero."""
+  dot, na, nb = tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)
+  for x, y in zip(a, b):
+    x = None if x is None else tf.convert_to_tensor(x)
+    y = None if y is None else tf.convert_to_tensor(y)
+    if x is not None:
+      na += tf.reduce_sum(tf.square(x))
+    if y is not None:
+      nb += tf.reduce_sum(tf.square(y))
+    if x is not None and y is not None:
+      dot += tf.reduce_sum(x * y)
+  return tf.math.divide_no_nan(dot, tf.sqrt(na) * tf.sqrt(nb))
 
 
 def gather_replicas(x, local_first: bool = True):

@@ -34,6 +34,7 @@ from bivrec_tf.evaluate import (
 from bivrec_tf.export import export_model
 from bivrec_tf.io_utils import write_text_atomic
 from bivrec_tf.presets import PRESETS, apply_preset
+from bivrec_tf.teaching_probe import TeachingProbe
 from bivrec_tf.view_selection import assemble_views
 from input_pipelines.dataset import PreparedDataset, eval_dataset, train_dataset
 from input_pipelines.synthetic import ensure_synthetic, is_synthetic_spec, parse_synthetic_spec
@@ -154,6 +155,22 @@ class StepBudget(tf.keras.callbacks.Callback):
       self.model.stop_training = True
 
 
+def teaching_probe(cfg: config_lib.Config, ds: PreparedDataset, max_len: int) -> TeachingProbe:
+  """The `TeachingProbe` of `cfg.loss.probe_every`: training batches (their own shuffle) against
+  batches of validation examples of the same size (or the whole valid split if smaller)."""
+  batch = cfg.train.batch_size
+  if "valid" not in ds.splits or ds.num_examples("valid") == 0:
+    raise ValueError("loss.probe_every > 0 needs a non-empty valid split (its held-out batches)")
+  held_batch = min(batch, ds.num_examples("valid"))
+  negatives, seed = cfg.loss.num_negatives, cfg.train.seed
+  return TeachingProbe(
+    train_dataset(ds, max_len, batch, negatives, seed=seed + 2, repeat=True),
+    train_dataset(ds, max_len, held_batch, negatives, seed=seed + 3, repeat=True, split="valid"),
+    cfg.loss.probe_every,
+    cfg.loss.probe_momentum,
+  )
+
+
 def step_plan(epochs: int, steps_per_epoch: int, train_steps: Optional[int], ps: bool):
   """(epochs, steps per epoch, extra callbacks) of `fit`.
 
@@ -261,8 +278,12 @@ def run(
     probe=probe,
     view_paths=view_paths,
   )
+  probes = []
+  if cfg.loss.probe_every > 0 and model.cross_view:
+    probes.append(teaching_probe(cfg, ds, max_len))
   callbacks = [
-    validation,  # first: the callbacks after it see the val_* logs
+    *probes,  # before the validation: its epoch means go into the per-epoch history
+    validation,  # first of the rest: the callbacks after it see the val_* logs
     tf.keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
     # Preemption: a killed run restarted with the same --run-dir resumes after its last epoch.
     tf.keras.callbacks.BackupAndRestore(str(run_dir / "backup")),

@@ -514,8 +514,10 @@ def train_dataset(
   seed: int,
   shuffle: bool = True,
   repeat: bool = False,
+  split: str = "train",
 ) -> tf.data.Dataset:
-  """Training batches from the train split.
+  """Training batches from the train split (or another `split`, in the same form: the held-out
+  batches of `bivrec_tf.teaching_probe`).
 
   Yields dicts:
     history: int64 [B, max_len], right-aligned, left-padded with 0.
@@ -526,14 +528,14 @@ def train_dataset(
   """
   if max_len < 1 or batch_size < 1 or num_negatives < 0:
     raise ValueError("max_len and batch_size must be >= 1 and num_negatives >= 0")
-  n = ds.num_examples("train")
+  n = ds.num_examples(split)
   if n < batch_size:
     raise ValueError(
-      f"train split has {n} examples, fewer than batch_size {batch_size} "
+      f"{split} split has {n} examples, fewer than batch_size {batch_size} "
       "(batches drop the remainder)"
     )
   vocab_size = ds.vocab_size
-  records = ds.records("train").cache()
+  records = ds.records(split).cache()
   if shuffle:
     records = records.shuffle(n, seed=seed, reshuffle_each_iteration=True)
   if repeat:

@@ -1,0 +1,76 @@
+"""Does a view's teaching help its student on held-out users? A probe every few steps.
+
+`BivRecModel.teaching_alignment` compares, on each view's encoder, the gradient of what the other
+view teaches it (L_sem on a training batch) with the gradient of its own retrieval loss on a batch
+of validation examples. `TeachingProbe` runs it every `probe_every` optimizer steps, logs the epoch
+means (`align_<v>`, `align_rec_<v>`) and, for sem_mode "probe_guided", keeps the moving average
+of each direction's alignment in `model.teach_alignment`: a direction teaches while it is > 0.
+"""
+
+from typing import Dict, List
+
+import numpy as np
+import tensorflow as tf
+
+from bivrec_tf.warm_compiled import WarmCompiled
+
+
+class TeachingProbe(tf.keras.callbacks.Callback):
+  """Every `every` optimizer steps: `model.teaching_alignment(next(batches), next(held))`.
+
+  Args:
+    batches: repeating training batches ({"history", "target", "negatives"}).
+    held: repeating batches of the same form from validation examples.
+    every: optimizer steps between probes (>= 1).
+    momentum: m of the moving average s <- m s + (1 - m) align kept in `model.teach_alignment`
+      (if the model has one); the first probe of a fit sets s to its value.
+  Single-device runs only (distributed variables are not differentiated outside a replica
+  context): under a multi-replica strategy the probe does nothing and "probe_guided" distils
+  as "mutual".
+  """
+
+  def __init__(self, batches: tf.data.Dataset, held: tf.data.Dataset, every: int, momentum: float):
+    super().__init__()
+    if every < 1:
+      raise ValueError(f"TeachingProbe every must be >= 1, got {every}")
+    self.batches, self.held = iter(batches), iter(held)
+    self.every, self.momentum = every, momentum
+    self._seen: List[Dict[str, float]] = []
+    self._probes = 0
+    self._probed_at = 0  # the optimizer step of the last probe
+
+  def set_model(self, model):
+    super().set_model(model)
+    self._align = WarmCompiled(model.teaching_alignment, eager_calls=0)
+    strategy = model.distribute_strategy
+    self.active = strategy.num_replicas_in_sync == 1 and not isinstance(
+      strategy, tf.distribute.experimental.ParameterServerStrategy
+    )
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._seen = []
+
+  def on_train_batch_end(self, batch, logs=None):
+    step = int(self.model.optimizer.iterations.numpy())
+    if not self.active or step < (self._probed_at // self.every + 1) * self.every:
+      return
+    self._probed_at = step
+    align = {k: float(v) for k, v in self._align(next(self.batches), next(self.held)).items()}
+    if not align:
+      return
+    self._seen.append(align)
+    state = getattr(self.model, "teach_alignment", None)
+    if state is not None:
+      now = np.array([align["align_id"], align["align_mm"]], np.float32)
+      m = self.momentum if self._probes else 0.0
+      state.assign(m * state.numpy() + (1.0 - m) * now)
+    self._probes += 1
+
+  def on_epoch_end(self, epoch, logs=None):
+    if logs is None or not self._seen:
+      return
+    for name in self._seen[0]:
+      logs[name] = float(np.mean([a[name] for a in self._seen]))
+    state = getattr(self.model, "teach_alignment", None)
+    if state is not None:
+      logs["teach_avg_id"], logs["teach_avg_mm"] = (float(x) for x in state.numpy())
