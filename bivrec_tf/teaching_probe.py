@@ -35,7 +35,8 @@ class TeachingProbe(tf.keras.callbacks.Callback):
       raise ValueError(f"TeachingProbe every must be >= 1, got {every}")
     self.batches, self.held = iter(batches), iter(held)
     self.every, self.momentum = every, momentum
-    self._seen: List[Dict[str, float]] = []
+    self._seen: List[Dict[str, float]] = []  # this epoch's probes
+    self.trace: List[Dict[str, float]] = []  # every probe of the fit, with its optimizer step
     self._probes = 0
     self._probed_at = 0  # the optimizer step of the last probe
 
@@ -59,6 +60,7 @@ class TeachingProbe(tf.keras.callbacks.Callback):
     if not align:
       return
     self._seen.append(align)
+    self.trace.append({"step": step, **align})
     state = getattr(self.model, "teach_alignment", None)
     if state is not None:
       now = np.array([align["align_id"], align["align_mm"]], np.float32)

@@ -1,0 +1,105 @@
+"""The teaching probe (held-out gradient alignment of each view's distillation) and the
+"probe_guided" L_sem that it gates."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bivrec_tf.model import gradient_cosine
+from bivrec_tf.teaching_probe import TeachingProbe
+from tests.bivrec_tf.test_module_variants import _batch, _model
+
+PROBED = {"sem_mode": "probe_guided", "probe_every": 1, "lambda_alloc": 0.0}
+
+
+def _held():
+  """A batch of the training form with other users and targets (the probe's held-out side)."""
+  b = _batch()
+  return {**b, "history": np.roll(b["history"], 1, axis=0), "target": b["target"][::-1] + 4}
+
+
+def _sem_gradient_sum(model, view):
+  """sum |d sem / d theta_view| of the training batch (0 when the direction into view is off)."""
+  with tf.GradientTape() as tape:
+    sem = tf.reduce_mean(model.loss_parts(_batch(), training=True)[0]["sem"])
+  grads = tape.gradient(sem, model.views[view].trainable_variables)
+  return sum(float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(g)))) for g in grads if g is not None)
+
+
+def test_gradient_cosine_handles_sparse_and_missing_gradients():
+  a = [tf.constant([1.0, 0.0]), None, tf.IndexedSlices(tf.constant([[2.0]]), [1], [3, 1])]
+  b = [tf.constant([1.0, 0.0]), tf.constant([5.0]), tf.constant([[0.0], [2.0], [0.0]])]
+  # dot = 1 + 4 = 5; |a| = sqrt(5); |b| = sqrt(1 + 25 + 4)
+  assert float(gradient_cosine(a, b)) == pytest.approx(5 / np.sqrt(5) / np.sqrt(30), rel=1e-6)
+  assert float(gradient_cosine(a, [None, None, None])) == 0.0
+  assert float(gradient_cosine(b, b)) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_alignment_is_a_cosine_per_view_and_absent_without_a_cross_view_term():
+  tf.keras.utils.set_random_seed(0)
+  model = _model(loss={"sem_mode": "mutual", "lambda_alloc": 0.0})
+  align = {k: float(v) for k, v in model.teaching_alignment(_batch(), _held()).items()}
+  assert set(align) == {"align_id", "align_mm", "align_rec_id", "align_rec_mm"}
+  assert all(-1.0 <= a <= 1.0 and a != 0.0 for a in align.values()), align
+  # the held-out batch given as the training batch: the retrieval gradients coincide
+  same = model.teaching_alignment(_held(), _held())
+  assert float(same["align_rec_id"]) == pytest.approx(1.0, abs=1e-5)
+  assert float(same["align_rec_mm"]) == pytest.approx(1.0, abs=1e-5)
+  off = _model(loss={"sem_mode": "mutual", "lambda_sem": 0.0})
+  assert off.teaching_alignment(_batch(), _held()) == {}
+
+
+def test_probe_guided_silences_a_direction_whose_alignment_average_is_not_positive():
+  tf.keras.utils.set_random_seed(0)
+  model = _model(loss=PROBED)
+  assert [float(x) for x in model.teach_alignment.numpy()] == [1.0, 1.0]  # mutual until probed
+  assert _model(loss={"sem_mode": "mutual"}).teach_alignment is None  # built for this mode only
+  mutual = _model(loss={"sem_mode": "mutual", "lambda_alloc": 0.0})
+  mutual.set_weights(model.get_weights()[: len(mutual.get_weights())])
+  np.testing.assert_allclose(
+    model.loss_parts(_batch())[1]["sem"], mutual.loss_parts(_batch())[1]["sem"], rtol=1e-6
+  )
+  assert _sem_gradient_sum(model, "id") > 0 and _sem_gradient_sum(model, "mm") > 0
+  model.teach_alignment.assign([-0.1, 0.2])  # MM -> ID off, ID -> MM on
+  assert _sem_gradient_sum(model, "id") == 0.0 and _sem_gradient_sum(model, "mm") > 0
+  # the probe reads the term ungated
+  assert float(model.teaching_alignment(_batch(), _held())["align_id"]) != 0.0
+  # guide_students "mm": only the ID -> MM direction is judged; MM -> ID keeps 1/2
+  judged_mm = _model(loss={**PROBED, "guide_students": "mm"})
+  judged_mm.teach_alignment.assign([-0.1, -0.2])
+  assert _sem_gradient_sum(judged_mm, "id") > 0 and _sem_gradient_sum(judged_mm, "mm") == 0.0
+
+
+@pytest.mark.parametrize(
+  "loss, field",
+  [
+    ({"sem_mode": "probe_guided"}, "probe_every"),  # a gate needs a probe
+    ({"probe_every": -1}, "probe_every"),
+    ({"probe_every": 5, "probe_momentum": 1.0}, "probe_momentum"),
+    ({"sem_mode": "mutual", "guide_students": "id"}, "guide_students"),
+  ],
+)
+def test_probe_settings_that_cannot_work_are_refused(loss, field):
+  with pytest.raises(ValueError, match=field):
+    _model(loss=loss)
+
+
+def test_probe_callback_logs_epoch_means_and_keeps_the_moving_average():
+  tf.keras.utils.set_random_seed(0)
+  model = _model(loss={**PROBED, "probe_momentum": 0.5})
+  model.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
+  batches = tf.data.Dataset.from_tensors(_batch()).repeat()
+  held = tf.data.Dataset.from_tensors(_held()).repeat()
+  probe = TeachingProbe(batches, held, every=2, momentum=0.5)
+  history = model.fit(batches, epochs=2, steps_per_epoch=3, callbacks=[probe], verbose=0)
+  assert [p["step"] for p in probe.trace] == [2, 4, 6]
+  seen = [[p["align_id"], p["align_mm"]] for p in probe.trace]
+  expected = np.array(seen[0])  # the first probe sets the average, then s <- s / 2 + align / 2
+  for a in seen[1:]:
+    expected = 0.5 * expected + 0.5 * np.array(a)
+  np.testing.assert_allclose(model.teach_alignment.numpy(), expected, rtol=1e-5)
+  assert history.history["align_id"][0] == pytest.approx(seen[0][0])  # epoch 1: step 2
+  assert history.history["align_id"][1] == pytest.approx(np.mean([s[0] for s in seen[1:]]))
+  assert history.history["teach_avg_mm"][1] == pytest.approx(expected[1], rel=1e-5)
+  with pytest.raises(ValueError, match="every"):
+    TeachingProbe(batches, held, every=0, momentum=0.5)
