@@ -587,11 +587,12 @@ class BivRecModel(tf.keras.Model):
 
     Args: batch: a training batch; held: a batch of the same form from validation examples.
     Returns {"align_<v>": cos(grad L_sem(batch), grad L_rec_v(held)), "align_rec_<v>":
-    cos(grad L_rec_v(batch), grad L_rec_v(held))}, both on view v's encoder (item tower and
-    modules 1-2). With the distillation forms L_sem reaches v's encoder only through the
-    direction v learns in (the teacher is stop-gradient), so `align_v` > 0 says a step on what
-    the other view teaches also lowers v's loss on users it was not trained on; `align_rec_v` is
-    the same for v's own training loss, the scale to read it against. ("probe_guided" is read
+    cos(grad L_rec_v(batch), grad L_rec_v(held)), "gap_<v>": L_rec_v(held) - L_rec_v(batch)}
+    (the gradients on view v's encoder: item tower and modules 1-2). With the distillation forms
+    L_sem reaches v's encoder only through the direction v learns in (the teacher is
+    stop-gradient), so `align_v` > 0 says a step on what the other view teaches also lowers v's
+    loss on users it was not trained on; `align_rec_v` is the same for v's own training loss, the
+    scale to read it against. ("probe_guided" is read
     ungated: both directions at mutual's weight.) Empty without a cross-view L_sem."""
     with tf.GradientTape(persistent=True) as tape:
       parts, _ = self.loss_parts(batch, training=False, ungated=True)
@@ -608,6 +609,7 @@ class BivRecModel(tf.keras.Model):
       out[f"align_rec_{v}"] = gradient_cosine(
         tape.gradient(losses[f"rec_{v}"], variables), held_grad
       )
+      out[f"gap_{v}"] = held_losses[f"rec_{v}"] - losses[f"rec_{v}"]
     del tape
     return out
 

@@ -39,8 +39,13 @@ def test_alignment_is_a_cosine_per_view_and_absent_without_a_cross_view_term():
   tf.keras.utils.set_random_seed(0)
   model = _model(loss={"sem_mode": "mutual", "lambda_alloc": 0.0})
   align = {k: float(v) for k, v in model.teaching_alignment(_batch(), _held()).items()}
+  gaps = {k: align.pop(k) for k in ("gap_id", "gap_mm")}
   assert set(align) == {"align_id", "align_mm", "align_rec_id", "align_rec_mm"}
   assert all(-1.0 <= a <= 1.0 and a != 0.0 for a in align.values()), align
+  parts = {b: model.loss_parts(data)[0] for b, data in (("train", _batch()), ("held", _held()))}
+  for v in ("id", "mm"):
+    expected = np.mean(parts["held"][f"rec_{v}"]) - np.mean(parts["train"][f"rec_{v}"])
+    assert gaps[f"gap_{v}"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
   # the held-out batch given as the training batch: the retrieval gradients coincide
   same = model.teaching_alignment(_held(), _held())
   assert float(same["align_rec_id"]) == pytest.approx(1.0, abs=1e-5)
