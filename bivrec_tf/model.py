@@ -592,8 +592,13 @@ class BivRecModel(tf.keras.Model):
     L_sem reaches v's encoder only through the direction v learns in (the teacher is
     stop-gradient), so `align_v` > 0 says a step on what the other view teaches also lowers v's
     loss on users it was not trained on; `align_rec_v` is the same for v's own training loss, the
-    scale to read it against. ("probe_guided" is read
-    ungated: both directions at mutual's weight.) Empty without a cross-view L_sem."""
+    scale to read it against. Under teaching the two gradients on the training batch settle
+    against each other (align_v ~ -align_rec_v while the views distil), so "align_new_<v>" is
+    the cosine of the teaching and the held-out gradient after projecting v's training retrieval
+    gradient out of both: what the teacher adds beyond pulling v back from its own training loss,
+    and whether that agrees with held-out users ("probe_guided" gates on it by default). The
+    probe reads "probe_guided" ungated (both directions at mutual's weight). Empty without a
+    cross-view L_sem."""
     with tf.GradientTape(persistent=True) as tape:
       parts, _ = self.loss_parts(batch, training=False, ungated=True)
       held_parts, _ = self.loss_parts(held, training=False)
@@ -604,11 +609,15 @@ class BivRecModel(tf.keras.Model):
       return out
     for v, encoder in self.views.items():
       variables = encoder.trainable_variables
-      held_grad = tape.gradient(held_losses[f"rec_{v}"], variables)
-      out[f"align_{v}"] = gradient_cosine(tape.gradient(losses["sem"], variables), held_grad)
-      out[f"align_rec_{v}"] = gradient_cosine(
-        tape.gradient(losses[f"rec_{v}"], variables), held_grad
+      gram = gradient_gram(  # 0: the teaching, 1: v's retrieval loss, 2: the same held out
+        tape.gradient(losses["sem"], variables),
+        tape.gradient(losses[f"rec_{v}"], variables),
+        tape.gradient(held_losses[f"rec_{v}"], variables),
       )
+      norms = tf.sqrt(tf.linalg.diag_part(gram))
+      out[f"align_{v}"] = tf.math.divide_no_nan(gram[0, 2], norms[0] * norms[2])
+      out[f"align_rec_{v}"] = tf.math.divide_no_nan(gram[1, 2], norms[1] * norms[2])
+      out[f"align_new_{v}"] = partial_cosine(gram, 0, 2, 1)
       out[f"gap_{v}"] = held_losses[f"rec_{v}"] - losses[f"rec_{v}"]
     del tape
     return out
@@ -655,20 +664,26 @@ class BivRecModel(tf.keras.Model):
     return tf.concat(parts, axis=0)
 
 
-def gradient_cosine(a, b) -> tf.Tensor:
-  """Cosine between two gradients given as lists over the same variables (None = zero; sparse
-  gradients are densified). 0 when either is zero."""
-  dot, na, nb = tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)
-  for x, y in zip(a, b):
-    x = None if x is None else tf.convert_to_tensor(x)
-    y = None if y is None else tf.convert_to_tensor(y)
-    if x is not None:
-      na += tf.reduce_sum(tf.square(x))
-    if y is not None:
-      nb += tf.reduce_sum(tf.square(y))
-    if x is not None and y is not None:
-      dot += tf.reduce_sum(x * y)
-  return tf.math.divide_no_nan(dot, tf.sqrt(na) * tf.sqrt(nb))
+def gradient_gram(*gradients) -> tf.Tensor:
+  """`[n, n]` dot products of n gradients, each a list over the same variables (None = zero;
+  sparse gradients are densified)."""
+  dense = [[None if g is None else tf.convert_to_tensor(g) for g in grads] for grads in gradients]
+
+  def dot(a, b):
+    terms = [tf.reduce_sum(x * y) for x, y in zip(a, b) if x is not None and y is not None]
+    return tf.add_n(terms) if terms else tf.constant(0.0)
+
+  return tf.stack([tf.stack([dot(a, b) for b in dense]) for a in dense])
+
+
+def partial_cosine(gram, i: int, j: int, k: int) -> tf.Tensor:
+  """Cosine of gradients i and j of a `gradient_gram` after projecting gradient k out of both:
+  how far i and j agree beyond what they share with k (0 when either lies along k)."""
+  kk = tf.maximum(gram[k, k], 1e-30)
+  ij = gram[i, j] - gram[i, k] * gram[j, k] / kk
+  ii = tf.maximum(gram[i, i] - gram[i, k] ** 2 / kk, 0.0)
+  jj = tf.maximum(gram[j, j] - gram[j, k] ** 2 / kk, 0.0)
+  return tf.math.divide_no_nan(ij, tf.sqrt(ii * jj))
 
 
 def gather_replicas(x, local_first: bool = True):

@@ -3,8 +3,9 @@
 `BivRecModel.teaching_alignment` compares, on each view's encoder, the gradient of what the other
 view teaches it (L_sem on a training batch) with the gradient of its own retrieval loss on a batch
 of validation examples. `TeachingProbe` runs it every `probe_every` optimizer steps, logs the epoch
-means (`align_<v>`, `align_rec_<v>`) and, for sem_mode "probe_guided", keeps the moving average
-of each direction's alignment in `model.teach_alignment`: a direction teaches while it is > 0.
+means (`align_<v>`, `align_rec_<v>`, `align_new_<v>`, `gap_<v>`) and, for sem_mode
+"probe_guided", keeps the moving average of each direction's alignment in
+`model.teach_alignment`: a direction teaches while it is > 0.
 """
 
 from typing import Dict, List
@@ -24,17 +25,26 @@ class TeachingProbe(tf.keras.callbacks.Callback):
     every: optimizer steps between probes (>= 1).
     momentum: m of the moving average s <- m s + (1 - m) align kept in `model.teach_alignment`
       (if the model has one); the first probe of a fit sets s to its value.
+    signal: the alignment averaged: "new" (`align_new_<v>`) or "raw" (`align_<v>`).
   Single-device runs only (distributed variables are not differentiated outside a replica
   context): under a multi-replica strategy the probe does nothing and "probe_guided" distils
   as "mutual".
   """
 
-  def __init__(self, batches: tf.data.Dataset, held: tf.data.Dataset, every: int, momentum: float):
+  def __init__(
+    self,
+    batches: tf.data.Dataset,
+    held: tf.data.Dataset,
+    every: int,
+    momentum: float,
+    signal: str = "new",
+  ):
     super().__init__()
     if every < 1:
       raise ValueError(f"TeachingProbe every must be >= 1, got {every}")
     self.batches, self.held = iter(batches), iter(held)
     self.every, self.momentum = every, momentum
+    self.key = {"new": "align_new", "raw": "align"}[signal]
     self._seen: List[Dict[str, float]] = []  # this epoch's probes
     self.trace: List[Dict[str, float]] = []  # every probe of the fit, with its optimizer step
     self._probes = 0
@@ -63,7 +73,7 @@ class TeachingProbe(tf.keras.callbacks.Callback):
     self.trace.append({"step": step, **align})
     state = getattr(self.model, "teach_alignment", None)
     if state is not None:
-      now = np.array([align["align_id"], align["align_mm"]], np.float32)
+      now = np.array([align[f"{self.key}_id"], align[f"{self.key}_mm"]], np.float32)
       m = self.momentum if self._probes else 0.0
       state.assign(m * state.numpy() + (1.0 - m) * now)
     self._probes += 1

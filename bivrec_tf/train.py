@@ -168,6 +168,7 @@ def teaching_probe(cfg: config_lib.Config, ds: PreparedDataset, max_len: int) ->
     train_dataset(ds, max_len, held_batch, negatives, seed=seed + 3, repeat=True, split="valid"),
     cfg.loss.probe_every,
     cfg.loss.probe_momentum,
+    cfg.loss.probe_signal,
   )
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bivrec_tf.model import gradient_cosine
+from bivrec_tf.model import gradient_gram, partial_cosine
 from bivrec_tf.teaching_probe import TeachingProbe
 from tests.bivrec_tf.test_module_variants import _batch, _model
 
@@ -26,13 +26,25 @@ def _sem_gradient_sum(model, view):
   return sum(float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(g)))) for g in grads if g is not None)
 
 
-def test_gradient_cosine_handles_sparse_and_missing_gradients():
+def test_gradient_gram_handles_sparse_and_missing_gradients():
   a = [tf.constant([1.0, 0.0]), None, tf.IndexedSlices(tf.constant([[2.0]]), [1], [3, 1])]
   b = [tf.constant([1.0, 0.0]), tf.constant([5.0]), tf.constant([[0.0], [2.0], [0.0]])]
-  # dot = 1 + 4 = 5; |a| = sqrt(5); |b| = sqrt(1 + 25 + 4)
-  assert float(gradient_cosine(a, b)) == pytest.approx(5 / np.sqrt(5) / np.sqrt(30), rel=1e-6)
-  assert float(gradient_cosine(a, [None, None, None])) == 0.0
-  assert float(gradient_cosine(b, b)) == pytest.approx(1.0, rel=1e-6)
+  gram = gradient_gram(a, b, [None, None, None]).numpy()
+  # a.b = 1 + 4; |a|^2 = 5; |b|^2 = 1 + 25 + 4; the missing gradient is zero
+  np.testing.assert_allclose(gram, [[5, 5, 0], [5, 30, 0], [0, 0, 0]], rtol=1e-6)
+
+
+def test_partial_cosine_is_the_agreement_left_after_projecting_out_the_third_gradient():
+  r = np.array([1.0, 0.0, 0.0])
+  k = np.array([-1.0, 1.0, 0.0])  # a teacher that pulls back along r and adds e2
+  h = np.array([1.0, 0.5, 0.0])  # held out: along r, and along e2
+  gram = gradient_gram(*[[tf.constant(x)] for x in (k, r, h)])
+  assert float(gram[0, 2]) < 0  # the raw cosine says "harmful"
+  assert float(partial_cosine(gram, 0, 2, 1)) == pytest.approx(1.0)  # what it adds agrees
+  against = gradient_gram(*[[tf.constant(x)] for x in (k, r, np.array([1.0, -0.5, 0.0]))])
+  assert float(partial_cosine(against, 0, 2, 1)) == pytest.approx(-1.0)
+  along = gradient_gram(*[[tf.constant(x)] for x in (-r, r, h)])  # nothing beyond r: 0
+  assert float(partial_cosine(along, 0, 2, 1)) == 0.0
 
 
 def test_alignment_is_a_cosine_per_view_and_absent_without_a_cross_view_term():
@@ -40,7 +52,7 @@ def test_alignment_is_a_cosine_per_view_and_absent_without_a_cross_view_term():
   model = _model(loss={"sem_mode": "mutual", "lambda_alloc": 0.0})
   align = {k: float(v) for k, v in model.teaching_alignment(_batch(), _held()).items()}
   gaps = {k: align.pop(k) for k in ("gap_id", "gap_mm")}
-  assert set(align) == {"align_id", "align_mm", "align_rec_id", "align_rec_mm"}
+  assert set(align) == {f"align{s}_{v}" for s in ("", "_rec", "_new") for v in ("id", "mm")}
   assert all(-1.0 <= a <= 1.0 and a != 0.0 for a in align.values()), align
   parts = {b: model.loss_parts(data)[0] for b, data in (("train", _batch()), ("held", _held()))}
   for v in ("id", "mm"):
@@ -81,6 +93,7 @@ def test_probe_guided_silences_a_direction_whose_alignment_average_is_not_positi
     ({"sem_mode": "probe_guided"}, "probe_every"),  # a gate needs a probe
     ({"probe_every": -1}, "probe_every"),
     ({"probe_every": 5, "probe_momentum": 1.0}, "probe_momentum"),
+    ({"probe_every": 5, "probe_signal": "cosine"}, "probe_signal"),
     ({"sem_mode": "mutual", "guide_students": "id"}, "guide_students"),
   ],
 )
@@ -98,13 +111,17 @@ def test_probe_callback_logs_epoch_means_and_keeps_the_moving_average():
   probe = TeachingProbe(batches, held, every=2, momentum=0.5)
   history = model.fit(batches, epochs=2, steps_per_epoch=3, callbacks=[probe], verbose=0)
   assert [p["step"] for p in probe.trace] == [2, 4, 6]
-  seen = [[p["align_id"], p["align_mm"]] for p in probe.trace]
+  seen = [[p["align_new_id"], p["align_new_mm"]] for p in probe.trace]  # the default signal
   expected = np.array(seen[0])  # the first probe sets the average, then s <- s / 2 + align / 2
   for a in seen[1:]:
     expected = 0.5 * expected + 0.5 * np.array(a)
   np.testing.assert_allclose(model.teach_alignment.numpy(), expected, rtol=1e-5)
-  assert history.history["align_id"][0] == pytest.approx(seen[0][0])  # epoch 1: step 2
-  assert history.history["align_id"][1] == pytest.approx(np.mean([s[0] for s in seen[1:]]))
+  assert history.history["align_new_id"][0] == pytest.approx(seen[0][0])  # epoch 1: step 2
+  assert history.history["align_new_id"][1] == pytest.approx(np.mean([s[0] for s in seen[1:]]))
+  raw = TeachingProbe(batches, held, every=2, momentum=0.0, signal="raw")
+  model.fit(batches, epochs=1, steps_per_epoch=2, callbacks=[raw], verbose=0)
+  last = raw.trace[-1]
+  np.testing.assert_allclose(model.teach_alignment.numpy(), [last["align_id"], last["align_mm"]])
   assert history.history["teach_avg_mm"][1] == pytest.approx(expected[1], rel=1e-5)
   with pytest.raises(ValueError, match="every"):
     TeachingProbe(batches, held, every=0, momentum=0.5)
