@@ -8,6 +8,7 @@ means (`align_<v>`, `align_rec_<v>`, `align_new_<v>`, `gap_<v>`) and, for sem_mo
 `model.teach_alignment`: a direction teaches while it is > 0.
 """
 
+import warnings
 from typing import Dict, List
 
 import numpy as np
@@ -57,13 +58,22 @@ class TeachingProbe(tf.keras.callbacks.Callback):
     self.active = strategy.num_replicas_in_sync == 1 and not isinstance(
       strategy, tf.distribute.experimental.ParameterServerStrategy
     )
+    if not self.active and getattr(model, "teach_alignment", None) is not None:
+      warnings.warn(
+        "sem_mode 'probe_guided': the teaching probe runs on single-device runs only; under "
+        f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replicas both "
+        "directions distil as 'mutual'",
+        stacklevel=2,
+      )
 
   def on_epoch_begin(self, epoch, logs=None):
     self._seen = []
 
   def on_train_batch_end(self, batch, logs=None):
+    if not self.active:
+      return
     step = int(self.model.optimizer.iterations.numpy())
-    if not self.active or step < (self._probed_at // self.every + 1) * self.every:
+    if step < (self._probed_at // self.every + 1) * self.every:
       return
     self._probed_at = step
     align = {k: float(v) for k, v in self._align(next(self.batches), next(self.held)).items()}

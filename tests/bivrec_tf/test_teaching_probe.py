@@ -125,3 +125,23 @@ def test_probe_callback_logs_epoch_means_and_keeps_the_moving_average():
   assert history.history["teach_avg_mm"][1] == pytest.approx(expected[1], rel=1e-5)
   with pytest.raises(ValueError, match="every"):
     TeachingProbe(batches, held, every=0, momentum=0.5)
+
+
+def test_probe_stays_off_with_a_warning_under_several_replicas():
+  class _Strategy:  # what the callback reads of a two-replica strategy
+    num_replicas_in_sync = 2
+
+  class _Model:
+    distribute_strategy = _Strategy()
+    teach_alignment = tf.Variable([1.0, 1.0])
+
+    def teaching_alignment(self, batch, held):
+      raise AssertionError("the probe must not run under several replicas")
+
+  batches = tf.data.Dataset.from_tensors(_batch()).repeat()
+  probe = TeachingProbe(batches, batches, every=1, momentum=0.5)
+  with pytest.warns(UserWarning, match="single-device runs only"):
+    probe.set_model(_Model())
+  assert not probe.active
+  probe.on_train_batch_end(0)  # nothing probed, the gate stays open (mutual)
+  assert probe.trace == [] and list(_Model.teach_alignment.numpy()) == [1.0, 1.0]
