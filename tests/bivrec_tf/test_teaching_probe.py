@@ -145,3 +145,23 @@ def test_probe_stays_off_with_a_warning_under_several_replicas():
   assert not probe.active
   probe.on_train_batch_end(0)  # nothing probed, the gate stays open (mutual)
   assert probe.trace == [] and list(_Model.teach_alignment.numpy()) == [1.0, 1.0]
+
+
+def test_the_jobs_probe_reads_held_out_batches_from_the_valid_split(tmp_path):
+  from bivrec_tf import train  # pylint: disable=import-outside-toplevel
+  from bivrec_tf.config import Config  # pylint: disable=import-outside-toplevel
+  from input_pipelines.dataset import PreparedDataset, eval_dataset  # pylint: disable=C0415
+  from input_pipelines.synthetic import generate  # pylint: disable=import-outside-toplevel
+
+  ds = PreparedDataset.load(generate(tmp_path / "data", seed=1, num_items=80, num_users=60))
+  cfg = Config().replace(train={"batch_size": 16}, loss={"num_negatives": 8, "probe_every": 5})
+  probe = train.teaching_probe(cfg, ds, 10)
+  assert probe.every == 5
+  held = next(probe.held)
+  assert held["history"].shape == (16, 10) and held["negatives"].shape == (8,)
+  valid_targets = set()
+  for b in eval_dataset(ds, "valid", 10, 64):
+    valid_targets.update(int(t) for t in b["targets"][:, 0].numpy())
+  assert set(int(t) for t in held["target"].numpy()) <= valid_targets
+  train_batch = next(probe.batches)
+  assert train_batch["history"].shape == (16, 10)
