@@ -288,6 +288,9 @@ class LossConfig:
   # asks for also lowers the student's held-out loss (first order). Logged as `align_<v>` (epoch
   # means) on single-device runs; "probe_guided" gates each judged direction by it.
   probe_every: int = 0
+  # examples in each of the probe's two batches (training, held out; the valid split's size if
+  # smaller): the probe's cost does not grow with the training batch
+  probe_batch: int = 256
   # "probe_guided": a direction teaches (mutual's weight 1/2) while the moving average of its
   # alignments, s <- m s + (1 - m) align, is > 0, and is silent while s <= 0
   probe_momentum: float = 0.9
@@ -347,6 +350,8 @@ class LossConfig:
           )
     if self.probe_every < 0:
       _fail("probe_every", self.probe_every, "must be >= 0 (0 = no probe)")
+    if self.probe_batch < 1:
+      _fail("probe_batch", self.probe_batch, "must be >= 1")
     if "probe_guided" in modes and self.probe_every == 0:
       _fail("probe_every", self.probe_every, "sem_mode 'probe_guided' needs a probe (> 0 steps)")
     if self.probe_signal not in ("new", "raw"):

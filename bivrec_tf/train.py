@@ -156,16 +156,16 @@ class StepBudget(tf.keras.callbacks.Callback):
 
 
 def teaching_probe(cfg: config_lib.Config, ds: PreparedDataset, max_len: int) -> TeachingProbe:
-  """The `TeachingProbe` of `cfg.loss.probe_every`: training batches (their own shuffle) against
-  batches of validation examples of the same size (or the whole valid split if smaller)."""
-  batch = cfg.train.batch_size
+  """The `TeachingProbe` of `cfg.loss.probe_every`: batches of `probe_batch` training examples
+  (their own shuffle) against as many validation examples (all of them if the split is smaller;
+  the training side then matches)."""
   if "valid" not in ds.splits or ds.num_examples("valid") == 0:
     raise ValueError("loss.probe_every > 0 needs a non-empty valid split (its held-out batches)")
-  held_batch = min(batch, ds.num_examples("valid"))
+  batch = min(cfg.loss.probe_batch, ds.num_examples("valid"), ds.num_examples("train"))
   negatives, seed = cfg.loss.num_negatives, cfg.train.seed
   return TeachingProbe(
     train_dataset(ds, max_len, batch, negatives, seed=seed + 2, repeat=True),
-    train_dataset(ds, max_len, held_batch, negatives, seed=seed + 3, repeat=True, split="valid"),
+    train_dataset(ds, max_len, batch, negatives, seed=seed + 3, repeat=True, split="valid"),
     cfg.loss.probe_every,
     cfg.loss.probe_momentum,
     cfg.loss.probe_signal,

@@ -94,6 +94,7 @@ def test_probe_guided_silences_a_direction_whose_alignment_average_is_not_positi
     ({"probe_every": -1}, "probe_every"),
     ({"probe_every": 5, "probe_momentum": 1.0}, "probe_momentum"),
     ({"probe_every": 5, "probe_signal": "cosine"}, "probe_signal"),
+    ({"probe_every": 5, "probe_batch": 0}, "probe_batch"),
     ({"sem_mode": "mutual", "guide_students": "id"}, "guide_students"),
   ],
 )
@@ -154,7 +155,9 @@ def test_the_jobs_probe_reads_held_out_batches_from_the_valid_split(tmp_path):
   from input_pipelines.synthetic import generate  # pylint: disable=import-outside-toplevel
 
   ds = PreparedDataset.load(generate(tmp_path / "data", seed=1, num_items=80, num_users=60))
-  cfg = Config().replace(train={"batch_size": 16}, loss={"num_negatives": 8, "probe_every": 5})
+  # the probe's batches have probe_batch examples, whatever the training batch
+  loss = {"num_negatives": 8, "probe_every": 5, "probe_batch": 16}
+  cfg = Config().replace(train={"batch_size": 32}, loss=loss)
   probe = train.teaching_probe(cfg, ds, 10)
   assert probe.every == 5
   held = next(probe.held)
