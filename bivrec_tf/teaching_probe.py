@@ -3,11 +3,13 @@
 `BivRecModel.teaching_alignment` compares, on each view's encoder, the gradient of what the other
 view teaches it (L_sem on a training batch) with the gradient of its own retrieval loss on a batch
 of validation examples. `TeachingProbe` runs it every `probe_every` optimizer steps, logs the epoch
-means (`align_<v>`, `align_rec_<v>`, `align_new_<v>`, `gap_<v>`) and, for sem_mode
+means (`align_<v>`, `align_rec_<v>`, `align_new_<v>`, `gap_<v>`; `probe_share`: its share of the
+epoch's training time) and, for sem_mode
 "probe_guided", keeps the moving average of each direction's alignment in
 `model.teach_alignment`: a direction teaches while it is > 0.
 """
 
+import time
 import warnings
 from typing import Dict, List
 
@@ -68,6 +70,7 @@ class TeachingProbe(tf.keras.callbacks.Callback):
 
   def on_epoch_begin(self, epoch, logs=None):
     self._seen = []
+    self._epoch_start, self._probe_seconds = time.perf_counter(), 0.0
 
   def on_train_batch_end(self, batch, logs=None):
     if not self.active:
@@ -76,7 +79,9 @@ class TeachingProbe(tf.keras.callbacks.Callback):
     if step < (self._probed_at // self.every + 1) * self.every:
       return
     self._probed_at = step
+    start = time.perf_counter()
     align = {k: float(v) for k, v in self._align(next(self.batches), next(self.held)).items()}
+    self._probe_seconds += time.perf_counter() - start
     if not align:
       return
     self._seen.append(align)
@@ -93,6 +98,8 @@ class TeachingProbe(tf.keras.callbacks.Callback):
       return
     for name in self._seen[0]:
       logs[name] = float(np.mean([a[name] for a in self._seen]))
+    # the probe's share of the epoch's training time (its first call includes the trace)
+    logs["probe_share"] = self._probe_seconds / max(time.perf_counter() - self._epoch_start, 1e-9)
     state = getattr(self.model, "teach_alignment", None)
     if state is not None:
       logs["teach_avg_id"], logs["teach_avg_mm"] = (float(x) for x in state.numpy())

@@ -124,6 +124,7 @@ def test_probe_callback_logs_epoch_means_and_keeps_the_moving_average():
   last = raw.trace[-1]
   np.testing.assert_allclose(model.teach_alignment.numpy(), [last["align_id"], last["align_mm"]])
   assert history.history["teach_avg_mm"][1] == pytest.approx(expected[1], rel=1e-5)
+  assert all(0 < share < 1 for share in history.history["probe_share"])
   with pytest.raises(ValueError, match="every"):
     TeachingProbe(batches, held, every=0, momentum=0.5)
 
