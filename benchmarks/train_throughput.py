@@ -148,16 +148,39 @@ def compiled_steps(model, data):
   outside the step; a real run is one `fit`, whose per-epoch times are in the training logs.)"""
   model.fit(data, steps_per_epoch=3, epochs=1, verbose=0)
   iterator, train_function = iter(data), model.train_function
+  probe = teaching_probe_calls(model, data)
 
   def run(steps):
     start = time.perf_counter()
-    for _ in range(steps):
+    for step in range(1, steps + 1):
       logs = train_function(iterator)
+      if probe is not None and step % model.config.loss.probe_every == 0:
+        probe()  # the job's `TeachingProbe` does this work between these steps
     float(logs["loss"])
     return time.perf_counter() - start
 
   run(1)
   return run
+
+
+def teaching_probe_calls(model, data):
+  """None without a teaching probe (`loss.probe_every` 0); else a function doing one probe's work
+  as the job's `TeachingProbe` does (`teaching_alignment` on two batches of `probe_batch` rows,
+  compiled, results read back), so the timed steps include the probe's share."""
+  lc = model.config.loss
+  if lc.probe_every <= 0 or not model.cross_view:
+    return None
+  rows = dict(next(iter(data)))
+  n = min(lc.probe_batch, int(rows["target"].shape[0]))
+  batch = {k: (v if k == "negatives" else v[:n]) for k, v in rows.items()}
+  held = {**batch, "target": tf.roll(batch["target"], 1, axis=0)}
+  align = tf.function(model.teaching_alignment)
+
+  def call():
+    return {k: float(v) for k, v in align(batch, held).items()}
+
+  call()  # traced outside the timed windows, as the job's first probe is once per run
+  return call
 
 
 def measure(
@@ -189,6 +212,7 @@ def measure(
     "batch": batch,
     "negatives": negatives,
     "xla": jit,
+    "probe_every": model.config.loss.probe_every,
     "steps": steps,
     "repeats": len(windows),
     "window_seq_per_s": [round(steps * batch / w, 1) for w in windows],

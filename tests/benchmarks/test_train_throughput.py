@@ -18,3 +18,22 @@ def test_measure_reports_the_median_of_its_timed_windows():
   assert row["repeats"] == 3 and len(windows) == 3 and min(windows) > 0
   # the median window's rate (the windows are rounded to 0.1 seq/s in the row)
   assert abs(row["seq_per_s"] - sorted(windows)[1]) <= 0.1
+
+
+def test_a_probed_form_pays_for_its_teaching_probe_inside_the_timed_steps(monkeypatch):
+  from benchmarks import train_throughput  # pylint: disable=import-outside-toplevel
+
+  calls = []
+  real = train_throughput.teaching_probe_calls
+
+  def counting(model, data):
+    probe = real(model, data)
+    return None if probe is None else (lambda: calls.append(probe()))
+
+  monkeypatch.setattr(train_throughput, "teaching_probe_calls", counting)
+  flags = "--sem-mode probe_guided --probe-every 2 --probe-batch 4"
+  row = measure(8, 2, 16, 50, 8, 4, False, steps=4, flags=flags, repeats=1)
+  assert row["probe_every"] == 2
+  # steps 2 and 4 of the timed window (the one-step warm-up calls none; the trace is not counted)
+  assert len(calls) == 2 and {"align_new_id", "align_new_mm"} <= set(calls[0])
+  assert measure(8, 2, 16, 50, 8, 4, False, steps=2, preset="comirec_sa")["probe_every"] == 0
