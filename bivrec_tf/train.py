@@ -280,7 +280,7 @@ def run(
     view_paths=view_paths,
   )
   probes = []
-  if cfg.loss.probe_every > 0 and model.cross_view:
+  if cfg.loss.probe_every > 0 and model.cross_view and cfg.loss.lambda_sem > 0:  # else no teaching
     probes.append(teaching_probe(cfg, ds, max_len))
   callbacks = [
     *probes,  # before the validation: its epoch means go into the per-epoch history
