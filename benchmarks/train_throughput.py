@@ -168,7 +168,7 @@ def teaching_probe_calls(model, data):
   as the job's `TeachingProbe` does (`teaching_alignment` on two batches of `probe_batch` rows,
   compiled, results read back), so the timed steps include the probe's share."""
   lc = model.config.loss
-  if lc.probe_every <= 0 or not model.cross_view:
+  if lc.probe_every <= 0 or not model.cross_view or lc.lambda_sem <= 0:  # as `train.run`
     return None
   rows = dict(next(iter(data)))
   n = min(lc.probe_batch, int(rows["target"].shape[0]))
