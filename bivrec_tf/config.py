@@ -245,8 +245,11 @@ class LossConfig:
   lambda_div: float = 0.0
   div_margin: float = 0.0  # cosines below the margin are free (0 = plain squared cosine)
   tau_c: float = 0.1  # semantic contrastive temperature
-  # The default L_sem is "mutual" (at weight 3, above; docs/results.md, "Interests, module 3 and late
-  # fusion": both views beat their separately trained twins); DESIGN.md's is "contrast", 0.1.
+  # The default L_sem is "probe_guided" (since session 16; docs/results.md, "Session 16"): mutual
+  # distillation at weight 3 where each direction teaches while the teaching probe finds it agrees
+  # with held-out data; it was "mutual" (docs/results.md, "Interests, module 3 and late fusion")
+  # until long ID-dominated histories showed the MM view dragging the ID view (-11 % against late
+  # fusion). DESIGN.md's is "contrast", 0.1.
   # ("val_guided" with guide_margin 0.75 / guide_power 20 / guide_students "id" was the default
   # for part of session 15 and was reverted: it fixes long ID-dominated histories but costs 6 %
   # on `synthetic:drift`; docs/results.md, "Session 15".)
@@ -263,9 +266,10 @@ class LossConfig:
   # "ensemble" (both views distil into the stop-gradient distribution of their ensemble, the fused
   # score at w = 1/2), "cross" (each view's interests predict the target in the other view's item
   # space), "fused" (the retrieval loss on the fused score 1/2 (s_id + s_mm): each view learns
-  # what the other misses) or "item" (each candidate item's ID vector contrasted with its MM
-  # vector); several joined by '+' are summed ("mutual+item")
-  sem_mode: str = "mutual"
+  # what the other misses), "item" (each candidate item's ID vector contrasted with its MM
+  # vector) or "probe_guided" (mutual, each direction gated by the teaching probe, below);
+  # several joined by '+' are summed ("mutual+item")
+  sem_mode: str = "probe_guided"
   # L_alloc: "mse" (DESIGN.md) or "cka" (1 - centred kernel alignment of the co-allocations:
   # scale-free, uniform != 0)
   alloc_mode: str = "mse"
@@ -276,8 +280,8 @@ class LossConfig:
   # quality, by (q_T / (m q_S))^guide_power (1 = any weaker teacher; < 1 leaves close views on
   # plain mutual distillation)
   guide_margin: float = 1.0
-  # the views whose teacher "batch_guided" / "val_guided" may discount: "both", "id" (the MM view
-  # always learns from the ID view in full) or "mm"
+  # the views whose teacher "batch_guided" / "val_guided" / "probe_guided" may discount: "both",
+  # "id" (the MM view always learns from the ID view in full) or "mm"
   guide_students: str = "both"
   # "val_guided": the directions guide_students judges stay silent until the first validation
   # (instead of distilling as "mutual" during the first epoch)
@@ -286,8 +290,9 @@ class LossConfig:
   # between the gradient on v's encoder of its distillation from the other view (a training batch)
   # and of v's own retrieval loss on a batch of *validation* examples: > 0 when what the teacher
   # asks for also lowers the student's held-out loss (first order). Logged as `align_<v>` (epoch
-  # means) on single-device runs; "probe_guided" gates each judged direction by it.
-  probe_every: int = 0
+  # means; `align_new_<v>`, `align_rec_<v>`, `gap_<v>`, `probe_share` beside it) on
+  # single-device runs; "probe_guided" gates each judged direction by it (bivrec_tf/teaching_probe.py)
+  probe_every: int = 20
   # examples in each of the probe's two batches (training, held out; the valid split's size if
   # smaller): the probe's cost does not grow with the training batch
   probe_batch: int = 256

@@ -90,7 +90,7 @@ def test_probe_guided_silences_a_direction_whose_alignment_average_is_not_positi
 @pytest.mark.parametrize(
   "loss, field",
   [
-    ({"sem_mode": "probe_guided"}, "probe_every"),  # a gate needs a probe
+    ({"sem_mode": "probe_guided", "probe_every": 0}, "probe_every"),  # a gate needs a probe
     ({"probe_every": -1}, "probe_every"),
     ({"probe_every": 5, "probe_momentum": 1.0}, "probe_momentum"),
     ({"probe_every": 5, "probe_signal": "cosine"}, "probe_signal"),
