@@ -152,23 +152,35 @@ def compiled_steps(model, data):
 
   def run(steps):
     start = time.perf_counter()
-    for step in range(1, steps + 1):
+    for _ in range(steps):
       logs = train_function(iterator)
-      if probe is not None and step % model.config.loss.probe_every == 0:
-        probe()  # the job's `TeachingProbe` does this work between these steps
     float(logs["loss"])
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if probe is not None:  # the job probes once every probe_every steps: that share is added
+      start = time.perf_counter()
+      probe()
+      seconds += (time.perf_counter() - start) * steps / model.config.loss.probe_every
+    return seconds
 
   run(1)
   return run
 
 
+def probe_every(model) -> int:
+  """Steps between the job's teaching probes for this model, 0 when `train.run` builds none (one
+  view, no cross-view term, or `loss.probe_every` 0)."""
+  lc = model.config.loss
+  return lc.probe_every if model.cross_view and lc.lambda_sem > 0 else 0
+
+
 def teaching_probe_calls(model, data):
   """None without a teaching probe (`loss.probe_every` 0); else a function doing one probe's work
   as the job's `TeachingProbe` does (`teaching_alignment` on two batches of `probe_batch` rows,
-  compiled, results read back), so the timed steps include the probe's share."""
+  compiled, results read back). Each timed window of n steps times one call and adds n /
+  probe_every of it (a window shorter than probe_every would otherwise hold no probe or a whole
+  one)."""
   lc = model.config.loss
-  if lc.probe_every <= 0 or not model.cross_view or lc.lambda_sem <= 0:  # as `train.run`
+  if not probe_every(model):
     return None
   rows = dict(next(iter(data)))
   n = min(lc.probe_batch, int(rows["target"].shape[0]))
@@ -212,7 +224,7 @@ def measure(
     "batch": batch,
     "negatives": negatives,
     "xla": jit,
-    "probe_every": model.config.loss.probe_every,
+    "probe_every": probe_every(model),
     "steps": steps,
     "repeats": len(windows),
     "window_seq_per_s": [round(steps * batch / w, 1) for w in windows],

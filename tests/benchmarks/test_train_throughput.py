@@ -32,8 +32,8 @@ def test_a_probed_form_pays_for_its_teaching_probe_inside_the_timed_steps(monkey
 
   monkeypatch.setattr(train_throughput, "teaching_probe_calls", counting)
   flags = "--sem-mode probe_guided --probe-every 2 --probe-batch 4"
-  row = measure(8, 2, 16, 50, 8, 4, False, steps=4, flags=flags, repeats=1)
+  row = measure(8, 2, 16, 50, 8, 4, False, steps=4, flags=flags, repeats=2)
   assert row["probe_every"] == 2
-  # steps 2 and 4 of the timed window (the one-step warm-up calls none; the trace is not counted)
-  assert len(calls) == 2 and {"align_new_id", "align_new_mm"} <= set(calls[0])
+  # one timed call per window (the one-step warm-up's and the two windows'; the trace uncounted)
+  assert len(calls) == 3 and {"align_new_id", "align_new_mm"} <= set(calls[0])
   assert measure(8, 2, 16, 50, 8, 4, False, steps=2, preset="comirec_sa")["probe_every"] == 0
