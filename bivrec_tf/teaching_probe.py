@@ -18,6 +18,16 @@ import tensorflow as tf
 from bivrec_tf.warm_compiled import WarmCompiled
 
 
+def warn_unprobed(strategy: tf.distribute.Strategy) -> None:
+  """The warning of a "probe_guided" run whose strategy allows no probe."""
+  warnings.warn(
+    "sem_mode 'probe_guided': the teaching probe runs on single-device runs only; under "
+    f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replicas both "
+    "directions distil as 'mutual'",
+    stacklevel=3,
+  )
+
+
 class TeachingProbe(tf.keras.callbacks.Callback):
   """Every `every` optimizer steps: `model.teaching_alignment(next(batches), next(held))`.
 
@@ -60,12 +70,7 @@ class TeachingProbe(tf.keras.callbacks.Callback):
       strategy, tf.distribute.experimental.ParameterServerStrategy
     )
     if not self.active and getattr(model, "teach_alignment", None) is not None:
-      warnings.warn(
-        "sem_mode 'probe_guided': the teaching probe runs on single-device runs only; under "
-        f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replicas both "
-        "directions distil as 'mutual'",
-        stacklevel=2,
-      )
+      warn_unprobed(strategy)
 
   def on_epoch_begin(self, epoch, logs=None):
     self._seen = []
