@@ -23,7 +23,12 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 # d = 64: the ID table (402 x 64 floats, 103 KB) is above the 64 KiB minimum shard size, so
 # parameter servers shard it.
+# --sem-mode mutual: these tests compare strategies step for step, and mutual distillation is what
+# every strategy runs (the default probe_guided's teaching probe runs on single-device runs only;
+# elsewhere it distils as mutual, tested below for parameter servers).
 COMMON = [
+  "--sem-mode",
+  "mutual",
   "--epochs",
   "1",
   "--batch-size",
@@ -228,8 +233,11 @@ def test_parameter_server_strategy_shards_the_id_table_and_trains_as_well_as_one
   data, one_device, tmp_path
 ):
   run_dir = tmp_path / "ps"
-  _run(_train_cmd(data, run_dir, "--strategy", "parameter_server", "--local-cluster", "2,2"))
+  ps_cmd = _train_cmd(data, run_dir, "--strategy", "parameter_server", "--local-cluster", "2,2")
+  proc = _run(ps_cmd + ["--sem-mode", "probe_guided"])  # the default's form, its probe stood aside
+  assert "the teaching probe runs on single-device runs only" in proc.stderr
   metrics = json.loads((run_dir / "metrics.json").read_text())
+  assert not any(k.startswith("align_") for k in metrics["epoch_logs"][0])  # no probe ran
   assert metrics["strategy"].startswith("ParameterServerStrategy")
   assert metrics["id_embedding_shards"] == 2
   # Each worker trains on its own batches (its own negatives) and the coordinator dispatches steps
