@@ -587,8 +587,9 @@ class BivRecModel(tf.keras.Model):
 
     Args: batch: a training batch; held: a batch of the same form from validation examples.
     Returns {"align_<v>": cos(grad L_sem(batch), grad L_rec_v(held)), "align_rec_<v>":
-    cos(grad L_rec_v(batch), grad L_rec_v(held)), "gap_<v>": L_rec_v(held) - L_rec_v(batch)}
-    (the gradients on view v's encoder: item tower and modules 1-2). With the distillation forms
+    cos(grad L_rec_v(batch), grad L_rec_v(held)), "align_new_<v>" (below), "gap_<v>":
+    L_rec_v(held) - L_rec_v(batch)}, scalars (the gradients on view v's encoder: item tower and
+    modules 1-2). With the distillation forms
     L_sem reaches v's encoder only through the direction v learns in (the teacher is
     stop-gradient), so `align_v` > 0 says a step on what the other view teaches also lowers v's
     loss on users it was not trained on; `align_rec_v` is the same for v's own training loss, the
