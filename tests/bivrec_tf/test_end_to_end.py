@@ -89,9 +89,12 @@ def test_fused_bivrec_is_at_least_as_good_as_its_best_single_view(trained):
 
 
 def test_training_loss_decreases(trained):
+  # Each view's retrieval loss: the total also holds L_sem, whose directions the default's teaching
+  # probe switches on and off, so the total is not a learning curve (it rose in epoch 3 of a run).
   _, summary, _ = trained
-  losses = [e["loss"] for e in summary["epoch_logs"]]
-  assert losses[-1] < 0.8 * losses[0], losses
+  for view in ("id", "mm"):
+    losses = [e[f"rec_{view}"] for e in summary["epoch_logs"]]
+    assert losses[-1] < 0.8 * losses[0], (view, losses)
 
 
 def test_run_directory_has_config_metrics_checkpoint_and_tensorboard(trained):
