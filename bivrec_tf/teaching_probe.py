@@ -75,11 +75,13 @@ class TeachingProbe(tf.keras.callbacks.Callback):
   def on_epoch_begin(self, epoch, logs=None):
     self._seen = []
     self._epoch_start, self._probe_seconds = time.perf_counter(), 0.0
+    if self.active:  # one read per epoch: a read per batch would wait for every step to finish
+      self._epoch_first_step = int(self.model.optimizer.iterations.numpy())
 
   def on_train_batch_end(self, batch, logs=None):
     if not self.active:
       return
-    step = int(self.model.optimizer.iterations.numpy())
+    step = self._epoch_first_step + batch + 1  # Keras passes the epoch's last step run
     if step < (self._probed_at // self.every + 1) * self.every:
       return
     self._probed_at = step
