@@ -34,6 +34,7 @@ import tensorflow as tf
 from bivrec_tf.config import Config, add_flags, from_flags
 from bivrec_tf.model import BivRecModel
 from bivrec_tf.presets import apply_preset
+from bivrec_tf.teaching_probe import probe_interval
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 20) -> float:
@@ -159,18 +160,11 @@ def compiled_steps(model, data):
     if probe is not None:  # the job probes once every probe_every steps: that share is added
       start = time.perf_counter()
       probe()
-      seconds += (time.perf_counter() - start) * steps / model.config.loss.probe_every
+      seconds += (time.perf_counter() - start) * steps / probe_interval(model)
     return seconds
 
   run(1)
   return run
-
-
-def probe_every(model) -> int:
-  """Steps between the job's teaching probes for this model, 0 when `train.run` builds none (one
-  view, no cross-view term, or `loss.probe_every` 0)."""
-  lc = model.config.loss
-  return lc.probe_every if model.cross_view and lc.lambda_sem > 0 else 0
 
 
 def teaching_probe_calls(model, data):
@@ -180,7 +174,7 @@ def teaching_probe_calls(model, data):
   probe_every of it (a window shorter than probe_every would otherwise hold no probe or a whole
   one)."""
   lc = model.config.loss
-  if not probe_every(model):
+  if not probe_interval(model):
     return None
   rows = dict(next(iter(data)))
   n = min(lc.probe_batch, int(rows["target"].shape[0]))
@@ -224,7 +218,7 @@ def measure(
     "batch": batch,
     "negatives": negatives,
     "xla": jit,
-    "probe_every": probe_every(model),
+    "probe_every": probe_interval(model),
     "steps": steps,
     "repeats": len(windows),
     "window_seq_per_s": [round(steps * batch / w, 1) for w in windows],

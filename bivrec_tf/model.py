@@ -50,6 +50,7 @@ from bivrec_tf.layers import (
   guided_distillation_loss,
   batch_guided_distillation_loss,
   discounted_teacher_weights,
+  judged_teacher_weights,
   weighted_distillation_loss,
   soft_guided_distillation_loss,
   mutual_distillation_loss,
@@ -263,19 +264,10 @@ class BivRecModel(tf.keras.Model):
     # sem_mode "val_guided": each view's validation NDCG@monitor_k (ID, MM), set by the validation
     # callback after every epoch (equal until then: mutual distillation; 0 with guide_wait, whose
     # judged directions stay silent until then); saved with the weights
-    unseen = 0.0 if lc.guide_wait else 1.0
-    self.view_quality = (
-      tf.Variable([unseen, unseen], trainable=False, name="view_quality")
-      if self.cross_view and "val_guided" in lc.sem_mode.split("+") and lc.lambda_sem > 0
-      else None
-    )
+    self.view_quality = self._guide("val_guided", 0.0 if lc.guide_wait else 1.0, "view_quality")
     # sem_mode "probe_guided": the moving average of each direction's alignment (to ID, to MM),
     # written by the `TeachingProbe` callback; 1 (teach) until the first probe; saved with the weights
-    self.teach_alignment = (
-      tf.Variable([1.0, 1.0], trainable=False, name="teach_alignment")
-      if self.cross_view and "probe_guided" in lc.sem_mode.split("+") and lc.lambda_sem > 0
-      else None
-    )
+    self.teach_alignment = self._guide("probe_guided", 1.0, "teach_alignment")
     counts = (
       np.zeros(vocab_size, np.float64)
       if item_counts is None
@@ -286,6 +278,14 @@ class BivRecModel(tf.keras.Model):
     seen = np.ones(vocab_size, bool) if seen_in_train is None else np.asarray(seen_in_train, bool)
     self.cold = tf.constant(~seen, tf.bool)
     self.trackers = {name: tf.keras.metrics.Mean(name=name) for name in self._metric_names()}
+
+  def _guide(self, mode: str, initial: float, name: str) -> Optional[tf.Variable]:
+    """The `[2]` (ID, MM) non-trainable variable a guided L_sem `mode` reads, when that mode is on
+    and trains (a cross-view model, lambda_sem > 0); else None."""
+    lc = self.config.loss
+    if not (self.cross_view and mode in lc.sem_mode.split("+") and lc.lambda_sem > 0):
+      return None
+    return tf.Variable([initial, initial], trainable=False, name=name)
 
   def _metric_names(self):
     names = ["loss"] + [f"rec_{v}" for v in self.view_names]
@@ -498,8 +498,7 @@ class BivRecModel(tf.keras.Model):
       gate = tf.ones([2])
       if self.teach_alignment is not None and not ungated:
         gate = tf.cast(tf.stop_gradient(self.teach_alignment) > 0, tf.float32)
-      judged = {"both": (1.0, 1.0), "id": (1.0, 0.0), "mm": (0.0, 1.0)}[lc.guide_students]
-      to_id, to_mm = (0.5 * (1.0 - j + j * gate[i]) for i, j in enumerate(judged))
+      to_id, to_mm = judged_teacher_weights(gate[0], gate[1], lc.guide_students)
       return weighted_distillation_loss(logits["id"], logits["mm"], to_id, to_mm, lc.tau_kd)
     if mode == "contrast":
       g_id, g_mm = self.semantic_heads["id"](u_id), self.semantic_heads["mm"](u_mm)

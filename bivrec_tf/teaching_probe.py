@@ -18,6 +18,21 @@ import tensorflow as tf
 from bivrec_tf.warm_compiled import WarmCompiled
 
 
+def probe_interval(model) -> int:
+  """Optimizer steps between the job's teaching probes, 0 when it runs none: one view, no
+  cross-view term to probe (lambda_sem 0) or `loss.probe_every` 0."""
+  lc = model.config.loss
+  return lc.probe_every if model.cross_view and lc.lambda_sem > 0 else 0
+
+
+def can_probe(strategy: tf.distribute.Strategy) -> bool:
+  """Single-device runs only: distributed variables are not differentiated outside a replica
+  context, and ParameterServerStrategy allows no batch-level callbacks."""
+  return strategy.num_replicas_in_sync == 1 and not isinstance(
+    strategy, tf.distribute.experimental.ParameterServerStrategy
+  )
+
+
 def warn_unprobed(strategy: tf.distribute.Strategy) -> None:
   """The warning of a "probe_guided" run whose strategy allows no probe."""
   warnings.warn(
@@ -65,12 +80,9 @@ class TeachingProbe(tf.keras.callbacks.Callback):
   def set_model(self, model):
     super().set_model(model)
     self._align = WarmCompiled(model.teaching_alignment, eager_calls=0)
-    strategy = model.distribute_strategy
-    self.active = strategy.num_replicas_in_sync == 1 and not isinstance(
-      strategy, tf.distribute.experimental.ParameterServerStrategy
-    )
+    self.active = can_probe(model.distribute_strategy)
     if not self.active and getattr(model, "teach_alignment", None) is not None:
-      warn_unprobed(strategy)
+      warn_unprobed(model.distribute_strategy)
 
   def on_epoch_begin(self, epoch, logs=None):
     self._seen = []

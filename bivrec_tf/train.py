@@ -34,7 +34,7 @@ from bivrec_tf.evaluate import (
 from bivrec_tf.export import export_model
 from bivrec_tf.io_utils import write_text_atomic
 from bivrec_tf.presets import PRESETS, apply_preset
-from bivrec_tf.teaching_probe import TeachingProbe, warn_unprobed
+from bivrec_tf.teaching_probe import TeachingProbe, can_probe, probe_interval, warn_unprobed
 from bivrec_tf.view_selection import assemble_views
 from input_pipelines.dataset import PreparedDataset, eval_dataset, train_dataset
 from input_pipelines.synthetic import ensure_synthetic, is_synthetic_spec, parse_synthetic_spec
@@ -280,12 +280,10 @@ def run(
     view_paths=view_paths,
   )
   probes = []
-  if cfg.loss.probe_every > 0 and model.cross_view and cfg.loss.lambda_sem > 0:  # else no teaching
-    if ps:  # no batch-level callbacks under ParameterServerStrategy
-      if model.teach_alignment is not None:
-        warn_unprobed(strategy)
-    else:  # (under several replicas the callback itself stands aside, with the same warning)
-      probes.append(teaching_probe(cfg, ds, max_len))
+  if probe_interval(model) and can_probe(strategy):
+    probes.append(teaching_probe(cfg, ds, max_len))
+  elif model.teach_alignment is not None:  # probe_guided where no probe can run: mutual
+    warn_unprobed(strategy)
   callbacks = [
     *probes,  # before the validation: its epoch means go into the per-epoch history
     validation,  # first of the rest: the callbacks after it see the val_* logs

@@ -244,10 +244,17 @@ def discounted_teacher_weights(
   shift = math.log(margin)
   log_id = tf.math.log(tf.maximum(quality_id, 1e-12))
   log_mm = tf.math.log(tf.maximum(quality_mm, 1e-12))
-  to_id = 0.5 * tf.exp(tf.minimum(0.0, power * (log_mm - log_id - shift)))  # MM teaches ID
-  to_mm = 0.5 * tf.exp(tf.minimum(0.0, power * (log_id - log_mm - shift)))  # ID teaches MM
-  to_id = to_id * judged if students in ("both", "id") else tf.constant(0.5, to_id.dtype)
-  to_mm = to_mm * judged if students in ("both", "mm") else tf.constant(0.5, to_mm.dtype)
+  keep_id = tf.exp(tf.minimum(0.0, power * (log_mm - log_id - shift)))  # MM teaches ID
+  keep_mm = tf.exp(tf.minimum(0.0, power * (log_id - log_mm - shift)))  # ID teaches MM
+  return judged_teacher_weights(keep_id * judged, keep_mm * judged, students)
+
+
+def judged_teacher_weights(keep_id, keep_mm, students: str):
+  """(to_id, to_mm): mutual's 1/2 times `keep` (scalar factors) for the directions `students`
+  judges ("both", "id": the MM -> ID direction, "mm": the ID -> MM one), 1/2 for the others."""
+  keep_id, keep_mm = tf.convert_to_tensor(keep_id), tf.convert_to_tensor(keep_mm)
+  to_id = 0.5 * keep_id if students in ("both", "id") else tf.constant(0.5, keep_id.dtype)
+  to_mm = 0.5 * keep_mm if students in ("both", "mm") else tf.constant(0.5, keep_mm.dtype)
   return to_id, to_mm
 
 

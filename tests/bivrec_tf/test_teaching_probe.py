@@ -169,3 +169,12 @@ def test_the_jobs_probe_reads_held_out_batches_from_the_valid_split(tmp_path):
   assert set(int(t) for t in held["target"].numpy()) <= valid_targets
   train_batch = next(probe.batches)
   assert train_batch["history"].shape == (16, 10)
+
+
+def test_the_job_probes_only_a_cross_view_term_that_trains():
+  from bivrec_tf.teaching_probe import probe_interval  # pylint: disable=import-outside-toplevel
+
+  assert probe_interval(_model(loss={"sem_mode": "mutual", "probe_every": 7})) == 7  # diagnostic
+  assert probe_interval(_model(loss={"sem_mode": "mutual", "lambda_sem": 0.0})) == 0
+  assert probe_interval(_model(views=("id",))) == 0  # one view: nothing teaches it
+  assert probe_interval(_model(loss={"sem_mode": "mutual", "probe_every": 0})) == 0
