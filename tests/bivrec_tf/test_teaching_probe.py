@@ -163,12 +163,22 @@ def test_the_jobs_probe_reads_held_out_batches_from_the_valid_split(tmp_path):
   assert probe.every == 5
   held = next(probe.held)
   assert held["history"].shape == (16, 10) and held["negatives"].shape == (8,)
-  valid_targets = set()
+  # whole examples (history, target): every held-out row is a row of the valid split, and the
+  # training side is not
+  valid_rows = set()
   for b in eval_dataset(ds, "valid", 10, 64):
-    valid_targets.update(int(t) for t in b["targets"][:, 0].numpy())
-  assert set(int(t) for t in held["target"].numpy()) <= valid_targets
+    for h, t in zip(b["history"].numpy(), b["targets"][:, 0].numpy()):
+      valid_rows.add((tuple(int(x) for x in h), int(t)))
+
+  def rows(batch):
+    return {
+      (tuple(int(x) for x in h), int(t))
+      for h, t in zip(batch["history"].numpy(), batch["target"].numpy())
+    }
+
+  assert rows(held) <= valid_rows and len(rows(held)) == 16
   train_batch = next(probe.batches)
-  assert train_batch["history"].shape == (16, 10)
+  assert train_batch["history"].shape == (16, 10) and not rows(train_batch) <= valid_rows
 
 
 def test_the_job_probes_only_a_cross_view_term_that_trains():
