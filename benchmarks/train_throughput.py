@@ -127,6 +127,12 @@ def _register_einsum_flops():
     pass
 
 
+def _interests(row) -> str:
+  """The K column: "4", or "4 / 2" when the MM view has its own K (ID / MM)."""
+  k_mm = row.get("K_mm")
+  return str(row["K"]) if k_mm in (None, row["K"]) else f"{row['K']} / {k_mm}"
+
+
 def train_step_flops(model, batch_example) -> float:
   """FLOPs of one training step (forward + backward + update) from the graph profiler."""
   from tensorflow.python.profiler import model_analyzer, option_builder  # pylint: disable=import-outside-toplevel
@@ -213,6 +219,7 @@ def measure(
     "flags": flags,
     "L": length,
     "K": m.num_interests,
+    "K_mm": m.for_view("mm").num_interests if "mm" in m.views else None,  # the MM view's own K
     "d": m.dim,
     "items": items,
     "batch": batch,
@@ -450,7 +457,7 @@ def main(argv=None):
   for r in rows:
     ev = f"{r['eval_users_per_s']:.0f}" if "eval_users_per_s" in r else "-"
     print(
-      f"| {r['preset']} | {r['L']} | {r['K']} | {r['items']} | {r['batch']} "
+      f"| {r['preset']} | {r['L']} | {_interests(r)} | {r['items']} | {r['batch']} "
       f"| {'yes' if r['xla'] else 'no'} "
       f"| {r['seq_per_s']:.0f} | {r['step_ms']:.0f} | {r['gflop_per_step']:.2f} "
       f"| {r['gflops']:.1f} | {100 * r['peak_share']:.1f} % | {r['peak_rss_mb']:.0f} | {ev} |"

@@ -77,6 +77,9 @@ class ModelConfig:
   dropout: float = 0.1
   # Module 2: Intra-View Interest Decomposition.
   num_interests: int = 4  # K
+  # K of the MM view alone (0 = num_interests): its interests are the more alike on every dataset
+  # measured, and its candidate scoring ([B, K, C]) is half the second view's cost at K = 2
+  mm_num_interests: int = 0
   gaussian_prior: bool = False  # the Gaussian temporal prior of each interest's attention
   sigma_init: float = 0.25  # initial Gaussian width sigma_k
   # "fixed": DESIGN.md's prior on tau = distance / max_len; "gated": tau relative to the user's own
@@ -135,6 +138,12 @@ class ModelConfig:
   # scored by the MM view alone either way
   fusion: str = "score"
 
+  def for_view(self, view: str) -> "ModelConfig":
+    """The settings view `view` is built from: the MM view's K is `mm_num_interests` when set."""
+    if view != "mm" or self.mm_num_interests in (0, self.num_interests):
+      return self
+    return dataclasses.replace(self, num_interests=self.mm_num_interests, mm_num_interests=0)
+
   def validate(self) -> None:
     if (
       not self.views
@@ -156,6 +165,16 @@ class ModelConfig:
       _fail("dropout", self.dropout, "must be in [0, 1)")
     if self.num_interests < 1:
       _fail("num_interests", self.num_interests, "K must be >= 1")
+    if self.mm_num_interests < 0:
+      _fail("mm_num_interests", self.mm_num_interests, "must be >= 0 (0 = num_interests)")
+    if self.mm_num_interests and self.readout != "interests":
+      _fail("mm_num_interests", self.mm_num_interests, "needs readout 'interests' (module 2)")
+    if self.mm_num_interests not in (0, self.num_interests) and self.fusion == "interest":
+      _fail(
+        "mm_num_interests",
+        self.mm_num_interests,
+        "fusion 'interest' pairs interest k of both views: needs the same K in both",
+      )
     if self.sigma_init <= 0.05:
       _fail("sigma_init", self.sigma_init, "must be > 0.05 (the width floor)")
     if self.prior_mode not in ("fixed", "gated"):
@@ -176,7 +195,10 @@ class ModelConfig:
         self.interest_keys,
         "'content' needs encoder_layers = 0 (a Transformer block mixes the recency back in)",
       )
-    if self.recent_interest and (self.num_interests < 2 or self.interest_values != "shared"):
+    if self.recent_interest and (
+      min(self.num_interests, self.mm_num_interests or self.num_interests) < 2
+      or self.interest_values != "shared"
+    ):
       _fail(
         "recent_interest",
         self.recent_interest,
@@ -499,6 +521,13 @@ class Config:
   def __post_init__(self):
     for section in dataclasses.fields(self):
       getattr(self, section.name).validate()
+    m = self.model
+    if m.mm_num_interests not in (0, m.num_interests) and self.loss.lambda_joint > 0:
+      _fail(
+        "mm_num_interests",
+        m.mm_num_interests,
+        "lambda_joint pairs interest k of both views: needs the same K in both",
+      )
 
   def replace(self, **sections_fields: Any) -> "Config":
     """`cfg.replace(model={"num_interests": 8})` -> a new validated Config."""

@@ -252,7 +252,7 @@ class BivRecModel(tf.keras.Model):
           name="mm_tower",
         )
       )
-      self.views[v] = ViewEncoder(tower, m, max_len, name=f"{v}_view")
+      self.views[v] = ViewEncoder(tower, m.for_view(v), max_len, name=f"{v}_view")
     self.cross_view = len(self.view_names) == 2
     lc = config.loss
     # The contrastive L_sem's heads exist only when that loss trains them.

@@ -92,6 +92,24 @@ def test_adaptive_interest_counts_serve_as_in_process(tmp_path):
     np.testing.assert_allclose(out["scores"][row], scores, rtol=1e-5, atol=1e-5)
 
 
+def test_a_view_with_its_own_interest_count_serves_as_in_process(tmp_path):
+  # ID view K = 2, MM view K = 1: each view's max runs over its own interests.
+  model = tiny.tiny_model(seed=2, mm_num_interests=1)
+  queries = model.queries(tf.zeros([1, tiny.MAX_LEN], tf.int64))
+  assert queries["id"].shape[1] == 2 and queries["mm"].shape[1] == 1
+  path = export_lib.export_model(model, tiny.vocab(), W, str(tmp_path), "bivrec", tiny.TOP_K)
+  loaded = tf.saved_model.load(str(path))
+  histories = [["item-3", "item-9", "item-12", "item-30"], ["item-7", "item-2", "", ""]]
+  out = _serve(loaded, histories)
+  for row, history in enumerate(histories):
+    ids, scores = _reference_top_k(model, history, tiny.TOP_K)
+    np.testing.assert_array_equal(out["item_ids"][row].astype(str), ids)
+    np.testing.assert_allclose(out["scores"][row], scores, rtol=1e-5, atol=1e-5)
+  interests = _serve(loaded, histories, "user_interests")
+  assert interests["id_interests"].shape == (2, 2, tiny.DIM)
+  assert interests["mm_interests"].shape == (2, 1, tiny.DIM)
+
+
 def test_interest_level_fusion_serves_as_the_ranker_and_brute_force_rank(tmp_path):
   # ModelConfig.fusion "interest": interest k of both views scores an item together.
   model = tiny.tiny_model(seed=2, fusion="interest", interest_init="orthogonal")

@@ -492,6 +492,44 @@ def test_interest_key_and_recent_interest_settings_that_cannot_work_are_refused(
     Config().replace(model=fields)
 
 
+def test_the_mm_view_can_have_its_own_interest_count_and_both_views_train():
+  model = _model(model={"mm_num_interests": 2})  # ID view K = 3
+  batch = _batch()
+  out = model(batch["history"])
+  assert out["id"][0].shape[1] == 3 and out["mm"][0].shape[1] == 2
+  assert out["mm"][1].shape[-1] == 2  # the MM view's allocation over its own 2 interests
+  with tf.GradientTape(persistent=True) as tape:
+    parts, terms = model.loss_parts(batch)
+    loss = tf.reduce_mean(tf.add_n(list(parts.values())))
+  assert np.isfinite(float(loss)) and np.isfinite(float(tf.reduce_mean(terms["alloc"])))
+  for view in ("id", "mm"):
+    grads = tape.gradient(loss, model.views[view].trainable_variables)
+    assert (
+      float(tf.linalg.global_norm([tf.convert_to_tensor(g) for g in grads if g is not None])) > 0
+    )
+  stats = interest_diagnostics(model, _eval_data())
+  assert len(stats["win_id"]) == 3 and len(stats["win_mm"]) == 2
+  np.testing.assert_allclose(sum(stats["win_mm"]), 1.0, rtol=1e-5)
+  # the same K in both views is the plain model: same variables, same shapes
+  same = _model(model={"mm_num_interests": 3})
+  assert [w.shape for w in same.weights] == [w.shape for w in _model().weights]
+
+
+@pytest.mark.parametrize(
+  "sections",
+  [
+    {"model": {"mm_num_interests": -1}},
+    {"model": {"mm_num_interests": 2, "fusion": "interest"}},
+    {"model": {"mm_num_interests": 2}, "loss": {"lambda_joint": 1.0}},
+    {"model": {"mm_num_interests": 1, "num_interests": 1, "readout": "last", "patch_sizes": (1,)}},
+    {"model": {"mm_num_interests": 1, "recent_interest": True}},
+  ],
+)
+def test_mm_interest_counts_that_cannot_work_are_refused(sections):
+  with pytest.raises(ValueError, match="mm_num_interests|recent_interest"):
+    Config().replace(**sections)
+
+
 def _dropout_histories(views="independent", rate=0.5, step=3, training=True):
   model = _model(model={"history_dropout": rate, "history_dropout_views": views})
   model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
