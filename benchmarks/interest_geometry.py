@@ -68,7 +68,7 @@ def geometry(run_dir: Path, pairs: int = 20_000, seed: int = 0) -> dict:
     table /= np.linalg.norm(table, axis=1, keepdims=True)
     a, b = rng.choice(len(p), pairs, p=p), rng.choice(len(p), pairs, p=p)
     mean_dir = (p[:, None] * table).sum(0)
-    u = u.numpy()
+    u = model.views[v].personal(u).numpy()  # the user's own interests (no global query)
     out[v] = {
       "item_cosine": float(np.mean(np.sum(table[a] * table[b], 1))),
       "mean_direction_norm": float(np.linalg.norm(mean_dir)),

@@ -77,6 +77,11 @@ class ModelConfig:
   dropout: float = 0.1
   # Module 2: Intra-View Interest Decomposition.
   num_interests: int = 4  # K
+  # a learned user-independent query g_v per view added to every interest when scoring,
+  # s_k(i) = (u_k + g_v) . e_v(i) / tau: what every user shares (the popularity direction of the
+  # item space) lives in g_v, not in each user's K interests (the interest diagnostics measure
+  # the u_k). Off = DESIGN.md
+  global_query: bool = False
   # K of the MM view alone (0 = num_interests): its interests are the more alike on every dataset
   # measured, and its candidate scoring ([B, K, C]) is half the second view's cost at K = 2
   mm_num_interests: int = 0

@@ -53,7 +53,7 @@ class InterestDiagnostics:
     out = {}
     for v, u in model.queries(history).items():
       active = model.views[v].active_interests(history)  # [B, K]: all K unless adaptive
-      cos, _ = interest_similarity(u, active=active)
+      cos, _ = interest_similarity(model.views[v].personal(u), active=active)  # without g
       paired = paired_users(active)  # [B]
       e = model.views[v].item_vectors(tf.maximum(targets, FIRST_ITEM))  # [B, T, d]
       scores = tf.einsum("bkd,btd->btk", u, e)

@@ -74,6 +74,8 @@ class ViewEncoder(tf.keras.layers.Layer):
     -> (U `[B, K, d]` (unit-norm for cosine similarity), A `[B, T, K]`, valid bool `[B, T]`).
   With `adaptive_interests` a user's slots beyond their K_u (`active_interests`) hold copies of
   interest 0, which leaves every max over interests what it is over the K_u alone.
+  With `global_query` U is u_k + g: the user's (unit-norm) interests plus the query every user
+  shares (`personal` recovers the u_k).
   Histories longer than `max_len` keep their most recent `max_len` items. With
   `readout="last"` (one token per item) U is the last token's encoding, the most recent item's
   (K = 1), and A gives every valid token to that one interest.
@@ -93,6 +95,12 @@ class ViewEncoder(tf.keras.layers.Layer):
     self.content_keys = m.interest_keys == "content"
     self.adaptive = m.adaptive_interests
     self.num_interests = m.num_interests
+    # g `[d]` (config `global_query`): the query every user shares, added to each interest
+    self.global_query = (
+      self.add_weight(name="global_query", shape=(m.dim,), initializer="zeros")
+      if m.global_query
+      else None
+    )
     self.interest_embedding = MultiScaleInterestEmbedding(
       m.dim,
       m.patch_sizes,
@@ -155,7 +163,14 @@ class ViewEncoder(tf.keras.layers.Layer):
       u = tf.math.l2_normalize(u, axis=-1)
     if self.adaptive:  # after the normalisation: the copies are exact
       u = tf.where(self._active(mask)[..., None], u, u[:, :1])
+    if self.global_query is not None:
+      u = u + self.global_query
     return u, a, valid
+
+  def personal(self, u):
+    """The user's own interests `[B, K, d]` of the queries `u` this encoder returns: u - g with
+    a global query, else u (what the interest diagnostics compare)."""
+    return u if self.global_query is None else u - self.global_query
 
   def _active(self, mask):
     """MIND's K_u = max(1, min(K, floor(log2 n))) of each user's n valid items (`mask` bool
@@ -416,12 +431,12 @@ class BivRecModel(tf.keras.Model):
       terms[f"interests_{v}"] = stats.effective_interests
       if self.config.model.adaptive_interests:  # the cosine over users with >= 2 interests
         active = self.views[v].active_interests(histories[v])
-        cos, cos_sq = interest_similarity(u, lc.div_margin, active)
+        cos, cos_sq = interest_similarity(self.views[v].personal(u), lc.div_margin, active)
         paired = tf.cast(paired_users(active), cos.dtype)
         mean = tf.reduce_sum(cos * paired) / tf.maximum(tf.reduce_sum(paired), 1.0)
         terms[f"cos_{v}"] = tf.fill(tf.shape(cos), mean)
       else:
-        terms[f"cos_{v}"], cos_sq = interest_similarity(u, lc.div_margin)
+        terms[f"cos_{v}"], cos_sq = interest_similarity(self.views[v].personal(u), lc.div_margin)
       if lc.lambda_div > 0:
         parts[f"div_{v}"] = lc.lambda_div * cos_sq
     if self.cross_view:

@@ -92,9 +92,11 @@ def test_adaptive_interest_counts_serve_as_in_process(tmp_path):
     np.testing.assert_allclose(out["scores"][row], scores, rtol=1e-5, atol=1e-5)
 
 
-def test_a_view_with_its_own_interest_count_serves_as_in_process(tmp_path):
-  # ID view K = 2, MM view K = 1: each view's max runs over its own interests.
-  model = tiny.tiny_model(seed=2, mm_num_interests=1)
+def test_own_interest_counts_and_a_global_query_serve_as_in_process(tmp_path):
+  # ID view K = 2, MM view K = 1: each view's max runs over its own interests, each adding g.
+  model = tiny.tiny_model(seed=2, mm_num_interests=1, global_query=True)
+  for view in ("id", "mm"):  # a global query that changes the ranking
+    model.views[view].global_query.assign(np.linspace(-1, 1, tiny.DIM).astype(np.float32))
   queries = model.queries(tf.zeros([1, tiny.MAX_LEN], tf.int64))
   assert queries["id"].shape[1] == 2 and queries["mm"].shape[1] == 1
   path = export_lib.export_model(model, tiny.vocab(), W, str(tmp_path), "bivrec", tiny.TOP_K)

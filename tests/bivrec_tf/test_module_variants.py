@@ -515,6 +515,31 @@ def test_the_mm_view_can_have_its_own_interest_count_and_both_views_train():
   assert [w.shape for w in same.weights] == [w.shape for w in _model().weights]
 
 
+def test_global_query_is_added_to_every_interest_trains_and_is_left_out_of_the_cosine():
+  tf.keras.utils.set_random_seed(7)
+  model = _model(model={"global_query": True})
+  batch = _batch()
+  for view in ("id", "mm"):
+    model.views[view].global_query.assign(np.full(D, 0.5, np.float32))
+  queries = model.queries(batch["history"])
+  tf.keras.utils.set_random_seed(7)
+  plain = _model()  # same seed: the same weights but g
+  plain_queries = plain.queries(batch["history"])
+  for view in ("id", "mm"):
+    np.testing.assert_allclose(queries[view] - 0.5, plain_queries[view], atol=1e-5)
+    np.testing.assert_allclose(
+      model.views[view].personal(queries[view]), plain_queries[view], atol=1e-5
+    )
+  with tf.GradientTape() as tape:
+    parts, terms = model.loss_parts(batch)
+    loss = tf.reduce_mean(tf.add_n(list(parts.values())))
+  g = model.views["id"].global_query
+  assert float(tf.norm(tape.gradient(loss, g))) > 0
+  _, plain_terms = plain.loss_parts(batch)
+  np.testing.assert_allclose(terms["cos_id"], plain_terms["cos_id"], atol=1e-5)  # without g
+  assert not any("global_query" in w.name for w in plain.weights)
+
+
 @pytest.mark.parametrize(
   "sections",
   [
