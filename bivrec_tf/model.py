@@ -613,7 +613,8 @@ class BivRecModel(tf.keras.Model):
     gradient out of both: what the teacher adds beyond pulling v back from its own training loss,
     and whether that agrees with held-out users ("probe_guided" gates on it by default). The
     probe reads "probe_guided" ungated (both directions at mutual's weight). Empty without a
-    cross-view L_sem."""
+    cross-view L_sem. Called in a replica context (`strategy.run`, batches distributed over the
+    replicas) it returns on every replica the values of the whole global batches."""
     with tf.GradientTape(persistent=True) as tape:
       parts, _ = self.loss_parts(batch, training=False, ungated=True)
       held_parts, _ = self.loss_parts(held, training=False)
@@ -622,18 +623,36 @@ class BivRecModel(tf.keras.Model):
     out = {}
     if "sem" not in losses:
       return out
+    # Inside `strategy.run` each replica holds a shard of both batches: its gradients are summed
+    # over the replicas (the global batch's, times the number of replicas: cosines do not see the
+    # factor) and its mean losses averaged, so every replica computes the one-device values.
+    ctx = tf.distribute.get_replica_context()
+    replicas = 1 if ctx is None else ctx.num_replicas_in_sync
+
+    def summed(grads, variables):
+      if replicas == 1:
+        return grads
+      dense = [
+        tf.zeros_like(var) if g is None else tf.convert_to_tensor(g)
+        for g, var in zip(grads, variables)
+      ]
+      return ctx.all_reduce(tf.distribute.ReduceOp.SUM, dense)
+
+    def mean(x):
+      return x if replicas == 1 else ctx.all_reduce(tf.distribute.ReduceOp.MEAN, x)
+
     for v, encoder in self.views.items():
       variables = encoder.trainable_variables
       gram = gradient_gram(  # 0: the teaching, 1: v's retrieval loss, 2: the same held out
-        tape.gradient(losses["sem"], variables),
-        tape.gradient(losses[f"rec_{v}"], variables),
-        tape.gradient(held_losses[f"rec_{v}"], variables),
+        summed(tape.gradient(losses["sem"], variables), variables),
+        summed(tape.gradient(losses[f"rec_{v}"], variables), variables),
+        summed(tape.gradient(held_losses[f"rec_{v}"], variables), variables),
       )
       norms = tf.sqrt(tf.linalg.diag_part(gram))
       out[f"align_{v}"] = tf.math.divide_no_nan(gram[0, 2], norms[0] * norms[2])
       out[f"align_rec_{v}"] = tf.math.divide_no_nan(gram[1, 2], norms[1] * norms[2])
       out[f"align_new_{v}"] = partial_cosine(gram, 0, 2, 1)
-      out[f"gap_{v}"] = held_losses[f"rec_{v}"] - losses[f"rec_{v}"]
+      out[f"gap_{v}"] = mean(held_losses[f"rec_{v}"] - losses[f"rec_{v}"])
     del tape
     return out
 

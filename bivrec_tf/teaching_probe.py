@@ -26,19 +26,17 @@ def probe_interval(model) -> int:
 
 
 def can_probe(strategy: tf.distribute.Strategy) -> bool:
-  """Single-device runs only: distributed variables are not differentiated outside a replica
-  context, and ParameterServerStrategy allows no batch-level callbacks."""
-  return strategy.num_replicas_in_sync == 1 and not isinstance(
-    strategy, tf.distribute.experimental.ParameterServerStrategy
-  )
+  """Every strategy but ParameterServerStrategy, which allows no batch-level callbacks. Under
+  several replicas the probe runs inside `strategy.run` on distributed batches
+  (`TeachingProbe`)."""
+  return not isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
 
 
 def warn_unprobed(strategy: tf.distribute.Strategy) -> None:
   """The warning of a "probe_guided" run whose strategy allows no probe."""
   warnings.warn(
-    "sem_mode 'probe_guided': the teaching probe runs on single-device runs only; under "
-    f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replicas both "
-    "directions distil as 'mutual'",
+    f"sem_mode 'probe_guided': {type(strategy).__name__} allows no batch-level callbacks, so "
+    "the teaching probe does not run and both directions distil as 'mutual'",
     stacklevel=3,
   )
 
@@ -53,9 +51,11 @@ class TeachingProbe(tf.keras.callbacks.Callback):
     momentum: m of the moving average s <- m s + (1 - m) align kept in `model.teach_alignment`
       (if the model has one); the first probe of a fit sets s to its value.
     signal: the alignment averaged: "new" (`align_new_<v>`) or "raw" (`align_<v>`).
-  Single-device runs only (distributed variables are not differentiated outside a replica
-  context): under a multi-replica strategy the probe does nothing and "probe_guided" distils
-  as "mutual".
+  Under a strategy with several replicas (Mirrored, MultiWorkerMirrored) both batches are
+  distributed like the training batches and the probe runs in `strategy.run`: every replica
+  computes the alignments of the whole global batches (`BivRecModel.teaching_alignment`), the
+  values of one device. Under ParameterServerStrategy (no batch-level callbacks) it does nothing
+  and "probe_guided" distils as "mutual".
   """
 
   def __init__(
@@ -69,7 +69,8 @@ class TeachingProbe(tf.keras.callbacks.Callback):
     super().__init__()
     if every < 1:
       raise ValueError(f"TeachingProbe every must be >= 1, got {every}")
-    self.batches, self.held = iter(batches), iter(held)
+    self._datasets = (batches, held)
+    self.batches, self.held = iter(batches), iter(held)  # distributed in `set_model` if need be
     self.every, self.momentum = every, momentum
     self.key = {"new": "align_new", "raw": "align"}[signal]
     self._seen: List[Dict[str, float]] = []  # this epoch's probes
@@ -79,10 +80,35 @@ class TeachingProbe(tf.keras.callbacks.Callback):
 
   def set_model(self, model):
     super().set_model(model)
-    self._align = WarmCompiled(model.teaching_alignment, eager_calls=0)
-    self.active = can_probe(model.distribute_strategy)
-    if not self.active and getattr(model, "teach_alignment", None) is not None:
-      warn_unprobed(model.distribute_strategy)
+    strategy = model.distribute_strategy
+    self.active = can_probe(strategy)
+    if not self.active:
+      if getattr(model, "teach_alignment", None) is not None:
+        warn_unprobed(strategy)
+      return
+    if strategy.num_replicas_in_sync == 1:
+      self._align = WarmCompiled(model.teaching_alignment, eager_calls=0)
+      return
+    # Several replicas: the batches split over them as `fit`'s are (sharded by data across
+    # workers), the gradients summed inside `strategy.run`; every replica returns the same values.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    self.batches, self.held = (
+      iter(strategy.experimental_distribute_dataset(d.with_options(options)))
+      for d in self._datasets
+    )
+
+    @tf.function
+    def align(batch, held):
+      out = strategy.run(model.teaching_alignment, args=(batch, held))
+      return {k: strategy.experimental_local_results(v)[0] for k, v in out.items()}
+
+    self._align = align
+
+  def measure(self) -> Dict[str, float]:
+    """One probe on the next training and held-out batches: {name: value} (empty without a
+    cross-view L_sem)."""
+    return {k: float(v) for k, v in self._align(next(self.batches), next(self.held)).items()}
 
   def on_epoch_begin(self, epoch, logs=None):
     self._seen = []
@@ -98,7 +124,7 @@ class TeachingProbe(tf.keras.callbacks.Callback):
       return
     self._probed_at = step
     start = time.perf_counter()
-    align = {k: float(v) for k, v in self._align(next(self.batches), next(self.held)).items()}
+    align = self.measure()
     self._probe_seconds += time.perf_counter() - start
     if not align:
       return

@@ -23,9 +23,10 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 # d = 64: the ID table (402 x 64 floats, 103 KB) is above the 64 KiB minimum shard size, so
 # parameter servers shard it.
-# --sem-mode mutual: these tests compare strategies step for step, and mutual distillation is what
-# every strategy runs (the default probe_guided's teaching probe runs on single-device runs only;
-# elsewhere it distils as mutual, tested below for parameter servers).
+# --sem-mode mutual: these tests compare whole runs of two strategies step for step, where a probe
+# that reads a near-zero alignment could open or close a gate on one and not the other (the
+# default probe_guided's teaching probe itself is compared across strategies in the steps test;
+# parameter servers allow it no batch callback, tested below).
 COMMON = [
   "--sem-mode",
   "mutual",
@@ -55,6 +56,7 @@ import tensorflow as tf
 from bivrec_tf import train
 from bivrec_tf.config import Config
 from bivrec_tf.distribute import make_strategy
+from bivrec_tf.teaching_probe import TeachingProbe
 from input_pipelines.dataset import train_dataset
 
 data, steps, learning_rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
@@ -67,7 +69,7 @@ cfg = Config().replace(data={"data": data}, model={"dim": 32, **no_dropout},
                        train={"batch_size": 128, "seed": 7, "jit_compile": False})
 ds = train.load_data(cfg)
 max_len = int(ds.meta.get("recommended_max_len", 50))
-out, init = {}, None
+out, init, probe_batches = {}, None, None
 for name, strategy in (("single", single), ("mirrored", mirrored)):
   tf.keras.utils.set_random_seed(7)
   with strategy.scope():
@@ -77,9 +79,19 @@ for name, strategy in (("single", single), ("mirrored", mirrored)):
     init = [w.numpy() for w in model.trainable_weights]
   for w, value in zip(model.trainable_weights, init):
     w.assign(value)
+  # the teaching probe (probe_guided, the default) on the job's first probe batches, at the
+  # initial weights: under two replicas it runs in strategy.run on the split batches
+  if probe_batches is None:
+    job_probe = train.teaching_probe(cfg, ds, max_len)
+    probe_batches = [next(job_probe.batches), next(job_probe.held)]
+  probe = TeachingProbe(*(tf.data.Dataset.from_tensors(b).repeat() for b in probe_batches),
+                        every=1, momentum=0.9)
+  probe.set_model(model)
+  alignment = probe.measure()
   batches = train_dataset(ds, max_len, 128, 64, seed=7).take(steps)
   history = model.fit(batches, epochs=steps, steps_per_epoch=1, verbose=0)  # one step per epoch
   out[name] = {"replicas": strategy.num_replicas_in_sync, "logs": history.history,
+               "alignment": alignment,
                "weights": [w.numpy().tolist() for w in model.trainable_weights]}
 out["init"] = [w.tolist() for w in init]
 print("RESULT " + json.dumps(out))
@@ -151,6 +163,15 @@ def test_mirrored_on_two_logical_cpus_takes_the_same_steps_as_one_device(data):
     moved += step > 0
     assert np.abs(w2 - w1).max() <= 1e-3 * step + 1e-7, (w0.shape, step, np.abs(w2 - w1).max())
   assert moved >= len(result["init"]) - 2  # (a bias or two may get no gradient at all)
+  # The teaching probe under two replicas (inside strategy.run, gradients summed over the
+  # replicas) measures what one device measures on the same global batches.
+  names = set(single["alignment"])
+  assert {"align_new_id", "align_new_mm", "gap_id", "gap_mm"} <= names
+  assert set(mirrored["alignment"]) == names
+  for name in sorted(names):
+    np.testing.assert_allclose(
+      mirrored["alignment"][name], single["alignment"][name], rtol=1e-4, atol=1e-6, err_msg=name
+    )
 
 
 def test_multi_worker_matches_one_device_and_only_the_chief_exports(data, one_device, tmp_path):
@@ -235,7 +256,7 @@ def test_parameter_server_strategy_shards_the_id_table_and_trains_as_well_as_one
   run_dir = tmp_path / "ps"
   ps_cmd = _train_cmd(data, run_dir, "--strategy", "parameter_server", "--local-cluster", "2,2")
   proc = _run(ps_cmd + ["--sem-mode", "probe_guided"])  # the default's form, its probe stood aside
-  assert "the teaching probe runs on single-device runs only" in proc.stderr
+  assert "allows no batch-level callbacks" in proc.stderr
   metrics = json.loads((run_dir / "metrics.json").read_text())
   assert not any(k.startswith("align_") for k in metrics["epoch_logs"][0])  # no probe ran
   assert metrics["strategy"].startswith("ParameterServerStrategy")

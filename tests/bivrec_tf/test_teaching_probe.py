@@ -129,20 +129,21 @@ def test_probe_callback_logs_epoch_means_and_keeps_the_moving_average():
     TeachingProbe(batches, held, every=0, momentum=0.5)
 
 
-def test_probe_stays_off_with_a_warning_under_several_replicas():
-  class _Strategy:  # what the callback reads of a two-replica strategy
-    num_replicas_in_sync = 2
+def test_probe_stays_off_with_a_warning_under_parameter_servers():
+  class _ParameterServers(tf.distribute.experimental.ParameterServerStrategy):
+    def __init__(self):  # what the callback reads of the strategy: its type
+      pass
 
   class _Model:
-    distribute_strategy = _Strategy()
+    distribute_strategy = _ParameterServers()
     teach_alignment = tf.Variable([1.0, 1.0])
 
     def teaching_alignment(self, batch, held):
-      raise AssertionError("the probe must not run under several replicas")
+      raise AssertionError("the probe must not run under parameter servers")
 
   batches = tf.data.Dataset.from_tensors(_batch()).repeat()
   probe = TeachingProbe(batches, batches, every=1, momentum=0.5)
-  with pytest.warns(UserWarning, match="single-device runs only"):
+  with pytest.warns(UserWarning, match="allows no batch-level callbacks"):
     probe.set_model(_Model())
   assert not probe.active
   probe.on_train_batch_end(0)  # nothing probed, the gate stays open (mutual)
