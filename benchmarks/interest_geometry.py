@@ -7,7 +7,9 @@ popularity-weighted mean cosine between two items' candidate vectors, the norm o
 direction, the mean pairwise cosine of a user's K interests, and that cosine after removing the
 mean item direction from every interest. Interests that stay alike after the mean direction is
 removed read the same items (docs/model.md, "Module 2: competing interests and label-aware
-routing"). Which items: the tokens each interest's seeding attention reads (exp of its entropy,
+routing"). Also: the norm of the mean of all users' interests (a direction every user shares),
+the interest cosine without it, and the cosine of two items of one user's history (docs/results.md,
+"Session 17"). Which items: the tokens each interest's seeding attention reads (exp of its entropy,
 median over users, interests sorted from the sharpest), against the user's valid tokens. Writes
 nothing.
 """
@@ -34,6 +36,20 @@ def _mean_pairwise_cosine(u):
   if k < 2:
     return float("nan")
   return float(np.einsum("bkd,bjd->bkj", u, u)[:, ~np.eye(k, dtype=bool)].mean())
+
+
+def _history_item_cosine(history, table, max_len: int) -> float:
+  """Mean cosine of two different items of one user's last `max_len` history items, averaged over
+  users with two or more (history int `[B, L]`, 0/1 = padding; table: unit rows `[V, d]`)."""
+  values = []
+  for row in history:
+    ids = row[row >= 2][-max_len:]
+    if len(ids) < 2:
+      continue
+    e = table[ids]
+    c = e @ e.T
+    values.append((c.sum() - np.trace(c)) / (len(ids) * (len(ids) - 1)))
+  return float(np.mean(values)) if values else float("nan")
 
 
 def _load_config(run_dir: Path) -> config_lib.Config:
@@ -69,11 +85,15 @@ def geometry(run_dir: Path, pairs: int = 20_000, seed: int = 0) -> dict:
     a, b = rng.choice(len(p), pairs, p=p), rng.choice(len(p), pairs, p=p)
     mean_dir = (p[:, None] * table).sum(0)
     u = model.views[v].personal(u).numpy()  # the user's own interests (no global query)
+    mean_interest = u.reshape(-1, u.shape[-1]).mean(axis=0)  # over all users and interests
     out[v] = {
       "item_cosine": float(np.mean(np.sum(table[a] * table[b], 1))),
       "mean_direction_norm": float(np.linalg.norm(mean_dir)),
       "interest_cosine": _mean_pairwise_cosine(u),
       "centred_interest_cosine": _mean_pairwise_cosine(u - mean_dir),
+      "mean_interest_norm": float(np.linalg.norm(mean_interest)),
+      "interest_cosine_without_mean_interest": _mean_pairwise_cosine(u - mean_interest),
+      "history_item_cosine": _history_item_cosine(batch["history"].numpy(), table, max_len),
     }
     if attention is not None:
       read, n_valid = tokens_read(*attention)
@@ -89,14 +109,17 @@ def main(argv=None):
   args = parser.parse_args(argv)
   print(
     "| run | view | item cosine | mean direction norm | interest cosine | centred | "
+    "mean interest norm | without the mean interest | history item cosine | "
     "tokens each interest reads (median) | valid tokens (median) |"
   )
-  print("|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   for run in args.run_dirs:
     for v, g in geometry(run).items():
       print(
         f"| {run.name} | {v} | {g['item_cosine']:.3f} | {g['mean_direction_norm']:.3f} | "
         f"{g['interest_cosine']:.3f} | {g['centred_interest_cosine']:.3f} | "
+        f"{g['mean_interest_norm']:.3f} | {g['interest_cosine_without_mean_interest']:.3f} | "
+        f"{g['history_item_cosine']:.3f} | "
         f"{' / '.join(f'{x:.1f}' for x in g.get('tokens_read', [])) or '-'} | "
         f"{g.get('valid_tokens', float('nan')):.0f} |"
       )
