@@ -271,6 +271,9 @@ class LossConfig:
   # (off-diagonal of U U^T)
   lambda_div: float = 0.0
   div_margin: float = 0.0  # cosines below the margin are free (0 = plain squared cosine)
+  # centring penalty (needs model.global_query): lambda ||mean over the batch's users and K of the
+  # unit interests u_k||^2 per view, so the direction every user shares moves into g_v
+  lambda_centre: float = 0.0
   tau_c: float = 0.1  # semantic contrastive temperature
   # The default L_sem is "probe_guided" (since session 16; docs/results.md, "Session 16"): mutual
   # distillation at weight 3 where each direction teaches while the teaching probe finds it agrees
@@ -397,6 +400,7 @@ class LossConfig:
       "lambda_sem",
       "lambda_alloc",
       "lambda_div",
+      "lambda_centre",
       "sem_to_mm",
       "lambda_joint",
       "lambda_mix",
@@ -527,6 +531,12 @@ class Config:
     for section in dataclasses.fields(self):
       getattr(self, section.name).validate()
     m = self.model
+    if self.loss.lambda_centre > 0 and not m.global_query:
+      _fail(
+        "lambda_centre",
+        self.loss.lambda_centre,
+        "needs model.global_query (the shared direction moves into g_v)",
+      )
     if m.mm_num_interests not in (0, m.num_interests) and self.loss.lambda_joint > 0:
       _fail(
         "mm_num_interests",

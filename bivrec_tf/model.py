@@ -439,6 +439,11 @@ class BivRecModel(tf.keras.Model):
         terms[f"cos_{v}"], cos_sq = interest_similarity(self.views[v].personal(u), lc.div_margin)
       if lc.lambda_div > 0:
         parts[f"div_{v}"] = lc.lambda_div * cos_sq
+      if lc.lambda_centre > 0:  # the direction all users' interests share belongs in g_v
+        shared = tf.reduce_mean(self.views[v].personal(u), axis=[0, 1])  # [d]
+        parts[f"centre_{v}"] = tf.fill(
+          tf.shape(target), lc.lambda_centre * tf.reduce_sum(shared**2)
+        )
     if self.cross_view:
       (u_id, a_id, valid), (u_mm, a_mm, _) = outputs["id"], outputs["mm"]
       sem = [

@@ -538,6 +538,14 @@ def test_global_query_is_added_to_every_interest_trains_and_is_left_out_of_the_c
   _, plain_terms = plain.loss_parts(batch)
   np.testing.assert_allclose(terms["cos_id"], plain_terms["cos_id"], atol=1e-5)  # without g
   assert not any("global_query" in w.name for w in plain.weights)
+  # the centring penalty: lambda ||mean of the u_k over users and K||^2, one value per example
+  centred = _model(model={"global_query": True}, loss={"lambda_centre": 2.0})
+  parts, _ = centred.loss_parts(batch)
+  u = centred.views["mm"].personal(centred.queries(batch["history"])["mm"]).numpy()
+  expected = 2.0 * np.sum(u.mean(axis=(0, 1)) ** 2)
+  np.testing.assert_allclose(parts["centre_mm"], np.full(4, expected), rtol=1e-5)
+  with pytest.raises(ValueError, match="lambda_centre"):
+    Config().replace(loss={"lambda_centre": 1.0})
 
 
 @pytest.mark.parametrize(
