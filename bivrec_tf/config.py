@@ -78,12 +78,12 @@ class ModelConfig:
   # Module 2: Intra-View Interest Decomposition.
   num_interests: int = 4  # K
   # a learned user-independent query g_v per view added to every interest when scoring,
-  # s_k(i) = (u_k + g_v) . e_v(i) / tau: what every user shares (the popularity direction of the
-  # item space) lives in g_v, not in each user's K interests (the interest diagnostics measure
-  # the u_k). Off = DESIGN.md
+  # s_k(i) = (u_k + g_v) . e_v(i) / tau, a place for the direction every user's interests share
+  # (the interest diagnostics measure the u_k; alone it does not draw that direction out of them,
+  # loss.lambda_centre does). Off = DESIGN.md (docs/model.md, session 17)
   global_query: bool = False
   # K of the MM view alone (0 = num_interests): its interests are the more alike on every dataset
-  # measured, and its candidate scoring ([B, K, C]) is half the second view's cost at K = 2
+  # measured; K = 2 halves its scoring FLOPs, not its time (docs/performance.md, session 17)
   mm_num_interests: int = 0
   gaussian_prior: bool = False  # the Gaussian temporal prior of each interest's attention
   sigma_init: float = 0.25  # initial Gaussian width sigma_k
