@@ -33,7 +33,10 @@ NO_HELP = {"benchmarks.screening_table"}
 # `python -m benchmarks.quality` passes every other flag on to the training config.
 EXTRA_FLAGS_FROM = {"benchmarks.quality": "bivrec_tf.train"}
 # Flags whose (quoted) value is a string of another tool's flags.
-NESTED_FLAGS = {("benchmarks.train_throughput", "--model-flags"): "bivrec_tf.train"}
+NESTED_FLAGS = {
+  ("benchmarks.train_throughput", "--model-flags"): "bivrec_tf.train",
+  ("benchmarks.step_profile", "--model-flags"): "bivrec_tf.train",
+}
 # Model names `benchmarks.quality --models` takes besides the presets.
 QUALITY_MODELS = {"all", "design", "late_fusion"}
 
