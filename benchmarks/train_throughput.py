@@ -34,7 +34,7 @@ import tensorflow as tf
 from bivrec_tf.config import Config, add_flags, from_flags
 from bivrec_tf.model import BivRecModel
 from bivrec_tf.presets import apply_preset
-from bivrec_tf.teaching_probe import probe_interval
+from bivrec_tf.teaching_probe import TeachingProbe, probe_interval
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 20) -> float:
@@ -175,10 +175,10 @@ def compiled_steps(model, data):
 
 def teaching_probe_calls(model, data):
   """None without a teaching probe (`loss.probe_every` 0); else a function doing one probe's work
-  as the job's `TeachingProbe` does (`teaching_alignment` on two batches of `probe_batch` rows,
-  compiled, results read back). Each timed window of n steps times one call and adds n /
-  probe_every of it (a window shorter than probe_every would otherwise hold no probe or a whole
-  one)."""
+  as the job does: `TeachingProbe.measure` (compiled `teaching_alignment` on two batches of
+  `probe_batch` rows, results read back). Each timed window of n steps times one call and adds
+  n / probe_every of it (a window shorter than probe_every would otherwise hold no probe or a
+  whole one)."""
   lc = model.config.loss
   if not probe_interval(model):
     return None
@@ -186,13 +186,14 @@ def teaching_probe_calls(model, data):
   n = min(lc.probe_batch, int(rows["target"].shape[0]))
   batch = {k: (v if k == "negatives" else v[:n]) for k, v in rows.items()}
   held = {**batch, "target": tf.roll(batch["target"], 1, axis=0)}
-  align = tf.function(model.teaching_alignment)
-
-  def call():
-    return {k: float(v) for k, v in align(batch, held).items()}
-
-  call()  # traced outside the timed windows, as the job's first probe is once per run
-  return call
+  probe = TeachingProbe(
+    *(tf.data.Dataset.from_tensors(b).repeat() for b in (batch, held)),
+    probe_interval(model),
+    lc.probe_momentum,
+  )
+  probe.set_model(model)
+  probe.measure()  # traced outside the timed windows, as the job's first probe is once per run
+  return probe.measure
 
 
 def measure(

@@ -320,9 +320,9 @@ class LossConfig:
   # between the gradient on v's encoder of its distillation from the other view (a training batch)
   # and of v's own retrieval loss on a batch of *validation* examples: > 0 when what the teacher
   # asks for also lowers the student's held-out loss (first order). Logged as `align_<v>` (epoch
-  # means; `align_new_<v>`, `align_rec_<v>`, `gap_<v>`, `probe_share` beside it) on
-  # single-device runs; "probe_guided" gates each judged direction by `align_new_<v>` (or
-  # `align_<v>`, probe_signal below); bivrec_tf/teaching_probe.py
+  # means; `align_new_<v>`, `align_rec_<v>`, `gap_<v>`, `probe_share` beside it) under every
+  # strategy but parameter servers; "probe_guided" gates each judged direction by
+  # `align_new_<v>` (or `align_<v>`, probe_signal below); bivrec_tf/teaching_probe.py
   probe_every: int = 20
   # examples in each of the probe's two batches (training, held out; the valid split's size if
   # smaller): the probe's cost does not grow with the training batch

@@ -427,20 +427,21 @@ class BivRecModel(tf.keras.Model):
         routed = self._route(u, vectors, tau, "target")
         parts[f"route_{v}"] = self._retrieval_loss(self._logits(routed, candidates, probs))
       stats = AllocationStats(a, valid)
+      own = self.views[v].personal(u)  # the user's interests without the global query
       terms[f"entropy_{v}"] = stats.token_entropy
       terms[f"interests_{v}"] = stats.effective_interests
       if self.config.model.adaptive_interests:  # the cosine over users with >= 2 interests
         active = self.views[v].active_interests(histories[v])
-        cos, cos_sq = interest_similarity(self.views[v].personal(u), lc.div_margin, active)
+        cos, cos_sq = interest_similarity(own, lc.div_margin, active)
         paired = tf.cast(paired_users(active), cos.dtype)
         mean = tf.reduce_sum(cos * paired) / tf.maximum(tf.reduce_sum(paired), 1.0)
         terms[f"cos_{v}"] = tf.fill(tf.shape(cos), mean)
       else:
-        terms[f"cos_{v}"], cos_sq = interest_similarity(self.views[v].personal(u), lc.div_margin)
+        terms[f"cos_{v}"], cos_sq = interest_similarity(own, lc.div_margin)
       if lc.lambda_div > 0:
         parts[f"div_{v}"] = lc.lambda_div * cos_sq
       if lc.lambda_centre > 0:  # the direction all users' interests share belongs in g_v
-        shared = tf.reduce_mean(self.views[v].personal(u), axis=[0, 1])  # [d]
+        shared = tf.reduce_mean(own, axis=[0, 1])  # [d]
         parts[f"centre_{v}"] = tf.fill(
           tf.shape(target), lc.lambda_centre * tf.reduce_sum(shared**2)
         )
