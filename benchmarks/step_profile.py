@@ -33,8 +33,12 @@ _CONTAINERS = re.compile(
 
 
 def model_part(op_name: str):
-  """(part, "forward" | "backward") of a TensorFlow op name from the training step's graph."""
-  backward = op_name.startswith("gradient_tape/")
+  """(part, "forward" | "backward") of a TensorFlow op name from the training step's graph:
+  backward under autodiff's `gradient_tape/` scope or a hand-written gradient's `*_grad/` scope
+  (e.g. `bivrec_tf.model.winner_scores`)."""
+  backward = op_name.startswith("gradient_tape/") or bool(
+    re.search(r"(^|/)\w+_grad(_\d+)?/", op_name)
+  )
   name = op_name.replace("gradient_tape/", "")
   if name.startswith("Adam") or "/Adam" in name:
     part = "optimizer"

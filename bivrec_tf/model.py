@@ -755,9 +755,36 @@ def view_scores(queries, table, tau_rec: float, argmax_gradient: bool = False):
   tied interests of one user are then the same function of the weights, e.g. a one-item
   history, and their summed gradient is unchanged). Same values; the backward pass is a
   multiply instead of reduce_max's equality mask, tie count, division and transposes, which
-  under XLA on CPU cost more than the score einsum itself (docs/performance.md).
+  under XLA on CPU cost more than the score einsum itself (docs/performance.md); and it is
+  written out (`winner_scores`) so that no `[B, K, N]` tensor is transposed.
   """
-  return max_over_interests(interest_scores(queries, table), tau_rec, argmax_gradient)
+  if argmax_gradient:
+    return winner_scores(queries, table) / tau_rec
+  return max_over_interests(interest_scores(queries, table), tau_rec)
+
+
+@tf.custom_gradient
+def winner_scores(queries, table):
+  """max_k <U[k], e(i)>: queries `[B, K, d]`, table `[N, d]` -> `[B, N]`, the gradient to the
+  winning interest of each (user, item) pair (the first at a tie), backward written out.
+
+  The backward spreads the upstream `[B, N]` gradient g over the winners once, G = one-hot * g
+  `[B, K, N]`, and takes both gradients as matmuls that read G in its own row-major layout:
+  dU = G E, and dE = (U^T G)^T, the transpose of a small `[d, N]` product. Autodiff's
+  dE = G^T U instead has XLA on CPU write a transposed copy of G (and a second fusion of
+  everything that makes g, e.g. the distillation's softmaxes, to fill it); at batch 2048 that
+  copy was most of the distillation's cost (docs/performance.md, session 18)."""
+  scores = interest_scores(queries, table)
+  winner = tf.one_hot(tf.argmax(scores, axis=1), tf.shape(scores)[1], axis=1, dtype=scores.dtype)
+
+  def grad(upstream):
+    with tf.name_scope("winner_scores_grad"):  # benchmarks.step_profile counts it as backward
+      spread = winner * upstream[:, None, :]  # [B, K, N]
+      d_queries = tf.einsum("bkn,nd->bkd", spread, table)
+      d_table = tf.transpose(tf.einsum("bkd,bkn->dn", queries, spread))
+    return d_queries, d_table
+
+  return tf.reduce_sum(scores * winner, axis=1), grad
 
 
 def interest_scores(queries, table):
@@ -784,8 +811,9 @@ def mixture_loss(ce_id, ce_mm):
 
 
 def max_over_interests(scores, tau_rec: float, argmax_gradient: bool = False):
-  """`[B, K, N]` per-interest scores -> `[B, N]` max over K / tau_rec (argmax_gradient: see
-  `view_scores`)."""
+  """`[B, K, N]` per-interest scores -> `[B, N]` max over K / tau_rec (argmax_gradient: the
+  one-hot read-out of `view_scores`, for scores that are not one view's einsum, e.g. the
+  interest-level fusion)."""
   if not argmax_gradient:
     return tf.reduce_max(scores, axis=1) / tau_rec
   winner = tf.one_hot(tf.argmax(scores, axis=1), tf.shape(scores)[1], axis=1, dtype=scores.dtype)

@@ -42,3 +42,7 @@ def test_op_names_fall_into_model_parts_forward_and_backward():
   assert model_part("Adam/Unique") == ("optimizer", "forward")
   assert model_part("id_view/id_tower/embedding_lookup") == ("ID table", "forward")
   assert model_part("softmax_cross_entropy_with_logits") == ("scoring, losses, metrics", "forward")
+  # the max over interests' hand-written backward (bivrec_tf.model.winner_scores)
+  assert model_part("winner_scores_grad/einsum") == ("scoring, losses, metrics", "backward")
+  assert model_part("winner_scores_grad_1/einsum") == ("scoring, losses, metrics", "backward")
+  assert model_part("id_view/upgrade/einsum") == ("scoring, losses, metrics", "forward")

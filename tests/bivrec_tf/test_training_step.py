@@ -1,7 +1,9 @@
 """The training step's two shortcuts give the same training: the max over interests read through
-an argmax one-hot, and small tables' sparse gradients made dense before the optimizer."""
+an argmax one-hot (its backward written out, `winner_scores`), and small tables' sparse gradients
+made dense before the optimizer."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from bivrec_tf.config import Config
@@ -10,23 +12,27 @@ from bivrec_tf.model import BivRecModel, dense_if_small, view_scores
 B, K, N, D = 5, 3, 11, 8
 
 
-def _scores_and_gradients(queries, table, argmax_gradient, weights):
-  q, t = tf.constant(queries), tf.constant(table)
-  with tf.GradientTape() as tape:
-    tape.watch([q, t])
-    scores = view_scores(q, t, 0.1, argmax_gradient=argmax_gradient)
-    loss = tf.reduce_sum(scores * weights)
-  dq, dt = tape.gradient(loss, [q, t])
-  return scores.numpy(), dq.numpy(), dt.numpy()
+def _scores_and_gradients(queries, table, argmax_gradient, weights, jit=False):
+  def run(q, t):
+    with tf.GradientTape() as tape:
+      tape.watch([q, t])
+      scores = view_scores(q, t, 0.1, argmax_gradient=argmax_gradient)
+      loss = tf.reduce_sum(scores * weights)
+    return (scores, *tape.gradient(loss, [q, t]))
+
+  if jit:  # the training step's setting: XLA rewrites the written-out backward's transpose
+    run = tf.function(run, jit_compile=True)
+  return tuple(x.numpy() for x in run(tf.constant(queries), tf.constant(table)))
 
 
-def test_argmax_gradient_has_the_values_and_gradients_of_reduce_max():
+@pytest.mark.parametrize("jit", [False, True])
+def test_argmax_gradient_has_the_values_and_gradients_of_reduce_max(jit):
   rng = np.random.default_rng(0)
   queries = rng.normal(size=(B, K, D)).astype(np.float32)
   table = rng.normal(size=(N, D)).astype(np.float32)
   weights = tf.constant(rng.normal(size=(B, N)), tf.float32)
   plain = _scores_and_gradients(queries, table, False, weights)
-  onehot = _scores_and_gradients(queries, table, True, weights)
+  onehot = _scores_and_gradients(queries, table, True, weights, jit)
   for a, b in zip(plain, onehot):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
   # Every interest wins some (user, item) pair here, so the test covers the routing itself.
