@@ -331,7 +331,9 @@ class LossConfig:
   # alignments, s <- m s + (1 - m) align, is > 0, and is silent while s <= 0
   probe_momentum: float = 0.9
   # what "probe_guided" averages: "new" (align_new_<v>: the teaching's agreement with the held-out
-  # gradient beyond the student's own training gradient) or "raw" (align_<v>)
+  # gradient beyond the student's own training gradient), "raw" (align_<v>) or "fused"
+  # (align_fused_<v>: as "new", against the held-out gradient of the fused retrieval loss on v's
+  # encoder: does the teaching help the fusion, not only the student; a fourth probe gradient)
   probe_signal: str = "new"
   # "mutual": the weight of the ID -> MM direction (the MM view as the student) relative to the
   # MM -> ID one; 1 = symmetric (the default), 0 = only the ID view learns from the other
@@ -390,8 +392,8 @@ class LossConfig:
       _fail("probe_batch", self.probe_batch, "must be >= 1")
     if "probe_guided" in modes and self.probe_every == 0:
       _fail("probe_every", self.probe_every, "sem_mode 'probe_guided' needs a probe (> 0 steps)")
-    if self.probe_signal not in ("new", "raw"):
-      _fail("probe_signal", self.probe_signal, "must be 'new' or 'raw'")
+    if self.probe_signal not in ("new", "raw", "fused"):
+      _fail("probe_signal", self.probe_signal, "must be 'new', 'raw' or 'fused'")
     if not 0 <= self.probe_momentum < 1:
       _fail("probe_momentum", self.probe_momentum, "must be in [0, 1)")
     if self.sem_warmup_steps < 0:

@@ -387,11 +387,12 @@ class BivRecModel(tf.keras.Model):
     chosen = tf.gather(u, pick, axis=1, batch_dims=1)  # [B, d]
     return tf.matmul(chosen, vectors, transpose_b=True) / tau
 
-  def loss_parts(self, batch, training=False, ungated=False):
+  def loss_parts(self, batch, training=False, ungated=False, fused_term=False):
     """({term: weighted per-example loss `[B]`}, {name: raw term or diagnostic `[B]`}). The total
     loss is the sum of the first dict; `gradient_shares` differentiates its entries one by one.
     `ungated`: "probe_guided" distils as "mutual" (both directions at 1/2), what
-    `teaching_alignment` measures."""
+    `teaching_alignment` measures. `fused_term` (two views): also the term "rec_fused", the
+    retrieval loss on the views' mean logits (the score-level fusion at w = 1/2)."""
     history = tf.convert_to_tensor(batch["history"])
     target = tf.cast(batch["target"], tf.int64)
     negatives = tf.cast(batch.get("negatives", tf.zeros([0], tf.int64)), tf.int64)
@@ -445,6 +446,8 @@ class BivRecModel(tf.keras.Model):
         parts[f"centre_{v}"] = tf.fill(
           tf.shape(target), lc.lambda_centre * tf.reduce_sum(shared**2)
         )
+    if fused_term and len(logits) == 2:
+      terms["rec_fused"] = self._retrieval_loss((logits["id"] + logits["mm"]) / 2.0)
     if self.cross_view:
       (u_id, a_id, valid), (u_mm, a_mm, _) = outputs["id"], outputs["mm"]
       sem = [
@@ -602,7 +605,7 @@ class BivRecModel(tf.keras.Model):
     del tape
     return out
 
-  def teaching_alignment(self, batch, held) -> Dict[str, tf.Tensor]:
+  def teaching_alignment(self, batch, held, fused=False) -> Dict[str, tf.Tensor]:
     """How well each view's teaching agrees with held-out data, first order, inference mode.
 
     Args: batch: a training batch; held: a batch of the same form from validation examples.
@@ -617,15 +620,21 @@ class BivRecModel(tf.keras.Model):
     against each other (align_v ~ -align_rec_v while the views distil), so "align_new_<v>" is
     the cosine of the teaching and the held-out gradient after projecting v's training retrieval
     gradient out of both: what the teacher adds beyond pulling v back from its own training loss,
-    and whether that agrees with held-out users ("probe_guided" gates on it by default). The
+    and whether that agrees with held-out users ("probe_guided" gates on it by default).
+    `fused` adds "align_fused_<v>": the same projected cosine with the held-out gradient of the
+    *fused* retrieval loss (mean logits, `loss_parts`' "rec_fused") on v's encoder instead of v's
+    own: whether the teaching helps the two views' fusion on held-out users, which a student
+    made more like its teacher need not (probe_signal "fused"). The
     probe reads "probe_guided" ungated (both directions at mutual's weight). Empty without a
     cross-view L_sem. Called in a replica context (`strategy.run`, batches distributed over the
     replicas) it returns on every replica the values of the whole global batches."""
     with tf.GradientTape(persistent=True) as tape:
       parts, _ = self.loss_parts(batch, training=False, ungated=True)
-      held_parts, _ = self.loss_parts(held, training=False)
+      held_parts, held_terms = self.loss_parts(held, training=False, fused_term=fused)
       losses = {name: tf.reduce_mean(value) for name, value in parts.items()}
       held_losses = {name: tf.reduce_mean(value) for name, value in held_parts.items()}
+      if fused:
+        held_losses["rec_fused"] = tf.reduce_mean(held_terms["rec_fused"])
     out = {}
     if "sem" not in losses:
       return out
@@ -649,15 +658,19 @@ class BivRecModel(tf.keras.Model):
 
     for v, encoder in self.views.items():
       variables = encoder.trainable_variables
-      gram = gradient_gram(  # 0: the teaching, 1: v's retrieval loss, 2: the same held out
-        summed(tape.gradient(losses["sem"], variables), variables),
-        summed(tape.gradient(losses[f"rec_{v}"], variables), variables),
-        summed(tape.gradient(held_losses[f"rec_{v}"], variables), variables),
+      names = [("sem", losses), (f"rec_{v}", losses), (f"rec_{v}", held_losses)]
+      if fused:
+        names.append(("rec_fused", held_losses))
+      # 0: the teaching, 1: v's retrieval loss, 2: the same held out, 3: the fused one held out
+      gram = gradient_gram(
+        *(summed(tape.gradient(src[name], variables), variables) for name, src in names)
       )
       norms = tf.sqrt(tf.linalg.diag_part(gram))
       out[f"align_{v}"] = tf.math.divide_no_nan(gram[0, 2], norms[0] * norms[2])
       out[f"align_rec_{v}"] = tf.math.divide_no_nan(gram[1, 2], norms[1] * norms[2])
       out[f"align_new_{v}"] = partial_cosine(gram, 0, 2, 1)
+      if fused:
+        out[f"align_fused_{v}"] = partial_cosine(gram, 0, 3, 1)
       out[f"gap_{v}"] = mean(held_losses[f"rec_{v}"] - losses[f"rec_{v}"])
     del tape
     return out

@@ -8,6 +8,7 @@ epoch's training time) and, for sem_mode "probe_guided", keeps the moving averag
 direction's alignment in `model.teach_alignment`: a direction teaches while it is > 0.
 """
 
+import functools
 import time
 import warnings
 from typing import Dict, List
@@ -50,7 +51,8 @@ class TeachingProbe(tf.keras.callbacks.Callback):
     every: optimizer steps between probes (>= 1).
     momentum: m of the moving average s <- m s + (1 - m) align kept in `model.teach_alignment`
       (if the model has one); the first probe of a fit sets s to its value.
-    signal: the alignment averaged: "new" (`align_new_<v>`) or "raw" (`align_<v>`).
+    signal: the alignment averaged: "new" (`align_new_<v>`), "raw" (`align_<v>`) or "fused"
+      (`align_fused_<v>`, the fusion's held-out gradient; the probe then computes it).
   Under a strategy with several replicas (Mirrored, MultiWorkerMirrored) both batches are
   distributed like the training batches and the probe runs in `strategy.run`: every replica
   computes the alignments of the whole global batches (`BivRecModel.teaching_alignment`), the
@@ -72,7 +74,8 @@ class TeachingProbe(tf.keras.callbacks.Callback):
     self._datasets = (batches, held)
     self.batches, self.held = iter(batches), iter(held)  # distributed in `set_model` if need be
     self.every, self.momentum = every, momentum
-    self.key = {"new": "align_new", "raw": "align"}[signal]
+    self.key = {"new": "align_new", "raw": "align", "fused": "align_fused"}[signal]
+    self.fused = signal == "fused"  # the probe then also takes the fused held-out gradient
     self._seen: List[Dict[str, float]] = []  # this epoch's probes
     self.trace: List[Dict[str, float]] = []  # every probe of the fit, with its optimizer step
     self._probes = 0
@@ -86,8 +89,9 @@ class TeachingProbe(tf.keras.callbacks.Callback):
       if getattr(model, "teach_alignment", None) is not None:
         warn_unprobed(strategy)
       return
+    align_fn = functools.partial(model.teaching_alignment, fused=self.fused)
     if strategy.num_replicas_in_sync == 1:
-      self._align = WarmCompiled(model.teaching_alignment, eager_calls=0)
+      self._align = WarmCompiled(align_fn, eager_calls=0)
       return
     # Several replicas: the batches split over them as `fit`'s are (sharded by data across
     # workers), the gradients summed inside `strategy.run`; every replica returns the same values.
@@ -100,7 +104,7 @@ class TeachingProbe(tf.keras.callbacks.Callback):
 
     @tf.function
     def align(batch, held):
-      out = strategy.run(model.teaching_alignment, args=(batch, held))
+      out = strategy.run(align_fn, args=(batch, held))
       return {k: strategy.experimental_local_results(v)[0] for k, v in out.items()}
 
     self._align = align

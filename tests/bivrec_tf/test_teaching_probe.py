@@ -66,6 +66,28 @@ def test_alignment_is_a_cosine_per_view_and_absent_without_a_cross_view_term():
   assert off.teaching_alignment(_batch(), _held()) == {}
 
 
+def test_fused_alignment_compares_the_teaching_with_the_fusions_held_out_gradient():
+  tf.keras.utils.set_random_seed(0)
+  model = _model(loss={"sem_mode": "mutual", "lambda_alloc": 0.0})
+  align = {k: float(v) for k, v in model.teaching_alignment(_batch(), _held(), fused=True).items()}
+  assert {"align_fused_id", "align_fused_mm"} <= set(align)
+  assert "align_fused_id" not in model.teaching_alignment(_batch(), _held())  # only when asked
+  held = model.loss_parts(_held(), fused_term=True)[1]
+  assert "rec_fused" not in model.loss_parts(_held())[1]
+  # the fused loss is the cross-entropy of the mean logits: convex, so at most the views' mean
+  assert np.all(held["rec_fused"].numpy() <= (held["rec_id"] + held["rec_mm"]).numpy() / 2 + 1e-5)
+  for v in ("id", "mm"):
+    variables = model.views[v].trainable_variables
+    with tf.GradientTape(persistent=True) as tape:
+      train = model.loss_parts(_batch(), ungated=True)[0]
+      fused = model.loss_parts(_held(), fused_term=True)[1]["rec_fused"]
+      losses = [tf.reduce_mean(x) for x in (train["sem"], train[f"rec_{v}"], fused)]
+    gram = gradient_gram(*(tape.gradient(x, variables) for x in losses))
+    expected = float(partial_cosine(gram, 0, 2, 1))
+    assert align[f"align_fused_{v}"] == pytest.approx(expected, abs=1e-5)
+    assert align[f"align_fused_{v}"] != pytest.approx(align[f"align_new_{v}"], abs=1e-4)
+
+
 def test_probe_guided_silences_a_direction_whose_alignment_average_is_not_positive():
   assert _model(loss={"sem_mode": "mutual"}).teach_alignment is None  # built for this mode only
   tf.keras.utils.set_random_seed(0)
@@ -124,6 +146,12 @@ def test_probe_callback_logs_epoch_means_and_keeps_the_moving_average():
   last = raw.trace[-1]
   np.testing.assert_allclose(model.teach_alignment.numpy(), [last["align_id"], last["align_mm"]])
   assert history.history["teach_avg_mm"][1] == pytest.approx(expected[1], rel=1e-5)
+  fused = TeachingProbe(batches, held, every=2, momentum=0.0, signal="fused")
+  model.fit(batches, epochs=1, steps_per_epoch=2, callbacks=[fused], verbose=0)
+  last = fused.trace[-1]
+  np.testing.assert_allclose(
+    model.teach_alignment.numpy(), [last["align_fused_id"], last["align_fused_mm"]]
+  )
   assert all(0 < share < 1 for share in history.history["probe_share"])
   with pytest.raises(ValueError, match="every"):
     TeachingProbe(batches, held, every=0, momentum=0.5)
