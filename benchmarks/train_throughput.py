@@ -190,6 +190,7 @@ def teaching_probe_calls(model, data):
     *(tf.data.Dataset.from_tensors(b).repeat() for b in (batch, held)),
     probe_interval(model),
     lc.probe_momentum,
+    lc.probe_signal,  # "fused" takes a fourth gradient per view
   )
   probe.set_model(model)
   probe.measure()  # traced outside the timed windows, as the job's first probe is once per run

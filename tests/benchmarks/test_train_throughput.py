@@ -36,4 +36,9 @@ def test_a_probed_form_pays_for_its_teaching_probe_inside_the_timed_steps(monkey
   assert row["probe_every"] == 2
   # one timed call per window (the one-step warm-up's and the two windows'; the trace uncounted)
   assert len(calls) == 3 and {"align_new_id", "align_new_mm"} <= set(calls[0])
+  assert "align_fused_id" not in calls[0]
+  # the probe the job would run: with probe_signal "fused" it also takes the fused gradient
+  calls.clear()
+  measure(8, 2, 16, 50, 8, 4, False, steps=2, flags=flags + " --probe-signal fused", repeats=1)
+  assert calls and {"align_fused_id", "align_fused_mm"} <= set(calls[0])
   assert measure(8, 2, 16, 50, 8, 4, False, steps=2, preset="comirec_sa")["probe_every"] == 0

@@ -76,6 +76,13 @@ def test_fused_alignment_compares_the_teaching_with_the_fusions_held_out_gradien
   assert "rec_fused" not in model.loss_parts(_held())[1]
   # the fused loss is the cross-entropy of the mean logits: convex, so at most the views' mean
   assert np.all(held["rec_fused"].numpy() <= (held["rec_id"] + held["rec_mm"]).numpy() / 2 + 1e-5)
+  seen = []  # the logits each retrieval loss reads: the views', then the fused term's
+  real = model._retrieval_loss  # pylint: disable=protected-access
+  model._retrieval_loss = lambda logits: seen.append(logits) or real(logits)
+  model.loss_parts(_held(), fused_term=True)
+  del model._retrieval_loss  # the staticmethod again
+  assert len(seen) == 3  # rec_id, rec_mm, rec_fused
+  np.testing.assert_allclose(seen[2], (seen[0] + seen[1]) / 2, rtol=1e-6)
   for v in ("id", "mm"):
     variables = model.views[v].trainable_variables
     with tf.GradientTape(persistent=True) as tape:
