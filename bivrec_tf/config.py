@@ -85,6 +85,11 @@ class ModelConfig:
   # K of the MM view alone (0 = num_interests): its interests are the more alike on every dataset
   # measured; K = 2 halves its scoring FLOPs, not its time (docs/performance.md, session 17)
   mm_num_interests: int = 0
+  # d of the MM view alone (0 = dim): its tower, tokens and interests. The ID view keeps dim, so the
+  # MM view is the cheaper one and a two-view step can cost less than two ID-view steps
+  # (docs/performance.md, session 19). Views meet only through scores, so their d may differ;
+  # the cross-view forms that compare vectors across views (sem_mode "cross", "item") need one d
+  mm_dim: int = 0
   gaussian_prior: bool = False  # the Gaussian temporal prior of each interest's attention
   sigma_init: float = 0.25  # initial Gaussian width sigma_k
   # "fixed": DESIGN.md's prior on tau = distance / max_len; "gated": tau relative to the user's own
@@ -144,10 +149,16 @@ class ModelConfig:
   fusion: str = "score"
 
   def for_view(self, view: str) -> "ModelConfig":
-    """The settings view `view` is built from: the MM view's K is `mm_num_interests` when set."""
-    if view != "mm" or self.mm_num_interests in (0, self.num_interests):
+    """The settings view `view` is built from: the MM view's K is `mm_num_interests` and its d
+    `mm_dim` when set."""
+    own = {}
+    if view == "mm" and self.mm_num_interests not in (0, self.num_interests):
+      own["num_interests"] = self.mm_num_interests
+    if view == "mm" and self.mm_dim not in (0, self.dim):
+      own["dim"] = self.mm_dim
+    if not own:
       return self
-    return dataclasses.replace(self, num_interests=self.mm_num_interests, mm_num_interests=0)
+    return dataclasses.replace(self, **own, mm_num_interests=0, mm_dim=0)
 
   def validate(self) -> None:
     if (
@@ -166,6 +177,10 @@ class ModelConfig:
       _fail("encoder_layers", self.encoder_layers, "must be >= 0")
     if self.num_heads < 1 or self.dim % self.num_heads:
       _fail("num_heads", self.num_heads, f"must be >= 1 and divide dim={self.dim}")
+    if self.mm_dim < 0:
+      _fail("mm_dim", self.mm_dim, "must be >= 0 (0 = dim)")
+    if self.mm_dim and self.mm_dim % self.num_heads:
+      _fail("mm_dim", self.mm_dim, f"must be divisible by num_heads={self.num_heads}")
     if not 0.0 <= self.dropout < 1.0:
       _fail("dropout", self.dropout, "must be in [0, 1)")
     if self.num_interests < 1:
@@ -538,6 +553,13 @@ class Config:
         "lambda_centre",
         self.loss.lambda_centre,
         "needs model.global_query (the shared direction moves into g_v)",
+      )
+    crossing = {"cross", "item"} & set(self.loss.sem_mode.split("+"))
+    if m.mm_dim not in (0, m.dim) and crossing:
+      _fail(
+        "mm_dim",
+        m.mm_dim,
+        f"sem_mode {sorted(crossing)} compares vectors across the views: needs mm_dim = dim",
       )
     if m.mm_num_interests not in (0, m.num_interests) and self.loss.lambda_joint > 0:
       _fail(

@@ -261,7 +261,7 @@ class BivRecModel(tf.keras.Model):
         else MultimodalTower.from_tables(
           features,
           present,
-          m.dim,
+          m.for_view("mm").dim,
           fusion=m.mm_fusion,
           fusion_hidden=m.mm_fusion_hidden,
           name="mm_tower",
