@@ -127,10 +127,10 @@ def _register_einsum_flops():
     pass
 
 
-def _interests(row) -> str:
-  """The K column: "4", or "4 / 2" when the MM view has its own K (ID / MM)."""
-  k_mm = row.get("K_mm")
-  return str(row["K"]) if k_mm in (None, row["K"]) else f"{row['K']} / {k_mm}"
+def _per_view(row, key: str) -> str:
+  """The K or d column: "4", or "4 / 2" when the MM view has its own (ID / MM)."""
+  own = row.get(f"{key}_mm")
+  return str(row[key]) if own in (None, row[key]) else f"{row[key]} / {own}"
 
 
 def train_step_flops(model, batch_example) -> float:
@@ -223,6 +223,7 @@ def measure(
     "K": m.num_interests,
     "K_mm": m.for_view("mm").num_interests if "mm" in m.views else None,  # the MM view's own K
     "d": m.dim,
+    "d_mm": m.for_view("mm").dim if "mm" in m.views else None,  # the MM view's own d
     "items": items,
     "batch": batch,
     "negatives": negatives,
@@ -452,14 +453,14 @@ def main(argv=None):
     + (f", reference {args.reference}" if args.reference else "")
   )
   print(
-    "| preset | L | K | items | batch | XLA | train seq/s | ms/step | GFLOP/step | GFLOP/s | "
+    "| preset | L | K | d | items | batch | XLA | train seq/s | ms/step | GFLOP/step | GFLOP/s | "
     "share of peak | peak RSS MB | eval users/s |"
   )
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     ev = f"{r['eval_users_per_s']:.0f}" if "eval_users_per_s" in r else "-"
     print(
-      f"| {r['preset']} | {r['L']} | {_interests(r)} | {r['items']} | {r['batch']} "
+      f"| {r['preset']} | {r['L']} | {_per_view(r, 'K')} | {_per_view(r, 'd')} | {r['items']} | {r['batch']} "
       f"| {'yes' if r['xla'] else 'no'} "
       f"| {r['seq_per_s']:.0f} | {r['step_ms']:.0f} | {r['gflop_per_step']:.2f} "
       f"| {r['gflops']:.1f} | {100 * r['peak_share']:.1f} % | {r['peak_rss_mb']:.0f} | {ev} |"

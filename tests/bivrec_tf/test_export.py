@@ -112,6 +112,23 @@ def test_own_interest_counts_and_a_global_query_serve_as_in_process(tmp_path):
   assert interests["mm_interests"].shape == (2, 1, tiny.DIM)
 
 
+def test_an_mm_view_with_its_own_dim_serves_as_in_process(tmp_path):
+  model = tiny.tiny_model(seed=3, mm_dim=tiny.DIM // 2)
+  path = export_lib.export_model(
+    model, tiny.vocab(), W, str(tmp_path), "bivrec", tiny.TOP_K, item_chunk=7
+  )
+  loaded = tf.saved_model.load(str(path))
+  histories = [["item-3", "item-9", "item-12", "item-30"], ["item-7", "item-2", "", ""]]
+  out = _serve(loaded, histories)
+  for row, history in enumerate(histories):
+    ids, scores = _reference_top_k(model, history, tiny.TOP_K)
+    np.testing.assert_array_equal(out["item_ids"][row].astype(str), ids)
+    np.testing.assert_allclose(out["scores"][row], scores, rtol=1e-5, atol=1e-5)
+  interests = _serve(loaded, histories, "user_interests")
+  assert interests["id_interests"].shape[-1] == tiny.DIM
+  assert interests["mm_interests"].shape[-1] == tiny.DIM // 2
+
+
 def test_interest_level_fusion_serves_as_the_ranker_and_brute_force_rank(tmp_path):
   # ModelConfig.fusion "interest": interest k of both views scores an item together.
   model = tiny.tiny_model(seed=2, fusion="interest", interest_init="orthogonal")

@@ -515,6 +515,45 @@ def test_the_mm_view_can_have_its_own_interest_count_and_both_views_train():
   assert [w.shape for w in same.weights] == [w.shape for w in _model().weights]
 
 
+def test_the_mm_view_can_have_its_own_dim_and_both_views_train():
+  model = _model(model={"mm_dim": 4})  # ID view d = 8
+  batch = _batch()
+  out = model(batch["history"])
+  assert out["id"][0].shape[-1] == D and out["mm"][0].shape[-1] == 4
+  assert model.views["mm"].tower.dim == 4 and model.views["id"].tower.dim == D
+  assert model.item_table("mm").shape[-1] == 4 and model.item_table("id").shape[-1] == D
+  with tf.GradientTape() as tape:
+    parts, terms = model.loss_parts(batch)
+    loss = tf.reduce_mean(tf.add_n(list(parts.values())))
+  assert np.isfinite(float(loss)) and float(tf.reduce_mean(terms["sem"])) > 0
+  grads = tape.gradient(loss, model.trainable_variables)
+  assert all(g is not None for g in grads)  # every weight of both views is trained
+  stats = interest_diagnostics(model, _eval_data())
+  assert np.isfinite(stats["cos_mm"]) and len(stats["win_mm"]) == 3
+  # the ID view is the d = 8 model's: same shapes as the plain model's ID weights
+  plain = _model()
+  assert [w.shape for w in model.views["id"].weights] == [
+    w.shape for w in plain.views["id"].weights
+  ]
+  # mm_dim = dim is the plain model
+  same = _model(model={"mm_dim": D})
+  assert [w.shape for w in same.weights] == [w.shape for w in plain.weights]
+
+
+@pytest.mark.parametrize(
+  "sections",
+  [
+    {"model": {"mm_dim": -1}},
+    {"model": {"mm_dim": 5, "num_heads": 2}},
+    {"model": {"mm_dim": 32}, "loss": {"sem_mode": "cross"}},
+    {"model": {"mm_dim": 32}, "loss": {"sem_mode": "mutual+item", "lambda_sem": 0.0}},
+  ],
+)
+def test_mm_dims_that_cannot_work_are_refused(sections):
+  with pytest.raises(ValueError, match="mm_dim"):
+    Config().replace(**sections)
+
+
 def test_global_query_is_added_to_every_interest_trains_and_is_left_out_of_the_cosine():
   tf.keras.utils.set_random_seed(7)
   model = _model(model={"global_query": True})
