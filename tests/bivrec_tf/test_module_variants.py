@@ -535,6 +535,12 @@ def test_the_mm_view_can_have_its_own_dim_and_both_views_train():
   assert [w.shape for w in model.views["id"].weights] == [
     w.shape for w in plain.views["id"].weights
   ]
+  # DESIGN.md's contrastive L_sem: each view's head maps its own d to dim
+  contrast = _model(model={"mm_dim": 4}, loss={"sem_mode": "contrast", "lambda_sem": 0.1})
+  _, contrast_terms = contrast.loss_parts(batch)
+  assert np.isfinite(float(tf.reduce_mean(contrast_terms["sem"])))
+  assert contrast.semantic_heads["mm"].out.kernel.shape == (D, D)
+  assert contrast.semantic_heads["mm"].hidden.kernel.shape == (4, D)
   # mm_dim = dim is the plain model
   same = _model(model={"mm_dim": D})
   assert [w.shape for w in same.weights] == [w.shape for w in plain.weights]
