@@ -65,6 +65,14 @@ def _serve(loaded, histories, signature="serving_default"):
   return {k: v.numpy() for k, v in out.items()}
 
 
+def _assert_in_process_top_k(model, histories, out):
+  """The served top-k ids and scores of each history are the in-process full ranking's."""
+  for row, history in enumerate(histories):
+    ids, scores = _reference_top_k(model, history, tiny.TOP_K)
+    np.testing.assert_array_equal(out["item_ids"][row].astype(str), ids)
+    np.testing.assert_allclose(out["scores"][row], scores, rtol=1e-5, atol=1e-5)
+
+
 def test_served_top_k_equals_brute_force_full_ranking(exported):
   model, _, loaded = exported
   histories = [
@@ -74,10 +82,7 @@ def test_served_top_k_equals_brute_force_full_ranking(exported):
   ]
   out = _serve(loaded, histories)
   assert out["item_ids"].shape == (3, tiny.TOP_K) and out["scores"].shape == (3, tiny.TOP_K)
-  for row, history in enumerate(histories):
-    ids, scores = _reference_top_k(model, history, tiny.TOP_K)
-    np.testing.assert_array_equal(out["item_ids"][row].astype(str), ids)
-    np.testing.assert_allclose(out["scores"][row], scores, rtol=1e-5, atol=1e-5)
+  _assert_in_process_top_k(model, histories, out)
 
 
 def test_adaptive_interest_counts_serve_as_in_process(tmp_path):
@@ -86,10 +91,7 @@ def test_adaptive_interest_counts_serve_as_in_process(tmp_path):
   path = export_lib.export_model(model, tiny.vocab(), W, str(tmp_path), "bivrec", tiny.TOP_K)
   histories = [["item-39", "", "", ""], ["item-3", "item-9", "item-12", "item-30"]]
   out = _serve(tf.saved_model.load(str(path)), histories)
-  for row, history in enumerate(histories):
-    ids, scores = _reference_top_k(model, history, tiny.TOP_K)
-    np.testing.assert_array_equal(out["item_ids"][row].astype(str), ids)
-    np.testing.assert_allclose(out["scores"][row], scores, rtol=1e-5, atol=1e-5)
+  _assert_in_process_top_k(model, histories, out)
 
 
 def test_own_interest_counts_and_a_global_query_serve_as_in_process(tmp_path):
@@ -103,10 +105,7 @@ def test_own_interest_counts_and_a_global_query_serve_as_in_process(tmp_path):
   loaded = tf.saved_model.load(str(path))
   histories = [["item-3", "item-9", "item-12", "item-30"], ["item-7", "item-2", "", ""]]
   out = _serve(loaded, histories)
-  for row, history in enumerate(histories):
-    ids, scores = _reference_top_k(model, history, tiny.TOP_K)
-    np.testing.assert_array_equal(out["item_ids"][row].astype(str), ids)
-    np.testing.assert_allclose(out["scores"][row], scores, rtol=1e-5, atol=1e-5)
+  _assert_in_process_top_k(model, histories, out)
   interests = _serve(loaded, histories, "user_interests")
   assert interests["id_interests"].shape == (2, 2, tiny.DIM)
   assert interests["mm_interests"].shape == (2, 1, tiny.DIM)
@@ -120,10 +119,7 @@ def test_an_mm_view_with_its_own_dim_serves_as_in_process(tmp_path):
   loaded = tf.saved_model.load(str(path))
   histories = [["item-3", "item-9", "item-12", "item-30"], ["item-7", "item-2", "", ""]]
   out = _serve(loaded, histories)
-  for row, history in enumerate(histories):
-    ids, scores = _reference_top_k(model, history, tiny.TOP_K)
-    np.testing.assert_array_equal(out["item_ids"][row].astype(str), ids)
-    np.testing.assert_allclose(out["scores"][row], scores, rtol=1e-5, atol=1e-5)
+  _assert_in_process_top_k(model, histories, out)
   interests = _serve(loaded, histories, "user_interests")
   assert interests["id_interests"].shape[-1] == tiny.DIM
   assert interests["mm_interests"].shape[-1] == tiny.DIM // 2
