@@ -281,6 +281,8 @@ class LossConfig:
   # L_sem's weight grows linearly from 0 over the first N training steps (0 = full weight from
   # the first step)
   sem_warmup_steps: int = 0
+  # L_sem's weight falls linearly from 1 to 0 over this many epochs (0 = off): teach, then free
+  sem_decay_epochs: float = 0.0
   lambda_alloc: float = 1.0  # fine allocation-similarity loss weight; 0 = ablation
   # interest-diversity penalty: mean of relu(cos - div_margin)^2 over pairs of a user's K interests
   # (off-diagonal of U U^T)
@@ -413,6 +415,8 @@ class LossConfig:
       _fail("probe_momentum", self.probe_momentum, "must be in [0, 1)")
     if self.sem_warmup_steps < 0:
       _fail("sem_warmup_steps", self.sem_warmup_steps, "must be >= 0")
+    if not self.sem_decay_epochs >= 0:  # (NaN fails too)
+      _fail("sem_decay_epochs", self.sem_decay_epochs, "must be >= 0 (0 = off)")
     for name in (
       "lambda_sem",
       "lambda_alloc",

@@ -6,6 +6,10 @@
 - `win_<view>`: for every (user, target) pair, the interest that scores the target highest (the
   max-over-interests rule of inference "wins" it); the share of targets won by each interest,
   sorted from the most to the least winning (`maxwin_<view>` = the first share; 1/K = balanced).
+- `histcos_<view>`: mean pairwise cosine of the candidate vectors of a user's own history items
+  (pairs of different items), averaged over users with two or more: what the interests are built
+  from. Interests far more alike than the items they read (say 0.9 against 0.2) are each an
+  average of most of the history, not a sign that the user has one topic.
 - `read_<view>`: how many tokens each interest's seeding attention reads, exp(entropy of its
   softmax over the user's valid tokens) (1 = one item; all valid tokens = a plain average of the
   history), median over users, interests sorted from the sharpest; `tokens_<view>`: the median
@@ -29,7 +33,8 @@ def interest_diagnostics(model, dataset: tf.data.Dataset) -> Dict[str, object]:
   """Diagnostics over an eval dataset of {"history" `[B, L]`, "targets" `[B, T]`} batches (a
   one-off `InterestDiagnostics(model)(dataset)`).
 
-  Returns {"cos_<v>": float, "win_<v>": [K floats, descending], "maxwin_<v>": float} per view,
+  Returns {"cos_<v>": float, "histcos_<v>": float, "win_<v>": [K floats, descending],
+  "maxwin_<v>": float} per view,
   and {"read_<v>": [K floats, ascending], "tokens_<v>": float} for views with module 2.
   """
   return InterestDiagnostics(model)(dataset)
@@ -69,6 +74,7 @@ class InterestDiagnostics:
       out[v] = (
         tf.reduce_sum(tf.where(paired, cos, tf.zeros_like(cos))),
         tf.reduce_sum(tf.cast(paired, tf.float64)),
+        *history_cosine(model.views[v], history),
         counts,
         model.views[v].seeding_attention(history),
       )
@@ -77,6 +83,8 @@ class InterestDiagnostics:
   def __call__(self, dataset: tf.data.Dataset) -> Dict[str, object]:
     model = self.model
     cos_sum = {v: 0.0 for v in model.view_names}
+    hist_sum = {v: 0.0 for v in model.view_names}
+    hist_users = {v: 0.0 for v in model.view_names}  # users with two different history items
     paired = {v: 0.0 for v in model.view_names}  # users with >= 2 interests (all, unless adaptive)
     wins = {v: None for v in model.view_names}
     read = {v: [] for v in model.view_names}  # per batch: ([B, K] tokens read, [B] valid tokens)
@@ -85,9 +93,11 @@ class InterestDiagnostics:
       history = tf.convert_to_tensor(batch["history"], tf.int64)
       targets = tf.convert_to_tensor(batch["targets"], tf.int64)
       users += int(history.shape[0])
-      for v, (cos, pairs, counts, attention) in self._batch(history, targets).items():
+      for v, (cos, pairs, hcos, husers, counts, attention) in self._batch(history, targets).items():
         cos_sum[v] += float(cos)
         paired[v] += float(pairs)
+        hist_sum[v] += float(hcos)
+        hist_users[v] += float(husers)
         wins[v] = counts.numpy() if wins[v] is None else wins[v] + counts.numpy()
         if attention is not None:
           read[v].append(tokens_read(*attention))
@@ -97,6 +107,7 @@ class InterestDiagnostics:
     for v in model.view_names:
       share = np.sort(wins[v] / max(wins[v].sum(), 1.0))[::-1]
       out[f"cos_{v}"] = cos_sum[v] / max(paired[v], 1.0)
+      out[f"histcos_{v}"] = hist_sum[v] / max(hist_users[v], 1.0)
       out[f"win_{v}"] = [round(float(s), 4) for s in share]
       out[f"maxwin_{v}"] = float(share[0])
       if read[v]:
@@ -104,6 +115,28 @@ class InterestDiagnostics:
         out[f"read_{v}"] = [round(float(x), 2) for x in np.median(per_user, axis=0)]
         out[f"tokens_{v}"] = float(np.median(np.concatenate([n for _, n in read[v]])))
     return out
+
+
+def history_cosine(encoder, history):
+  """(sum over users of the mean pairwise cosine of their history items' candidate vectors `[]`,
+  the number of users counted `[]`), both float64. Pairs are of valid positions holding different
+  items; a user with no such pair is not counted. `encoder`: a `ViewEncoder`; history int
+  `[B, L]`."""
+  history = tf.cast(history, tf.int64)
+  e = tf.math.l2_normalize(encoder.item_vectors(tf.maximum(history, FIRST_ITEM)), axis=-1)
+  valid = history >= FIRST_ITEM
+  pairs = (
+    valid[:, :, None] & valid[:, None, :] & tf.not_equal(history[:, :, None], history[:, None, :])
+  )  # [B, L, L]
+  w = tf.cast(pairs, tf.float64)
+  cos = tf.cast(tf.einsum("bld,bmd->blm", e, e), tf.float64)
+  n = tf.reduce_sum(w, axis=[1, 2])
+  per_user = tf.reduce_sum(cos * w, axis=[1, 2]) / tf.maximum(n, 1.0)
+  counted = n > 0
+  return (
+    tf.reduce_sum(tf.where(counted, per_user, tf.zeros_like(per_user))),
+    tf.reduce_sum(tf.cast(counted, tf.float64)),
+  )
 
 
 def tokens_read(alpha, valid):

@@ -283,6 +283,9 @@ class BivRecModel(tf.keras.Model):
     # sem_mode "probe_guided": the moving average of each direction's alignment (to ID, to MM),
     # written by the `TeachingProbe` callback; 1 (teach) until the first probe; saved with the weights
     self.teach_alignment = self._guide("probe_guided", 1.0, "teach_alignment")
+    # Optimizer steps per epoch, which `loss.sem_decay_epochs` counts in; `train.run` sets it
+    # before `fit` traces the step (None: no decay)
+    self.steps_per_epoch: Optional[int] = None
     counts = (
       np.zeros(vocab_size, np.float64)
       if item_counts is None
@@ -505,14 +508,20 @@ class BivRecModel(tf.keras.Model):
     return {v: out[min(i, draws - 1)] for i, v in enumerate(self.view_names)}
 
   def _sem_ramp(self, training):
-    """The L_sem weight's warm-up factor: min(1, step / sem_warmup_steps) while training (the
-    optimizer's step count), 1 otherwise or with sem_warmup_steps = 0. Distilling from a view
-    that has not learned yet is noise, so the weight grows over the first steps."""
+    """The L_sem weight's schedule while training (1 otherwise), from the optimizer's step count:
+    min(1, step / sem_warmup_steps) (distilling from a view that has not learned yet is noise, so
+    the weight grows over the first steps), times max(0, 1 - step / (sem_decay_epochs *
+    steps_per_epoch)) (teach, then let each view specialise); each factor 1 when its setting
+    is 0."""
     warmup = self.config.loss.sem_warmup_steps
-    if not training or warmup <= 0 or self.optimizer is None:
+    decay = self.config.loss.sem_decay_epochs * float(self.steps_per_epoch or 0)
+    if not training or (warmup <= 0 and decay <= 0) or self.optimizer is None:
       return 1.0
     step = tf.cast(self.optimizer.iterations, tf.float32)
-    return tf.minimum(1.0, step / float(warmup))
+    ramp = tf.minimum(1.0, step / float(warmup)) if warmup > 0 else 1.0
+    if decay > 0:
+      ramp *= tf.maximum(0.0, 1.0 - step / decay)
+    return ramp
 
   def _semantic_term(self, mode, u_id, u_mm, target, candidates, probs, logits, ungated=False):
     """One L_sem variant (config `sem_mode`; several joined by '+' are summed), per example.

@@ -121,9 +121,10 @@ def format_table(rows: Dict[str, Dict[str, float]], ks: Sequence[int]) -> str:
 def format_diagnostics(diag: dict, views: Sequence[str]) -> str:
   """Interest diagnostics on test and gradient shares at the best epoch, one line per view."""
   lines = [
-    "Interests on test (mean pairwise cosine of a user's K interests; share of test targets "
-    "won by each interest; tokens each interest reads, of the user's valid tokens, medians) and "
-    "each loss term's share of the gradient on the view's encoder at the best epoch:"
+    "Interests on test (mean pairwise cosine of a user's K interests, and of the user's history "
+    "items; share of test targets won by each interest; tokens each interest reads, of the "
+    "user's valid tokens, medians) and each loss term's share of the gradient on the view's "
+    "encoder at the best epoch:"
   ]
   for v in views:
     shares = ", ".join(
@@ -138,7 +139,10 @@ def format_diagnostics(diag: dict, views: Sequence[str]) -> str:
       if f"read_{v}" in diag
       else ""
     )
-    lines.append(f"  {v}: cosine {diag[f'cos_{v}']:.3f}; wins {wins}{read}; gradient {shares}")
+    items = f" (history items {diag[f'histcos_{v}']:.2f})" if f"histcos_{v}" in diag else ""
+    lines.append(
+      f"  {v}: cosine {diag[f'cos_{v}']:.3f}{items}; wins {wins}{read}; gradient {shares}"
+    )
   return "\n".join(lines)
 
 
@@ -248,6 +252,7 @@ def run(
   steps_per_epoch = ds.num_examples("train") // cfg.train.batch_size
   ps = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
   epochs, steps_per_epoch, budget = step_plan(cfg.train.epochs, steps_per_epoch, train_steps, ps)
+  model.steps_per_epoch = steps_per_epoch  # sem_decay_epochs counts in these
   best_path = run_dir / "checkpoints" / "best"
   per_view = cfg.train.view_selection == "per_view" and len(model.view_names) == 2
   view_paths = (

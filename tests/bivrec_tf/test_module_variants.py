@@ -5,7 +5,12 @@ import pytest
 import tensorflow as tf
 
 from bivrec_tf.config import Config
-from bivrec_tf.diagnostics import InterestDiagnostics, interest_diagnostics, tokens_read
+from bivrec_tf.diagnostics import (
+  InterestDiagnostics,
+  history_cosine,
+  interest_diagnostics,
+  tokens_read,
+)
 from bivrec_tf.late_fusion import LateFusion
 from bivrec_tf.layers import (
   GaussianAttention,
@@ -282,6 +287,33 @@ def test_interest_diagnostics_shares_sum_to_one_and_single_interest_wins_everyth
   assert single["win_id"] == [1.0] and single["cos_id"] == 0.0
 
 
+def test_history_cosine_averages_pairs_of_different_valid_items_per_user():
+  model = _model()
+  history = np.array(
+    [
+      [0, 0, 5, 6, 7, 5],  # padding ignored; the repeated 5 pairs only with 6 and 7
+      [0, 0, 0, 0, 9, 9],  # one item twice: no pair of different items, not counted
+      [0, 0, 0, 0, 1, 8],  # id 1 (out of vocabulary) is not a history item: not counted
+      [0, 0, 0, 3, 4, 12],
+    ],
+    np.int64,
+  )
+  enc = model.views["mm"]
+  total, users = history_cosine(enc, tf.constant(history))
+  expected = []
+  for row in history:
+    ids = [i for i in row if i >= 2]
+    e = enc.item_vectors(tf.constant(ids, tf.int64)).numpy()
+    e /= np.linalg.norm(e, axis=-1, keepdims=True)
+    cos = [e[a] @ e[b] for a in range(len(ids)) for b in range(len(ids)) if ids[a] != ids[b]]
+    if cos:
+      expected.append(np.mean(cos))
+  assert float(users) == 2.0 == len(expected)
+  np.testing.assert_allclose(float(total), np.sum(expected), rtol=1e-5)
+  diag = interest_diagnostics(model, _eval_data())
+  assert all(-1.0 <= diag[f"histcos_{v}"] <= 1.0 for v in ("id", "mm"))
+
+
 def test_late_fusion_scores_each_view_with_its_own_model():
   id_model = _model(views=("id",))
   mm_model = _model(views=("mm",))
@@ -421,6 +453,29 @@ def test_sem_warmup_scales_the_weight_by_the_step_while_training_only():
   model.optimizer.iterations.assign(25)  # past the warm-up: the full weight
   parts, terms = model.loss_parts(batch, training=True)
   np.testing.assert_allclose(parts["sem"], 2.0 * terms["sem"], rtol=1e-5)
+
+
+def test_sem_decay_falls_linearly_to_zero_over_its_epochs_while_training_only():
+  model = _model(loss={"lambda_sem": 2.0, "sem_decay_epochs": 2.0})
+  model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+  batch = _batch()
+  model.optimizer.iterations.assign(5)
+  parts, terms = model.loss_parts(batch, training=True)  # no steps_per_epoch yet: no decay
+  np.testing.assert_allclose(parts["sem"], 2.0 * terms["sem"], rtol=1e-5)
+  model.steps_per_epoch = 10  # decay over 20 steps
+  parts, terms = model.loss_parts(batch, training=True)
+  np.testing.assert_allclose(parts["sem"], 2.0 * 0.75 * terms["sem"], rtol=1e-5)
+  parts, terms = model.loss_parts(batch, training=False)  # evaluation: the full weight
+  np.testing.assert_allclose(parts["sem"], 2.0 * terms["sem"], rtol=1e-5)
+  model.optimizer.iterations.assign(30)  # past the decay: no teaching, not a negative weight
+  parts, terms = model.loss_parts(batch, training=True)
+  assert np.all(terms["sem"].numpy() > 0) and np.all(parts["sem"].numpy() == 0.0)
+
+
+def test_sem_decay_refuses_a_negative_or_nan_length():
+  for bad in (-1.0, float("nan")):
+    with pytest.raises(ValueError, match="sem_decay_epochs"):
+      Config().replace(loss={"sem_decay_epochs": bad})
 
 
 def test_seeding_attention_reads_only_valid_tokens_and_counts_what_each_interest_reads():
