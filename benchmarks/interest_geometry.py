@@ -8,10 +8,10 @@ direction, the mean pairwise cosine of a user's K interests, and that cosine aft
 mean item direction from every interest. Interests that stay alike after the mean direction is
 removed read the same items (docs/model.md, "Module 2: competing interests and label-aware
 routing"). Also: the norm of the mean of all users' interests (a direction every user shares),
-the interest cosine without it, and the cosine of two items of one user's history (docs/results.md,
-"Session 17"). Which items: the tokens each interest's seeding attention reads (exp of its entropy,
-median over users, interests sorted from the sharpest), against the user's valid tokens. Writes
-nothing.
+the interest cosine without it, and the cosine of two different items of one user's history
+(`histcos_<view>`; docs/results.md, "Session 17"). Which items: the tokens each interest's
+seeding attention reads (exp of its entropy, median over users, interests sorted from the
+sharpest), against the user's valid tokens. Writes nothing.
 """
 
 import argparse
@@ -24,7 +24,7 @@ import numpy as np
 
 from bivrec_tf import config as config_lib
 from bivrec_tf.builders import build_model, restore_trained
-from bivrec_tf.diagnostics import tokens_read
+from bivrec_tf.diagnostics import history_cosine, tokens_read
 from bivrec_tf.train import DEFAULT_MAX_LEN, load_data
 from input_pipelines.dataset import eval_dataset
 
@@ -36,20 +36,6 @@ def _mean_pairwise_cosine(u):
   if k < 2:
     return float("nan")
   return float(np.einsum("bkd,bjd->bkj", u, u)[:, ~np.eye(k, dtype=bool)].mean())
-
-
-def _history_item_cosine(history, table, max_len: int) -> float:
-  """Mean cosine of two different items of one user's last `max_len` history items, averaged over
-  users with two or more (history int `[B, L]`, 0/1 = padding; table: unit rows `[V, d]`)."""
-  values = []
-  for row in history:
-    ids = row[row >= 2][-max_len:]
-    if len(ids) < 2:
-      continue
-    e = table[ids]
-    c = e @ e.T
-    values.append((c.sum() - np.trace(c)) / (len(ids) * (len(ids) - 1)))
-  return float(np.mean(values)) if values else float("nan")
 
 
 def _load_config(run_dir: Path) -> config_lib.Config:
@@ -93,7 +79,8 @@ def geometry(run_dir: Path, pairs: int = 20_000, seed: int = 0) -> dict:
       "centred_interest_cosine": _mean_pairwise_cosine(u - mean_dir),
       "mean_interest_norm": float(np.linalg.norm(mean_interest)),
       "interest_cosine_without_mean_interest": _mean_pairwise_cosine(u - mean_interest),
-      "history_item_cosine": _history_item_cosine(batch["history"].numpy(), table, max_len),
+      # pairs of different items of one user's history (the runs' `histcos_<view>`)
+      "history_item_cosine": float(np.divide(*history_cosine(model.views[v], batch["history"]))),
     }
     if attention is not None:
       read, n_valid = tokens_read(*attention)
