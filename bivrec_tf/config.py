@@ -352,6 +352,9 @@ class LossConfig:
   # (align_fused_<v>: as "new", against the held-out gradient of the fused retrieval loss on v's
   # encoder: does the teaching help the fusion, not only the student; a fourth probe gradient)
   probe_signal: str = "new"
+  # a "probe_guided" direction teaches while its moving average is > probe_margin (0 = any
+  # agreement; > 0: only a clear one, so a gate that flickers around 0 stays shut)
+  probe_margin: float = 0.0
   # "mutual": the weight of the ID -> MM direction (the MM view as the student) relative to the
   # MM -> ID one; 1 = symmetric (the default), 0 = only the ID view learns from the other
   sem_to_mm: float = 1.0
@@ -411,6 +414,8 @@ class LossConfig:
       _fail("probe_every", self.probe_every, "sem_mode 'probe_guided' needs a probe (> 0 steps)")
     if self.probe_signal not in ("new", "raw", "fused"):
       _fail("probe_signal", self.probe_signal, "must be 'new', 'raw' or 'fused'")
+    if not -1.0 <= self.probe_margin < 1.0:  # an alignment is a cosine (NaN fails too)
+      _fail("probe_margin", self.probe_margin, "must be in [-1, 1)")
     if not 0 <= self.probe_momentum < 1:
       _fail("probe_momentum", self.probe_momentum, "must be in [0, 1)")
     if self.sem_warmup_steps < 0:

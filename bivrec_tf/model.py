@@ -527,10 +527,11 @@ class BivRecModel(tf.keras.Model):
     """One L_sem variant (config `sem_mode`; several joined by '+' are summed), per example.
     `logits`: {view: `[B, C]`} the retrieval logits of each view."""
     lc = self.config.loss
-    if mode == "probe_guided":  # a judged direction teaches while its alignment average is > 0
+    if mode == "probe_guided":  # a judged direction teaches while its alignment average is
+      # above the margin (0 by default)
       gate = tf.ones([2])
       if self.teach_alignment is not None and not ungated:
-        gate = tf.cast(tf.stop_gradient(self.teach_alignment) > 0, tf.float32)
+        gate = tf.cast(tf.stop_gradient(self.teach_alignment) > lc.probe_margin, tf.float32)
       to_id, to_mm = judged_teacher_weights(gate[0], gate[1], lc.guide_students)
       return weighted_distillation_loss(logits["id"], logits["mm"], to_id, to_mm, lc.tau_kd)
     if mode == "contrast":

@@ -116,10 +116,20 @@ def test_probe_guided_silences_a_direction_whose_alignment_average_is_not_positi
   assert _sem_gradient_sum(judged_mm, "id") > 0 and _sem_gradient_sum(judged_mm, "mm") == 0.0
 
 
+def test_probe_margin_keeps_a_direction_shut_until_its_average_clears_the_margin():
+  model = _model(loss={**PROBED, "probe_margin": 0.05})
+  model.teach_alignment.assign([0.03, 0.2])  # agrees, but not clearly: MM -> ID stays shut
+  assert _sem_gradient_sum(model, "id") == 0.0 and _sem_gradient_sum(model, "mm") > 0
+  model.teach_alignment.assign([0.06, 0.05])  # at the margin is not above it
+  assert _sem_gradient_sum(model, "id") > 0 and _sem_gradient_sum(model, "mm") == 0.0
+
+
 @pytest.mark.parametrize(
   "loss, field",
   [
     ({"sem_mode": "probe_guided", "probe_every": 0}, "probe_every"),  # a gate needs a probe
+    ({"probe_every": 5, "probe_margin": 1.0}, "probe_margin"),
+    ({"probe_every": 5, "probe_margin": float("nan")}, "probe_margin"),
     ({"probe_every": -1}, "probe_every"),
     ({"probe_every": 5, "probe_momentum": 1.0}, "probe_momentum"),
     ({"probe_every": 5, "probe_signal": "cosine"}, "probe_signal"),
