@@ -354,8 +354,8 @@ class LossConfig:
   probe_signal: str = "new"
   # a "probe_guided" direction teaches while its moving average is > probe_margin: a clear
   # agreement, not one that flickers around 0 (0.015 since session 20, docs/results.md "Session
-  # 20": validation +4.4 % on the default data, +2.8 % on `synthetic:long`, level on the real
-  # datasets; 0 = any agreement, sessions 16-19)
+  # 20": validation +4.4 % on the default data, +2.3 % on `synthetic:long`, level on the real
+  # datasets, -1.1 % on `synthetic:long-drift`; 0 = any agreement, sessions 16-19)
   probe_margin: float = 0.015
   # "mutual": the weight of the ID -> MM direction (the MM view as the student) relative to the
   # MM -> ID one; 1 = symmetric (the default), 0 = only the ID view learns from the other
