@@ -528,7 +528,7 @@ class BivRecModel(tf.keras.Model):
     `logits`: {view: `[B, C]`} the retrieval logits of each view."""
     lc = self.config.loss
     if mode == "probe_guided":  # a judged direction teaches while its alignment average is
-      # above the margin (0 by default)
+      # above loss.probe_margin
       gate = tf.ones([2])
       if self.teach_alignment is not None and not ungated:
         gate = tf.cast(tf.stop_gradient(self.teach_alignment) > lc.probe_margin, tf.float32)
