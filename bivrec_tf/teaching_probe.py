@@ -50,7 +50,8 @@ class TeachingProbe(tf.keras.callbacks.Callback):
     held: repeating batches of the same form from validation examples.
     every: optimizer steps between probes (>= 1).
     momentum: m of the moving average s <- m s + (1 - m) align kept in `model.teach_alignment`
-      (if the model has one); the first probe of a fit sets s to its value.
+      (if the model has one); the first probe of a run sets s to its value (a run resumed by
+      BackupAndRestore continues its average, `resume`).
     signal: the alignment averaged: "new" (`align_new_<v>`), "raw" (`align_<v>`) or "fused"
       (`align_fused_<v>`, the fusion's held-out gradient; the probe then computes it).
   Under a strategy with several replicas (Mirrored, MultiWorkerMirrored) both batches are
@@ -79,6 +80,7 @@ class TeachingProbe(tf.keras.callbacks.Callback):
     self._seen: List[Dict[str, float]] = []  # this epoch's probes
     self.trace: List[Dict[str, float]] = []  # every probe of the fit, with its optimizer step
     self._probes = 0
+    self._first_epoch = True  # the next epoch is the first of a fit (`on_train_begin`)
     self._probed_at = 0  # the optimizer step of the last probe
 
   def set_model(self, model):
@@ -114,11 +116,27 @@ class TeachingProbe(tf.keras.callbacks.Callback):
     cross-view L_sem)."""
     return {k: float(v) for k, v in self._align(next(self.batches), next(self.held)).items()}
 
+  def on_train_begin(self, logs=None):
+    self._first_epoch = True
+
   def on_epoch_begin(self, epoch, logs=None):
     self._seen = []
     self._epoch_start, self._probe_seconds = time.perf_counter(), 0.0
     if self.active:  # one read per epoch: a read per batch would wait for every step to finish
       self._epoch_first_step = int(self.model.optimizer.iterations.numpy())
+      if self._first_epoch and not self._probes and self._epoch_first_step:
+        self.resume(self._epoch_first_step)
+    self._first_epoch = False
+
+  def resume(self, step: int) -> None:
+    """Continues the probes of a run restored at optimizer step `step` (BackupAndRestore, whose
+    `on_train_begin` runs before the first epoch): the moving average restored with the weights
+    keeps its momentum (the next probe does not reset it), the next probe comes at the next
+    multiple of `every`, and both batch streams skip the batches the earlier probes took."""
+    done = step // self.every
+    self._probes, self._probed_at = done, step
+    for _ in range(done):
+      next(self.batches), next(self.held)
 
   def on_train_batch_end(self, batch, logs=None):
     if not self.active:

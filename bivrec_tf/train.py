@@ -34,6 +34,7 @@ from bivrec_tf.evaluate import (
 from bivrec_tf.export import export_model
 from bivrec_tf.io_utils import write_text_atomic
 from bivrec_tf.presets import PRESETS, apply_preset
+from bivrec_tf.resume import completed_steps
 from bivrec_tf.teaching_probe import TeachingProbe, can_probe, probe_interval, warn_unprobed
 from bivrec_tf.view_selection import assemble_views
 from input_pipelines.dataset import PreparedDataset, eval_dataset, train_dataset
@@ -243,8 +244,19 @@ def run(
   test = eval_dataset(ds, table_split, max_len, ev.eval_batch_size)
   if eval_steps:
     valid, test = valid.take(eval_steps), test.take(eval_steps)
+  # A killed run restarted with the same --run-dir: BackupAndRestore restores its state in `fit`;
+  # the input stream continues where that state left it.
+  resumed_at = completed_steps(run_dir / "backup")
+  if resumed_at and verbose and chief:
+    print(f"Resuming from {run_dir / 'backup'} after optimizer step {resumed_at}")
   train = train_dataset(
-    ds, max_len, cfg.train.batch_size, cfg.loss.num_negatives, seed=cfg.train.seed, repeat=True
+    ds,
+    max_len,
+    cfg.train.batch_size,
+    cfg.loss.num_negatives,
+    seed=cfg.train.seed,
+    repeat=True,
+    skip_batches=resumed_at,
   )
   options = tf.data.Options()
   options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

@@ -515,9 +515,14 @@ def train_dataset(
   shuffle: bool = True,
   repeat: bool = False,
   split: str = "train",
+  skip_batches: int = 0,
 ) -> tf.data.Dataset:
   """Training batches from the train split (or another `split`, in the same form: the held-out
   batches of `bivrec_tf.teaching_probe`).
+
+  `skip_batches` drops the stream's first batches before they are parsed: a run resumed after k
+  optimizer steps continues with batch k + 1 of the same seed's stream (the same shuffle and
+  negatives as the uninterrupted run), not with its first epoch again.
 
   Yields dicts:
     history: int64 [B, max_len], right-aligned, left-padded with 0.
@@ -526,8 +531,8 @@ def train_dataset(
       (stateless, derived from `seed`; different for every batch and every epoch).
   Batches have a static size (`drop_remainder=True`).
   """
-  if max_len < 1 or batch_size < 1 or num_negatives < 0:
-    raise ValueError("max_len and batch_size must be >= 1 and num_negatives >= 0")
+  if max_len < 1 or batch_size < 1 or num_negatives < 0 or skip_batches < 0:
+    raise ValueError("max_len and batch_size must be >= 1, num_negatives and skip_batches >= 0")
   n = ds.num_examples(split)
   if n < batch_size:
     raise ValueError(
@@ -559,6 +564,7 @@ def train_dataset(
 
   return (
     tf.data.Dataset.zip((batches, noise))
+    .skip(skip_batches)
     .map(to_features, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     .prefetch(tf.data.AUTOTUNE)
   )

@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from bivrec_tf.builders import restore_trained
 from bivrec_tf.config import Config
 from bivrec_tf.model import BivRecModel
+from bivrec_tf.resume import completed_steps
 
 V, L = 20, 6
 
@@ -66,3 +68,27 @@ def test_build_all_marks_the_model_built_for_backup_and_restore():
   model = _model(("id", "mm"))
   assert model.built
   assert model.trainable_weights
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_completed_steps_reads_the_optimizer_steps_of_the_newest_backup(tmp_path):
+  """What a resumed run's input stream skips: the steps of the last epoch BackupAndRestore kept
+  (0 before any backup)."""
+  backup = tmp_path / "backup"
+  assert completed_steps(backup) == 0
+
+  class KillAfterTwoEpochs(tf.keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+      if epoch == 1:
+        raise _Killed
+
+  model = tf.keras.Sequential([tf.keras.layers.Dense(1)])
+  model.compile(tf.keras.optimizers.Adam(1e-2), "mse")
+  x, y = np.ones((10, 3), np.float32), np.zeros((10, 1), np.float32)
+  callbacks = [tf.keras.callbacks.BackupAndRestore(str(backup)), KillAfterTwoEpochs()]
+  with pytest.raises(_Killed):
+    model.fit(x, y, batch_size=4, epochs=4, verbose=0, callbacks=callbacks)
+  assert completed_steps(backup) == 6  # 2 epochs of 3 batches (10 rows, batch 4)

@@ -174,6 +174,33 @@ def test_probe_callback_logs_epoch_means_and_keeps_the_moving_average():
     TeachingProbe(batches, held, every=0, momentum=0.5)
 
 
+def test_a_restored_run_continues_the_moving_average_instead_of_resetting_it():
+  """A fit that starts at a restored optimizer step (BackupAndRestore after a kill) keeps the
+  average the weights brought back: its first probe moves it by (1 - m), and the next probe
+  comes at the next multiple of `every`, as in the uninterrupted run."""
+  tf.keras.utils.set_random_seed(0)
+  model = _model(loss={**PROBED, "probe_momentum": 0.5})
+  model.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
+  batches = tf.data.Dataset.from_tensors(_batch()).repeat()
+  held = tf.data.Dataset.from_tensors(_held()).repeat()
+  model.fit(
+    batches,
+    epochs=1,
+    steps_per_epoch=3,
+    verbose=0,
+    callbacks=[TeachingProbe(batches, held, every=2, momentum=0.5)],
+  )
+  before = model.teach_alignment.numpy()
+  resumed = TeachingProbe(batches, held, every=2, momentum=0.5)  # a new process's callback
+  model.fit(batches, epochs=1, steps_per_epoch=3, verbose=0, callbacks=[resumed])
+  assert [p["step"] for p in resumed.trace] == [4, 6]
+  first = np.array([resumed.trace[0]["align_new_id"], resumed.trace[0]["align_new_mm"]])
+  second = np.array([resumed.trace[1]["align_new_id"], resumed.trace[1]["align_new_mm"]])
+  expected = 0.5 * (0.5 * before + 0.5 * first) + 0.5 * second
+  np.testing.assert_allclose(model.teach_alignment.numpy(), expected, rtol=1e-5)
+  assert not np.allclose(expected, 0.5 * first + 0.5 * second)  # what a reset would give
+
+
 def test_probe_stays_off_with_a_warning_under_parameter_servers():
   class _ParameterServers(tf.distribute.experimental.ParameterServerStrategy):
     def __init__(self):  # what the callback reads of the strategy: its type

@@ -118,6 +118,25 @@ def test_negatives_change_between_epochs(tiny):
   assert not np.array_equal(a[0], b[0])
 
 
+def test_skipped_stream_continues_the_same_seeds_stream(tiny):
+  """A resumed run's stream (`skip_batches` = steps done) is the uninterrupted stream's tail:
+  the same shuffles across epochs and the same negatives, not the first epoch again."""
+
+  def stream(skip, count):
+    data = train_dataset(
+      tiny, max_len=4, batch_size=3, num_negatives=5, seed=4, repeat=True, skip_batches=skip
+    )
+    return list(data.take(count).as_numpy_iterator())
+
+  whole, tail = stream(0, 9), stream(5, 4)  # 8 // 3 = 2 batches per epoch: skip 2.5 epochs
+  for a, b in zip(whole[5:], tail):
+    for key in ("history", "target", "negatives"):
+      np.testing.assert_array_equal(a[key], b[key])
+  assert not np.array_equal(whole[0]["negatives"], tail[0]["negatives"])
+  with pytest.raises(ValueError, match="skip_batches"):
+    train_dataset(tiny, max_len=4, batch_size=3, num_negatives=5, seed=4, skip_batches=-1)
+
+
 def test_eval_targets_are_right_padded_with_zero_in_file_order(tiny):
   data = eval_dataset(tiny, "valid", max_len=4, batch_size=2)
   batches = list(data.as_numpy_iterator())
