@@ -229,6 +229,9 @@ def run(
   if verbose and chief:
     print(describe_history_exclusion(exclusion))
   run_dir = Path(cfg.train.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+  # Every worker restores from the chief's backup (BackupAndRestore reads <dir>/chief and gives
+  # the other workers their own temporary write directories): the shared --run-dir's.
+  backup_dir = run_dir / "backup"
   if not chief:
     run_dir = Path(tempfile.mkdtemp(prefix="bivrec-worker-"))
   run_dir.mkdir(parents=True, exist_ok=True)
@@ -246,9 +249,9 @@ def run(
     valid, test = valid.take(eval_steps), test.take(eval_steps)
   # A killed run restarted with the same --run-dir: BackupAndRestore restores its state in `fit`;
   # the input stream continues where that state left it.
-  resumed_at = completed_steps(run_dir / "backup")
+  resumed_at = completed_steps(backup_dir)
   if resumed_at and verbose and chief:
-    print(f"Resuming from {run_dir / 'backup'} after optimizer step {resumed_at}")
+    print(f"Resuming from {backup_dir} after optimizer step {resumed_at}")
   train = train_dataset(
     ds,
     max_len,
@@ -306,7 +309,7 @@ def run(
     validation,  # first of the rest: the callbacks after it see the val_* logs
     tf.keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
     # Preemption: a killed run restarted with the same --run-dir resumes after its last epoch.
-    tf.keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+    tf.keras.callbacks.BackupAndRestore(str(backup_dir)),
     non_finite_loss_stop(strategy),  # raises out of fit: no export, exit status 2
     *budget,
   ]
