@@ -357,6 +357,9 @@ class LossConfig:
   # 20": validation +4.4 % on the default data, +2.3 % on `synthetic:long`, level on the real
   # datasets, -1.1 % on `synthetic:long-drift`; 0 = any agreement, sessions 16-19)
   probe_margin: float = 0.015
+  # > 0: the "probe_guided" gate is a ramp instead of a step: a direction's weight rises linearly
+  # from 0 at probe_margin - probe_ramp / 2 to 1 at probe_margin + probe_ramp / 2 (0 = the step)
+  probe_ramp: float = 0.0
   # "mutual": the weight of the ID -> MM direction (the MM view as the student) relative to the
   # MM -> ID one; 1 = symmetric (the default), 0 = only the ID view learns from the other
   sem_to_mm: float = 1.0
@@ -418,6 +421,10 @@ class LossConfig:
       _fail("probe_signal", self.probe_signal, "must be 'new', 'raw' or 'fused'")
     if not -1.0 <= self.probe_margin < 1.0:  # an alignment is a cosine (NaN fails too)
       _fail("probe_margin", self.probe_margin, "must be in [-1, 1)")
+    if not (self.probe_ramp >= 0 and math.isfinite(self.probe_ramp)):
+      _fail("probe_ramp", self.probe_ramp, "must be a finite number >= 0 (0 = a step)")
+    if self.probe_ramp > 0 and "probe_guided" not in modes:
+      _fail("probe_ramp", self.probe_ramp, "is read by sem_mode 'probe_guided' only")
     if not 0 <= self.probe_momentum < 1:
       _fail("probe_momentum", self.probe_momentum, "must be in [0, 1)")
     if self.sem_warmup_steps < 0:

@@ -528,10 +528,16 @@ class BivRecModel(tf.keras.Model):
     `logits`: {view: `[B, C]`} the retrieval logits of each view."""
     lc = self.config.loss
     if mode == "probe_guided":  # a judged direction teaches while its alignment average is
-      # above loss.probe_margin
+      # above loss.probe_margin (with loss.probe_ramp > 0: by a weight that rises linearly from
+      # 0 to 1 over [margin - ramp / 2, margin + ramp / 2], so an average that hovers near the
+      # margin does not switch the whole term on and off)
       gate = tf.ones([2])
       if self.teach_alignment is not None and not ungated:
-        gate = tf.cast(tf.stop_gradient(self.teach_alignment) > lc.probe_margin, tf.float32)
+        average = tf.stop_gradient(self.teach_alignment)
+        if lc.probe_ramp > 0:
+          gate = tf.clip_by_value((average - lc.probe_margin) / lc.probe_ramp + 0.5, 0.0, 1.0)
+        else:
+          gate = tf.cast(average > lc.probe_margin, tf.float32)
       to_id, to_mm = judged_teacher_weights(gate[0], gate[1], lc.guide_students)
       return weighted_distillation_loss(logits["id"], logits["mm"], to_id, to_mm, lc.tau_kd)
     if mode == "contrast":
