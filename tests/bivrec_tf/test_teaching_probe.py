@@ -124,6 +124,19 @@ def test_probe_margin_keeps_a_direction_shut_until_its_average_clears_the_margin
   assert _sem_gradient_sum(model, "id") > 0 and _sem_gradient_sum(model, "mm") == 0.0
 
 
+def test_probe_ramp_weighs_a_direction_linearly_around_the_margin():
+  """With probe_ramp r the weight of a direction is clip((s - margin) / r + 1/2, 0, 1): half its
+  teaching at the margin, none r / 2 below it, all of it r / 2 above (the step is 0 or 1)."""
+  model = _model(loss={**PROBED, "probe_margin": 0.02, "probe_ramp": 0.04})
+  model.teach_alignment.assign([0.04, 0.04])  # margin + r / 2: fully open
+  full = _sem_gradient_sum(model, "id")
+  model.teach_alignment.assign([0.02, -0.01])  # at the margin: half; below the ramp: shut
+  assert _sem_gradient_sum(model, "id") == pytest.approx(0.5 * full, rel=1e-4)
+  model.teach_alignment.assign([0.03, 0.0])  # three quarters; the ramp's foot: shut
+  assert _sem_gradient_sum(model, "id") == pytest.approx(0.75 * full, rel=1e-4)
+  assert _sem_gradient_sum(model, "mm") == 0.0
+
+
 @pytest.mark.parametrize(
   "loss, field",
   [
@@ -134,6 +147,8 @@ def test_probe_margin_keeps_a_direction_shut_until_its_average_clears_the_margin
     ({"probe_every": 5, "probe_momentum": 1.0}, "probe_momentum"),
     ({"probe_every": 5, "probe_signal": "cosine"}, "probe_signal"),
     ({"probe_every": 5, "probe_batch": 0}, "probe_batch"),
+    ({"sem_mode": "probe_guided", "probe_ramp": -0.01}, "probe_ramp"),
+    ({"sem_mode": "mutual", "probe_ramp": 0.03}, "probe_ramp"),  # no gate to ramp
     ({"sem_mode": "mutual", "guide_students": "id"}, "guide_students"),
   ],
 )
