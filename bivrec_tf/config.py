@@ -345,7 +345,7 @@ class LossConfig:
   # smaller): the probe's cost does not grow with the training batch
   probe_batch: int = 256
   # "probe_guided": a direction teaches (mutual's weight 1/2) while the moving average of its
-  # alignments, s <- m s + (1 - m) align, is > 0, and is silent while s <= 0
+  # alignments, s <- m s + (1 - m) align, is > probe_margin, and is silent otherwise
   probe_momentum: float = 0.9
   # what "probe_guided" averages: "new" (align_new_<v>: the teaching's agreement with the held-out
   # gradient beyond the student's own training gradient), "raw" (align_<v>) or "fused"
@@ -400,11 +400,11 @@ class LossConfig:
       _fail("guide_students", self.guide_students, "must be 'both', 'id' or 'mm'")
     if self.guide_wait and "val_guided" not in modes:
       _fail("guide_wait", self.guide_wait, "is read by sem_mode 'val_guided' only")
+    guided = ("batch_guided", "val_guided")
+    only = {"guide_students": (*guided, "probe_guided"), "probe_ramp": ("probe_guided",)}
     for f in dataclasses.fields(self):  # set away from its default but read by no active mode
-      readers = ("batch_guided", "val_guided") + (
-        ("probe_guided",) if f.name == "guide_students" else ()
-      )
-      if f.name.startswith("guide_") and getattr(self, f.name) != f.default:
+      readers = only.get(f.name, guided if f.name.startswith("guide_") else None)
+      if readers and getattr(self, f.name) != f.default:
         if not set(readers) & set(modes):
           _fail(
             f.name,
@@ -423,8 +423,6 @@ class LossConfig:
       _fail("probe_margin", self.probe_margin, "must be in [-1, 1)")
     if not (self.probe_ramp >= 0 and math.isfinite(self.probe_ramp)):
       _fail("probe_ramp", self.probe_ramp, "must be a finite number >= 0 (0 = a step)")
-    if self.probe_ramp > 0 and "probe_guided" not in modes:
-      _fail("probe_ramp", self.probe_ramp, "is read by sem_mode 'probe_guided' only")
     if not 0 <= self.probe_momentum < 1:
       _fail("probe_momentum", self.probe_momentum, "must be in [0, 1)")
     if self.sem_warmup_steps < 0:

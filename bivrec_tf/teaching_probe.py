@@ -5,7 +5,8 @@ view teaches it (L_sem on a training batch) with the gradient of its own retriev
 of validation examples. `TeachingProbe` runs it every `probe_every` optimizer steps, logs the epoch
 means (`align_<v>`, `align_rec_<v>`, `align_new_<v>`, `gap_<v>`; `probe_share`: its share of the
 epoch's training time) and, for sem_mode "probe_guided", keeps the moving average of each
-direction's alignment in `model.teach_alignment`: a direction teaches while it is > 0.
+direction's alignment in `model.teach_alignment`: a direction teaches while it is >
+`loss.probe_margin` (or by a ramp around it, `loss.probe_ramp`).
 """
 
 import functools
